@@ -1,0 +1,150 @@
+//! The configuration model: services in the seed's syntax plus a few settings.
+//!
+//! `grammar` parses one `service ...` line (shared by the config file and the CLI), `file` reads
+//! a whole configuration with located errors, `format` writes the canonical form back.
+
+use std::fmt;
+use std::net::IpAddr;
+
+mod file;
+mod format;
+mod grammar;
+
+pub use file::{ConfigError, load_config, parse_config};
+pub use grammar::{GrammarError, parse_service, parse_service_words};
+
+/// Transport protocol of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IANA protocol number (6 or 17), as it stands in the IP header and in log records.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Protocol> {
+        match n {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    /// Canonical spelling in the configuration ("TCP", "UDP").
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
+/// The apparent address of a service: fixed, or `*`, the interface's own address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AppAddr {
+    /// `*`: the interface's natural (primary) address of the actual address's family.
+    Interface,
+    Fixed(IpAddr),
+}
+
+/// Monitoring and logging flags of a service (the seed's hex bitmask).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flags(pub u16);
+
+impl Flags {
+    /// NetNAT's mapping event: log the first inbound packet of each connection.
+    pub const MAPPING_EVENT: u16 = 0x8000;
+    /// Periodic volume records: packets and bytes per direction.
+    pub const VOLUME: u16 = 0x4000;
+    /// Every translated packet (rate-limited).
+    pub const EVERY_PACKET: u16 = 0x2000;
+    /// Packets dropped or left untranslated, with the reason.
+    pub const DROPS: u16 = 0x1000;
+    /// ICMP errors translated for the service.
+    pub const ICMP: u16 = 0x0800;
+    /// Every bit netnat defines; any other bit is a configuration error.
+    pub const KNOWN: u16 =
+        Self::MAPPING_EVENT | Self::VOLUME | Self::EVERY_PACKET | Self::DROPS | Self::ICMP;
+
+    pub fn has(self, bit: u16) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+/// One `service` line: apparent endpoint on a public interface mapped to an actual server.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Service {
+    /// Public interface name (Linux interface name, at most 15 bytes).
+    pub iface: String,
+    pub app_addr: AppAddr,
+    pub app_port: u16,
+    pub protocol: Protocol,
+    pub act_addr: IpAddr,
+    pub act_port: u16,
+    pub flags: Flags,
+}
+
+impl Service {
+    /// Address family of the service: the actual address's (`*` takes that family too).
+    pub fn is_ipv6(&self) -> bool {
+        self.act_addr.is_ipv6()
+    }
+}
+
+impl fmt::Display for Service {
+    /// The canonical form; `parse_service(&s.to_string()) == Ok(s)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        format::write_service(f, self)
+    }
+}
+
+/// A service together with the line it came from (1-based; 0 when it did not come from a file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceLine {
+    pub line: usize,
+    pub service: Service,
+}
+
+/// Default NFQUEUE number; `queue N` in the configuration changes it.
+pub const DEFAULT_QUEUE: u16 = 4747;
+/// Default packet mark bit set on translated inbound packets (`mark` directive).
+pub const DEFAULT_MARK: u32 = 0x0000_4e00;
+
+/// Settings from directives other than `service`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// NFQUEUE number the rules send packets to.
+    pub queue: u16,
+    /// Bits OR-ed into the packet mark of translated inbound packets, so that one firewall rule
+    /// (`meta mark & MARK == MARK accept`) lets mapped traffic through a default-drop forward chain.
+    pub mark: u32,
+    /// Syslog facility name (e.g. "local2").
+    pub syslog_facility: String,
+    /// Syslog priority name (e.g. "info").
+    pub syslog_priority: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            queue: DEFAULT_QUEUE,
+            mark: DEFAULT_MARK,
+            syslog_facility: "local2".into(),
+            syslog_priority: "info".into(),
+        }
+    }
+}
+
+/// A whole, valid configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub services: Vec<ServiceLine>,
+    pub settings: Settings,
+}

@@ -1,0 +1,10 @@
+//! netnat's own nftables table, built from the services and installed through netlink
+//! (`nftnl` + `mnl`), never by running `nft`.
+//!
+//! API CONTRACT (the daemon and CLI are written against it):
+//! - `policy`: pure; which packets are steered to the queue (`Policy::new(services, queue)`),
+//!   and `render(&Policy) -> String`, the same table in nft syntax (`netnat rules`).
+//! - `NftSession::open()`, `install(&Policy) -> Result<QueueExprKind, NftError>` (one atomic
+//!   batch, replaces the table as a whole), `remove()`; the session keeps its one socket so that
+//!   the owner flag ties the table's life to the process.
+//! - `flush_leftover() -> Result<bool, NftError>`: delete a table left by an earlier netnat.

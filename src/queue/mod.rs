@@ -1,0 +1,3 @@
+//! NFQUEUE consumer layer on `mnl`: bind, receive in batches, verdicts with payloads.
+//!
+//! API CONTRACT (the daemon is written against it): see the helper's implementation.

@@ -1,0 +1,84 @@
+//! The rewrite core: pure, panic-free functions over a packet buffer as NFQUEUE delivers it
+//! (an IPv4 or IPv6 packet starting at the IP header). No kernel needed.
+//!
+//! API CONTRACT (other modules are written against it):
+//! - [`rewrite`] translates one packet in place and returns an [`Outcome`].
+//! - The caller supplies `lookup`, which is asked about exactly one endpoint: for
+//!   `Direction::Inbound` the destination of a plain packet (or the *source* of the packet quoted
+//!   in an ICMP error); for `Direction::Reply` the source of a plain packet (or the *destination*
+//!   of the quoted packet). It returns the endpoint to write instead plus a caller token `T`.
+
+use std::net::SocketAddr;
+
+use crate::config::Protocol;
+
+/// Which way a packet crosses the mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Public side → actual server: destination apparent → actual.
+    Inbound,
+    /// Actual server → public side: source actual → apparent.
+    Reply,
+}
+
+/// State of the packet's L4 checksum as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChecksumState {
+    /// The checksum field holds a complete checksum: incremental update (RFC 1624).
+    Complete,
+    /// NFQA_SKB_CSUMNOTREADY: the field holds only the pseudo-header seed; compute in full.
+    NotReady,
+}
+
+/// The addresses of a flow, as they were before the rewrite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub protocol: Protocol,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+/// What kind of packet was rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A TCP or UDP packet of the flow. `syn` is true for a TCP SYN without ACK.
+    Plain { syn: bool },
+    /// An ICMP/ICMPv6 error quoting a packet of the flow.
+    IcmpError,
+}
+
+/// Why a packet could not be parsed or translated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    Truncated,
+    BadVersion,
+    BadHeaderLength,
+    BadTotalLength,
+    /// Fragment without the transport header (ports unknown).
+    Fragment,
+    /// IPv6 extension header chain that cannot be walked.
+    BadExtensionHeader,
+    UnsupportedProtocol,
+}
+
+/// Result of [`rewrite`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome<T> {
+    /// Translated in place; `flow` is the (outer or quoted) flow before translation.
+    Rewritten { token: T, flow: Flow, kind: Kind },
+    /// Parsed fine but `lookup` declined (or an ICMP message that is not an error we translate).
+    NotOurs { kind: Kind },
+    /// Could not be parsed; the buffer is unchanged.
+    Malformed(Malformed),
+}
+
+/// Translates `pkt` in place. Never panics; on anything but `Rewritten` the buffer is unchanged.
+pub fn rewrite<T>(
+    pkt: &mut [u8],
+    dir: Direction,
+    csum: ChecksumState,
+    lookup: impl FnOnce(Protocol, SocketAddr) -> Option<(SocketAddr, T)>,
+) -> Outcome<T> {
+    let _ = (pkt, dir, csum, lookup);
+    todo!("wire::rewrite")
+}
