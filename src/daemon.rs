@@ -84,7 +84,10 @@ impl Active {
                 services[id]
             ));
         }
-        Ok(Active { config, table: Arc::new(table) })
+        Ok(Active {
+            config,
+            table: Arc::new(table),
+        })
     }
 }
 
@@ -95,16 +98,25 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         Logger::stderr()
     } else {
         let s = &config.settings;
-        Logger::syslog(&s.syslog_facility, &s.syslog_priority, opts.syslog_socket.as_deref())
+        Logger::syslog(
+            &s.syslog_facility,
+            &s.syslog_priority,
+            opts.syslog_socket.as_deref(),
+        )
     };
 
     let mut active = Active::build(config, &mut log)?;
     let queue_num = active.config.settings.queue;
-    let mut queue = Queue::open(&QueueOptions { num: queue_num, ..QueueOptions::default() })
-        .map_err(|e| sys("binding the queue", e))?;
+    let mut queue = Queue::open(&QueueOptions {
+        num: queue_num,
+        ..QueueOptions::default()
+    })
+    .map_err(|e| sys("binding the queue", e))?;
     let mut nft = NftSession::open().map_err(|e| sys("opening netlink", e))?;
     let policy = Policy::new(&services_of(&active.config), queue_num);
-    let kind = nft.install(&policy).map_err(|e| sys("installing rules", e))?;
+    let kind = nft
+        .install(&policy)
+        .map_err(|e| sys("installing rules", e))?;
 
     let signals = Signals::register().map_err(|e| sys("registering signals", e))?;
     log.info(format_args!(
@@ -193,7 +205,10 @@ fn reload(path: &Path, active: &mut Active, nft: &mut NftSession, log: &mut Logg
     match nft.install(&policy) {
         Ok(_) => {
             *active = next;
-            log.info(format_args!("reloaded: {} services", active.config.services.len()));
+            log.info(format_args!(
+                "reloaded: {} services",
+                active.config.services.len()
+            ));
         }
         Err(e) => log.error(format_args!("reload refused, rules unchanged: {e}")),
     }
@@ -225,8 +240,16 @@ impl Signals {
     /// Waits for the queue or a signal; true when the queue has packets.
     fn wait(&self, queue: &Queue, timeout: Duration) -> bool {
         let mut fds = [
-            libc::pollfd { fd: queue.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: queue.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: `fds` is a valid array of two pollfd structs for the duration of the call.

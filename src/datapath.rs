@@ -25,7 +25,12 @@ pub enum Refusal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Translated for service `id`.
-    Translated { id: usize, dir: Direction, flow: Flow, kind: Kind },
+    Translated {
+        id: usize,
+        dir: Direction,
+        flow: Flow,
+        kind: Kind,
+    },
     /// Passed unchanged (not ours: e.g. an ICMP error about another flow).
     Passed,
     Dropped(Refusal),
@@ -45,7 +50,11 @@ pub fn handle(table: &ServiceTable, mark: u32, pkt: &mut Packet<'_>) -> (Decisio
     if pkt.truncated {
         return (drop(), Event::Dropped(Refusal::Truncated));
     }
-    let csum = if pkt.checksum_ready { ChecksumState::Complete } else { ChecksumState::NotReady };
+    let csum = if pkt.checksum_ready {
+        ChecksumState::Complete
+    } else {
+        ChecksumState::NotReady
+    };
     let (indev, outdev) = (pkt.indev, pkt.outdev);
     let outcome = wire::rewrite(pkt.payload, dir, csum, |proto, endpoint| match dir {
         Direction::Inbound => table.inbound(indev, proto, endpoint).map(|e| (e.act, e.id)),
@@ -54,12 +63,26 @@ pub fn handle(table: &ServiceTable, mark: u32, pkt: &mut Packet<'_>) -> (Decisio
     match outcome {
         Outcome::Rewritten { token, flow, kind } => {
             let mark = (dir == Direction::Inbound).then_some(pkt.mark | mark);
-            let decision = Decision { verdict: Verdict::Accept, modified: true, mark };
-            (decision, Event::Translated { id: token, dir, flow, kind })
+            let decision = Decision {
+                verdict: Verdict::Accept,
+                modified: true,
+                mark,
+            };
+            (
+                decision,
+                Event::Translated {
+                    id: token,
+                    dir,
+                    flow,
+                    kind,
+                },
+            )
         }
         // An ICMP error about some other flow, or an inbound packet for an address that is not
         // (or no longer) a service's: the host handles it as if netnat were not there.
-        Outcome::NotOurs { kind: Kind::IcmpError } => (pass(), Event::Passed),
+        Outcome::NotOurs {
+            kind: Kind::IcmpError,
+        } => (pass(), Event::Passed),
         Outcome::NotOurs { .. } if dir == Direction::Inbound => (pass(), Event::Passed),
         Outcome::NotOurs { .. } => (drop(), Event::Dropped(Refusal::UnmappedReply)),
         Outcome::Malformed(m) => (drop(), Event::Dropped(Refusal::Malformed(m))),
@@ -67,9 +90,17 @@ pub fn handle(table: &ServiceTable, mark: u32, pkt: &mut Packet<'_>) -> (Decisio
 }
 
 fn pass() -> Decision {
-    Decision { verdict: Verdict::Accept, modified: false, mark: None }
+    Decision {
+        verdict: Verdict::Accept,
+        modified: false,
+        mark: None,
+    }
 }
 
 fn drop() -> Decision {
-    Decision { verdict: Verdict::Drop, modified: false, mark: None }
+    Decision {
+        verdict: Verdict::Drop,
+        modified: false,
+        mark: None,
+    }
 }

@@ -39,7 +39,9 @@ impl Snapshot {
                 continue;
             }
             // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-            let name = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+            let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+                .to_string_lossy()
+                .into_owned();
             let entry = snap.by_name.entry(name.clone()).or_default();
             if entry.index == 0 {
                 entry.index = index_of(&name).unwrap_or(0);
@@ -48,7 +50,9 @@ impl Snapshot {
             match unsafe { sockaddr_ip(ifa.ifa_addr) } {
                 Some(IpAddr::V4(a)) if entry.v4.is_none() => entry.v4 = Some(a),
                 // Link-local addresses are not an interface's "natural" public address.
-                Some(IpAddr::V6(a)) if entry.v6.is_none() && !is_link_local(&a) => entry.v6 = Some(a),
+                Some(IpAddr::V6(a)) if entry.v6.is_none() && !is_link_local(&a) => {
+                    entry.v6 = Some(a)
+                }
                 _ => {}
             }
         }
@@ -70,7 +74,11 @@ impl Interfaces for Snapshot {
 
     fn address(&self, name: &str, v6: bool) -> Option<IpAddr> {
         let i = self.by_name.get(name)?;
-        if v6 { i.v6.map(IpAddr::V6) } else { i.v4.map(IpAddr::V4) }
+        if v6 {
+            i.v6.map(IpAddr::V6)
+        } else {
+            i.v4.map(IpAddr::V4)
+        }
     }
 }
 
@@ -97,7 +105,9 @@ unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
         match (*sa).sa_family as i32 {
             libc::AF_INET => {
                 let sin = &*(sa as *const libc::sockaddr_in);
-                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))))
             }
             libc::AF_INET6 => {
                 let sin6 = &*(sa as *const libc::sockaddr_in6);
@@ -116,7 +126,10 @@ mod tests {
     fn loopback_is_read_with_its_address() {
         let snap = Snapshot::read().expect("getifaddrs");
         assert!(snap.index("lo").is_some(), "lo has an index: {snap:?}");
-        assert_eq!(snap.address("lo", false), Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert_eq!(
+            snap.address("lo", false),
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
         assert_eq!(snap.index("no-such-if0"), None);
     }
 }

@@ -55,7 +55,10 @@ pub struct Logger {
 
 impl Logger {
     pub fn stderr() -> Logger {
-        Logger { sink: Sink::Stderr, records: Level::Info }
+        Logger {
+            sink: Sink::Stderr,
+            records: Level::Info,
+        }
     }
 
     /// Syslog on `socket` (or the system's default sockets); stderr where none exists, as in
@@ -74,10 +77,16 @@ impl Logger {
             None => syslog::unix(formatter),
         };
         match logger {
-            Ok(l) => Logger { sink: Sink::Syslog(l), records },
+            Ok(l) => Logger {
+                sink: Sink::Syslog(l),
+                records,
+            },
             Err(e) => {
                 eprintln!("netnat: warning: no syslog socket ({e}); logging to stderr");
-                Logger { sink: Sink::Stderr, records }
+                Logger {
+                    sink: Sink::Stderr,
+                    records,
+                }
             }
         }
     }

@@ -66,8 +66,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, log_stderr, syslog_socket } => {
-            let opts = RunOptions { config, log_stderr, syslog_socket };
+        Command::Run {
+            config,
+            log_stderr,
+            syslog_socket,
+        } => {
+            let opts = RunOptions {
+                config,
+                log_stderr,
+                syslog_socket,
+            };
             match daemon::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e @ DaemonError::Config(_)) => fail(EXIT_CONFIG, e),
@@ -76,7 +84,11 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match config::load_config(&config) {
             Ok(c) => {
-                println!("{}: {} services, no errors", config.display(), c.services.len());
+                println!(
+                    "{}: {} services, no errors",
+                    config.display(),
+                    c.services.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(errors) => config_errors(&errors),
