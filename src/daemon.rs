@@ -11,17 +11,19 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::config::{self, Config, ConfigError, Service};
+use crate::config::{self, Config, ConfigError, Flags, Protocol, Service};
 use crate::datapath::{self, Event};
 use crate::iface::Snapshot;
 use crate::log::Logger;
 use crate::nft::{NftSession, Policy};
 use crate::queue::{Queue, QueueOptions};
+use crate::record::{FlowMemory, MappingEvent};
 use crate::service::ServiceTable;
+use crate::wire::{Direction, Kind};
 
 /// What `netnat run` was asked to do.
 #[derive(Clone, Debug)]
@@ -71,6 +73,9 @@ pub fn services_of(config: &Config) -> Vec<Service> {
 struct Active {
     config: Config,
     table: Arc<ServiceTable>,
+    /// Which UDP flows were seen lately, for the mapping event of their first packet.
+    udp_flows: FlowMemory,
+    started: Instant,
 }
 
 impl Active {
@@ -87,6 +92,8 @@ impl Active {
         Ok(Active {
             config,
             table: Arc::new(table),
+            udp_flows: FlowMemory::default(),
+            started: Instant::now(),
         })
     }
 }
@@ -138,7 +145,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
             reload(&opts.config, &mut active, &mut nft, &mut log);
         }
         if queue_ready {
-            drain(&mut queue, &active, &mut log, 64);
+            drain(&mut queue, &mut active, &mut log, 64);
         }
     }
 
@@ -149,7 +156,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         if !queue.wait(Duration::from_millis(20)).unwrap_or(false) {
             break;
         }
-        drain(&mut queue, &active, &mut log, 1000);
+        drain(&mut queue, &mut active, &mut log, 1000);
     }
     removed.map_err(|e| sys("removing the table", e))?;
     log.info("stopped");
@@ -157,14 +164,33 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
 }
 
 /// Handles every packet waiting now, batch by batch (bounded so signals are seen).
-fn drain(queue: &mut Queue, active: &Active, log: &mut Logger, max_batches: usize) {
+fn drain(queue: &mut Queue, active: &mut Active, log: &mut Logger, max_batches: usize) {
     let table = Arc::clone(&active.table);
     let mark = active.config.settings.mark;
     for _ in 0..max_batches {
+        let now = active.started.elapsed().as_secs() as u32;
         let mut handler = |pkt: &mut crate::queue::Packet<'_>| {
             let (decision, event) = datapath::handle(&table, mark, pkt);
-            if let Event::Dropped(why) = event {
-                let _ = why; // counted per service by the operations layer
+            if let Event::Translated {
+                id,
+                dir: Direction::Inbound,
+                flow,
+                kind: Kind::Plain { syn },
+            } = event
+            {
+                let service = &active.config.services[id].service;
+                if service.flags.has(Flags::MAPPING_EVENT) {
+                    let first = match flow.protocol {
+                        Protocol::Tcp => syn,
+                        Protocol::Udp => active.udp_flows.is_new(id, flow.src, now),
+                    };
+                    if first {
+                        log.record(MappingEvent {
+                            iface: &service.iface,
+                            flow: &flow,
+                        });
+                    }
+                }
             }
             decision
         };

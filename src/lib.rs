@@ -12,5 +12,6 @@ pub mod iface;
 pub mod log;
 pub mod nft;
 pub mod queue;
+pub mod record;
 pub mod service;
 pub mod wire;
