@@ -354,3 +354,419 @@ pub(super) fn parse_flags(text: &str) -> Result<Flags, String> {
     }
     Ok(Flags(value))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn ok(line: &str) -> Service {
+        parse_service(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    /// The error for `line`, checked to sit at `column` and to contain `needle`.
+    fn fails(line: &str, column: usize, needle: &str) -> GrammarError {
+        let e = parse_service(line).expect_err(line);
+        assert_eq!(e.column, column, "{line:?}: {e}");
+        assert!(
+            e.message.contains(needle),
+            "{line:?}: {:?} lacks {needle:?}",
+            e.message
+        );
+        e
+    }
+
+    const BASE: &str = "service eth0 port * 80 TCP 192.168.1.10 8080";
+
+    #[test]
+    fn seed_example_ppp0() {
+        let s = ok("service ppp0 port * 80 TCP 192.168.1.10 8080 0x8000");
+        assert_eq!(s.iface, "ppp0");
+        assert_eq!(s.app_addr, AppAddr::Interface);
+        assert_eq!(s.app_port, 80);
+        assert_eq!(s.protocol, Protocol::Tcp);
+        assert_eq!(s.act_addr, IpAddr::V4(Ipv4Addr::new(192, 168, 1, 10)));
+        assert_eq!(s.act_port, 8080);
+        assert_eq!(s.flags, Flags(0x8000));
+    }
+
+    #[test]
+    fn seed_example_en0_lower_case_udp_no_flags() {
+        let s = ok("service en0 port 203.0.113.5 53 udp 192.168.1.53 53");
+        assert_eq!(
+            s.app_addr,
+            AppAddr::Fixed(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)))
+        );
+        assert_eq!(s.protocol, Protocol::Udp);
+        assert_eq!(s.flags, Flags(0));
+        assert_eq!(
+            s.to_string(),
+            "service en0 port 203.0.113.5 53 UDP 192.168.1.53 53 0x0000"
+        );
+    }
+
+    #[test]
+    fn seed_example_tr0_flags_without_prefix() {
+        let s = ok("service tr0 port * 25 TCP 10.0.0.25 25 c000");
+        assert_eq!(s.flags, Flags(0xc000));
+        assert_eq!(
+            s.to_string(),
+            "service tr0 port * 25 TCP 10.0.0.25 25 0xc000"
+        );
+    }
+
+    #[test]
+    fn flags_spellings() {
+        for (text, value) in [
+            ("0x8000", 0x8000),
+            ("0X8000", 0x8000),
+            ("8000", 0x8000),
+            ("0", 0),
+            ("0x0", 0),
+            ("0xF800", 0xf800),
+            ("800", 0x0800),
+        ] {
+            assert_eq!(ok(&format!("{BASE} {text}")).flags, Flags(value), "{text}");
+        }
+    }
+
+    #[test]
+    fn ipv6_both_sides_and_star() {
+        let s = ok("service eth0 port 2001:db8::5 443 tcp fd00::10 8443 0x4000");
+        assert_eq!(s.app_addr, AppAddr::Fixed("2001:db8::5".parse().unwrap()));
+        assert_eq!(
+            s.act_addr,
+            IpAddr::V6("fd00::10".parse::<Ipv6Addr>().unwrap())
+        );
+        let s = ok("service eth0 port * 443 TCP fd00::10 443");
+        assert!(s.is_ipv6());
+        assert_eq!(s.app_addr, AppAddr::Interface);
+    }
+
+    #[test]
+    fn case_insensitive_keywords_and_protocol() {
+        let s = ok("SERVICE eth0 PORT * 80 Tcp 10.0.0.1 80");
+        assert_eq!(s.protocol, Protocol::Tcp);
+        assert_eq!(
+            ok("service eth0 port * 80 uDp 10.0.0.1 80").protocol,
+            Protocol::Udp
+        );
+    }
+
+    #[test]
+    fn tabs_and_runs_of_spaces_separate_words() {
+        let s = ok("  service\teth0   port *\t80 TCP 10.0.0.1 80  ");
+        assert_eq!(s.act_port, 80);
+    }
+
+    #[test]
+    fn port_bounds() {
+        assert_eq!(
+            ok("service eth0 port * 1 TCP 10.0.0.1 65535").act_port,
+            65535
+        );
+        fails(
+            "service eth0 port * 0 TCP 10.0.0.1 80",
+            21,
+            "expected a port number 1-65535, found \"0\"",
+        );
+        fails(
+            "service eth0 port * 65536 TCP 10.0.0.1 80",
+            21,
+            "found \"65536\"",
+        );
+        fails(
+            "service eth0 port * 99999999999 TCP 10.0.0.1 80",
+            21,
+            "found \"99999999999\"",
+        );
+        let e = fails("service eth0 port * http TCP 10.0.0.1 80", 21, "");
+        assert_eq!(e.message, "expected a port number 1-65535, found \"http\"");
+        fails(
+            "service eth0 port * +80 TCP 10.0.0.1 80",
+            21,
+            "found \"+80\"",
+        );
+        fails(
+            "service eth0 port * -80 TCP 10.0.0.1 80",
+            21,
+            "found \"-80\"",
+        );
+        fails(
+            "service eth0 port * 080 TCP 10.0.0.1 80",
+            21,
+            "leading zeros",
+        );
+        fails("service eth0 port * 80 TCP 10.0.0.1 0", 37, "found \"0\"");
+        fails(
+            "service eth0 port * 80 TCP 10.0.0.1 65536",
+            37,
+            "found \"65536\"",
+        );
+    }
+
+    #[test]
+    fn bad_addresses() {
+        fails(
+            "service eth0 port 1.2.3 80 TCP 10.0.0.1 80",
+            19,
+            "apparent address, found \"1.2.3\"",
+        );
+        fails(
+            "service eth0 port * 80 TCP 10.0.0.300 80",
+            28,
+            "actual address, found \"10.0.0.300\"",
+        );
+        fails(
+            "service eth0 port * 80 TCP [fd00::1] 80",
+            28,
+            "without brackets",
+        );
+        fails("service eth0 port * 80 TCP fe80::1%eth1 80", 28, "zone");
+        fails(
+            "service eth0 port * 80 TCP 010.0.0.1 80",
+            28,
+            "found \"010.0.0.1\"",
+        );
+        fails(
+            "service eth0 port * 80 TCP * 80",
+            28,
+            "must be an IP address",
+        );
+        fails(
+            "service eth0 port ** 80 TCP 10.0.0.1 80",
+            19,
+            "found \"**\"",
+        );
+    }
+
+    #[test]
+    fn reserved_addresses() {
+        for (addr, why) in [
+            ("0.0.0.0", "unspecified"),
+            ("::", "unspecified"),
+            ("224.0.0.1", "multicast"),
+            ("239.255.255.250", "multicast"),
+            ("ff02::1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("::ffff:10.0.0.1", "IPv4-mapped"),
+        ] {
+            let v6 = addr.contains(':');
+            let other = if v6 { "fd00::1" } else { "10.0.0.1" };
+            fails(&format!("service eth0 port * 80 TCP {addr} 80"), 28, why);
+            let e = fails(
+                &format!("service eth0 port {addr} 80 TCP {other} 80"),
+                19,
+                why,
+            );
+            assert!(e.message.starts_with("apparent address"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn mixed_families() {
+        let e = fails(
+            "service eth0 port 203.0.113.5 80 TCP fd00::1 80",
+            38,
+            "same family",
+        );
+        assert_eq!(
+            e.message,
+            "apparent address 203.0.113.5 is IPv4 but actual address fd00::1 is IPv6 \
+             (both must be of the same family)"
+        );
+        fails(
+            "service eth0 port 2001:db8::1 80 TCP 10.0.0.1 80",
+            38,
+            "is IPv6 but",
+        );
+    }
+
+    #[test]
+    fn missing_fields_point_past_the_end() {
+        let line = "service eth0 port * 80 TCP 10.0.0.1";
+        let e = fails(line, line.len() + 1, "");
+        assert_eq!(e.message, "missing field: actual port");
+        fails(
+            "service eth0 port * 80 TCP",
+            27,
+            "missing field: actual address",
+        );
+        fails("service eth0 port * 80", 23, "missing field: protocol");
+        fails("service eth0 port *", 20, "missing field: apparent port");
+        fails("service eth0 port", 18, "missing field: apparent address");
+        fails("service eth0", 13, "missing field: keyword \"port\"");
+        fails("service", 8, "missing field: interface");
+        fails("", 1, "missing field: keyword \"service\"");
+        fails("   ", 1, "missing field");
+    }
+
+    #[test]
+    fn wrong_keywords() {
+        fails(
+            "servic eth0 port * 80 TCP 10.0.0.1 80",
+            1,
+            "expected the keyword \"service\"",
+        );
+        fails(
+            "service eth0 prot * 80 TCP 10.0.0.1 80",
+            14,
+            "expected the keyword \"port\", found \"prot\"",
+        );
+    }
+
+    #[test]
+    fn unknown_protocol() {
+        let e = fails("service eth0 port * 80 SCTP 10.0.0.1 80", 24, "");
+        assert_eq!(e.message, "unknown protocol \"SCTP\" (expected TCP or UDP)");
+        fails(
+            "service eth0 port * 80 6 10.0.0.1 80",
+            24,
+            "unknown protocol \"6\"",
+        );
+    }
+
+    #[test]
+    fn bad_flags() {
+        let e = fails(
+            &format!("{BASE} 0x8001"),
+            46,
+            "unknown flag bits 0x0001 in 0x8001",
+        );
+        assert!(e.message.contains("0x8000 mapping event"), "{}", e.message);
+        fails(&format!("{BASE} 0x0401"), 46, "unknown flag bits 0x0401");
+        fails(
+            &format!("{BASE} ffff"),
+            46,
+            "unknown flag bits 0x07ff in 0xffff",
+        );
+        fails(&format!("{BASE} 0x18000"), 46, "1-4 hex digits");
+        fails(&format!("{BASE} 10000"), 46, "1-4 hex digits");
+        fails(&format!("{BASE} 0x"), 46, "found \"0x\"");
+        fails(&format!("{BASE} 0xg000"), 46, "found \"0xg000\"");
+        fails(&format!("{BASE} +800"), 46, "found \"+800\"");
+    }
+
+    #[test]
+    fn too_many_fields() {
+        let e = fails(&format!("{BASE} 0x8000 extra"), 53, "");
+        assert_eq!(
+            e.message,
+            "unexpected \"extra\" after the flags (nothing may follow them)"
+        );
+        // Comments belong to the file, not to the grammar.
+        fails(&format!("{BASE} 0x8000 # web"), 53, "unexpected \"#\"");
+    }
+
+    #[test]
+    fn interface_names() {
+        assert_eq!(
+            ok("service abcdefghijklmno port * 80 TCP 10.0.0.1 80")
+                .iface
+                .len(),
+            15
+        );
+        assert_eq!(
+            ok("service eth0.100 port * 80 TCP 10.0.0.1 80").iface,
+            "eth0.100"
+        );
+        assert_eq!(ok("service eth#1 port * 80 TCP 10.0.0.1 80").iface, "eth#1");
+        assert_eq!(
+            ok("service pub-0_x port * 80 TCP 10.0.0.1 80").iface,
+            "pub-0_x"
+        );
+        fails(
+            "service abcdefghijklmnop port * 80 TCP 10.0.0.1 80",
+            9,
+            "longer than 15 bytes",
+        );
+        // 8 two-byte characters: 16 bytes although 8 characters.
+        fails(
+            "service éééééééé port * 80 TCP 10.0.0.1 80",
+            9,
+            "longer than 15 bytes",
+        );
+        fails("service eth/0 port * 80 TCP 10.0.0.1 80", 9, "'/'");
+        fails("service eth0:1 port * 80 TCP 10.0.0.1 80", 9, "':'");
+        fails("service . port * 80 TCP 10.0.0.1 80", 9, "\".\"");
+        fails("service .. port * 80 TCP 10.0.0.1 80", 9, "\"..\"");
+        fails("service #x port * 80 TCP 10.0.0.1 80", 9, "comment");
+        fails("service eth\u{0}0 port * 80 TCP 10.0.0.1 80", 9, "'\\0'");
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        // "é" is two bytes; the error is reported at the character column.
+        let e = parse_service("service é port * 8x TCP 10.0.0.1 80").unwrap_err();
+        assert_eq!(e.column, 18); // bytes would say 19
+        let e = parse_service("\tservice eth0 port * 80 TCP 10.0.0.1 http").unwrap_err();
+        assert_eq!(e.column, 38);
+    }
+
+    #[test]
+    fn words_with_and_without_keyword() {
+        let line = ok("service eth0 port * 80 TCP 192.168.1.10 8080 0x8000");
+        let with = [
+            "service",
+            "eth0",
+            "port",
+            "*",
+            "80",
+            "TCP",
+            "192.168.1.10",
+            "8080",
+            "0x8000",
+        ];
+        assert_eq!(parse_service_words(&with), Ok(line.clone()));
+        assert_eq!(parse_service_words(&with[1..]), Ok(line));
+        // An interface called "service" or "port" still parses.
+        let s = parse_service_words(&["service", "port", "*", "80", "TCP", "10.0.0.1", "80"]);
+        assert_eq!(s.unwrap().iface, "service");
+        let s = parse_service_words(&[
+            "service", "port", "port", "*", "80", "TCP", "10.0.0.1", "80",
+        ]);
+        assert_eq!(s.unwrap().iface, "port");
+        let s = parse_service_words(&[
+            "service", "service", "port", "*", "80", "TCP", "10.0.0.1", "80",
+        ]);
+        assert_eq!(s.unwrap().iface, "service");
+    }
+
+    #[test]
+    fn words_columns_are_word_numbers() {
+        let e = parse_service_words(&["eth0", "port", "*", "http", "TCP", "10.0.0.1", "80"])
+            .unwrap_err();
+        assert_eq!(e.column, 4);
+        assert_eq!(e.message, "expected a port number 1-65535, found \"http\"");
+        let e = parse_service_words(&[
+            "service", "eth0", "port", "*", "80", "SCTP", "10.0.0.1", "80",
+        ])
+        .unwrap_err();
+        assert_eq!(e.column, 6);
+        let e = parse_service_words(&["eth0", "port", "*", "80", "TCP", "10.0.0.1"]).unwrap_err();
+        assert_eq!(
+            (e.column, e.message.as_str()),
+            (7, "missing field: actual port")
+        );
+        let e = parse_service_words(&[]).unwrap_err();
+        assert_eq!(
+            (e.column, e.message.as_str()),
+            (1, "missing field: interface")
+        );
+        // A word the shell kept whole with a space inside is no interface name.
+        let e = parse_service_words(&["eth0 x", "port", "*", "80", "TCP", "10.0.0.1", "80"])
+            .unwrap_err();
+        assert_eq!(e.column, 1);
+        assert!(e.message.contains("' '"), "{}", e.message);
+        let e =
+            parse_service_words(&["eth0", "port", "*", "80", "TCP", "10.0.0.1", "80", "0", "x"])
+                .unwrap_err();
+        assert_eq!(e.column, 9);
+    }
+
+    #[test]
+    fn display_of_error() {
+        let e = parse_service("service eth0 port * 80 TCP 10.0.0.1").unwrap_err();
+        assert_eq!(e.to_string(), "column 36: missing field: actual port");
+    }
+}
