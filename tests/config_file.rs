@@ -100,6 +100,15 @@ fn crlf_line_endings() {
 }
 
 #[test]
+fn byte_order_mark_is_ignored() {
+    let c = ok("\u{feff}queue 7\n");
+    assert_eq!(c.settings.queue, 7);
+    one_error("\u{feff}queue x\n", 1, 7, "found \"x\"");
+    // Only at the very start of the file.
+    one_error("queue 7\n\u{feff}mark 1\n", 2, 1, "unknown directive");
+}
+
+#[test]
 fn settings() {
     let c = ok("queue 0\nmark 0x1\nsyslog-facility LOCAL7\nsyslog-priority warning\n");
     assert_eq!(c.settings.queue, 0);

@@ -241,6 +241,13 @@ impl Parser {
             );
             return;
         }
+        // Some editors on other systems start a UTF-8 file with a byte order mark; it is
+        // invisible there, so it is no part of the first word (nor of its columns).
+        let text = if number == 1 {
+            text.strip_prefix('\u{feff}').unwrap_or(text)
+        } else {
+            text
+        };
         let mut words = grammar::split_words(text);
         if let Some(comment) = words.iter().position(|w| w.text.starts_with('#')) {
             words.truncate(comment);
