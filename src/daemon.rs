@@ -89,6 +89,13 @@ impl Active {
                 services[id]
             ));
         }
+        // A `*` service can meet a fixed one on the same address only once `*` is resolved.
+        for c in table.conflicts() {
+            log.warn(format_args!(
+                "service left out, its {:?} endpoint is taken by line {}: {}",
+                c.direction, config.services[c.with].line, services[c.id]
+            ));
+        }
         Ok(Active {
             config,
             table: Arc::new(table),

@@ -434,12 +434,20 @@ fn load_permission_denied() {
     use std::os::unix::fs::PermissionsExt;
     let f = Scratch::new(b"queue 1\n");
     std::fs::set_permissions(&f.0, std::fs::Permissions::from_mode(0o000)).unwrap();
-    if std::fs::read(&f.0).is_ok() {
-        // Running as root (or with CAP_DAC_OVERRIDE): permissions cannot be denied here.
-        eprintln!("skipped: this process can read a mode 000 file");
-        return;
-    }
-    let errs = load_config(&f.0).unwrap_err();
+    let path = f.0.clone();
+    // Even as root the read must be denied: in a thread of its own, whose filesystem uid is
+    // nobody's (setfsuid is per thread and drops CAP_DAC_OVERRIDE/READ_SEARCH with uid 0).
+    let errs = std::thread::spawn(move || {
+        // SAFETY: setfsuid only changes this thread's filesystem uid; the thread ends here.
+        unsafe { libc::setfsuid(65534) };
+        assert!(
+            std::fs::read(&path).is_err(),
+            "the file must be unreadable in this thread"
+        );
+        load_config(&path).unwrap_err()
+    })
+    .join()
+    .unwrap();
     assert_eq!(
         errs[0].message,
         "cannot read the configuration: permission denied"
