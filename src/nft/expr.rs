@@ -21,8 +21,8 @@ const NFTA_FIB_F_IIF: u32 = 1 << 3;
 pub const RTN_LOCAL: u32 = libc::RTN_LOCAL as u32;
 
 /// The interface name as the kernel stores it: zero-padded to IFNAMSIZ, so that the compare
-/// matches this name exactly (not as a prefix). Longer names are cut, which the kernel's own
-/// 15-byte limit makes moot.
+/// matches this name exactly (not as a prefix). Longer names are cut here; `install` refuses
+/// them before building anything, because a cut name would match a different interface.
 pub fn ifname_bytes(name: &str) -> [u8; IFNAMSIZ] {
     let mut b = [0u8; IFNAMSIZ];
     let n = name.len().min(IFNAMSIZ - 1);

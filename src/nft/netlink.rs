@@ -85,6 +85,9 @@ pub enum NftError {
     },
     /// The kernel's answers did not add up (lost or missing ACKs).
     Protocol(String),
+    /// An interface name nftables cannot match exactly (empty, longer than 15 bytes, or with a
+    /// NUL): refused before anything is sent, since a cut name would match another interface.
+    BadInterfaceName(String),
 }
 
 impl NftError {
@@ -96,7 +99,7 @@ impl NftError {
             NftError::UnownedTableExists => Some(libc::EOPNOTSUPP),
             NftError::MissingExpression { .. } => Some(libc::ENOENT),
             NftError::Kernel { errno, .. } => Some(*errno),
-            NftError::Protocol(_) => None,
+            NftError::Protocol(_) | NftError::BadInterfaceName(_) => None,
         }
     }
 }
@@ -142,6 +145,10 @@ impl fmt::Display for NftError {
                 Ok(())
             }
             NftError::Protocol(s) => write!(f, "nftables netlink protocol error: {s}"),
+            NftError::BadInterfaceName(n) => write!(
+                f,
+                "interface name {n:?} cannot be matched (1 to 15 bytes, no NUL)"
+            ),
         }
     }
 }
@@ -214,6 +221,7 @@ impl NftSession {
     /// With no rules in the policy no queue expression is sent; the kind returned is then the
     /// one decided earlier, or `Native` (undecided).
     pub fn install(&mut self, policy: &Policy) -> Result<QueueExprKind, NftError> {
+        check_names(policy)?;
         let has_rules = policy.chains().iter().any(|c| !c.rules.is_empty());
         let first = self.kind.unwrap_or(QueueExprKind::Native);
         match self.install_with(policy, first) {
@@ -278,6 +286,19 @@ impl NftSession {
         let answers = receive_answers(fd).map_err(Failure::io)?;
         judge(seqs, labels, &answers)
     }
+}
+
+fn check_names(policy: &Policy) -> Result<(), NftError> {
+    for r in policy.chains().iter().flat_map(|c| &c.rules) {
+        for m in &r.matches {
+            if let Match::IifName(n) | Match::OifName(n) = m
+                && (n.is_empty() || n.len() >= super::expr::IFNAMSIZ || n.contains('\0'))
+            {
+                return Err(NftError::BadInterfaceName(n.clone()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Delete a table left by an earlier netnat (or loaded by hand), from a fresh socket. Returns
@@ -847,4 +868,275 @@ fn build_rule<'a>(
         },
     }
     rule
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AppAddr, Flags, Protocol, Service};
+
+    // nf_tables netlink attribute numbers (linux/netfilter/nf_tables.h).
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFTA_TABLE_NAME: u16 = 1;
+    const NFTA_TABLE_FLAGS: u16 = 2;
+    const NFTA_RULE_TABLE: u16 = 1;
+    const NFTA_RULE_CHAIN: u16 = 2;
+    const NFTA_RULE_EXPRESSIONS: u16 = 4;
+    const NFTA_LIST_ELEM: u16 = 1;
+    const NFTA_EXPR_NAME: u16 = 1;
+    const NFTA_EXPR_DATA: u16 = 2;
+    const NFTA_CMP_DATA: u16 = 3;
+    const NFTA_DATA_VALUE: u16 = 1;
+
+    /// (type without flag bits, payload) of each attribute in `b`.
+    fn attrs(b: &[u8]) -> Vec<(u16, &[u8])> {
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + 4 <= b.len() {
+            let len = u16_at(b, off).unwrap() as usize;
+            let ty = u16_at(b, off + 2).unwrap() & 0x3fff;
+            assert!(len >= 4 && off + len <= b.len(), "malformed attribute");
+            out.push((ty, &b[off + 4..off + len]));
+            off += len.next_multiple_of(4);
+        }
+        out
+    }
+
+    fn attr<'a>(list: &[(u16, &'a [u8])], ty: u16) -> Option<&'a [u8]> {
+        list.iter().find(|(t, _)| *t == ty).map(|(_, p)| *p)
+    }
+
+    fn cstr(b: &[u8]) -> &str {
+        std::str::from_utf8(b.split(|&c| c == 0).next().unwrap()).unwrap()
+    }
+
+    /// Every (nf_tables message type, attributes after nfgenmsg) of a batch, batch
+    /// begin/end left out.
+    fn messages(batch: &FinalizedBatch) -> Vec<(u16, u16, Vec<u8>)> {
+        let bytes: Vec<u8> = batch.iter().flatten().copied().collect();
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + 16 <= bytes.len() {
+            let len = u32_at(&bytes, off).unwrap() as usize;
+            let ty = u16_at(&bytes, off + 4).unwrap();
+            let flags = u16_at(&bytes, off + 6).unwrap();
+            if ty >> 8 == NFNL_SUBSYS_NFTABLES {
+                out.push((ty & 0xff, flags, bytes[off + 20..off + len].to_vec()));
+            }
+            off += len.next_multiple_of(4);
+        }
+        out
+    }
+
+    /// (name, data attributes) of each expression of a NEWRULE message.
+    fn expressions(rule_attrs: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let top = attrs(rule_attrs);
+        let list = attr(&top, NFTA_RULE_EXPRESSIONS).expect("expressions");
+        attrs(list)
+            .into_iter()
+            .filter(|(t, _)| *t == NFTA_LIST_ELEM)
+            .map(|(_, e)| {
+                let e = attrs(e);
+                let name = cstr(attr(&e, NFTA_EXPR_NAME).unwrap()).to_string();
+                (name, attr(&e, NFTA_EXPR_DATA).unwrap_or(&[]).to_vec())
+            })
+            .collect()
+    }
+
+    fn sample() -> Policy {
+        Policy::new(
+            &[Service {
+                iface: "ppp0".into(),
+                app_addr: AppAddr::Interface,
+                app_port: 80,
+                protocol: Protocol::Tcp,
+                act_addr: "192.168.77.10".parse().unwrap(),
+                act_port: 8080,
+                flags: Flags(0),
+            }],
+            4747,
+        )
+    }
+
+    fn rules(batch: &FinalizedBatch) -> Vec<Vec<(String, Vec<u8>)>> {
+        messages(batch)
+            .into_iter()
+            .filter(|(t, _, _)| *t == libc::NFT_MSG_NEWRULE as u16)
+            .map(|(_, _, a)| expressions(&a))
+            .collect()
+    }
+
+    #[test]
+    fn native_queue_expression_attributes() {
+        let (batch, labels) = build_install_batch(&sample(), QueueExprKind::Native);
+        let rules = rules(&batch);
+        assert_eq!(
+            rules.len(),
+            labels.len() - 4,
+            "table, 2 chains, flush, then rules"
+        );
+        for r in &rules {
+            let (name, data) = r.last().unwrap();
+            assert_eq!(name, "queue");
+            let a = attrs(data);
+            // NFTA_QUEUE_NUM/TOTAL/FLAGS: 16-bit, network byte order.
+            assert_eq!(attr(&a, 1), Some(&4747u16.to_be_bytes()[..]));
+            assert_eq!(attr(&a, 2), Some(&1u16.to_be_bytes()[..]));
+            assert_eq!(
+                attr(&a, 3),
+                Some(&0u16.to_be_bytes()[..]),
+                "no bypass, no fanout"
+            );
+        }
+    }
+
+    #[test]
+    fn compat_queue_expression_attributes() {
+        let (batch, _) = build_install_batch(&sample(), QueueExprKind::Compat);
+        for r in rules(&batch) {
+            let (name, data) = r.last().unwrap();
+            assert_eq!(name, "target");
+            let a = attrs(data);
+            assert_eq!(cstr(attr(&a, 1).unwrap()), "NFQUEUE");
+            assert_eq!(attr(&a, 2), Some(&3u32.to_be_bytes()[..]), "revision 3");
+            let info = attr(&a, 3).unwrap();
+            assert_eq!(info, &crate::nft::expr::nfqueue_v3_info(4747, 1, 0)[..]);
+        }
+    }
+
+    #[test]
+    fn fib_ifname_and_port_encoding() {
+        let (batch, _) = build_install_batch(&sample(), QueueExprKind::Native);
+        let inbound = &rules(&batch)[0];
+        let names: Vec<&str> = inbound.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "meta", "cmp", "meta", "cmp", "fib", "cmp", "meta", "cmp", "payload", "cmp",
+                "queue"
+            ]
+        );
+        let cmp_value = |i: usize| -> Vec<u8> {
+            let a = attrs(&inbound[i].1);
+            let d = attrs(attr(&a, NFTA_CMP_DATA).unwrap());
+            attr(&d, NFTA_DATA_VALUE).unwrap().to_vec()
+        };
+        let mut ifname = b"ppp0".to_vec();
+        ifname.resize(16, 0);
+        assert_eq!(
+            cmp_value(1),
+            ifname,
+            "interface name zero-padded to IFNAMSIZ"
+        );
+        assert_eq!(cmp_value(3), [libc::NFPROTO_IPV4 as u8]);
+        let fib = attrs(&inbound[4].1);
+        // NFTA_FIB_DREG, NFTA_FIB_RESULT (addrtype), NFTA_FIB_FLAGS (daddr | iif).
+        assert_eq!(attr(&fib, 1), Some(&1u32.to_be_bytes()[..]));
+        assert_eq!(attr(&fib, 2), Some(&3u32.to_be_bytes()[..]));
+        assert_eq!(attr(&fib, 3), Some(&(2u32 | 8).to_be_bytes()[..]));
+        assert_eq!(cmp_value(5), 2u32.to_ne_bytes(), "RTN_LOCAL, native order");
+        assert_eq!(cmp_value(7), [6]);
+        assert_eq!(cmp_value(9), [0, 80], "port in network order");
+    }
+
+    #[test]
+    fn table_has_owner_flag_and_flush_names_only_the_table() {
+        let (batch, labels) = build_install_batch(&sample(), QueueExprKind::Native);
+        let msgs = messages(&batch);
+        assert_eq!(msgs.len(), labels.len());
+        let (ty, _, a) = &msgs[0];
+        assert_eq!(*ty, libc::NFT_MSG_NEWTABLE as u16);
+        let a = attrs(a);
+        assert_eq!(cstr(attr(&a, NFTA_TABLE_NAME).unwrap()), "netnat");
+        assert_eq!(attr(&a, NFTA_TABLE_FLAGS), Some(&2u32.to_be_bytes()[..]));
+        assert_eq!(msgs[1].0, libc::NFT_MSG_NEWCHAIN as u16);
+        assert_eq!(msgs[2].0, libc::NFT_MSG_NEWCHAIN as u16);
+        let (ty, _, a) = &msgs[3];
+        assert_eq!(*ty, libc::NFT_MSG_DELRULE as u16);
+        let a = attrs(a);
+        assert_eq!(cstr(attr(&a, NFTA_RULE_TABLE).unwrap()), "netnat");
+        assert_eq!(attr(&a, NFTA_RULE_CHAIN), None, "flush covers every chain");
+        assert!(
+            msgs.iter()
+                .all(|(_, flags, _)| flags & libc::NLM_F_ACK as u16 != 0),
+            "every message asks for an ACK, so silence is detectable"
+        );
+    }
+
+    fn ack(seq: u32, error: i32) -> Answer {
+        Answer {
+            seq,
+            error,
+            message: None,
+        }
+    }
+
+    fn labels() -> Vec<Label> {
+        vec![
+            Label::Table,
+            Label::Chain("prerouting"),
+            Label::Rule {
+                chain: "prerouting",
+                text: "x".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn judge_maps_sequence_numbers_to_messages() {
+        // With numbered begin/end: 1 = begin, 2..=4 objects, 5 = end.
+        let all_ok: Vec<Answer> = (1..6).map(|s| ack(s, 0)).collect();
+        assert!(judge(1..6, labels(), &all_ok).is_ok());
+        let mut a = all_ok.clone();
+        a[3].error = -libc::ENOENT;
+        a[2].error = 0;
+        let f = judge(1..6, labels(), &a).unwrap_err();
+        assert!(matches!(f.label, Label::Rule { .. }) && f.errno == libc::ENOENT);
+        // The earliest refusal is the cause.
+        a[1].error = -libc::EPERM;
+        let f = judge(1..6, labels(), &a).unwrap_err();
+        assert_eq!(f.label, Label::Table);
+        assert!(matches!(f.into_error(), NftError::OwnedByOther));
+        // EPERM on the batch itself: no CAP_NET_ADMIN.
+        let f = judge(1..6, labels(), &[ack(1, -libc::EPERM)]).unwrap_err();
+        assert!(matches!(f.into_error(), NftError::NotPermitted));
+        // A missing ACK is an error, not a success.
+        let f = judge(1..6, labels(), &all_ok[..4]).unwrap_err();
+        assert!(matches!(f.into_error(), NftError::Protocol(_)));
+        // Without numbered begin/end (kernels before 6.10): objects are 1..=3.
+        let objs: Vec<Answer> = (1..4).map(|s| ack(s, 0)).collect();
+        assert!(judge(1..4, labels(), &objs).is_ok());
+        let f = judge(1..4, labels(), &[ack(1, 0), ack(2, -libc::EOPNOTSUPP)]).unwrap_err();
+        assert_eq!(f.label, Label::Chain("prerouting"));
+        let e = f.into_error();
+        assert!(e.to_string().contains("adding chain prerouting"), "{e}");
+    }
+
+    #[test]
+    fn parses_error_with_extended_ack_message() {
+        let mut m = Vec::new();
+        let text = b"Table is owned\0";
+        let attr_len = 4 + text.len();
+        let total = 16 + 4 + 16 + attr_len.next_multiple_of(4);
+        m.extend((total as u32).to_ne_bytes());
+        m.extend((libc::NLMSG_ERROR as u16).to_ne_bytes());
+        m.extend((NLM_F_CAPPED | NLM_F_ACK_TLVS).to_ne_bytes());
+        m.extend(9u32.to_ne_bytes());
+        m.extend(0u32.to_ne_bytes());
+        m.extend((-libc::EPERM).to_ne_bytes());
+        // The original header (capped: no payload), its seq at offset 8.
+        m.extend(60u32.to_ne_bytes());
+        m.extend(0u16.to_ne_bytes());
+        m.extend(0u16.to_ne_bytes());
+        m.extend(7u32.to_ne_bytes());
+        m.extend(0u32.to_ne_bytes());
+        m.extend((attr_len as u16).to_ne_bytes());
+        m.extend(NLMSGERR_ATTR_MSG.to_ne_bytes());
+        m.extend(text);
+        m.resize(total, 0);
+        let a = parse_error_msg(&m).unwrap();
+        assert_eq!(a.seq, 7);
+        assert_eq!(a.error, -libc::EPERM);
+        assert_eq!(a.message.as_deref(), Some("Table is owned"));
+    }
 }
