@@ -9,7 +9,7 @@
 use std::ffi::{CStr, CString, c_void};
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::raw::c_char;
 use std::ptr::NonNull;
 
@@ -163,8 +163,14 @@ impl std::error::Error for NftError {
 }
 
 /// One nftables netlink socket, kept for the life of the table it owns.
+///
+/// The socket is opened here rather than with `mnl::Socket::new`, because libmnl's
+/// `mnl_socket_open` does not set close-on-exec: every child process (a hook script, or just
+/// `ip netns exec nft` started by another thread) would inherit the socket and keep the owned
+/// table alive, owned by a dead session, for as long as it runs. `SOCK_CLOEXEC` at creation
+/// closes that race. Sending and receiving are plain `sendmsg`/`recv` on the descriptor.
 pub struct NftSession {
-    sock: mnl::Socket,
+    sock: OwnedFd,
     /// The queue form the kernel accepted, once known.
     kind: Option<QueueExprKind>,
     /// Receive buffer size already requested.
@@ -173,24 +179,51 @@ pub struct NftSession {
     sndbuf: usize,
 }
 
-// SAFETY: the session exclusively owns its `mnl_socket` (a file descriptor and its address);
-// libmnl keeps no thread-local or shared state for it, so using it from another thread after a
-// move is sound. It is not `Sync`: concurrent batches on one socket would mix their ACKs.
-unsafe impl Send for NftSession {}
-
 impl fmt::Debug for NftSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NftSession")
-            .field("portid", &self.sock.portid())
+            .field("fd", &self.sock.as_raw_fd())
             .field("kind", &self.kind)
             .finish()
     }
 }
 
+/// A netfilter netlink socket, close-on-exec, bound to a port id the kernel chooses.
+fn open_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_nl is valid; nl_pid 0 lets the kernel pick the port id.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `addr` is a live sockaddr_nl and its exact size is passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
 impl NftSession {
     /// Open and bind the netfilter netlink socket this session keeps.
     pub fn open() -> Result<NftSession, NftError> {
-        let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(|e| NftError::Io {
+        let sock = open_socket().map_err(|e| NftError::Io {
             op: "socket",
             source: e,
         })?;
