@@ -99,3 +99,6 @@ pub fn rewrite<T>(
 ) -> Outcome<T> {
     rewrite::translate(pkt, dir, csum, lookup)
 }
+
+#[cfg(test)]
+mod tests;
