@@ -83,8 +83,11 @@ pub struct Decision {
 /// A queued packet handed to the `process_batch` handler.
 #[derive(Debug)]
 pub struct Packet<'a> {
+    /// Kernel packet id, what the verdict refers to.
     pub id: u32,
+    /// EtherType of the packet in host order (0x0800 IPv4, 0x86dd IPv6).
     pub hw_protocol: u16,
+    /// Netfilter hook: 0 prerouting, 1 input, 2 forward, 3 output, 4 postrouting.
     pub hook: u8,
     /// Input interface index, 0 when none.
     pub indev: u32,
@@ -194,6 +197,9 @@ pub struct Queue {
     /// Most bytes one `sendmsg` may carry.
     send_limit: usize,
     stats: QueueStats,
+    /// The kernel acknowledged our bind: only then does Drop send UNBIND (an UNBIND after a
+    /// refused bind would only earn an error for a socket about to close).
+    bound: bool,
 }
 
 // SAFETY: `mnl::Socket` is only `!Send` because it holds a raw pointer to libmnl's
@@ -235,6 +241,7 @@ impl Queue {
             pending: Vec::with_capacity(BATCH),
             send_limit: granted_snd.saturating_sub(SNDBUF_SLACK).max(4096),
             stats: QueueStats::default(),
+            bound: false,
         };
 
         let gso_flag = if opts.gso { msg::NFQA_CFG_F_GSO } else { 0 };
@@ -254,6 +261,7 @@ impl Queue {
         );
         sys::send_parts(fd, &[&req]).map_err(io_err("send bind request"))?;
         q.await_ack()?;
+        q.bound = true;
         Ok(q)
     }
 
@@ -547,6 +555,9 @@ impl Drop for Queue {
     /// releases the queue number at once; packets still queued are then dropped by the
     /// kernel (or pass, with a `bypass` rule).
     fn drop(&mut self) {
+        if !self.bound {
+            return;
+        }
         let mut req = Vec::new();
         msg::encode_config(
             &mut req,
