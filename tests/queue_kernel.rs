@@ -51,6 +51,8 @@ struct Netns {
 impl Netns {
     fn new() -> Netns {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(sweep_stale);
         let name = format!(
             "nnq-{}-{}",
             std::process::id(),
@@ -135,6 +137,27 @@ fn proc_status(ns: &str, num: u16) -> (u32, u32, u32) {
             })
         })
         .unwrap_or_else(|| panic!("queue {num} not listed:\n{text}"))
+}
+
+/// Drop cannot run when a test run is killed (timeout, ^C): remove namespaces left by earlier
+/// runs of these tests, recognised by the `nnq-<pid>-` prefix of a process that is gone.
+fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = name
+            .strip_prefix("nnq-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
 }
 
 impl Drop for Netns {
@@ -405,108 +428,111 @@ fn burst_of_3000_all_get_verdicts() {
     let num = 8;
     ns.queue_rule(num);
     let ns_name = ns.name();
-    let (stats, delivered, max_batch, batches, wouldblock, kernel) = ns.run_inside(move || {
-        let mut q = Queue::open(&QueueOptions {
-            num,
-            ..Default::default()
-        })
-        .expect("open queue");
-        let (tx, rx) = sockets();
-        // Queued packets stay charged to the sender's socket and, once accepted, to the
-        // receiver's: size both for the whole burst so the test measures the queue.
-        set_int_opt(&tx, 32 /* SO_SNDBUFFORCE */, 16 << 20);
-        set_int_opt(&rx, 33 /* SO_RCVBUFFORCE */, 16 << 20);
-        tx.set_nonblocking(true).unwrap();
+    let (stats, delivered, max_batch, batches, wouldblock, kernel, sends) =
+        ns.run_inside(move || {
+            let mut q = Queue::open(&QueueOptions {
+                num,
+                ..Default::default()
+            })
+            .expect("open queue");
+            let (tx, rx) = sockets();
+            // Queued packets stay charged to the sender's socket and, once accepted, to the
+            // receiver's: size both for the whole burst so the test measures the queue.
+            set_int_opt(&tx, 32 /* SO_SNDBUFFORCE */, 16 << 20);
+            set_int_opt(&rx, 33 /* SO_RCVBUFFORCE */, 16 << 20);
+            tx.set_nonblocking(true).unwrap();
 
-        // The whole burst first, with nobody reading: the worst case for the queue socket.
-        let start = Instant::now();
-        let mut wouldblock = 0u32;
-        let mut buf = [0u8; SIZE];
-        let mut seq = 0u32;
-        while seq < SENT {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "burst send stalled"
-            );
-            buf[..4].copy_from_slice(&seq.to_be_bytes());
-            match tx.send(&buf) {
-                Ok(_) => seq += 1,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Should not happen with the buffer above; if it does, make room.
-                    wouldblock += 1;
-                    let _ = q.process_batch(&mut |_| ACCEPT);
-                }
-                Err(e) => panic!("send: {e}"),
-            }
-        }
-
-        // Odd sequence numbers go back modified (payload iovecs in the batch), even ones as
-        // plain accepts.
-        let mut max_batch = 0;
-        let mut batches = 0u32;
-        let mut handled = 0usize;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while handled < SENT as usize && Instant::now() < deadline {
-            if !q.wait(Duration::from_millis(200)).unwrap() {
-                continue;
-            }
-            let n = q
-                .process_batch(&mut |p| {
-                    let data = udp_payload(p.payload).expect("ipv4/udp");
-                    let s = u32::from_be_bytes(data[..4].try_into().unwrap());
-                    if s % 2 == 1 {
-                        data[4] = b'M';
-                        clear_udp_checksum(p.payload);
-                        Decision {
-                            verdict: Verdict::Accept,
-                            modified: true,
-                            mark: None,
-                        }
-                    } else {
-                        ACCEPT
+            // The whole burst first, with nobody reading: the worst case for the queue socket.
+            let start = Instant::now();
+            let mut wouldblock = 0u32;
+            let mut buf = [0u8; SIZE];
+            let mut seq = 0u32;
+            while seq < SENT {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "burst send stalled"
+                );
+                buf[..4].copy_from_slice(&seq.to_be_bytes());
+                match tx.send(&buf) {
+                    Ok(_) => seq += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Should not happen with the buffer above; if it does, make room.
+                        wouldblock += 1;
+                        let _ = q.process_batch(&mut |_| ACCEPT);
                     }
-                })
-                .unwrap();
-            if n > 0 {
-                batches += 1;
-                max_batch = max_batch.max(n);
-                handled += n;
+                    Err(e) => panic!("send: {e}"),
+                }
             }
-        }
-        // Anything beyond the burst would be a bug; give it a moment to show up.
-        if q.wait(Duration::from_millis(200)).unwrap() {
-            handled += q.process_batch(&mut |_| ACCEPT).unwrap();
-        }
-        assert_eq!(handled, SENT as usize);
 
-        let mut seen = HashSet::new();
-        let mut rbuf = vec![0u8; 2048];
-        rx.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        while seen.len() < SENT as usize {
-            let Ok(n) = rx.recv(&mut rbuf) else { break };
-            assert_eq!(n, SIZE);
-            let s = u32::from_be_bytes(rbuf[..4].try_into().unwrap());
-            let want = if s % 2 == 1 { b'M' } else { 0 };
-            assert_eq!(rbuf[4], want, "datagram {s} modified iff odd");
-            seen.insert(s);
-        }
-        let p = proc_queue(num).expect("queue listed");
-        assert_eq!(p.waiting, 0, "packets left without verdict: {p:?}");
-        let kernel = proc_status(&ns_name, num);
-        (
-            q.stats(),
-            seen.len(),
-            max_batch,
-            batches,
-            wouldblock,
-            kernel,
-        )
-    });
+            // Odd sequence numbers go back modified (payload iovecs in the batch), even ones as
+            // plain accepts.
+            let mut max_batch = 0;
+            let mut batches = 0u32;
+            let mut handled = 0usize;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while handled < SENT as usize && Instant::now() < deadline {
+                if !q.wait(Duration::from_millis(200)).unwrap() {
+                    continue;
+                }
+                let n = q
+                    .process_batch(&mut |p| {
+                        let data = udp_payload(p.payload).expect("ipv4/udp");
+                        let s = u32::from_be_bytes(data[..4].try_into().unwrap());
+                        if s % 2 == 1 {
+                            data[4] = b'M';
+                            clear_udp_checksum(p.payload);
+                            Decision {
+                                verdict: Verdict::Accept,
+                                modified: true,
+                                mark: None,
+                            }
+                        } else {
+                            ACCEPT
+                        }
+                    })
+                    .unwrap();
+                if n > 0 {
+                    batches += 1;
+                    max_batch = max_batch.max(n);
+                    handled += n;
+                }
+            }
+            // Anything beyond the burst would be a bug; give it a moment to show up.
+            if q.wait(Duration::from_millis(200)).unwrap() {
+                handled += q.process_batch(&mut |_| ACCEPT).unwrap();
+            }
+            assert_eq!(handled, SENT as usize);
+
+            let mut seen = HashSet::new();
+            let mut rbuf = vec![0u8; 2048];
+            rx.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            while seen.len() < SENT as usize {
+                let Ok(n) = rx.recv(&mut rbuf) else { break };
+                assert_eq!(n, SIZE);
+                let s = u32::from_be_bytes(rbuf[..4].try_into().unwrap());
+                let want = if s % 2 == 1 { b'M' } else { 0 };
+                assert_eq!(rbuf[4], want, "datagram {s} modified iff odd");
+                seen.insert(s);
+            }
+            let p = proc_queue(num).expect("queue listed");
+            assert_eq!(p.waiting, 0, "packets left without verdict: {p:?}");
+            let kernel = proc_status(&ns_name, num);
+            let sends = q.verdict_sends();
+            (
+                q.stats(),
+                seen.len(),
+                max_batch,
+                batches,
+                wouldblock,
+                kernel,
+                sends,
+            )
+        });
     let (waiting, queue_dropped, user_dropped) = kernel;
     eprintln!(
         "burst: sent {SENT}, queue received {}, verdicts {}, delivered {delivered}, enobufs {}, \
-         async errors {}, batches {batches} (largest {max_batch}), sender EAGAIN {wouldblock}, \
+         async errors {}, batches {batches} (largest {max_batch}), sendmsg calls {sends}, sender EAGAIN {wouldblock}, \
          kernel waiting {waiting} dropped {queue_dropped} user-dropped {user_dropped}",
         stats.received, stats.verdicts, stats.enobufs, stats.async_errors
     );
@@ -516,6 +542,7 @@ fn burst_of_3000_all_get_verdicts() {
     assert_eq!(stats.async_errors, 0);
     assert_eq!(delivered, SENT as usize);
     assert!(max_batch > 1, "verdicts were never batched");
+    assert_eq!(sends, u64::from(batches), "one sendmsg per batch");
     assert_eq!((waiting, queue_dropped, user_dropped), (0, 0, 0));
 }
 
@@ -621,4 +648,95 @@ fn small_buffer_burst_counts_enobufs() {
     assert_eq!(stats.verdicts, stats.received);
     assert_eq!(stats.received + u64::from(user_dropped), u64::from(SENT));
     assert_eq!(waiting, 0);
+}
+
+/// When the socket's send buffer is smaller than a batch of modified verdicts (it was shrunk
+/// after `open`), the first sendmsg fails with EMSGSIZE; the layer must learn the limit and
+/// send the batch in pieces, losing and duplicating nothing.
+#[test]
+fn verdicts_split_when_send_buffer_is_small() {
+    if !have_root() {
+        return;
+    }
+    const SENT: u32 = 200;
+    let ns = Netns::new();
+    let num = 12;
+    ns.queue_rule(num);
+    ns.run_inside(move || {
+        let mut q = Queue::open(&QueueOptions {
+            num,
+            ..Default::default()
+        })
+        .expect("open queue");
+        // SAFETY: setsockopt on the queue's own fd with a live c_int.
+        let small: libc::c_int = 4096;
+        let rc = unsafe {
+            libc::setsockopt(
+                q.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&small as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        let (tx, rx) = sockets();
+        // Queued packets stay charged to the sender: size its buffer for all of them, and
+        // never block on it (a blocked send here would wait for verdicts nobody gives).
+        set_int_opt(&tx, 32 /* SO_SNDBUFFORCE */, 8 << 20);
+        set_int_opt(&rx, 33 /* SO_RCVBUFFORCE */, 8 << 20);
+        tx.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        for seq in 0..SENT {
+            buf[..4].copy_from_slice(&seq.to_be_bytes());
+            tx.send(&buf).expect("send (non-blocking)");
+        }
+        let mut batches = 0u64;
+        let mut handled = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handled < SENT as usize && Instant::now() < deadline {
+            if !q.wait(Duration::from_millis(200)).unwrap() {
+                continue;
+            }
+            let n = q
+                .process_batch(&mut |p| {
+                    udp_payload(p.payload).unwrap()[4] = b'S';
+                    clear_udp_checksum(p.payload);
+                    Decision {
+                        verdict: Verdict::Accept,
+                        modified: true,
+                        mark: None,
+                    }
+                })
+                .unwrap();
+            if n > 0 {
+                batches += 1;
+                handled += n;
+            }
+        }
+        assert_eq!(handled, SENT as usize);
+        let st = q.stats();
+        assert_eq!(st.verdicts, u64::from(SENT));
+        assert_eq!(st.async_errors, 0, "{st:?}");
+        assert!(
+            q.verdict_sends() > batches,
+            "expected split sends: {} sends for {batches} batches",
+            q.verdict_sends()
+        );
+        let mut seen = HashSet::new();
+        rx.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut rbuf = [0u8; 1024];
+        while seen.len() < SENT as usize {
+            let Ok(n) = rx.recv(&mut rbuf) else { break };
+            assert_eq!((n, rbuf[4]), (512, b'S'));
+            assert!(seen.insert(u32::from_be_bytes(rbuf[..4].try_into().unwrap())));
+        }
+        assert_eq!(seen.len(), SENT as usize);
+        assert_eq!(proc_queue(num).expect("listed").waiting, 0);
+        eprintln!(
+            "small send buffer: {SENT} verdicts in {batches} batches, {} sendmsg calls",
+            q.verdict_sends()
+        );
+    });
 }

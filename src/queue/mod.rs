@@ -200,6 +200,8 @@ pub struct Queue {
     /// The kernel acknowledged our bind: only then does Drop send UNBIND (an UNBIND after a
     /// refused bind would only earn an error for a socket about to close).
     bound: bool,
+    /// `sendmsg` calls that carried verdicts.
+    sends: u64,
 }
 
 // SAFETY: `mnl::Socket` is only `!Send` because it holds a raw pointer to libmnl's
@@ -242,6 +244,7 @@ impl Queue {
             send_limit: granted_snd.saturating_sub(SNDBUF_SLACK).max(4096),
             stats: QueueStats::default(),
             bound: false,
+            sends: 0,
         };
 
         let gso_flag = if opts.gso { msg::NFQA_CFG_F_GSO } else { 0 };
@@ -464,42 +467,61 @@ impl Queue {
         }
     }
 
-    /// Sends `self.pending` as few `sendmsg` calls as the send buffer allows (normally one).
+    /// Sends `self.pending` in as few `sendmsg` calls as the send buffer allows (normally
+    /// one). If the kernel still finds a datagram too big (EMSGSIZE: the buffer shrank since
+    /// `open`), the limit is learned again, at most half of what failed so that every retry
+    /// makes progress, and the unsent rest goes out in smaller pieces.
     fn send_verdicts(&mut self) -> Result<(), QueueError> {
         const PAD: [u8; 4] = [0; 4];
         let fd = self.sock.as_raw_fd();
         let mut parts: Vec<&[u8]> = Vec::with_capacity(self.pending.len() * 3);
-        let mut bytes = 0usize;
-        let mut in_chunk = 0u64;
-        for p in &self.pending {
-            let head = &self.heads[p.head.clone()];
-            let payload: &[u8] = match &p.payload {
-                Some((idx, r)) => &self.bufs[*idx][r.clone()],
-                None => &[],
-            };
-            let size = head.len() + payload.len() + p.pad;
-            if in_chunk > 0 && bytes + size > self.send_limit {
-                send_all(fd, &parts, bytes)?;
-                self.stats.verdicts += in_chunk;
-                parts.clear();
-                bytes = 0;
-                in_chunk = 0;
+        let mut next = 0;
+        while next < self.pending.len() {
+            parts.clear();
+            let mut bytes = 0usize;
+            let mut end = next;
+            while let Some(p) = self.pending.get(end) {
+                let head = &self.heads[p.head.clone()];
+                let payload: &[u8] = match &p.payload {
+                    Some((idx, r)) => &self.bufs[*idx][r.clone()],
+                    None => &[],
+                };
+                let size = head.len() + payload.len() + p.pad;
+                if end > next && bytes + size > self.send_limit {
+                    break;
+                }
+                parts.push(head);
+                if !payload.is_empty() {
+                    parts.push(payload);
+                }
+                if p.pad > 0 {
+                    parts.push(&PAD[..p.pad]);
+                }
+                bytes += size;
+                end += 1;
             }
-            parts.push(head);
-            if !payload.is_empty() {
-                parts.push(payload);
+            match send_all(fd, &parts, bytes) {
+                Ok(()) => {
+                    self.stats.verdicts += (end - next) as u64;
+                    self.sends += 1;
+                    next = end;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && end - next > 1 => {
+                    let now = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)
+                        .unwrap_or(0)
+                        .max(0) as usize;
+                    self.send_limit = now.saturating_sub(SNDBUF_SLACK).min(bytes / 2).max(1);
+                }
+                Err(e) => return Err(io_err("sendmsg verdicts")(e)),
             }
-            if p.pad > 0 {
-                parts.push(&PAD[..p.pad]);
-            }
-            bytes += size;
-            in_chunk += 1;
-        }
-        if in_chunk > 0 {
-            send_all(fd, &parts, bytes)?;
-            self.stats.verdicts += in_chunk;
         }
         Ok(())
+    }
+
+    /// Number of `sendmsg` calls that carried verdicts so far (for tests and tuning: with
+    /// batching it stays well below `stats().verdicts`).
+    pub fn verdict_sends(&self) -> u64 {
+        self.sends
     }
 
     /// Waits up to `timeout` for packets. True when `process_batch` has something to do.
@@ -518,17 +540,12 @@ impl Queue {
 /// One `sendmsg` of verdicts. Netlink takes a datagram whole or not at all; ENOBUFS/ENOMEM
 /// (no memory for the skb) are retried briefly, because a lost verdict leaves its packet in the
 /// kernel queue until the queue is unbound.
-fn send_all(fd: RawFd, parts: &[&[u8]], bytes: usize) -> Result<(), QueueError> {
+fn send_all(fd: RawFd, parts: &[&[u8]], bytes: usize) -> io::Result<()> {
     let mut tries = 0;
     loop {
         match sys::send_parts(fd, parts) {
             Ok(n) if n == bytes => return Ok(()),
-            Ok(n) => {
-                return Err(QueueError::Io {
-                    what: "sendmsg verdicts",
-                    source: io::Error::other(format!("sent {n} of {bytes} bytes")),
-                });
-            }
+            Ok(n) => return Err(io::Error::other(format!("sent {n} of {bytes} bytes"))),
             Err(e)
                 if tries < 3
                     && matches!(
@@ -539,7 +556,7 @@ fn send_all(fd: RawFd, parts: &[&[u8]], bytes: usize) -> Result<(), QueueError> 
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(1));
             }
-            Err(e) => return Err(io_err("sendmsg verdicts")(e)),
+            Err(e) => return Err(e),
         }
     }
 }
