@@ -98,7 +98,7 @@ pub(super) fn translate<A: Octets, T>(
     let mut icmp_delta = Delta::new();
 
     let mut addr_delta = Delta::new();
-    addr_delta.bytes(old_addr.as_ref(), new_addr.as_ref());
+    addr_delta.sums(old_addr.word_sum(), new_addr.word_sum());
     put_bytes(pkt, quoted_addr..quoted_addr + A::LEN, new_addr.as_ref());
     icmp_delta.add(addr_delta);
     if A::FAMILY == Family::V4 {

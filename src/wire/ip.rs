@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{Malformed, checksum};
+use super::Malformed;
 use super::field::{be16, u8_at};
 
 /// IPv6 extension headers that netnat walks over (RFC 8200 section 4, RFC 4302).
@@ -78,6 +78,8 @@ pub trait Octets: Copy + PartialEq + AsRef<[u8]> {
     fn to_ip(self) -> IpAddr;
     /// The octets of `ip`, or `None` when it is of the other family.
     fn from_ip(ip: IpAddr) -> Option<Self>;
+    /// Unfolded ones-complement sum of the address's 16-bit words.
+    fn word_sum(self) -> u64;
     /// Unfolded pseudo-header sum for these addresses.
     fn pseudo_header(src: Self, dst: Self, protocol: u8, len: usize) -> u64;
 }
@@ -107,9 +109,15 @@ impl Octets for [u8; 4] {
     }
 
     #[inline]
+    fn word_sum(self) -> u64 {
+        let [a, b, c, d] = self;
+        u64::from(u16::from_be_bytes([a, b])) + u64::from(u16::from_be_bytes([c, d]))
+    }
+
+    #[inline]
     fn pseudo_header(src: Self, dst: Self, protocol: u8, len: usize) -> u64 {
         // Validated lengths come from the 16-bit IPv4 total length.
-        checksum::pseudo_header_v4(src, dst, protocol, len as u16)
+        src.word_sum() + dst.word_sum() + u64::from(protocol) + (len as u64 & 0xFFFF)
     }
 }
 
@@ -138,9 +146,19 @@ impl Octets for [u8; 16] {
     }
 
     #[inline]
+    fn word_sum(self) -> u64 {
+        // Two 64-bit halves, each summed as four 16-bit words: unrolled by the compiler.
+        let mut s = 0;
+        for pair in self.as_chunks::<2>().0 {
+            s += u64::from(u16::from_be_bytes(*pair));
+        }
+        s
+    }
+
+    #[inline]
     fn pseudo_header(src: Self, dst: Self, protocol: u8, len: usize) -> u64 {
         // Validated lengths come from the 16-bit IPv6 payload length.
-        checksum::pseudo_header_v6(src, dst, protocol, len as u32)
+        src.word_sum() + dst.word_sum() + u64::from(protocol) + (len as u64 & 0xFFFF_FFFF)
     }
 }
 
@@ -148,6 +166,7 @@ impl Octets for [u8; 16] {
 ///
 /// The packet must be as long as its header says (`Truncated` otherwise); trailing bytes in
 /// `buf` past that length are ignored. Non-first fragments give `Malformed::Fragment`.
+#[inline]
 pub fn parse(buf: &[u8]) -> Result<IpLayout, Malformed> {
     match u8_at(buf, 0).ok_or(Malformed::Truncated)? >> 4 {
         4 => parse_v4(buf, false),
@@ -170,6 +189,7 @@ pub fn parse_quoted(buf: &[u8]) -> Result<IpLayout, Malformed> {
     }
 }
 
+#[inline]
 fn parse_v4(buf: &[u8], quoted: bool) -> Result<IpLayout, Malformed> {
     if buf.len() < 20 {
         return Err(Malformed::Truncated);
@@ -207,6 +227,7 @@ fn parse_v4(buf: &[u8], quoted: bool) -> Result<IpLayout, Malformed> {
     })
 }
 
+#[inline]
 fn parse_v6(buf: &[u8], quoted: bool) -> Result<IpLayout, Malformed> {
     if buf.len() < 40 {
         return Err(Malformed::Truncated);

@@ -37,16 +37,10 @@ pub(super) fn translate<T>(
     };
     match (ip.family, ip.protocol) {
         (Family::V4, PROTO_ICMP) => icmp::translate::<[u8; 4], T>(pkt, &ip, dir, csum, lookup),
-        (Family::V6, PROTO_ICMPV6) => {
-            icmp::translate::<[u8; 16], T>(pkt, &ip, dir, csum, lookup)
-        }
+        (Family::V6, PROTO_ICMPV6) => icmp::translate::<[u8; 16], T>(pkt, &ip, dir, csum, lookup),
         (family, p) => match (Protocol::from_number(p), family) {
-            (Some(proto), Family::V4) => {
-                plain::<[u8; 4], T>(pkt, &ip, proto, dir, csum, lookup)
-            }
-            (Some(proto), Family::V6) => {
-                plain::<[u8; 16], T>(pkt, &ip, proto, dir, csum, lookup)
-            }
+            (Some(proto), Family::V4) => plain::<[u8; 4], T>(pkt, &ip, proto, dir, csum, lookup),
+            (Some(proto), Family::V6) => plain::<[u8; 16], T>(pkt, &ip, proto, dir, csum, lookup),
             (None, _) => Outcome::Malformed(Malformed::UnsupportedProtocol),
         },
     }
@@ -59,6 +53,7 @@ struct Transport {
     syn: bool,
 }
 
+#[inline]
 fn transport(pkt: &[u8], ip: &IpLayout, proto: Protocol) -> Result<Transport, Malformed> {
     let len = ip.l4_len();
     match proto {
@@ -88,8 +83,7 @@ fn transport(pkt: &[u8], ip: &IpLayout, proto: Protocol) -> Result<Transport, Ma
             if len < 20 {
                 return Err(Malformed::Truncated);
             }
-            let data_offset =
-                usize::from(u8_at(pkt, ip.l4 + 12).ok_or(Malformed::Truncated)? >> 4);
+            let data_offset = usize::from(u8_at(pkt, ip.l4 + 12).ok_or(Malformed::Truncated)? >> 4);
             if data_offset < 5 {
                 return Err(Malformed::BadHeaderLength);
             }
@@ -171,7 +165,7 @@ fn plain<A: Octets, T>(
 
     // Nothing can fail from here on.
     let mut delta = Delta::new();
-    delta.bytes(old_addr.as_ref(), new_addr.as_ref());
+    delta.sums(old_addr.word_sum(), new_addr.word_sum());
     put_bytes(pkt, addr_at..addr_at + A::LEN, new_addr.as_ref());
     if A::FAMILY == Family::V4 {
         // The IPv4 header checksum covers the addresses but not the ports.
