@@ -112,11 +112,6 @@ impl Delta {
         self.0 += other.0;
     }
 
-    /// True when nothing was recorded (an identity rewrite still records words).
-    pub fn is_empty(&self) -> bool {
-        self.0 == 0
-    }
-
     /// The checksum field value after the change, given the value before it.
     #[inline]
     pub fn apply(self, csum: u16) -> u16 {

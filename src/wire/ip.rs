@@ -21,24 +21,6 @@ pub enum Family {
     V6,
 }
 
-impl Family {
-    /// Length of an address of this family.
-    pub fn addr_len(self) -> usize {
-        match self {
-            Family::V4 => 4,
-            Family::V6 => 16,
-        }
-    }
-
-    /// Family of `addr`.
-    pub fn of(addr: IpAddr) -> Family {
-        match addr {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-}
-
 /// A validated IP header: where things are in the buffer it was parsed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpLayout {
