@@ -10,25 +10,26 @@
 /// prescribes. The result is meant for [`fold`] (or to be added to other unfolded sums).
 #[inline]
 pub fn sum(data: &[u8]) -> u64 {
-    // Adding 32-bit big-endian words and folding later gives the same ones-complement result
-    // as adding 16-bit words, because 2^16 - 1 divides 2^32 - 1; with twice as much per add
-    // and no data-dependent carries the loop vectorises.
-    let mut chunks = data.chunks_exact(8);
+    // Adding 32-bit words and folding later gives the same ones-complement result as adding
+    // 16-bit words, because 2^16 - 1 divides 2^32 - 1. The words are read in native byte
+    // order: the ones-complement sum commutes with byte swapping (RFC 1071 section 2(B)), so
+    // the folded result only needs one swap at the end, and the loop vectorises without a
+    // shuffle per word.
+    let (words, rest) = data.as_chunks::<4>();
     let mut acc: u64 = 0;
-    for c in &mut chunks {
-        acc += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-        acc += u64::from(u32::from_be_bytes([c[4], c[5], c[6], c[7]]));
+    for w in words {
+        acc += u64::from(u32::from_ne_bytes(*w));
     }
-    // The remainder starts at an offset that is a multiple of 8, so word alignment holds.
-    let rest = chunks.remainder();
-    let mut pairs = rest.chunks_exact(2);
-    for p in &mut pairs {
-        acc += u64::from(u16::from_be_bytes([p[0], p[1]]));
+    let mut s = u64::from(u16::from_be(fold(acc)));
+    // The rest starts at a multiple of 4, so word alignment holds.
+    let (pairs, last) = rest.as_chunks::<2>();
+    for p in pairs {
+        s += u64::from(u16::from_be_bytes(*p));
     }
-    if let [last] = pairs.remainder() {
-        acc += u64::from(*last) << 8;
+    if let [b] = last {
+        s += u64::from(*b) << 8;
     }
-    acc
+    s
 }
 
 /// Folds an unfolded sum to 16 bits with end-around carry.
@@ -99,15 +100,16 @@ impl Delta {
         self.0 += u64::from(!fold(sum(old))) + sum(new);
     }
 
+    /// Records that a run of words whose unfolded sum was `old` now sums to `new`.
+    #[inline]
+    pub fn sums(&mut self, old: u64, new: u64) {
+        self.0 += u64::from(!fold(old)) + new;
+    }
+
     /// Adds another delta (a change that this checksum also covers).
     #[inline]
     pub fn add(&mut self, other: Delta) {
         self.0 += other.0;
-    }
-
-    /// True when nothing was recorded (an identity rewrite still records words).
-    pub fn is_empty(&self) -> bool {
-        self.0 == 0
     }
 
     /// The checksum field value after the change, given the value before it.

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use super::checksum::{Delta, finish, sum};
 use super::field::{get16, put_bytes, put16, u8_at};
-use super::ip::{self, AddrBytes, Family, IpLayout};
+use super::ip::{self, Family, IpLayout, Octets};
 use super::rewrite::{IPV4_CSUM, csum_offset, endpoints, pseudo_header};
 use super::{ChecksumState, Direction, Flow, Kind, Malformed, Outcome};
 use crate::config::Protocol;
@@ -29,7 +29,7 @@ fn is_error(family: Family, ty: u8) -> bool {
     }
 }
 
-pub(super) fn translate<T>(
+pub(super) fn translate<A: Octets, T>(
     pkt: &mut [u8],
     outer: &IpLayout,
     dir: Direction,
@@ -70,7 +70,7 @@ pub(super) fn translate<T>(
         return Outcome::Malformed(Malformed::Truncated);
     }
     let ports_at = qbase + inner.l4;
-    let Some((src, dst)) = endpoints(pkt, &inner, qbase, ports_at) else {
+    let Some((src, dst)) = endpoints::<A>(pkt, qbase, ports_at) else {
         return Outcome::Malformed(Malformed::Truncated);
     };
     let flow = Flow {
@@ -83,28 +83,25 @@ pub(super) fn translate<T>(
     // Reply: the quote is a translated inbound packet, its destination is the actual endpoint;
     // the outer source is the actual address if the server itself sent the error.
     let (quoted_addr, quoted_port, outer_addr, old) = match dir {
-        Direction::Inbound => (inner.src(), ports_at, outer.dst(), src),
-        Direction::Reply => (inner.dst(), ports_at + 2, outer.src(), dst),
+        Direction::Inbound => (qbase + A::SRC, ports_at, A::DST, src),
+        Direction::Reply => (qbase + A::DST, ports_at + 2, A::SRC, dst),
     };
-    let quoted_addr = qbase + quoted_addr.start..qbase + quoted_addr.end;
     let Some((new, token)) = lookup(proto, old) else {
         return Outcome::NotOurs { kind: NOT_OURS };
     };
-    if Family::of(new.ip()) != outer.family {
+    let (Some(old_addr), Some(new_addr)) = (A::from_ip(old.ip()), A::from_ip(new.ip())) else {
         return Outcome::Malformed(Malformed::AddressFamily);
-    }
+    };
 
     // Nothing can fail from here on.
-    let old_addr = AddrBytes::from_ip(old.ip());
-    let new_addr = AddrBytes::from_ip(new.ip());
     // Every change inside the ICMP message, for the ICMP checksum.
     let mut icmp_delta = Delta::new();
 
     let mut addr_delta = Delta::new();
-    addr_delta.bytes(old_addr.as_slice(), new_addr.as_slice());
-    put_bytes(pkt, quoted_addr, new_addr.as_slice());
+    addr_delta.sums(old_addr.word_sum(), new_addr.word_sum());
+    put_bytes(pkt, quoted_addr..quoted_addr + A::LEN, new_addr.as_ref());
     icmp_delta.add(addr_delta);
-    if inner.family == Family::V4 {
+    if A::FAMILY == Family::V4 {
         let at = qbase + IPV4_CSUM;
         let old_csum = get16(pkt, at);
         let new_csum = addr_delta.apply(old_csum);
@@ -124,7 +121,7 @@ pub(super) fn translate<T>(
         let at = ports_at + csum_rel;
         let old_csum = get16(pkt, at);
         let udp = proto == Protocol::Udp;
-        if !(udp && inner.family == Family::V4 && old_csum == 0) {
+        if !(udp && A::FAMILY == Family::V4 && old_csum == 0) {
             let mut new_csum = l4_delta.apply(old_csum);
             if udp && new_csum == 0 {
                 new_csum = 0xFFFF;
@@ -136,9 +133,9 @@ pub(super) fn translate<T>(
 
     // The outer address, only where it is the translated endpoint's own address: a router's
     // error carries the router's address, which must stay.
-    if AddrBytes::read(pkt, outer_addr.clone()) == Some(old_addr) {
-        put_bytes(pkt, outer_addr, new_addr.as_slice());
-        match outer.family {
+    if A::read(pkt, outer_addr) == Some(old_addr) {
+        put_bytes(pkt, outer_addr..outer_addr + A::LEN, new_addr.as_ref());
+        match A::FAMILY {
             Family::V4 => {
                 let c = get16(pkt, IPV4_CSUM);
                 put16(pkt, IPV4_CSUM, addr_delta.apply(c));
@@ -154,9 +151,9 @@ pub(super) fn translate<T>(
         ChecksumState::NotReady => {
             put16(pkt, at, 0);
             let body = pkt.get(outer.l4..outer.end).unwrap_or_default();
-            let pseudo = match outer.family {
+            let pseudo = match A::FAMILY {
                 Family::V4 => 0,
-                Family::V6 => pseudo_header(pkt, outer, outer.protocol, outer.l4_len()),
+                Family::V6 => pseudo_header::<A>(pkt, outer.protocol, outer.l4_len()),
             };
             finish(pseudo + sum(body))
         }

@@ -2,7 +2,6 @@
 //! buffer (nothing is copied), then read and written through those offsets.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::ops::Range;
 
 use super::Malformed;
 use super::field::{be16, u8_at};
@@ -22,24 +21,6 @@ pub enum Family {
     V6,
 }
 
-impl Family {
-    /// Length of an address of this family.
-    pub fn addr_len(self) -> usize {
-        match self {
-            Family::V4 => 4,
-            Family::V6 => 16,
-        }
-    }
-
-    /// Family of `addr`.
-    pub fn of(addr: IpAddr) -> Family {
-        match addr {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-}
-
 /// A validated IP header: where things are in the buffer it was parsed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpLayout {
@@ -56,83 +37,110 @@ pub struct IpLayout {
 }
 
 impl IpLayout {
-    /// Where the source address lies.
-    pub fn src(&self) -> Range<usize> {
-        match self.family {
-            Family::V4 => 12..16,
-            Family::V6 => 8..24,
-        }
-    }
-
-    /// Where the destination address lies.
-    pub fn dst(&self) -> Range<usize> {
-        match self.family {
-            Family::V4 => 16..20,
-            Family::V6 => 24..40,
-        }
-    }
-
     /// Length of the transport part (segment, datagram or ICMP message).
     pub fn l4_len(&self) -> usize {
         self.end - self.l4
     }
 }
 
-/// An address of either family held by value, so that old and new addresses can be kept
-/// while the buffer is rewritten.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AddrBytes {
-    bytes: [u8; 16],
-    len: u8,
+/// An address as it stands in a header, held by value (4 or 16 bytes), so that old and new
+/// addresses can be kept while the buffer is rewritten.
+///
+/// The translation code is generic over it: with the size known at compile time, reading,
+/// comparing, summing and writing an address compile to a few fixed-size moves and adds.
+pub trait Octets: Copy + PartialEq + AsRef<[u8]> {
+    const FAMILY: Family;
+    /// Offsets of the source and destination addresses in the IP header.
+    const SRC: usize;
+    const DST: usize;
+    const LEN: usize;
+
+    /// The address at offset `at` of `buf`.
+    fn read(buf: &[u8], at: usize) -> Option<Self>;
+    fn to_ip(self) -> IpAddr;
+    /// The octets of `ip`, or `None` when it is of the other family.
+    fn from_ip(ip: IpAddr) -> Option<Self>;
+    /// Unfolded ones-complement sum of the address's 16-bit words.
+    fn word_sum(self) -> u64;
+    /// Unfolded pseudo-header sum for these addresses.
+    fn pseudo_header(src: Self, dst: Self, protocol: u8, len: usize) -> u64;
 }
 
-impl AddrBytes {
-    /// Reads the address at `r` (4 or 16 bytes) from `buf`.
-    pub fn read(buf: &[u8], r: Range<usize>) -> Option<AddrBytes> {
-        let src = buf.get(r)?;
-        let mut bytes = [0u8; 16];
-        bytes.get_mut(..src.len())?.copy_from_slice(src);
-        Some(AddrBytes {
-            bytes,
-            len: src.len() as u8,
-        })
+impl Octets for [u8; 4] {
+    const FAMILY: Family = Family::V4;
+    const SRC: usize = 12;
+    const DST: usize = 16;
+    const LEN: usize = 4;
+
+    #[inline]
+    fn read(buf: &[u8], at: usize) -> Option<Self> {
+        buf.get(at..at.checked_add(4)?)?.try_into().ok()
     }
 
-    pub fn from_ip(ip: IpAddr) -> AddrBytes {
+    #[inline]
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(self))
+    }
+
+    #[inline]
+    fn from_ip(ip: IpAddr) -> Option<Self> {
         match ip {
-            IpAddr::V4(a) => {
-                let mut bytes = [0u8; 16];
-                bytes[..4].copy_from_slice(&a.octets());
-                AddrBytes { bytes, len: 4 }
-            }
-            IpAddr::V6(a) => AddrBytes {
-                bytes: a.octets(),
-                len: 16,
-            },
+            IpAddr::V4(a) => Some(a.octets()),
+            IpAddr::V6(_) => None,
         }
     }
 
-    pub fn as_slice(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len).min(16)]
+    #[inline]
+    fn word_sum(self) -> u64 {
+        let [a, b, c, d] = self;
+        u64::from(u16::from_be_bytes([a, b])) + u64::from(u16::from_be_bytes([c, d]))
     }
 
-    pub fn to_ip(self) -> IpAddr {
-        if self.len == 4 {
-            let [a, b, c, d, ..] = self.bytes;
-            IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(self.bytes))
+    #[inline]
+    fn pseudo_header(src: Self, dst: Self, protocol: u8, len: usize) -> u64 {
+        // Validated lengths come from the 16-bit IPv4 total length.
+        src.word_sum() + dst.word_sum() + u64::from(protocol) + (len as u64 & 0xFFFF)
+    }
+}
+
+impl Octets for [u8; 16] {
+    const FAMILY: Family = Family::V6;
+    const SRC: usize = 8;
+    const DST: usize = 24;
+    const LEN: usize = 16;
+
+    #[inline]
+    fn read(buf: &[u8], at: usize) -> Option<Self> {
+        buf.get(at..at.checked_add(16)?)?.try_into().ok()
+    }
+
+    #[inline]
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(self))
+    }
+
+    #[inline]
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V6(a) => Some(a.octets()),
+            IpAddr::V4(_) => None,
         }
     }
 
-    /// The 4 bytes of an IPv4 address (zeros past a short address).
-    pub fn v4(&self) -> [u8; 4] {
-        let [a, b, c, d, ..] = self.bytes;
-        [a, b, c, d]
+    #[inline]
+    fn word_sum(self) -> u64 {
+        // Two 64-bit halves, each summed as four 16-bit words: unrolled by the compiler.
+        let mut s = 0;
+        for pair in self.as_chunks::<2>().0 {
+            s += u64::from(u16::from_be_bytes(*pair));
+        }
+        s
     }
 
-    pub fn v6(&self) -> [u8; 16] {
-        self.bytes
+    #[inline]
+    fn pseudo_header(src: Self, dst: Self, protocol: u8, len: usize) -> u64 {
+        // Validated lengths come from the 16-bit IPv6 payload length.
+        src.word_sum() + dst.word_sum() + u64::from(protocol) + (len as u64 & 0xFFFF_FFFF)
     }
 }
 
@@ -140,6 +148,7 @@ impl AddrBytes {
 ///
 /// The packet must be as long as its header says (`Truncated` otherwise); trailing bytes in
 /// `buf` past that length are ignored. Non-first fragments give `Malformed::Fragment`.
+#[inline]
 pub fn parse(buf: &[u8]) -> Result<IpLayout, Malformed> {
     match u8_at(buf, 0).ok_or(Malformed::Truncated)? >> 4 {
         4 => parse_v4(buf, false),
@@ -162,6 +171,7 @@ pub fn parse_quoted(buf: &[u8]) -> Result<IpLayout, Malformed> {
     }
 }
 
+#[inline]
 fn parse_v4(buf: &[u8], quoted: bool) -> Result<IpLayout, Malformed> {
     if buf.len() < 20 {
         return Err(Malformed::Truncated);
@@ -199,6 +209,7 @@ fn parse_v4(buf: &[u8], quoted: bool) -> Result<IpLayout, Malformed> {
     })
 }
 
+#[inline]
 fn parse_v6(buf: &[u8], quoted: bool) -> Result<IpLayout, Malformed> {
     if buf.len() < 40 {
         return Err(Malformed::Truncated);
@@ -394,11 +405,17 @@ mod tests {
     }
 
     #[test]
-    fn addr_bytes_round_trip() {
+    fn octets_round_trip() {
         let a: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(AddrBytes::from_ip(a).to_ip(), a);
+        let o = <[u8; 16]>::from_ip(a).unwrap();
+        assert_eq!(o.to_ip(), a);
+        assert_eq!(<[u8; 4]>::from_ip(a), None);
         let b: IpAddr = "10.1.2.3".parse().unwrap();
-        assert_eq!(AddrBytes::from_ip(b).to_ip(), b);
-        assert_eq!(AddrBytes::from_ip(b).as_slice(), &[10, 1, 2, 3]);
+        assert_eq!(<[u8; 4]>::from_ip(b), Some([10, 1, 2, 3]));
+        assert_eq!(<[u8; 16]>::from_ip(b), None);
+        let buf = [0, 10, 1, 2, 3];
+        assert_eq!(<[u8; 4]>::read(&buf, 1).map(Octets::to_ip), Some(b));
+        assert_eq!(<[u8; 4]>::read(&buf, 2), None);
+        assert_eq!(<[u8; 4]>::read(&buf, usize::MAX), None);
     }
 }

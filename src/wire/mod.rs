@@ -8,6 +8,21 @@
 //!   in an ICMP error); for `Direction::Reply` the source of a plain packet (or the *destination*
 //!   of the quoted packet). It returns the endpoint to write instead plus a caller token `T`.
 //!
+//! What is translated, and how:
+//! - TCP and UDP over IPv4 (options allowed) and IPv6 (hop-by-hop, routing without segments
+//!   left, destination options, fragment and AH headers walked): address and port, the IPv4
+//!   header checksum, and the transport checksum: RFC 1624 update for `Complete`, full
+//!   computation over pseudo-header and segment for `NotReady`. IPv4 UDP without checksum
+//!   keeps none; a UDP checksum computing to 0 is written 0xFFFF.
+//! - A first fragment is translated with `Complete` only (its checksum covers data it does
+//!   not hold); later fragments carry no ports and are `Malformed::Fragment`.
+//! - ICMP errors (v4: 3, 11, 12; v6: 1 to 4) quoting TCP/UDP: the quoted endpoint, the quoted
+//!   IPv4 header checksum, the quoted transport checksum when the quote holds it, the outer
+//!   address only when it is the translated endpoint's own address (a router's error keeps
+//!   the router's), the outer IPv4 header checksum and the ICMP checksum (for ICMPv6 with
+//!   its pseudo-header).
+//! - The IP header's length is the packet's; bytes past it in the buffer are left alone.
+//!
 //! Layout: [`checksum`] (RFC 1071 sums, RFC 1624 incremental updates, pseudo-headers),
 //! [`ip`] (IPv4/IPv6 header validation into offsets, IPv6 extension-header walk), `rewrite`
 //! (TCP/UDP packets) and `icmp` (ICMP/ICMPv6 errors and the packets they quote).

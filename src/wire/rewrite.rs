@@ -1,13 +1,13 @@
-//! Translation of plain TCP/UDP packets, and the dispatch by protocol.
+//! Translation of plain TCP/UDP packets, and the dispatch by protocol and family.
 //!
 //! Every function here validates everything first and writes only once nothing can fail any
 //! more: the caller's buffer is untouched unless the outcome is `Rewritten`.
 
 use std::net::SocketAddr;
 
-use super::checksum::{Delta, finish, pseudo_header_v4, pseudo_header_v6, sum};
+use super::checksum::{Delta, finish, sum};
 use super::field::{be16, get16, put_bytes, put16, u8_at};
-use super::ip::{self, AddrBytes, Family, IpLayout};
+use super::ip::{self, Family, IpLayout, Octets};
 use super::{ChecksumState, Direction, Flow, Kind, Malformed, Outcome, icmp};
 use crate::config::Protocol;
 
@@ -36,12 +36,12 @@ pub(super) fn translate<T>(
         Err(e) => return Outcome::Malformed(e),
     };
     match (ip.family, ip.protocol) {
-        (Family::V4, PROTO_ICMP) | (Family::V6, PROTO_ICMPV6) => {
-            icmp::translate(pkt, &ip, dir, csum, lookup)
-        }
-        (_, p) => match Protocol::from_number(p) {
-            Some(proto) => plain(pkt, &ip, proto, dir, csum, lookup),
-            None => Outcome::Malformed(Malformed::UnsupportedProtocol),
+        (Family::V4, PROTO_ICMP) => icmp::translate::<[u8; 4], T>(pkt, &ip, dir, csum, lookup),
+        (Family::V6, PROTO_ICMPV6) => icmp::translate::<[u8; 16], T>(pkt, &ip, dir, csum, lookup),
+        (family, p) => match (Protocol::from_number(p), family) {
+            (Some(proto), Family::V4) => plain::<[u8; 4], T>(pkt, &ip, proto, dir, csum, lookup),
+            (Some(proto), Family::V6) => plain::<[u8; 16], T>(pkt, &ip, proto, dir, csum, lookup),
+            (None, _) => Outcome::Malformed(Malformed::UnsupportedProtocol),
         },
     }
 }
@@ -53,6 +53,7 @@ struct Transport {
     syn: bool,
 }
 
+#[inline]
 fn transport(pkt: &[u8], ip: &IpLayout, proto: Protocol) -> Result<Transport, Malformed> {
     let len = ip.l4_len();
     match proto {
@@ -98,15 +99,14 @@ fn transport(pkt: &[u8], ip: &IpLayout, proto: Protocol) -> Result<Transport, Ma
     }
 }
 
-/// Source and destination endpoints of the IP header `ip` and the ports at `ports`.
-pub(super) fn endpoints(
+/// Source and destination endpoints of the IP header at `base` and the ports at `ports`.
+pub(super) fn endpoints<A: Octets>(
     pkt: &[u8],
-    ip: &IpLayout,
     base: usize,
     ports: usize,
 ) -> Option<(SocketAddr, SocketAddr)> {
-    let src = AddrBytes::read(pkt, base + ip.src().start..base + ip.src().end)?;
-    let dst = AddrBytes::read(pkt, base + ip.dst().start..base + ip.dst().end)?;
+    let src = A::read(pkt, base + A::SRC)?;
+    let dst = A::read(pkt, base + A::DST)?;
     let sport = be16(pkt, ports)?;
     let dport = be16(pkt, ports + 2)?;
     Some((
@@ -116,17 +116,18 @@ pub(super) fn endpoints(
 }
 
 /// Unfolded pseudo-header sum for the packet whose IP header is at the start of `pkt`.
-pub(super) fn pseudo_header(pkt: &[u8], ip: &IpLayout, protocol: u8, len: usize) -> u64 {
-    let src = AddrBytes::read(pkt, ip.src()).unwrap_or(AddrBytes::from_ip([0u8; 16].into()));
-    let dst = AddrBytes::read(pkt, ip.dst()).unwrap_or(AddrBytes::from_ip([0u8; 16].into()));
-    match ip.family {
-        // Lengths were validated against the 16-bit IPv4 total length and IPv6 payload length.
-        Family::V4 => pseudo_header_v4(src.v4(), dst.v4(), protocol, len as u16),
-        Family::V6 => pseudo_header_v6(src.v6(), dst.v6(), protocol, len as u32),
+pub(super) fn pseudo_header<A: Octets>(pkt: &[u8], protocol: u8, len: usize) -> u64 {
+    match (A::read(pkt, A::SRC), A::read(pkt, A::DST)) {
+        (Some(src), Some(dst)) => A::pseudo_header(src, dst, protocol, len),
+        _ => {
+            debug_assert!(false, "pseudo-header of an unvalidated packet");
+            0
+        }
     }
 }
 
-fn plain<T>(
+/// Rewrites a validated TCP/UDP packet of the family of `A`.
+fn plain<A: Octets, T>(
     pkt: &mut [u8],
     ip: &IpLayout,
     proto: Protocol,
@@ -143,7 +144,7 @@ fn plain<T>(
         // The full checksum covers the whole datagram, of which this is only the start.
         return Outcome::Malformed(Malformed::Fragment);
     }
-    let Some((src, dst)) = endpoints(pkt, ip, 0, ip.l4) else {
+    let Some((src, dst)) = endpoints::<A>(pkt, 0, ip.l4) else {
         return Outcome::Malformed(Malformed::Truncated);
     };
     let flow = Flow {
@@ -152,23 +153,21 @@ fn plain<T>(
         dst,
     };
     let (addr_at, port_at, old) = match dir {
-        Direction::Inbound => (ip.dst(), ip.l4 + 2, dst),
-        Direction::Reply => (ip.src(), ip.l4, src),
+        Direction::Inbound => (A::DST, ip.l4 + 2, dst),
+        Direction::Reply => (A::SRC, ip.l4, src),
     };
     let Some((new, token)) = lookup(proto, old) else {
         return Outcome::NotOurs { kind };
     };
-    if Family::of(new.ip()) != ip.family {
+    let (Some(old_addr), Some(new_addr)) = (A::from_ip(old.ip()), A::from_ip(new.ip())) else {
         return Outcome::Malformed(Malformed::AddressFamily);
-    }
+    };
 
     // Nothing can fail from here on.
-    let old_addr = AddrBytes::from_ip(old.ip());
-    let new_addr = AddrBytes::from_ip(new.ip());
     let mut delta = Delta::new();
-    delta.bytes(old_addr.as_slice(), new_addr.as_slice());
-    put_bytes(pkt, addr_at, new_addr.as_slice());
-    if ip.family == Family::V4 {
+    delta.sums(old_addr.word_sum(), new_addr.word_sum());
+    put_bytes(pkt, addr_at..addr_at + A::LEN, new_addr.as_ref());
+    if A::FAMILY == Family::V4 {
         // The IPv4 header checksum covers the addresses but not the ports.
         put16(pkt, IPV4_CSUM, delta.apply(get16(pkt, IPV4_CSUM)));
     }
@@ -180,7 +179,7 @@ fn plain<T>(
     let new_csum = match csum {
         ChecksumState::Complete => {
             let c = get16(pkt, csum_at);
-            if udp && ip.family == Family::V4 && c == 0 {
+            if udp && A::FAMILY == Family::V4 && c == 0 {
                 // IPv4 UDP without a checksum: it stays without one.
                 return Outcome::Rewritten { token, flow, kind };
             }
@@ -190,7 +189,7 @@ fn plain<T>(
             // The field holds only the pseudo-header seed of the offload: compute it all.
             put16(pkt, csum_at, 0);
             let body = pkt.get(ip.l4..ip.l4 + tp.covered).unwrap_or_default();
-            finish(pseudo_header(pkt, ip, proto.number(), tp.covered) + sum(body))
+            finish(pseudo_header::<A>(pkt, proto.number(), tp.covered) + sum(body))
         }
     };
     // A UDP checksum that computes to 0 is sent as 0xFFFF: 0 would mean "no checksum".
