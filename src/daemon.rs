@@ -134,7 +134,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
 
     let signals = Signals::register().map_err(|e| sys("registering signals", e))?;
     log.info(format_args!(
-        "ready: {} services on queue {queue_num} ({kind:?} queue expression)",
+        "ready: {} services on queue {queue_num} ({kind} queue expression)",
         active.config.services.len()
     ));
     if opts.log_stderr {
