@@ -104,3 +104,150 @@ fn drop() -> Decision {
         mark: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::config::parse_service;
+    use crate::service::Interfaces;
+
+    struct OnePublic;
+    impl Interfaces for OnePublic {
+        fn index(&self, name: &str) -> Option<u32> {
+            (name == "pub0").then_some(7)
+        }
+        fn address(&self, name: &str, v6: bool) -> Option<IpAddr> {
+            (name == "pub0" && !v6).then_some(IpAddr::V4(Ipv4Addr::new(10, 99, 1, 1)))
+        }
+    }
+
+    fn table() -> ServiceTable {
+        let s = parse_service("service pub0 port * 80 TCP 192.168.77.10 8080 0x8000").unwrap();
+        ServiceTable::build(&[s], &OnePublic)
+    }
+
+    /// A minimal IPv4/TCP SYN with correct checksums.
+    fn tcp_syn(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&40u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p[32] = 0x50;
+        p[33] = 0x02; // SYN
+        let ip = pnet_packet::ipv4::Ipv4Packet::new(&p).unwrap();
+        let ipc = pnet_packet::ipv4::checksum(&ip);
+        let tcp = pnet_packet::tcp::TcpPacket::new(&p[20..]).unwrap();
+        let tc = pnet_packet::tcp::ipv4_checksum(&tcp, &src.into(), &dst.into());
+        p[10..12].copy_from_slice(&ipc.to_be_bytes());
+        p[36..38].copy_from_slice(&tc.to_be_bytes());
+        p
+    }
+
+    fn packet(payload: &mut [u8], hook: u8, indev: u32, outdev: u32) -> Packet<'_> {
+        Packet {
+            id: 1,
+            hw_protocol: 0x0800,
+            hook,
+            indev,
+            outdev,
+            mark: 0x1,
+            checksum_ready: true,
+            gso: false,
+            truncated: false,
+            payload,
+        }
+    }
+
+    #[test]
+    fn inbound_syn_is_translated_marked_and_reported() {
+        let t = table();
+        let mut bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 7, 0);
+        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        assert_eq!(d.verdict, Verdict::Accept);
+        assert!(d.modified);
+        assert_eq!(
+            d.mark,
+            Some(0x4e01),
+            "netnat's bits are OR-ed into the existing mark"
+        );
+        match e {
+            Event::Translated {
+                id: 0,
+                dir: Direction::Inbound,
+                flow,
+                kind: Kind::Plain { syn: true },
+            } => {
+                assert_eq!(flow.dst, "10.99.1.1:80".parse().unwrap());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(&bytes[16..20], &[192, 168, 77, 10]);
+        assert_eq!(u16::from_be_bytes([bytes[22], bytes[23]]), 8080);
+    }
+
+    #[test]
+    fn inbound_on_another_interface_passes_unchanged() {
+        let t = table();
+        let mut bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let before = bytes.clone();
+        let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 8, 0);
+        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        assert_eq!(
+            (d.verdict, d.modified, e),
+            (Verdict::Accept, false, Event::Passed)
+        );
+        assert_eq!(bytes, before);
+    }
+
+    #[test]
+    fn unmapped_reply_is_dropped_never_leaked() {
+        let t = table();
+        // From the right server but the wrong port: no service, so no translation.
+        let mut bytes = tcp_syn([192, 168, 77, 10], 9999, [10, 99, 1, 2], 40312);
+        let mut pkt = packet(&mut bytes, HOOK_POSTROUTING, 0, 7);
+        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        assert_eq!(d.verdict, Verdict::Drop);
+        assert_eq!(e, Event::Dropped(Refusal::UnmappedReply));
+    }
+
+    #[test]
+    fn reply_is_translated_without_mark() {
+        let t = table();
+        let mut bytes = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
+        let mut pkt = packet(&mut bytes, HOOK_POSTROUTING, 0, 7);
+        let (d, _) = handle(&t, 0x4e00, &mut pkt);
+        assert_eq!(
+            (d.verdict, d.modified, d.mark),
+            (Verdict::Accept, true, None)
+        );
+        assert_eq!(&bytes[12..16], &[10, 99, 1, 1]);
+        assert_eq!(u16::from_be_bytes([bytes[20], bytes[21]]), 80);
+    }
+
+    #[test]
+    fn truncated_and_malformed_packets_are_dropped() {
+        let t = table();
+        let mut bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 7, 0);
+        pkt.truncated = true;
+        let (d, e) = handle(&t, 0, &mut pkt);
+        assert_eq!(
+            (d.verdict, e),
+            (Verdict::Drop, Event::Dropped(Refusal::Truncated))
+        );
+
+        let mut short = bytes[..30].to_vec();
+        let mut pkt = packet(&mut short, HOOK_PREROUTING, 7, 0);
+        let (d, e) = handle(&t, 0, &mut pkt);
+        assert_eq!(d.verdict, Verdict::Drop);
+        assert!(matches!(e, Event::Dropped(Refusal::Malformed(_))), "{e:?}");
+    }
+}
