@@ -2,7 +2,7 @@
 //! a flow's first packet from the rest. Pure; the daemon decides when to call it.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::wire::Flow;
@@ -79,9 +79,7 @@ impl FlowMemory {
     /// says whether it starts a flow: unseen, or silent for longer than the idle timeout.
     pub fn is_new(&mut self, service: usize, client: SocketAddr, now: u32) -> bool {
         let key = FlowKey { service, client };
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let i = (h.finish() as usize) & (self.slots.len() - 1);
+        let i = (self.hasher.hash_one(key) as usize) & (self.slots.len() - 1);
         let slot = &mut self.slots[i];
         let new = match slot {
             Some(s) if s.key == key => now.wrapping_sub(s.last_seen) > UDP_IDLE_SECS,
