@@ -2,6 +2,9 @@
 //! to, how it is rewritten and which verdict it gets. Kernel-free: the queue layer hands in the
 //! packet, this module hands back the decision.
 
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::Protocol;
 use crate::queue::{Decision, Packet, Verdict};
 use crate::service::ServiceTable;
 use crate::wire::{self, ChecksumState, Direction, Flow, Kind, Outcome};
@@ -33,7 +36,19 @@ pub enum Event {
     },
     /// Passed unchanged (not ours: e.g. an ICMP error about another flow).
     Passed,
-    Dropped(Refusal),
+    /// Dropped; `id` is the service whose endpoint the packet's header names, when it names
+    /// one (see [`attribute`]).
+    Dropped { reason: Refusal, id: Option<usize> },
+}
+
+/// The direction a packet queued at netfilter hook `hook` crosses the mapping: prerouting is
+/// inbound, postrouting is the reply path; other hooks are not netnat's.
+pub fn direction_of(hook: u8) -> Option<Direction> {
+    match hook {
+        HOOK_PREROUTING => Some(Direction::Inbound),
+        HOOK_POSTROUTING => Some(Direction::Reply),
+        _ => None,
+    }
 }
 
 /// Decides the fate of one queued packet, rewriting it in place when it is ours.
@@ -41,14 +56,14 @@ pub enum Event {
 /// `mark` is OR-ed into the packet mark of translated inbound packets, so that one firewall
 /// rule can let mapped traffic through a default-drop forward chain.
 pub fn handle(table: &ServiceTable, mark: u32, pkt: &mut Packet<'_>) -> (Decision, Event) {
-    let dir = match pkt.hook {
-        HOOK_PREROUTING => Direction::Inbound,
-        HOOK_POSTROUTING => Direction::Reply,
+    let Some(dir) = direction_of(pkt.hook) else {
         // Only our two chains queue to us; anything else is not ours to touch.
-        _ => return (pass(), Event::Passed),
+        return (pass(), Event::Passed);
     };
     if pkt.truncated {
-        return (drop(), Event::Dropped(Refusal::Truncated));
+        let id = attribute(table, dir, pkt);
+        let reason = Refusal::Truncated;
+        return (drop(), Event::Dropped { reason, id });
     }
     let csum = if pkt.checksum_ready {
         ChecksumState::Complete
@@ -84,9 +99,85 @@ pub fn handle(table: &ServiceTable, mark: u32, pkt: &mut Packet<'_>) -> (Decisio
             kind: Kind::IcmpError,
         } => (pass(), Event::Passed),
         Outcome::NotOurs { .. } if dir == Direction::Inbound => (pass(), Event::Passed),
-        Outcome::NotOurs { .. } => (drop(), Event::Dropped(Refusal::UnmappedReply)),
-        Outcome::Malformed(m) => (drop(), Event::Dropped(Refusal::Malformed(m))),
+        Outcome::NotOurs { .. } => {
+            let reason = Refusal::UnmappedReply;
+            (drop(), Event::Dropped { reason, id: None })
+        }
+        Outcome::Malformed(m) => {
+            let id = attribute(table, dir, pkt);
+            let reason = Refusal::Malformed(m);
+            (drop(), Event::Dropped { reason, id })
+        }
     }
+}
+
+/// The service a dropped packet belongs to, if its headers still name a service's endpoint:
+/// the destination for inbound packets, the source for replies. Only on the drop path.
+fn attribute(table: &ServiceTable, dir: Direction, pkt: &Packet<'_>) -> Option<usize> {
+    let p = peek(pkt.payload)?;
+    let proto = Protocol::from_number(p.protocol)?;
+    let (sport, dport) = p.ports?;
+    let e = match dir {
+        Direction::Inbound => table.inbound(pkt.indev, proto, SocketAddr::new(p.dst, dport)),
+        Direction::Reply => table.reply(pkt.outdev, proto, SocketAddr::new(p.src, sport)),
+    }?;
+    Some(e.id)
+}
+
+/// What a quick look at a packet's headers shows, for drop records and for attributing drops.
+/// Lenient on purpose (the packet may be malformed): only what can be read is returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peek {
+    /// IP protocol number (IPv6: the first next-header value).
+    pub protocol: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// Source and destination port, when the transport header's first 4 bytes are present
+    /// (TCP or UDP, IPv4 first fragment or IPv6 without extension headers).
+    pub ports: Option<(u16, u16)>,
+}
+
+/// Reads addresses, protocol and ports from the start of an IP packet; `None` when not even the
+/// IP addresses can be read. Never panics.
+pub fn peek(pkt: &[u8]) -> Option<Peek> {
+    let version = pkt.first()? >> 4;
+    let (protocol, src, dst, l4, first) = match version {
+        4 => {
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            let src: [u8; 4] = pkt.get(12..16)?.try_into().ok()?;
+            let dst: [u8; 4] = pkt.get(16..20)?.try_into().ok()?;
+            let frag_offset = u16::from_be_bytes([*pkt.get(6)?, *pkt.get(7)?]) & 0x1fff;
+            let ok = ihl >= 20;
+            (
+                pkt[9],
+                IpAddr::from(src),
+                IpAddr::from(dst),
+                ihl,
+                ok && frag_offset == 0,
+            )
+        }
+        6 => {
+            let src: [u8; 16] = pkt.get(8..24)?.try_into().ok()?;
+            let dst: [u8; 16] = pkt.get(24..40)?.try_into().ok()?;
+            (pkt[6], IpAddr::from(src), IpAddr::from(dst), 40, true)
+        }
+        _ => return None,
+    };
+    let ports = match (first, Protocol::from_number(protocol)) {
+        (true, Some(_)) => pkt.get(l4..l4 + 4).map(|p| {
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            )
+        }),
+        _ => None,
+    };
+    Some(Peek {
+        protocol,
+        src,
+        dst,
+        ports,
+    })
 }
 
 fn pass() -> Decision {
@@ -215,7 +306,13 @@ mod tests {
         let mut pkt = packet(&mut bytes, HOOK_POSTROUTING, 0, 7);
         let (d, e) = handle(&t, 0x4e00, &mut pkt);
         assert_eq!(d.verdict, Verdict::Drop);
-        assert_eq!(e, Event::Dropped(Refusal::UnmappedReply));
+        assert_eq!(
+            e,
+            Event::Dropped {
+                reason: Refusal::UnmappedReply,
+                id: None
+            }
+        );
     }
 
     #[test]
@@ -239,15 +336,61 @@ mod tests {
         let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 7, 0);
         pkt.truncated = true;
         let (d, e) = handle(&t, 0, &mut pkt);
+        // The headers still name service 0's apparent endpoint: the drop is its.
         assert_eq!(
             (d.verdict, e),
-            (Verdict::Drop, Event::Dropped(Refusal::Truncated))
+            (
+                Verdict::Drop,
+                Event::Dropped {
+                    reason: Refusal::Truncated,
+                    id: Some(0)
+                }
+            )
         );
 
         let mut short = bytes[..30].to_vec();
         let mut pkt = packet(&mut short, HOOK_PREROUTING, 7, 0);
         let (d, e) = handle(&t, 0, &mut pkt);
         assert_eq!(d.verdict, Verdict::Drop);
-        assert!(matches!(e, Event::Dropped(Refusal::Malformed(_))), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Event::Dropped {
+                    reason: Refusal::Malformed(_),
+                    id: Some(0)
+                }
+            ),
+            "{e:?}"
+        );
+
+        // Too short even for the ports: dropped, but nobody's.
+        let mut shorter = bytes[..22].to_vec();
+        let mut pkt = packet(&mut shorter, HOOK_PREROUTING, 7, 0);
+        let (_, e) = handle(&t, 0, &mut pkt);
+        assert!(
+            matches!(
+                e,
+                Event::Dropped {
+                    reason: Refusal::Malformed(_),
+                    id: None
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn peek_reads_what_is_there() {
+        let bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let p = peek(&bytes).unwrap();
+        assert_eq!(p.protocol, 6);
+        assert_eq!(p.src, IpAddr::from([10, 99, 1, 2]));
+        assert_eq!(p.ports, Some((40312, 80)));
+        assert_eq!(peek(&bytes[..22]).unwrap().ports, None);
+        assert_eq!(peek(&bytes[..19]), None);
+        assert_eq!(peek(&[]), None);
+        let mut frag = bytes.clone();
+        frag[7] = 1; // fragment offset 8: no ports
+        assert_eq!(peek(&frag).unwrap().ports, None);
     }
 }

@@ -44,6 +44,8 @@ impl Level {
 enum Sink {
     Stderr,
     Syslog(SysLogger<LoggerBackend, Formatter3164>),
+    /// Lines kept in memory, for tests of what would be logged.
+    Memory(Vec<(Level, String)>),
 }
 
 /// The daemon's logger. `records` is the level of service records (the `syslog-priority`
@@ -51,6 +53,7 @@ enum Sink {
 pub struct Logger {
     sink: Sink,
     records: Level,
+    lost: u64,
 }
 
 impl Logger {
@@ -58,7 +61,31 @@ impl Logger {
         Logger {
             sink: Sink::Stderr,
             records: Level::Info,
+            lost: 0,
         }
+    }
+
+    /// A logger that keeps every line in memory (see [`Logger::take_lines`]).
+    pub fn memory() -> Logger {
+        Logger {
+            sink: Sink::Memory(Vec::new()),
+            records: Level::Info,
+            lost: 0,
+        }
+    }
+
+    /// The lines a [`Logger::memory`] logger kept so far, emptied.
+    pub fn take_lines(&mut self) -> Vec<(Level, String)> {
+        match &mut self.sink {
+            Sink::Memory(lines) => std::mem::take(lines),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Lines that could not be handed to syslog (its socket full or gone). The socket does not
+    /// block: a stalled syslog daemon costs log lines, never packets.
+    pub fn lost(&self) -> u64 {
+        self.lost
     }
 
     /// Syslog on `socket` (or the system's default sockets); stderr where none exists, as in
@@ -77,15 +104,26 @@ impl Logger {
             None => syslog::unix(formatter),
         };
         match logger {
-            Ok(l) => Logger {
-                sink: Sink::Syslog(l),
-                records,
-            },
+            Ok(l) => {
+                // The packet thread writes the records: a syslog daemon that stops reading must
+                // not stop it. A datagram socket is made non-blocking (a full socket loses the
+                // line, counted in `lost`); a stream socket stays blocking, because a partial
+                // write would cut a line in the middle of the stream.
+                if let LoggerBackend::Unix(sock) = &l.backend {
+                    let _ = sock.set_nonblocking(true);
+                }
+                Logger {
+                    sink: Sink::Syslog(l),
+                    records,
+                    lost: 0,
+                }
+            }
             Err(e) => {
                 eprintln!("netnat: warning: no syslog socket ({e}); logging to stderr");
                 Logger {
                     sink: Sink::Stderr,
                     records,
+                    lost: 0,
                 }
             }
         }
@@ -95,15 +133,19 @@ impl Logger {
         match &mut self.sink {
             Sink::Stderr => eprintln!("netnat: {}: {msg}", level.tag()),
             Sink::Syslog(l) => {
-                // A lost log line must not stop packet processing: errors are ignored here.
-                let _ = match level {
+                // A lost log line must not stop packet processing: it is only counted.
+                let sent = match level {
                     Level::Err => l.err(msg),
                     Level::Warning => l.warning(msg),
                     Level::Notice => l.notice(msg),
                     Level::Info => l.info(msg),
                     Level::Debug => l.debug(msg),
                 };
+                if sent.is_err() {
+                    self.lost += 1;
+                }
             }
+            Sink::Memory(lines) => lines.push((level, msg.to_string())),
         }
     }
 

@@ -1,0 +1,468 @@
+//! What the daemon learns from each packet's fate: counters ([`crate::stats`]) and the records
+//! the services' flags ask for ([`crate::record`]).
+//!
+//! Owned by the consumer thread. Per packet it does integer increments; it formats a record
+//! only when a flag asks for one and the rate limit admits it.
+
+use std::net::IpAddr;
+
+use crate::config::{Flags, Protocol, Service};
+use crate::datapath::{self, Event};
+use crate::log::Logger;
+use crate::queue::Packet;
+use crate::record::{
+    DropAction, DropRecord, FlowMemory, IcmpRecord, MappingEvent, PacketRecord, RecordKind,
+    SuppressedRecord, VolumeRecord, icmp_type_code,
+};
+use crate::stats::{Counters, DropReason, Stats, TokenBucket, carry_map};
+use crate::wire::{Direction, Kind};
+
+/// The clocks of one batch, read once per batch rather than per packet.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clock {
+    /// Monotonic milliseconds since the daemon started (rate limits).
+    pub ms: u64,
+    /// Wall clock, seconds since the Unix epoch (`last seen`).
+    pub wall: u64,
+}
+
+impl Clock {
+    fn secs(&self) -> u32 {
+        (self.ms / 1000) as u32
+    }
+}
+
+/// Per-service state beside the counters.
+#[derive(Clone, Copy, Default)]
+struct Limits {
+    packets: TokenBucket,
+    drops: TokenBucket,
+    /// Counters at the service's previous volume record.
+    volume_base: Counters,
+}
+
+pub struct Monitor {
+    services: Vec<Service>,
+    flags: Vec<Flags>,
+    stats: Stats,
+    flows: FlowMemory,
+    limits: Vec<Limits>,
+    /// Rate limit of drop records for packets of no service.
+    shared_drops: TokenBucket,
+    /// Some service has flag 0x1000, so packets of no service are reported too.
+    any_drops: bool,
+}
+
+impl Monitor {
+    pub fn new(services: Vec<Service>) -> Monitor {
+        let n = services.len();
+        Monitor {
+            flags: services.iter().map(|s| s.flags).collect(),
+            any_drops: services.iter().any(|s| s.flags.has(Flags::DROPS)),
+            services,
+            stats: Stats::new(n),
+            flows: FlowMemory::default(),
+            limits: vec![Limits::default(); n],
+            shared_drops: TokenBucket::default(),
+        }
+    }
+
+    /// A new set of services (reload, `service add/del`): a service equal to a running one
+    /// keeps its counters, UDP flows, rate limits and volume base; others start afresh.
+    pub fn replace(&mut self, services: Vec<Service>) {
+        let map = carry_map(&self.services, &services);
+        let n = services.len();
+        let mut limits = vec![Limits::default(); n];
+        for (old, new) in map.iter().enumerate() {
+            if let Some(new) = new {
+                limits[*new] = self.limits[old];
+            }
+        }
+        self.stats = self.stats.carried(&map, n);
+        self.flows.remap(&map);
+        self.limits = limits;
+        self.flags = services.iter().map(|s| s.flags).collect();
+        self.any_drops = services.iter().any(|s| s.flags.has(Flags::DROPS));
+        self.services = services;
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// Counts one packet's fate and writes the records its service's flags ask for.
+    #[inline]
+    pub fn observe(&mut self, event: Event, pkt: &Packet<'_>, now: Clock, log: &mut Logger) {
+        match event {
+            Event::Translated {
+                id,
+                dir,
+                flow,
+                kind,
+            } => {
+                let inbound = dir == Direction::Inbound;
+                self.stats
+                    .translated(id, inbound, pkt.payload.len(), now.wall);
+                let flags = self.flags.get(id).copied().unwrap_or_default();
+                let Some(service) = self.services.get(id) else {
+                    return;
+                };
+                match kind {
+                    Kind::Plain { syn } => {
+                        if inbound {
+                            let new = match flow.protocol {
+                                Protocol::Tcp => syn,
+                                Protocol::Udp => self.flows.is_new(id, flow.src, now.secs()),
+                            };
+                            if new {
+                                self.stats.new_connection(id);
+                                if flags.has(Flags::MAPPING_EVENT) {
+                                    log.record(MappingEvent {
+                                        iface: &service.iface,
+                                        flow: &flow,
+                                    });
+                                }
+                            }
+                        }
+                        if flags.has(Flags::EVERY_PACKET) {
+                            let bucket = &mut self.limits[id].packets;
+                            if let Some(held) = bucket.admit(now.ms) {
+                                suppressed(log, Some(service), RecordKind::Packet, held);
+                                log.record(PacketRecord {
+                                    iface: &service.iface,
+                                    dir,
+                                    flow: &flow,
+                                    len: pkt.payload.len(),
+                                });
+                            }
+                        }
+                    }
+                    Kind::IcmpError => {
+                        self.stats.icmp_error(id);
+                        if flags.has(Flags::ICMP) {
+                            log.record(IcmpRecord {
+                                iface: &service.iface,
+                                dir,
+                                type_code: icmp_type_code(pkt.payload),
+                                quoted: &flow,
+                            });
+                        }
+                    }
+                }
+            }
+            Event::Passed => {
+                self.stats.passed += 1;
+                if self.any_drops {
+                    self.unattributed_record(pkt, DropAction::Pass, None, now, log);
+                }
+            }
+            Event::Dropped { reason, id } => {
+                self.stats.dropped(id, DropReason::of(reason));
+                match id {
+                    Some(id) => {
+                        let flags = self.flags.get(id).copied().unwrap_or_default();
+                        let (Some(service), true) =
+                            (self.services.get(id), flags.has(Flags::DROPS))
+                        else {
+                            return;
+                        };
+                        let Some(dir) = datapath::direction_of(pkt.hook) else {
+                            return;
+                        };
+                        if let Some(held) = self.limits[id].drops.admit(now.ms) {
+                            suppressed(log, Some(service), RecordKind::Drop, held);
+                            log.record(DropRecord {
+                                iface: &service.iface,
+                                dir,
+                                action: DropAction::Drop,
+                                reason: Some(reason),
+                                peek: datapath::peek(pkt.payload),
+                            });
+                        }
+                    }
+                    None if self.any_drops => {
+                        self.unattributed_record(pkt, DropAction::Drop, Some(reason), now, log)
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// A drop record for a packet of no service, under the shared rate limit.
+    fn unattributed_record(
+        &mut self,
+        pkt: &Packet<'_>,
+        action: DropAction,
+        reason: Option<datapath::Refusal>,
+        now: Clock,
+        log: &mut Logger,
+    ) {
+        let Some(dir) = datapath::direction_of(pkt.hook) else {
+            return;
+        };
+        let Some(held) = self.shared_drops.admit(now.ms) else {
+            return;
+        };
+        suppressed(log, None, RecordKind::Drop, held);
+        let index = match dir {
+            Direction::Inbound => pkt.indev,
+            Direction::Reply => pkt.outdev,
+        };
+        let name = interface_name(index);
+        log.record(DropRecord {
+            iface: name.as_deref().unwrap_or("-"),
+            dir,
+            action,
+            reason,
+            peek: datapath::peek(pkt.payload),
+        });
+    }
+
+    /// Writes a volume record for every service with flag 0x4000: what it carried since its
+    /// previous one.
+    pub fn volume_records(&mut self, log: &mut Logger) {
+        for (id, service) in self.services.iter().enumerate() {
+            if !service.flags.has(Flags::VOLUME) {
+                continue;
+            }
+            let now = self.stats.service(id);
+            let base = std::mem::replace(&mut self.limits[id].volume_base, now);
+            log.record(VolumeRecord {
+                service,
+                in_packets: now.in_packets - base.in_packets,
+                in_bytes: now.in_bytes - base.in_bytes,
+                out_packets: now.out_packets - base.out_packets,
+                out_bytes: now.out_bytes - base.out_bytes,
+                new_connections: now.new_connections - base.new_connections,
+            });
+        }
+    }
+}
+
+fn suppressed(log: &mut Logger, service: Option<&Service>, kind: RecordKind, count: u64) {
+    if count > 0 {
+        log.record(SuppressedRecord {
+            service,
+            kind,
+            count,
+        });
+    }
+}
+
+/// The name of the interface with this index, for records about packets of no service.
+fn interface_name(index: u32) -> Option<String> {
+    if index == 0 {
+        return None;
+    }
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write, NUL included.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success `buf` holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// The apparent address of a service as the table resolved it, for `status`.
+pub fn resolved_app(table: &crate::service::ServiceTable, id: usize) -> Option<IpAddr> {
+    table.entry(id).map(|e| e.app.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_service;
+    use crate::service::{Interfaces, ServiceTable};
+    use std::net::Ipv4Addr;
+
+    struct OnePublic;
+    impl Interfaces for OnePublic {
+        fn index(&self, name: &str) -> Option<u32> {
+            (name == "pub0").then_some(7)
+        }
+        fn address(&self, name: &str, v6: bool) -> Option<IpAddr> {
+            (name == "pub0" && !v6).then_some(IpAddr::V4(Ipv4Addr::new(10, 99, 1, 1)))
+        }
+    }
+
+    fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 32];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&32u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p[24..26].copy_from_slice(&12u16.to_be_bytes());
+        let ip = pnet_packet::ipv4::Ipv4Packet::new(&p).unwrap();
+        let c = pnet_packet::ipv4::checksum(&ip);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    fn run(
+        mon: &mut Monitor,
+        table: &ServiceTable,
+        bytes: &mut [u8],
+        hook: u8,
+        now: Clock,
+        log: &mut Logger,
+    ) -> Event {
+        let mut pkt = Packet {
+            id: 1,
+            hw_protocol: 0x0800,
+            hook,
+            indev: if hook == 0 { 7 } else { 3 },
+            outdev: if hook == 4 { 7 } else { 0 },
+            mark: 0,
+            checksum_ready: true,
+            gso: false,
+            truncated: false,
+            payload: bytes,
+        };
+        let (_, e) = datapath::handle(table, 0, &mut pkt);
+        mon.observe(e, &pkt, now, log);
+        e
+    }
+
+    fn lines(log: &mut Logger) -> Vec<String> {
+        log.take_lines().into_iter().map(|(_, l)| l).collect()
+    }
+
+    #[test]
+    fn udp_flow_counts_once_and_logs_mapping_event_and_packets() {
+        let svcs =
+            vec![parse_service("service pub0 port * 53 UDP 192.168.77.10 5353 0xa000").unwrap()];
+        let table = ServiceTable::build(&svcs, &OnePublic);
+        let mut mon = Monitor::new(svcs);
+        let mut log = Logger::memory();
+        let now = Clock { ms: 0, wall: 1234 };
+        for _ in 0..3 {
+            let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 53);
+            run(&mut mon, &table, &mut p, 0, now, &mut log);
+        }
+        let mut r = udp([192, 168, 77, 10], 5353, [10, 99, 1, 2], 41000);
+        run(&mut mon, &table, &mut r, 4, now, &mut log);
+        let c = mon.stats().service(0);
+        assert_eq!((c.in_packets, c.in_bytes, c.out_packets), (3, 96, 1));
+        assert_eq!((c.new_connections, c.last_seen), (1, 1234));
+        assert_eq!(
+            lines(&mut log),
+            vec![
+                "pr:pub0:0a630102:41000:0a630101:53:17",
+                "pk:pub0:in:0a630102:41000:0a630101:53:17:32",
+                "pk:pub0:in:0a630102:41000:0a630101:53:17:32",
+                "pk:pub0:in:0a630102:41000:0a630101:53:17:32",
+                "pk:pub0:out:c0a84d0a:5353:0a630102:41000:17:32",
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_is_formatted_without_flags() {
+        let svcs =
+            vec![parse_service("service pub0 port * 53 UDP 192.168.77.10 5353 0x0000").unwrap()];
+        let table = ServiceTable::build(&svcs, &OnePublic);
+        let mut mon = Monitor::new(svcs);
+        let mut log = Logger::memory();
+        let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 53);
+        run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+        let mut bad = udp([192, 168, 77, 10], 9999, [10, 99, 1, 2], 41000);
+        run(&mut mon, &table, &mut bad, 4, Clock::default(), &mut log);
+        assert!(lines(&mut log).is_empty());
+        assert_eq!(mon.stats().service(0).in_packets, 1);
+        assert_eq!(
+            mon.stats().unattributed[DropReason::UnmappedReply as usize],
+            1
+        );
+    }
+
+    #[test]
+    fn packet_records_are_rate_limited_with_a_suppressed_count() {
+        let svcs =
+            vec![parse_service("service pub0 port * 53 UDP 192.168.77.10 5353 0x2000").unwrap()];
+        let table = ServiceTable::build(&svcs, &OnePublic);
+        let mut mon = Monitor::new(svcs);
+        let mut log = Logger::memory();
+        for _ in 0..250 {
+            let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 53);
+            run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+        }
+        assert_eq!(lines(&mut log).len(), 200);
+        let later = Clock { ms: 2000, wall: 0 };
+        let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 53);
+        run(&mut mon, &table, &mut p, 0, later, &mut log);
+        let l = lines(&mut log);
+        assert_eq!(l[0], "sup:pub0:*:53:17:pk:50");
+        assert!(l[1].starts_with("pk:pub0:in:"), "{l:?}");
+    }
+
+    #[test]
+    fn drops_are_attributed_and_logged_with_flag_0x1000() {
+        let svcs =
+            vec![parse_service("service pub0 port * 53 UDP 192.168.77.10 5353 0x1000").unwrap()];
+        let table = ServiceTable::build(&svcs, &OnePublic);
+        let mut mon = Monitor::new(svcs);
+        let mut log = Logger::memory();
+        // UDP length field larger than the packet: malformed, but the ports name the service.
+        let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 53);
+        p[24..26].copy_from_slice(&200u16.to_be_bytes());
+        run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+        let c = mon.stats().service(0);
+        assert_eq!(c.drops[DropReason::Malformed as usize], 1);
+        let l = lines(&mut log);
+        assert_eq!(l.len(), 1);
+        assert!(
+            l[0].starts_with("dr:pub0:in:drop:malformed-")
+                && l[0].ends_with(":0a630102:41000:0a630101:53:17"),
+            "{l:?}"
+        );
+        // A reply no service maps: nobody's, reported because a service has 0x1000.
+        let mut r = udp([192, 168, 77, 10], 9999, [10, 99, 1, 2], 41000);
+        run(&mut mon, &table, &mut r, 4, Clock::default(), &mut log);
+        let l = lines(&mut log);
+        assert_eq!(l.len(), 1);
+        assert!(
+            l[0].contains(":out:drop:unmapped-reply:c0a84d0a:9999:0a630102:41000:17"),
+            "{l:?}"
+        );
+    }
+
+    #[test]
+    fn volume_records_are_deltas_and_survive_a_replace() {
+        let a = parse_service("service pub0 port * 53 UDP 192.168.77.10 5353 0x4000").unwrap();
+        let b = parse_service("service pub0 port * 54 UDP 192.168.77.10 5354 0x4000").unwrap();
+        let table = ServiceTable::build(std::slice::from_ref(&a), &OnePublic);
+        let mut mon = Monitor::new(vec![a.clone()]);
+        let mut log = Logger::memory();
+        let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 53);
+        run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+        mon.volume_records(&mut log);
+        assert_eq!(lines(&mut log), vec!["vol:pub0:*:53:17:1:32:0:0:1"]);
+        mon.volume_records(&mut log);
+        assert_eq!(lines(&mut log), vec!["vol:pub0:*:53:17:0:0:0:0:0"]);
+
+        // The same service after a reload that adds another keeps its counters and flows.
+        mon.replace(vec![b, a]);
+        assert_eq!(mon.stats().service(1).in_packets, 1);
+        let table = ServiceTable::build(mon.services(), &OnePublic);
+        let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 53);
+        run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+        let c = mon.stats().service(1);
+        assert_eq!((c.in_packets, c.new_connections), (2, 1), "flow remembered");
+        mon.volume_records(&mut log);
+        assert_eq!(
+            lines(&mut log),
+            vec!["vol:pub0:*:54:17:0:0:0:0:0", "vol:pub0:*:53:17:1:32:0:0:0"]
+        );
+    }
+}
