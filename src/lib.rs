@@ -6,6 +6,7 @@
 //! [`service`], [`wire`] and [`datapath`] are pure and need no kernel.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod iface;
@@ -14,6 +15,8 @@ pub mod monitor;
 pub mod nft;
 pub mod queue;
 pub mod record;
+pub mod save;
 pub mod service;
 pub mod stats;
+pub mod status;
 pub mod wire;

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use netnat::config::{self, ConfigError};
+use netnat::control::{self, Outcome, Request};
 use netnat::daemon::{self, DaemonError, RunOptions};
 use netnat::nft;
 
@@ -16,6 +18,11 @@ const DEFAULT_CONFIG: &str = "/etc/netnat/netnat.conf";
 const EXIT_CONFIG: u8 = 2;
 /// Exit status: the system refused (privileges, queue busy, netlink errors).
 const EXIT_SYSTEM: u8 = 1;
+// Exit status 3: netnat is not running (no control socket); 4: the daemon refused the caller
+// (not root). Both come from `control`.
+
+/// How long a client waits for the daemon's answer (a reload of a large file takes a while).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +53,14 @@ enum Command {
         /// Syslog socket to use instead of the system's (/dev/log).
         #[arg(long, value_name = "PATH")]
         syslog_socket: Option<PathBuf>,
+        /// Control socket [default: /run/netnat/control.sock; if another netnat holds the
+        /// default, this one runs without]. A path given here must be free.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Seconds between volume records (flag 0x4000).
+        #[arg(long, value_name = "SECS", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(1..=86400))]
+        volume_interval: u64,
     },
     /// Check the configuration file and report every error with its line and column.
     Check {
@@ -61,6 +76,61 @@ enum Command {
     },
     /// Remove a table left behind by a netnat that is no longer running.
     Flush,
+    /// Show the running services with their counters, and the queue's statistics.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// Change or list the running services.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Read the configuration file again (as SIGHUP) and report the result.
+    Reload {
+        #[command(flatten)]
+        control: ControlArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct ControlArg {
+    /// The running netnat's control socket.
+    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_PATH)]
+    control: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Add a service to the running netnat:
+    /// <int> port <app IP|*> <app port> <TCP|UDP> <act IP> <act port> [flags].
+    /// The new set is checked like a configuration file; rules and table change together.
+    Add {
+        /// The service, as in the configuration file (the leading `service` is optional).
+        #[arg(required = true, num_args = 1.., value_name = "WORD")]
+        words: Vec<String>,
+        /// Also append the service to the daemon's configuration file.
+        #[arg(long)]
+        save: bool,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// Delete a running service (the same words; flags, when given, must match too).
+    Del {
+        #[arg(required = true, num_args = 1.., value_name = "WORD")]
+        words: Vec<String>,
+        /// Also comment the service out in the daemon's configuration file.
+        #[arg(long)]
+        save: bool,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// List the running services, one canonical line each.
+    List {
+        #[command(flatten)]
+        control: ControlArg,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,11 +140,15 @@ fn main() -> ExitCode {
             config,
             log_stderr,
             syslog_socket,
+            control,
+            volume_interval,
         } => {
             let opts = RunOptions {
                 config,
                 log_stderr,
                 syslog_socket,
+                control,
+                volume_interval: Duration::from_secs(volume_interval),
             };
             match daemon::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -112,6 +186,57 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(EXIT_SYSTEM, e),
         },
+        Command::Status { json, control } => client(&control.control, Request::Status { json }),
+        Command::Reload { control } => client(&control.control, Request::Reload),
+        Command::Service(ServiceCommand::List { control }) => {
+            client(&control.control, Request::List)
+        }
+        Command::Service(ServiceCommand::Add {
+            words,
+            save,
+            control,
+        }) => match check_words(&words) {
+            Ok(()) => client(&control.control, Request::Add { save, words }),
+            Err(code) => code,
+        },
+        Command::Service(ServiceCommand::Del {
+            words,
+            save,
+            control,
+        }) => match check_words(&words) {
+            Ok(()) => client(&control.control, Request::Del { save, words }),
+            Err(code) => code,
+        },
+    }
+}
+
+/// Checks the service words here first, so that a typo is reported (exit 2) even when the
+/// daemon is not running; the daemon checks them again.
+fn check_words(words: &[String]) -> Result<(), ExitCode> {
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    config::parse_service_words(&refs).map(|_| ()).map_err(|e| {
+        let at = refs
+            .get(e.column - 1)
+            .map_or(String::from("the end"), |w| format!("{w:?}"));
+        eprintln!("netnat: word {} ({at}): {}", e.column, e.message);
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// Sends one request to the daemon and prints its answer.
+fn client(path: &std::path::Path, req: Request) -> ExitCode {
+    match control::request(path, &req, CLIENT_TIMEOUT) {
+        Ok(resp) => {
+            if resp.outcome == Outcome::Ok {
+                print!("{}", resp.body);
+            } else {
+                for line in resp.body.lines() {
+                    eprintln!("netnat: {line}");
+                }
+            }
+            ExitCode::from(resp.outcome.exit_code())
+        }
+        Err(e) => fail(e.exit_code(), e),
     }
 }
 

@@ -1,0 +1,643 @@
+//! The control socket: how `netnat status`, `service add/del/list` and `reload` talk to the
+//! running daemon.
+//!
+//! A Unix stream socket, by default [`DEFAULT_PATH`]. One connection carries one exchange:
+//! the client writes one request line, the daemon answers and closes.
+//!
+//! Requests (words separated by single spaces, ended by `\n`, at most [`MAX_REQUEST`] bytes):
+//!
+//! ```text
+//! status            status as text          status json      status as JSON
+//! list              running services, one canonical line each
+//! reload            read the configuration file again (as SIGHUP, but answered)
+//! add save|nosave <service words>     add a service; `save`: also append it to the file
+//! del save|nosave <service words>     delete a service; `save`: also comment it out in the file
+//! ```
+//!
+//! Service words are those of the `service` grammar (with or without the leading `service`);
+//! they never contain whitespace, so splitting at spaces is unambiguous.
+//!
+//! Answers: a first line `ok` or `err <kind>`, then the body (text, lines), then end of stream.
+//! Kinds: `denied` (the peer is not uid 0), `usage` (the request is not understood), `config`
+//! (the change or the file was refused: duplicate endpoint, syntax, ...), `system` (the
+//! kernel or the file system refused). The client turns them into its exit status.
+//!
+//! Only uid 0 may use the socket: the daemon checks the peer's credentials (SO_PEERCRED) of
+//! every connection. The socket file itself is mode 0666 so that other users reach that check
+//! and get a clear refusal; the default directory `/run/netnat` is created mode 0700.
+//!
+//! The daemon serves the socket from its packet loop, without blocking: at most
+//! [`ACCEPT_PER_WAKE`] new connections per wake-up, at most [`MAX_CONNECTIONS`] open at once,
+//! and every connection must finish within [`CONNECTION_DEADLINE`] or is closed.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where the daemon listens unless `--control` says otherwise.
+pub const DEFAULT_PATH: &str = "/run/netnat/control.sock";
+/// Longest request line accepted, newline included.
+pub const MAX_REQUEST: usize = 8192;
+/// Connections open at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 16;
+/// New connections taken per wake-up of the packet loop.
+pub const ACCEPT_PER_WAKE: usize = 8;
+/// Time a client has to send its request and read the answer.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(3);
+
+/// A request to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Status { json: bool },
+    List,
+    Reload,
+    Add { save: bool, words: Vec<String> },
+    Del { save: bool, words: Vec<String> },
+}
+
+impl Request {
+    /// Parses one request line (without its newline).
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        let owned = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let save = |w: Option<&&str>| match w {
+            Some(&"save") => Ok(true),
+            Some(&"nosave") => Ok(false),
+            other => Err(format!("expected save or nosave, found {other:?}")),
+        };
+        match words.as_slice() {
+            ["status"] => Ok(Request::Status { json: false }),
+            ["status", "json"] => Ok(Request::Status { json: true }),
+            ["list"] => Ok(Request::List),
+            ["reload"] => Ok(Request::Reload),
+            ["add", rest @ ..] => Ok(Request::Add {
+                save: save(rest.first())?,
+                words: owned(rest.get(1..).unwrap_or(&[])),
+            }),
+            ["del", rest @ ..] => Ok(Request::Del {
+                save: save(rest.first())?,
+                words: owned(rest.get(1..).unwrap_or(&[])),
+            }),
+            [] => Err("empty request".into()),
+            [first, ..] => Err(format!("unknown request {first:?}")),
+        }
+    }
+
+    /// The request line, without its newline.
+    pub fn encode(&self) -> String {
+        let save = |s: bool| if s { "save" } else { "nosave" };
+        match self {
+            Request::Status { json: false } => "status".into(),
+            Request::Status { json: true } => "status json".into(),
+            Request::List => "list".into(),
+            Request::Reload => "reload".into(),
+            Request::Add { save: s, words } => format!("add {} {}", save(*s), words.join(" ")),
+            Request::Del { save: s, words } => format!("del {} {}", save(*s), words.join(" ")),
+        }
+    }
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Denied,
+    Usage,
+    Config,
+    System,
+}
+
+impl Outcome {
+    fn word(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::Usage => "usage",
+            Outcome::Config => "config",
+            Outcome::System => "system",
+        }
+    }
+
+    /// The client's exit status: 0 ok, 1 system refused, 2 usage/config error, 4 denied.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::System => 1,
+            Outcome::Usage | Outcome::Config => 2,
+            Outcome::Denied => 4,
+        }
+    }
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub outcome: Outcome,
+    pub body: String,
+}
+
+impl Response {
+    pub fn ok(body: impl Into<String>) -> Response {
+        Response {
+            outcome: Outcome::Ok,
+            body: body.into(),
+        }
+    }
+
+    pub fn err(outcome: Outcome, body: impl Into<String>) -> Response {
+        Response {
+            outcome,
+            body: body.into(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = match self.outcome {
+            Outcome::Ok => "ok\n".to_string(),
+            o => format!("err {}\n", o.word()),
+        };
+        out.push_str(&self.body);
+        if !self.body.is_empty() && !self.body.ends_with('\n') {
+            out.push('\n');
+        }
+        out.into_bytes()
+    }
+
+    pub fn parse(text: &str) -> Result<Response, String> {
+        let (first, body) = text.split_once('\n').unwrap_or((text, ""));
+        let outcome = match first {
+            "ok" => Outcome::Ok,
+            "err denied" => Outcome::Denied,
+            "err usage" => Outcome::Usage,
+            "err config" => Outcome::Config,
+            "err system" => Outcome::System,
+            other => return Err(format!("unexpected answer from netnat: {other:?}")),
+        };
+        Ok(Response {
+            outcome,
+            body: body.to_string(),
+        })
+    }
+}
+
+/// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
+pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the kernel writes at
+    // most `len` bytes into `cred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// One client connection in the daemon.
+struct Conn {
+    stream: UnixStream,
+    uid: Option<u32>,
+    input: Vec<u8>,
+    /// The answer, once the request is complete; `written` bytes of it are sent.
+    output: Option<Vec<u8>>,
+    written: usize,
+    deadline: Instant,
+}
+
+/// The daemon's side: the listening socket and the connections being served.
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file we created, so that we remove only our own.
+    identity: (u64, u64),
+    conns: Vec<Conn>,
+}
+
+/// Why the control socket could not be set up.
+#[derive(Debug)]
+pub enum BindError {
+    /// Another netnat answers on this path.
+    InUse(PathBuf),
+    Io(String),
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindError::InUse(p) => write!(
+                f,
+                "control socket {}: another netnat is listening there",
+                p.display()
+            ),
+            BindError::Io(m) => f.write_str(m),
+        }
+    }
+}
+
+impl Server {
+    /// Binds the socket at `path`: creates the parent directory (mode 0700) if it is missing,
+    /// removes a stale socket file that nobody answers on, refuses one a live daemon holds.
+    pub fn bind(path: &Path) -> Result<Server, BindError> {
+        let ctx =
+            |what: &str, e: io::Error| BindError::Io(format!("{what} {}: {e}", path.display()));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| ctx("creating the directory of", e))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| ctx("setting the mode of the directory of", e))?;
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(BindError::Io(format!(
+                    "control socket {}: the path exists and is not a socket",
+                    path.display()
+                )));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(BindError::InUse(path.to_owned()));
+            }
+            // Left behind by a netnat that died: nobody listens.
+            std::fs::remove_file(path).map_err(|e| ctx("removing the stale socket", e))?;
+        }
+        let listener = UnixListener::bind(path).map_err(|e| ctx("binding", e))?;
+        // Everyone may connect, so that the uid check answers with a clear refusal.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+            .map_err(|e| ctx("setting the mode of", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| ctx("O_NONBLOCK on", e))?;
+        let meta = std::fs::symlink_metadata(path).map_err(|e| ctx("reading", e))?;
+        Ok(Server {
+            listener,
+            path: path.to_owned(),
+            identity: (meta.dev(), meta.ino()),
+            conns: Vec::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The descriptors the packet loop polls, with the events wanted.
+    pub fn poll_fds(&self, out: &mut Vec<libc::pollfd>) {
+        if self.conns.len() < MAX_CONNECTIONS {
+            out.push(pollfd(self.listener.as_raw_fd(), libc::POLLIN));
+        }
+        for c in &self.conns {
+            let events = if c.output.is_some() {
+                libc::POLLOUT
+            } else {
+                libc::POLLIN
+            };
+            out.push(pollfd(c.stream.as_raw_fd(), events));
+        }
+    }
+
+    /// Accepts, reads, answers and writes without ever blocking. `handle` is called for each
+    /// complete request of a uid-0 peer.
+    pub fn serve(&mut self, handle: &mut dyn FnMut(Request) -> Response) {
+        for _ in 0..ACCEPT_PER_WAKE {
+            if self.conns.len() >= MAX_CONNECTIONS {
+                break;
+            }
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let uid = peer_uid(stream.as_raw_fd()).ok();
+                    self.conns.push(Conn {
+                        stream,
+                        uid,
+                        input: Vec::new(),
+                        output: None,
+                        written: 0,
+                        deadline: Instant::now() + CONNECTION_DEADLINE,
+                    });
+                }
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        self.conns
+            .retain_mut(|c| now < c.deadline && step(c, &mut *handle));
+    }
+}
+
+/// Advances one connection; false when it is finished (or broken) and can be closed.
+fn step(c: &mut Conn, handle: &mut dyn FnMut(Request) -> Response) -> bool {
+    if c.output.is_none() {
+        let mut buf = [0u8; 1024];
+        loop {
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    if c.input.is_empty() {
+                        return false;
+                    }
+                    break; // a last line without newline still counts
+                }
+                Ok(n) => {
+                    c.input.extend_from_slice(&buf[..n]);
+                    if c.input.contains(&b'\n') || c.input.len() > MAX_REQUEST {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        let response = answer(c, handle);
+        c.output = Some(response.encode());
+    }
+    let Some(out) = &c.output else { return true };
+    while c.written < out.len() {
+        match c.stream.write(&out[c.written..]) {
+            Ok(0) => return false,
+            Ok(n) => c.written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn answer(c: &Conn, handle: &mut dyn FnMut(Request) -> Response) -> Response {
+    match c.uid {
+        Some(0) => {}
+        Some(uid) => {
+            return Response::err(
+                Outcome::Denied,
+                format!("permission denied: only root may control netnat (you are uid {uid})"),
+            );
+        }
+        None => {
+            return Response::err(
+                Outcome::Denied,
+                "permission denied: the peer's credentials could not be read",
+            );
+        }
+    }
+    if c.input.len() > MAX_REQUEST {
+        return Response::err(
+            Outcome::Usage,
+            format!("request longer than {MAX_REQUEST} bytes"),
+        );
+    }
+    let line = c.input.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let Ok(line) = std::str::from_utf8(line) else {
+        return Response::err(Outcome::Usage, "the request is not UTF-8");
+    };
+    match Request::parse(line) {
+        Ok(req) => handle(req),
+        Err(e) => Response::err(Outcome::Usage, e),
+    }
+}
+
+impl Drop for Server {
+    /// Removes the socket file, unless another process has put its own there meanwhile.
+    fn drop(&mut self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.identity
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// Why a client request failed before the daemon could answer.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No daemon listens at the path (exit status 3).
+    NotRunning(String),
+    /// The socket may not be opened by this user (exit status 4).
+    Denied(String),
+    /// Anything else (exit status 1).
+    Io(String),
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::NotRunning(_) => 3,
+            ClientError::Denied(_) => 4,
+            ClientError::Io(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::NotRunning(m) | ClientError::Denied(m) | ClientError::Io(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+/// Sends one request to the daemon at `path` and reads its answer.
+pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let p = path.display();
+    let mut stream = UnixStream::connect(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ECONNREFUSED | libc::ENOTDIR) => {
+            ClientError::NotRunning(format!("netnat is not running (no control socket at {p})"))
+        }
+        Some(libc::EACCES | libc::EPERM) => ClientError::Denied(format!(
+            "permission denied: cannot open the control socket {p} (only root may control netnat)"
+        )),
+        _ => ClientError::Io(format!("control socket {p}: {e}")),
+    })?;
+    let io = |e: io::Error| ClientError::Io(format!("control socket {p}: {e}"));
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut line = req.encode();
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).map_err(io)?;
+    Response::parse(&text).map_err(ClientError::Io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        for r in [
+            Request::Status { json: false },
+            Request::Status { json: true },
+            Request::List,
+            Request::Reload,
+            Request::Add {
+                save: true,
+                words: words("pub0 port * 81 TCP 192.168.77.10 8081 0x8000"),
+            },
+            Request::Del {
+                save: false,
+                words: words("service save port * 81 TCP 192.168.77.10 8081"),
+            },
+        ] {
+            assert_eq!(Request::parse(&r.encode()), Ok(r.clone()), "{}", r.encode());
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_a_reason() {
+        assert_eq!(Request::parse(""), Err("empty request".into()));
+        assert_eq!(
+            Request::parse("shutdown"),
+            Err("unknown request \"shutdown\"".into())
+        );
+        assert!(
+            Request::parse("add pub0 port")
+                .unwrap_err()
+                .contains("save or nosave")
+        );
+        assert!(Request::parse("status yaml").is_err());
+        assert_eq!(
+            Request::parse("add save"),
+            Ok(Request::Add {
+                save: true,
+                words: vec![]
+            })
+        );
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        for r in [
+            Response::ok("a\nb\n"),
+            Response::ok(""),
+            Response::err(Outcome::Denied, "permission denied: x\n"),
+            Response::err(Outcome::Config, "line 3: dup\n"),
+            Response::err(Outcome::System, "netlink\n"),
+            Response::err(Outcome::Usage, "what\n"),
+        ] {
+            let text = String::from_utf8(r.encode()).unwrap();
+            assert_eq!(Response::parse(&text), Ok(r));
+        }
+        assert!(Response::parse("hello\n").is_err());
+        assert_eq!(Response::parse("ok").unwrap().body, "");
+        let no_newline = Response::ok("x");
+        assert_eq!(no_newline.encode(), b"ok\nx\n");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(Outcome::Ok.exit_code(), 0);
+        assert_eq!(Outcome::System.exit_code(), 1);
+        assert_eq!(Outcome::Config.exit_code(), 2);
+        assert_eq!(Outcome::Usage.exit_code(), 2);
+        assert_eq!(Outcome::Denied.exit_code(), 4);
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("netnat-ctl-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("sub").join("control.sock")
+    }
+
+    #[test]
+    fn server_answers_one_request_and_cleans_up() {
+        let path = scratch("serve");
+        let mut server = Server::bind(&path).unwrap();
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        let p = path.clone();
+        let client = std::thread::spawn(move || {
+            request(&p, &Request::Status { json: true }, Duration::from_secs(5))
+        });
+        let mut seen = Vec::new();
+        let end = Instant::now() + Duration::from_secs(5);
+        while !client.is_finished() && Instant::now() < end {
+            server.serve(&mut |r| {
+                seen.push(r);
+                Response::ok("{}\n")
+            });
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let resp = client.join().unwrap().unwrap();
+        assert_eq!(resp, Response::ok("{}\n"));
+        assert_eq!(seen, vec![Request::Status { json: true }]);
+
+        // A second server on the same path is refused while the first lives.
+        assert!(matches!(Server::bind(&path), Err(BindError::InUse(_))));
+        drop(server);
+        assert!(!path.exists(), "socket file removed on drop");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_and_no_daemon_means_exit_3() {
+        let path = scratch("stale");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        drop(UnixListener::bind(&path).unwrap()); // leaves the file, nobody listens
+        let err = request(&path, &Request::List, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        let server = Server::bind(&path).expect("stale file replaced");
+        drop(server);
+        let err = request(&path, &Request::List, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        assert!(err.to_string().contains("not running"), "{err}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn slow_client_is_dropped_at_its_deadline_without_blocking() {
+        let path = scratch("slow");
+        let mut server = Server::bind(&path).unwrap();
+        let _silent = UnixStream::connect(&path).unwrap(); // connects, never writes
+        let t = Instant::now();
+        server.serve(&mut |_| Response::ok(""));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "serve must not block"
+        );
+        assert_eq!(server.conns.len(), 1);
+        server.conns[0].deadline = Instant::now();
+        server.serve(&mut |_| Response::ok(""));
+        assert!(server.conns.is_empty());
+        drop(server);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn peer_uid_of_own_socket_pair_is_ours() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        assert_eq!(peer_uid(a.as_raw_fd()).unwrap(), me);
+    }
+}

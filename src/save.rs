@@ -1,0 +1,254 @@
+//! `service add/del --save`: the daemon edits its own configuration file so that the change
+//! survives a restart, without disturbing anything else in it.
+//!
+//! - `add` appends the service's canonical line at the end of the file.
+//! - `del` comments out every line that declares the deleted service (equal after parsing, so
+//!   spelling, spacing and case do not matter), prefixing it with [`DELETED_PREFIX`]: the
+//!   original text, trailing comment included, stays in the file and is easy to restore.
+//! - Every other byte stays as it was: comments, blank lines, other directives, line endings.
+//! - The new text must load as a configuration (same checks as `netnat check`), or nothing is
+//!   written.
+//! - The file is replaced atomically: written to a temporary file in the same directory,
+//!   flushed, given the old file's mode and owner, then renamed over it. A symbolic link is
+//!   followed: its target is replaced, the link stays.
+
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, ConfigError, Service};
+
+/// What a line deleted by `service del --save` starts with.
+pub const DELETED_PREFIX: &str = "# deleted by netnat service del: ";
+
+/// The file with `service` appended as its last line.
+pub fn with_added(text: &str, service: &Service) -> String {
+    let mut out = String::with_capacity(text.len() + 80);
+    out.push_str(text);
+    if !text.is_empty() && !text.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&service.to_string());
+    out.push('\n');
+    out
+}
+
+/// The file with every line that declares `service` commented out, and how many there were.
+pub fn with_deleted(text: &str, service: &Service) -> (String, usize) {
+    let mut out = String::with_capacity(text.len() + 40);
+    let mut count = 0;
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if declares(line, service) {
+            out.push_str(DELETED_PREFIX);
+            count += 1;
+        }
+        out.push_str(line);
+    }
+    (out, count)
+}
+
+/// Whether one line of the file is a `service` line equal to `service`.
+fn declares(line: &str, service: &Service) -> bool {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    // A comment starts at a word beginning with `#`, as in the configuration file.
+    let mut code = String::new();
+    for word in line.split_whitespace() {
+        if word.starts_with('#') {
+            break;
+        }
+        code.push_str(word);
+        code.push(' ');
+    }
+    let first = code.split_whitespace().next().unwrap_or("");
+    first.eq_ignore_ascii_case("service")
+        && config::parse_service(&code).is_ok_and(|s| &s == service)
+}
+
+/// Why the file could not be saved.
+#[derive(Debug)]
+pub enum SaveError {
+    /// The edited text would not load.
+    Invalid(Vec<ConfigError>),
+    Io(String),
+}
+
+impl std::fmt::Display for SaveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SaveError::Invalid(errors) => {
+                write!(f, "the configuration file would not load after the change:")?;
+                for e in errors {
+                    write!(f, "\n  {e}")?;
+                }
+                Ok(())
+            }
+            SaveError::Io(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Reads the file as text (the target of a symbolic link), with its real path.
+pub fn read(path: &Path) -> Result<(PathBuf, String), SaveError> {
+    let real = std::fs::canonicalize(path)
+        .map_err(|e| SaveError::Io(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&real)
+        .map_err(|e| SaveError::Io(format!("reading {}: {e}", real.display())))?;
+    Ok((real, text))
+}
+
+/// Checks that `text` loads as a configuration, reporting errors against `path`.
+pub fn check(path: &Path, text: &str) -> Result<(), SaveError> {
+    config::parse_config(text, &path.display().to_string())
+        .map(|_| ())
+        .map_err(SaveError::Invalid)
+}
+
+/// Replaces the file at `real` (a path without symbolic links) with `text` atomically,
+/// keeping its mode and owner.
+pub fn write_atomic(real: &Path, text: &str) -> Result<(), SaveError> {
+    let err = |what: &str, e: io::Error| SaveError::Io(format!("{what} {}: {e}", real.display()));
+    let meta = std::fs::metadata(real).map_err(|e| err("reading", e))?;
+    let dir = real.parent().unwrap_or(Path::new("/"));
+    let name = real
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "netnat.conf".into());
+    let tmp = dir.join(format!(".{name}.netnat-save.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| err("creating a temporary file beside", e))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| err("writing a temporary file beside", e))?;
+        // Owner first: chown clears set-id bits, the mode set after it is the old one.
+        std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))
+            .map_err(|e| err("keeping the owner of", e))?;
+        f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(|e| err("keeping the mode of", e))?;
+        f.sync_all().map_err(|e| err("flushing", e))?;
+        std::fs::rename(&tmp, real).map_err(|e| err("replacing", e))?;
+        // The rename itself is durable once the directory is flushed; best effort.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_service;
+
+    const FILE: &str = "# netnat at the edge\n\
+                        queue 4747\n\
+                        \n\
+                        service pub0 port * 80 TCP 192.168.77.10 8080 0x8000   # web\r\n\
+                        SERVICE  pub0 port *  53  udp 192.168.77.10 5353 # dns, odd spelling\n\
+                        syslog-facility local2\n";
+
+    fn svc(line: &str) -> Service {
+        parse_service(line).unwrap()
+    }
+
+    #[test]
+    fn add_appends_the_canonical_line_and_keeps_everything_else() {
+        let s = svc("service pub0 port * 81 tcp 192.168.77.10 8081 8000");
+        let out = with_added(FILE, &s);
+        assert_eq!(
+            out,
+            format!("{FILE}service pub0 port * 81 TCP 192.168.77.10 8081 0x8000\n")
+        );
+        assert_eq!(
+            with_added("queue 1", &s),
+            "queue 1\nservice pub0 port * 81 TCP 192.168.77.10 8081 0x8000\n"
+        );
+        assert_eq!(
+            with_added("", &s),
+            "service pub0 port * 81 TCP 192.168.77.10 8081 0x8000\n"
+        );
+    }
+
+    #[test]
+    fn del_comments_out_the_equal_line_only() {
+        let dns = svc("service pub0 port * 53 UDP 192.168.77.10 5353");
+        let (out, n) = with_deleted(FILE, &dns);
+        assert_eq!(n, 1);
+        assert_eq!(
+            out,
+            FILE.replace("SERVICE  pub0", &format!("{DELETED_PREFIX}SERVICE  pub0"))
+        );
+        let web = svc("service pub0 port * 80 TCP 192.168.77.10 8080 0x8000");
+        let (out, n) = with_deleted(FILE, &web);
+        assert_eq!(n, 1);
+        assert!(out.contains(&format!(
+            "{DELETED_PREFIX}service pub0 port * 80 TCP 192.168.77.10 8080 0x8000   # web\r\n"
+        )));
+        // Different flags: another service, nothing changes.
+        let web_other = svc("service pub0 port * 80 TCP 192.168.77.10 8080 0x4000");
+        assert_eq!(with_deleted(FILE, &web_other), (FILE.to_string(), 0));
+        // The result still loads, without the deleted service.
+        let c = config::parse_config(&out, "t").unwrap();
+        assert_eq!(c.services.len(), 1);
+        assert_eq!(
+            c.services[0].service,
+            svc("service pub0 port * 53 UDP 192.168.77.10 5353")
+        );
+    }
+
+    #[test]
+    fn an_added_duplicate_is_caught_by_the_check() {
+        let dup = svc("service pub0 port * 80 TCP 192.168.77.11 8080");
+        let out = with_added(FILE, &dup);
+        let e = check(Path::new("/etc/netnat/netnat.conf"), &out).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("/etc/netnat/netnat.conf:7:"), "{text}");
+        assert!(text.contains("both claim the apparent endpoint"), "{text}");
+    }
+
+    #[test]
+    fn atomic_write_keeps_mode_and_follows_links() {
+        let dir = std::env::temp_dir().join(format!("netnat-save-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("netnat.conf");
+        std::fs::write(&file, FILE).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.join("link.conf");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+
+        let (real, text) = read(&link).unwrap();
+        assert_eq!(real, std::fs::canonicalize(&file).unwrap());
+        let s = svc("service pub0 port * 81 TCP 192.168.77.10 8081");
+        let new = with_added(&text, &s);
+        check(&link, &new).unwrap();
+        write_atomic(&real, &new).unwrap();
+
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), new);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640);
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("netnat-save"))
+            .collect();
+        assert!(leftovers.is_empty(), "no temporary file left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

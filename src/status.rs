@@ -1,0 +1,333 @@
+//! `netnat status`: a snapshot of the daemon's counters, as text for people and as JSON for
+//! programs. Built by the daemon between batches; formatted here, never on the packet path.
+//!
+//! The JSON document (one object, keys always present, numbers are integers):
+//!
+//! ```text
+//! {"queue": {"num": 4747, "expression": "native", "received": 0, "verdicts": 0,
+//!            "enobufs": 0, "async_errors": 0},
+//!  "uptime_secs": 12, "passed": 0, "log_lost": 0,
+//!  "unattributed_drops": {"oversize": 0, "malformed": 0, "unmapped_reply": 0},
+//!  "services": [{"service": "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000",
+//!                "iface": "pub0", "state": "active", "apparent": "10.99.1.1:80",
+//!                "in_packets": 0, "in_bytes": 0, "out_packets": 0, "out_bytes": 0,
+//!                "new_connections": 0, "icmp_errors": 0,
+//!                "drops": {"oversize": 0, "malformed": 0, "unmapped_reply": 0},
+//!                "last_seen": null}]}
+//! ```
+//!
+//! `state` is `active` (in the lookup table), `waiting` (its interface is absent or has no
+//! address of the family yet; `apparent` is null) or `conflict` (a `*` service whose address
+//! turned out to equal another service's endpoint; left out). `last_seen` is Unix seconds or
+//! null. `expression` is how the rules reach the queue: `native` (nft `queue`) or `compat`
+//! (the xtables NFQUEUE target).
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use crate::queue::QueueStats;
+use crate::stats::{Counters, DROP_REASONS, DropReason};
+
+/// Where a service stands in the lookup table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceState {
+    Active { apparent: SocketAddr },
+    Waiting,
+    Conflict,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceReport {
+    /// The canonical `service ...` line.
+    pub line: String,
+    pub iface: String,
+    pub state: ServiceState,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub queue: u16,
+    /// "native" or "compat".
+    pub expression: String,
+    pub uptime_secs: u64,
+    pub queue_stats: QueueStats,
+    pub unattributed: [u64; DROP_REASONS],
+    pub passed: u64,
+    pub log_lost: u64,
+    pub services: Vec<ServiceReport>,
+}
+
+impl Report {
+    /// The text `netnat status` prints.
+    pub fn text(&self) -> String {
+        let mut o = String::new();
+        let q = &self.queue_stats;
+        let _ = writeln!(
+            o,
+            "netnat: {} services, queue {} ({} queue expression), up {}",
+            self.services.len(),
+            self.queue,
+            self.expression,
+            duration(self.uptime_secs)
+        );
+        let _ = writeln!(
+            o,
+            "queue: {} received, {} verdicts, {} ENOBUFS, {} async errors",
+            q.received, q.verdicts, q.enobufs, q.async_errors
+        );
+        let _ = writeln!(
+            o,
+            "not a service's: {} passed, drops {}",
+            self.passed,
+            drops_text(&self.unattributed)
+        );
+        if self.log_lost > 0 {
+            let _ = writeln!(o, "log lines lost (syslog socket full): {}", self.log_lost);
+        }
+        for s in &self.services {
+            let c = &s.counters;
+            let _ = writeln!(o, "\n{}", s.line);
+            let state = match s.state {
+                ServiceState::Active { apparent } => format!("apparent {apparent}"),
+                ServiceState::Waiting => format!("waiting for {}'s address", s.iface),
+                ServiceState::Conflict => {
+                    "left out: its endpoint is taken by another service".to_string()
+                }
+            };
+            let _ = writeln!(o, "  {state}");
+            let _ = writeln!(
+                o,
+                "  in  {} packets {} bytes; out {} packets {} bytes",
+                c.in_packets, c.in_bytes, c.out_packets, c.out_bytes
+            );
+            let last = match c.last_seen {
+                0 => "never".to_string(),
+                t => utc(t),
+            };
+            let _ = writeln!(
+                o,
+                "  {} new connections, {} ICMP errors, drops {}, last seen {last}",
+                c.new_connections,
+                c.icmp_errors,
+                drops_text(&c.drops)
+            );
+        }
+        o
+    }
+
+    /// The JSON `netnat status --json` prints (see the module comment).
+    pub fn json(&self) -> String {
+        let q = &self.queue_stats;
+        let mut o = String::new();
+        let _ = write!(
+            o,
+            "{{\"queue\":{{\"num\":{},\"expression\":{},\"received\":{},\"verdicts\":{},\
+             \"enobufs\":{},\"async_errors\":{}}},\"uptime_secs\":{},\"passed\":{},\
+             \"log_lost\":{},\"unattributed_drops\":{},\"services\":[",
+            self.queue,
+            json_str(&self.expression),
+            q.received,
+            q.verdicts,
+            q.enobufs,
+            q.async_errors,
+            self.uptime_secs,
+            self.passed,
+            self.log_lost,
+            drops_json(&self.unattributed)
+        );
+        for (i, s) in self.services.iter().enumerate() {
+            let c = &s.counters;
+            let (state, apparent) = match s.state {
+                ServiceState::Active { apparent } => ("active", json_str(&apparent.to_string())),
+                ServiceState::Waiting => ("waiting", "null".to_string()),
+                ServiceState::Conflict => ("conflict", "null".to_string()),
+            };
+            let last = match c.last_seen {
+                0 => "null".to_string(),
+                t => t.to_string(),
+            };
+            let _ = write!(
+                o,
+                "{}{{\"service\":{},\"iface\":{},\"state\":\"{state}\",\"apparent\":{apparent},\
+                 \"in_packets\":{},\"in_bytes\":{},\"out_packets\":{},\"out_bytes\":{},\
+                 \"new_connections\":{},\"icmp_errors\":{},\"drops\":{},\"last_seen\":{last}}}",
+                if i > 0 { "," } else { "" },
+                json_str(&s.line),
+                json_str(&s.iface),
+                c.in_packets,
+                c.in_bytes,
+                c.out_packets,
+                c.out_bytes,
+                c.new_connections,
+                c.icmp_errors,
+                drops_json(&c.drops),
+            );
+        }
+        o.push_str("]}\n");
+        o
+    }
+}
+
+fn drops_text(d: &[u64; DROP_REASONS]) -> String {
+    let total: u64 = d.iter().sum();
+    if total == 0 {
+        return "0".into();
+    }
+    let parts: Vec<String> = DropReason::ALL
+        .iter()
+        .filter(|r| d[**r as usize] > 0)
+        .map(|r| format!("{} {}", r.name(), d[*r as usize]))
+        .collect();
+    format!("{total} ({})", parts.join(", "))
+}
+
+fn drops_json(d: &[u64; DROP_REASONS]) -> String {
+    let parts: Vec<String> = DropReason::ALL
+        .iter()
+        .map(|r| format!("\"{}\":{}", r.name(), d[*r as usize]))
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+/// A JSON string literal: quotes, backslashes and control characters escaped.
+pub fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}")
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC), without a date library: days to civil date
+/// after Howard Hinnant's algorithm.
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let mut c = Counters {
+            in_packets: 3,
+            in_bytes: 180,
+            out_packets: 2,
+            out_bytes: 1500,
+            new_connections: 1,
+            last_seen: 1_700_000_000,
+            ..Counters::default()
+        };
+        c.drops[DropReason::Malformed as usize] = 2;
+        Report {
+            queue: 4747,
+            expression: "compat".into(),
+            uptime_secs: 3725,
+            queue_stats: QueueStats {
+                received: 5,
+                verdicts: 5,
+                enobufs: 0,
+                async_errors: 1,
+            },
+            unattributed: [0, 0, 4],
+            passed: 7,
+            log_lost: 0,
+            services: vec![
+                ServiceReport {
+                    line: "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000".into(),
+                    iface: "pub0".into(),
+                    state: ServiceState::Active {
+                        apparent: "10.99.1.1:80".parse().unwrap(),
+                    },
+                    counters: c,
+                },
+                ServiceReport {
+                    line: "service ppp0 port * 25 TCP 192.168.77.25 25 0x0000".into(),
+                    iface: "ppp0".into(),
+                    state: ServiceState::Waiting,
+                    counters: Counters::default(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn json_has_every_number_and_state() {
+        let j = report().json();
+        assert!(j.starts_with("{\"queue\":{\"num\":4747,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4},\"services\":[{"), "{j}");
+        assert!(j.contains("{\"service\":\"service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\",\"iface\":\"pub0\",\"state\":\"active\",\"apparent\":\"10.99.1.1:80\",\"in_packets\":3,\"in_bytes\":180,\"out_packets\":2,\"out_bytes\":1500,\"new_connections\":1,\"icmp_errors\":0,\"drops\":{\"oversize\":0,\"malformed\":2,\"unmapped_reply\":0},\"last_seen\":1700000000}"), "{j}");
+        assert!(
+            j.contains("\"state\":\"waiting\",\"apparent\":null,") && j.ends_with("null}]}\n"),
+            "{j}"
+        );
+        // Balanced braces and brackets: a cheap well-formedness check.
+        let opens = j.matches('{').count() + j.matches('[').count();
+        let closes = j.matches('}').count() + j.matches(']').count();
+        assert_eq!(opens, closes);
+    }
+
+    #[test]
+    fn text_shows_services_waiting_and_drops() {
+        let t = report().text();
+        assert!(
+            t.contains("netnat: 2 services, queue 4747 (compat queue expression), up 01:02:05")
+        );
+        assert!(
+            t.contains("not a service's: 7 passed, drops 4 (unmapped_reply 4)"),
+            "{t}"
+        );
+        assert!(t.contains("  apparent 10.99.1.1:80\n  in  3 packets 180 bytes; out 2 packets 1500 bytes\n  1 new connections, 0 ICMP errors, drops 2 (malformed 2), last seen 2023-11-14T22:13:20Z"), "{t}");
+        assert!(t.contains("  waiting for ppp0's address\n"), "{t}");
+        assert!(t.contains("last seen never"), "{t}");
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(4_107_542_399), "2100-02-28T23:59:59Z");
+    }
+}
