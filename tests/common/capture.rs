@@ -1,0 +1,238 @@
+//! Packet captures with tcpdump inside a namespace, read back with tshark.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{CmdOutput, Family, Ns, Proc, Topology, excerpt, host};
+
+/// tshark preferences that turn checksum validation on.
+pub const CHECKSUM_PREFS: [&str; 6] = [
+    "-o",
+    "tcp.check_checksum:TRUE",
+    "-o",
+    "udp.check_checksum:TRUE",
+    "-o",
+    "ip.check_checksum:TRUE",
+];
+
+/// Display filter for any packet with a bad IPv4 header, TCP or UDP checksum (needs
+/// [`CHECKSUM_PREFS`]). Proven to catch forged checksums by the `capture_filter_*` test.
+pub const BAD_CHECKSUM_FILTER: &str = r#"tcp.checksum.status == "Bad" || udp.checksum.status == "Bad" || ip.checksum.status == "Bad""#;
+
+/// A running tcpdump writing a pcap file.
+pub struct Capture {
+    proc: Proc,
+    pub path: PathBuf,
+    pub dev: String,
+}
+
+impl Capture {
+    /// Starts `tcpdump -i dev` in `ns` and waits until it listens. `-Z root`: Debian's tcpdump
+    /// would otherwise drop to its own user and fail to write into the test's directory.
+    pub fn start(t: &Topology, ns: &Ns, dev: &str) -> Capture {
+        let path = t.dir.file(&format!("{dev}.pcap"));
+        let p = path.to_str().expect("utf-8 path").to_string();
+        let mut proc = t.spawn(
+            ns,
+            &format!("tcpdump-{dev}"),
+            &[
+                "tcpdump", "-i", dev, "-n", "-U", "-B", "8192", "-Z", "root", "-w", &p,
+            ],
+        );
+        if let Err(e) = proc.wait_stderr("listening on", Duration::from_secs(10)) {
+            panic!("tcpdump on {dev} did not start: {e}");
+        }
+        Capture {
+            proc,
+            path,
+            dev: dev.to_string(),
+        }
+    }
+
+    /// Stops tcpdump (SIGINT flushes the file) and returns the pcap path. Panics when the
+    /// kernel dropped packets: the capture would not show everything.
+    pub fn stop(mut self) -> PathBuf {
+        // Let the last packets of the traffic reach the socket.
+        std::thread::sleep(Duration::from_millis(200));
+        self.proc.signal(libc::SIGINT);
+        if self.proc.wait_timeout(Duration::from_secs(10)).is_none() {
+            panic!(
+                "tcpdump on {} did not stop on SIGINT\n{}",
+                self.dev,
+                self.proc.evidence()
+            );
+        }
+        let err = self.proc.stderr();
+        let dropped = err
+            .lines()
+            .find(|l| l.contains("dropped by kernel"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok());
+        assert_eq!(
+            dropped,
+            Some(0),
+            "tcpdump on {} lost packets (or printed no statistics):\n{err}",
+            self.dev
+        );
+        self.path.clone()
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Runs tshark on `pcap` with checksum validation on; panics when tshark itself fails.
+pub fn tshark(pcap: &Path, args: &[&str]) -> CmdOutput {
+    let mut argv = vec!["tshark", "-n", "-r", path_str(pcap)];
+    argv.extend_from_slice(&CHECKSUM_PREFS);
+    argv.extend_from_slice(args);
+    let out = host(&argv);
+    if !out.success() {
+        panic!("tshark failed on {}\n{out}", pcap.display());
+    }
+    out
+}
+
+/// Number of packets matching a display filter.
+pub fn count(pcap: &Path, filter: &str) -> usize {
+    tshark(pcap, &["-Y", filter, "-T", "fields", "-e", "frame.number"])
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// tshark's one-line summaries of the packets matching `filter`, at most `max` of them.
+pub fn summary(pcap: &Path, filter: &str, max: usize) -> String {
+    let out = tshark(pcap, &["-Y", filter]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let mut s = lines
+        .iter()
+        .take(max)
+        .map(|l| format!("    {}", l.trim()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if lines.len() > max {
+        s.push_str(&format!("\n    [... {} more]", lines.len() - max));
+    }
+    s
+}
+
+/// One TCP or UDP packet as seen in a capture (ICMP errors, which quote packets, excluded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub frame: u64,
+    pub proto: &'static str,
+    pub src: String,
+    pub dst: String,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl std::fmt::Display for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "#{} {} {}:{} -> {}:{}",
+            self.frame, self.proto, self.src, self.sport, self.dst, self.dport
+        )
+    }
+}
+
+/// All TCP/UDP packets of `fam` in the capture.
+pub fn flows(pcap: &Path, fam: Family) -> Vec<Flow> {
+    let ipf = fam.ip_field();
+    let filter = format!("{ipf} && (tcp || udp) && !icmp && !icmpv6");
+    let src = format!("{ipf}.src");
+    let dst = format!("{ipf}.dst");
+    let out = tshark(
+        pcap,
+        &[
+            "-Y",
+            &filter,
+            "-T",
+            "fields",
+            "-E",
+            "separator=/t",
+            "-e",
+            "frame.number",
+            "-e",
+            &src,
+            "-e",
+            &dst,
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "udp.srcport",
+            "-e",
+            "udp.dstport",
+        ],
+    );
+    let mut v = Vec::new();
+    for line in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let bad = || -> ! { panic!("unexpected tshark line {line:?} in {}", pcap.display()) };
+        if f.len() < 7 {
+            bad();
+        }
+        let (proto, sp, dp) = if !f[3].is_empty() {
+            ("tcp", f[3], f[4])
+        } else {
+            ("udp", f[5], f[6])
+        };
+        v.push(Flow {
+            frame: f[0].parse().unwrap_or_else(|_| bad()),
+            proto,
+            src: f[1].to_string(),
+            dst: f[2].to_string(),
+            sport: sp.parse().unwrap_or_else(|_| bad()),
+            dport: dp.parse().unwrap_or_else(|_| bad()),
+        });
+    }
+    v
+}
+
+/// Asserts that no packet in the capture has a bad checksum and that checksums were really
+/// verified (some Good ones of each kind expected), printing the offending packets otherwise.
+pub fn assert_checksums_good(pcap: &Path, fam: Family, what: &str) {
+    let bad = count(pcap, BAD_CHECKSUM_FILTER);
+    assert_eq!(
+        bad,
+        0,
+        "{what}: {bad} packet(s) with a bad checksum in {}:\n{}\nexpert info:\n{}",
+        pcap.display(),
+        summary(pcap, BAD_CHECKSUM_FILTER, 20),
+        excerpt(
+            &tshark(
+                pcap,
+                &[
+                    "-Y",
+                    BAD_CHECKSUM_FILTER,
+                    "-T",
+                    "fields",
+                    "-e",
+                    "frame.number",
+                    "-e",
+                    "_ws.expert.message"
+                ]
+            )
+            .stdout,
+            2000
+        )
+    );
+    let mut kinds = vec!["tcp", "udp"];
+    if fam == Family::V4 {
+        kinds.push("ip");
+    }
+    for k in kinds {
+        let good = count(pcap, &format!("{k}.checksum.status == \"Good\""));
+        assert!(
+            good > 0,
+            "{what}: no {k} checksum was verified as Good in {}: validation not active?",
+            pcap.display()
+        );
+    }
+}
