@@ -150,8 +150,14 @@ impl Case {
 // ---------------------------------------------------------------------------------------------
 // Translators
 
-/// Path of the netnat binary, once the crate has one.
+/// Path of the netnat binary, once the crate has one. `NETNAT_BIN` overrides it (to check the
+/// harness with tests/scripts/fake_netnat.py, which is not netnat).
 pub fn netnat_bin() -> &'static str {
+    static OVERRIDE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if let Some(p) = OVERRIDE.get_or_init(|| std::env::var("NETNAT_BIN").ok()) {
+        eprintln!("NETNAT_BIN: using {p}, not the crate's netnat");
+        return p;
+    }
     match option_env!("CARGO_BIN_EXE_netnat") {
         Some(p) => p,
         None => panic!(
@@ -949,4 +955,205 @@ pub fn diff_lines(a: &str, b: &str) -> String {
         s.push_str(&format!("  + {l}\n"));
     }
     excerpt(&s, 4000)
+}
+
+// ---------------------------------------------------------------------------------------------
+// netnat-only scenarios
+
+fn list_ruleset(t: &Topology) -> String {
+    t.rtr.must(&["nft", "list", "ruleset"])
+}
+
+/// The router's ruleset outside netnat's table is the same (counters aside) before, while and
+/// after netnat runs, with a realistic firewall in place and traffic flowing.
+pub fn scenario_ruleset_untouched(name: &str, case: Case) {
+    if !require_root(name) {
+        return;
+    }
+    let t = Topology::new();
+    t.rtr
+        .nft_load(&t.dir.path, &firewall_ruleset(true))
+        .expect_ok("loading the router's firewall");
+    let servers = Servers::start(&t, case.fam);
+    let raw_before = list_ruleset(&t);
+    let (before, had) = ruleset_without_netnat(&raw_before);
+    assert!(
+        !had,
+        "{name}: a netnat table exists before netnat ran:\n{raw_before}"
+    );
+
+    let mut active = activate(&t, case);
+    assert_http_ok(&t, case, &servers, &active);
+    assert_udp_ok(&t, case, &servers, &active);
+    let Active::Netnat(netnat) = &mut active else {
+        panic!("{name} is a netnat test");
+    };
+    let raw_during = list_ruleset(&t);
+    let (during, has) = ruleset_without_netnat(&raw_during);
+    assert!(
+        has,
+        "{name}: no `table inet netnat` in the ruleset while netnat runs:\n{raw_during}\n{}",
+        netnat.proc.evidence()
+    );
+    assert!(
+        before == during,
+        "{name}: the ruleset outside netnat's table changed while netnat runs:\n{}\nbefore:\n{raw_before}\nduring:\n{raw_during}",
+        diff_lines(&before, &during)
+    );
+
+    let status = netnat.terminate(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{name}: netnat did not exit 0 on SIGTERM ({status:?})\n{}",
+        netnat.proc.evidence()
+    );
+    let raw_after = list_ruleset(&t);
+    let (after, has) = ruleset_without_netnat(&raw_after);
+    assert!(
+        !has,
+        "{name}: netnat's table is left after SIGTERM:\n{raw_after}"
+    );
+    assert!(
+        before == after,
+        "{name}: the ruleset changed after netnat ran:\n{}\nbefore:\n{raw_before}\nafter:\n{raw_after}",
+        diff_lines(&before, &after)
+    );
+}
+
+/// The table is there while netnat runs (chains at the documented hooks and priorities), and
+/// gone after `sig`; SIGTERM must give exit status 0. After SIGKILL, a new netnat starts.
+pub fn scenario_signal_cleanup(name: &str, case: Case, sig: i32) {
+    if !require_root(name) {
+        return;
+    }
+    let t = Topology::new();
+    let Active::Netnat(mut netnat) = activate(&t, case) else {
+        panic!("{name} is a netnat test");
+    };
+    let table = t.rtr.run(&["nft", "list", "table", "inet", "netnat"]);
+    assert!(
+        table.success(),
+        "{name}: no `table inet netnat` after ready\n{table}\n{}",
+        netnat.proc.evidence()
+    );
+    // nft prints priority -300 as `raw`.
+    for (hook, prios) in [
+        ("prerouting", ["-300", "raw"]),
+        ("postrouting", ["300", "300"]),
+    ] {
+        let found = prios
+            .iter()
+            .any(|p| table.stdout.contains(&format!("hook {hook} priority {p};")));
+        assert!(
+            found,
+            "{name}: netnat's table has no chain at hook {hook} priority {}:\n{}",
+            prios[0], table.stdout
+        );
+    }
+
+    netnat.proc.signal(sig);
+    let status = netnat.proc.wait_timeout(Duration::from_secs(10));
+    assert!(
+        status.is_some(),
+        "{name}: netnat still runs 10 s after signal {sig}\n{}",
+        netnat.proc.evidence()
+    );
+    if sig == libc::SIGTERM {
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{name}: netnat exited with {status:?} on SIGTERM, expected 0\n{}",
+            netnat.proc.evidence()
+        );
+    }
+    if let Err(left) = wait_table_gone(&t, Duration::from_secs(5)) {
+        panic!(
+            "{name}: netnat's table is still there 5 s after signal {sig} ({status:?})\n{left}\n{}",
+            netnat.proc.evidence()
+        );
+    }
+    if sig == libc::SIGKILL {
+        // Nothing left behind that blocks a restart (queue binding, table).
+        let again = Netnat::start(&t, &case.netnat_config(), "netnat-restart");
+        if let Err(e) = again {
+            panic!("{name}: netnat does not start again after SIGKILL: {e}");
+        }
+    }
+}
+
+/// Config errors: netnat exits non-zero with a message naming the line, and installs nothing.
+pub fn scenario_bad_config(name: &str) {
+    if !require_root(name) {
+        return;
+    }
+    let t = Topology::new();
+    let config = "# one good line, one bad line\n\
+                  service pub0 port 10.99.1.80 8080 TCP 192.168.77.10 80\n\
+                  service pub0 port 10.99.1.80 8081 SCTP 192.168.77.10 81\n";
+    let path = t.dir.file("bad.conf");
+    fs::write(&path, config).expect("write config");
+    let mut p = t.spawn(
+        &t.rtr,
+        "netnat-bad-config",
+        &[
+            netnat_bin(),
+            "run",
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--log-stderr",
+        ],
+    );
+    let status = p.wait_timeout(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "{name}: netnat did not refuse the bad config ({status:?})\n{}",
+        p.evidence()
+    );
+    let err = p.stderr();
+    assert!(
+        err.contains(":3") || err.contains("line 3"),
+        "{name}: the error message does not point at line 3:\n{}",
+        p.evidence()
+    );
+    assert!(
+        !err.contains("ready"),
+        "{name}: netnat said ready with a bad config\n{}",
+        p.evidence()
+    );
+    let tables = t.rtr.must(&["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("netnat"),
+        "{name}: netnat installed a table from a bad config:\n{tables}"
+    );
+}
+
+/// A second netnat on the same queue is refused and leaves the first one working.
+pub fn scenario_second_instance(name: &str, case: Case) {
+    if !require_root(name) {
+        return;
+    }
+    let t = Topology::new();
+    let servers = Servers::start(&t, case.fam);
+    let first = activate(&t, case);
+    let path = t.dir.file("second.conf");
+    fs::write(&path, case.netnat_config()).expect("write config");
+    let mut second = t.spawn(
+        &t.rtr,
+        "netnat-second",
+        &[
+            netnat_bin(),
+            "run",
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--log-stderr",
+        ],
+    );
+    let status = second.wait_timeout(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "{name}: a second netnat on the same queue was not refused ({status:?})\n{}\n  first:\n{}",
+        second.evidence(),
+        first.evidence()
+    );
+    assert_http_ok(&t, case, &servers, &first);
+    assert_udp_ok(&t, case, &servers, &first);
 }
