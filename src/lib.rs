@@ -1,11 +1,17 @@
 //! netnat: a Linux port-service proxy.
 //!
 //! The shape of the crate follows the data path: packets enter at [`queue`], are judged by
-//! [`service`], changed by [`wire`] and leave as a verdict. [`nft`] only changes which packets
-//! reach the queue. [`config`], [`service`] and [`wire`] are pure and need no kernel.
+//! [`service`] in [`datapath`], changed by [`wire`] and leave as a verdict. [`nft`] and
+//! [`iface`] only change which packets reach the queue and what `*` means. [`config`],
+//! [`service`], [`wire`] and [`datapath`] are pure and need no kernel.
 
 pub mod config;
+pub mod daemon;
+pub mod datapath;
+pub mod iface;
+pub mod log;
 pub mod nft;
 pub mod queue;
+pub mod record;
 pub mod service;
 pub mod wire;

@@ -1,8 +1,487 @@
-//! TODO
-use super::Config;
+//! The configuration file: one directive per line.
+//!
+//! ```text
+//! # comment                      whole-line, or trailing after whitespace
+//! service ppp0 port * 80 TCP 192.168.1.10 8080 0x8000
+//! queue 4747                     NFQUEUE number 0-65535, at most once
+//! mark 0x4e00                    nonzero hex u32, at most once
+//! syslog-facility local2         kern|user|daemon|auth|local0..local7, at most once
+//! syslog-priority info           emerg|alert|crit|err|warning|notice|info|debug, at most once
+//! ```
+//!
+//! A `#` starts a comment only at the start of a word (start of line or after whitespace):
+//! `eth#1` is a valid interface name and stays one. Directive names are case-insensitive.
+//!
+//! Every error of the file is reported, each located as `file:line:column: message`, and any
+//! error rejects the whole file: a half-loaded configuration would silently drop services.
+//! Besides each line's own grammar, two checks span lines, because netnat translates each
+//! packet on its own, with no connection state:
+//! - one apparent endpoint (interface, protocol, address or `*`, port) has one service;
+//! - one actual endpoint (interface, protocol, address, port) answers for one apparent
+//!   endpoint, or a reply could not be mapped back.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::Path;
+
+use super::grammar::{self, Word};
+use super::{AppAddr, Config, Protocol, Service, ServiceLine, Settings};
+
+/// Largest configuration file accepted: far beyond any real one, small enough to never hurt.
+pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
+/// Longest line accepted (without its line ending).
+pub const MAX_LINE_BYTES: usize = 4096;
+
+/// The directives, in the order error messages list them.
+pub const DIRECTIVES: [&str; 5] = [
+    "service",
+    "queue",
+    "mark",
+    "syslog-facility",
+    "syslog-priority",
+];
+/// Facilities accepted by `syslog-facility`.
+pub const FACILITIES: [&str; 12] = [
+    "kern", "user", "daemon", "auth", "local0", "local1", "local2", "local3", "local4", "local5",
+    "local6", "local7",
+];
+/// Priorities accepted by `syslog-priority`.
+pub const PRIORITIES: [&str; 8] = [
+    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+];
+
 /// An error located in a configuration file: `file:line:column: message`.
+///
+/// Lines and columns are 1-based; columns count characters. Errors about the file as a whole
+/// (cannot be read, too large) are at line 0, column 0.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError { pub file: String, pub line: usize, pub column: usize, pub message: String }
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// Parses a whole configuration; any error means no services at all.
-pub fn parse_config(text: &str, origin: &str) -> Result<Config, Vec<ConfigError>> { let _ = (text, origin); todo!() }
-pub fn load_config(path: &std::path::Path) -> Result<Config, Vec<ConfigError>> { let _ = path; todo!() }
+pub fn parse_config(text: &str, origin: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut parser = Parser::new(origin);
+    if text.len() > MAX_FILE_BYTES {
+        parser.whole_file(too_large(text.len()));
+        return parser.finish();
+    }
+    for (number, line) in (1..).zip(text.split('\n')) {
+        parser.line(number, line.as_bytes());
+    }
+    parser.finish()
+}
+
+/// Reads and parses a configuration file. I/O problems come back as errors at line 0; lines
+/// that are not UTF-8 are reported one by one, with the other lines still checked.
+pub fn load_config(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let origin = path.display().to_string();
+    let mut parser = Parser::new(&origin);
+    match read_limited(path) {
+        Ok(bytes) => {
+            for (number, line) in (1..).zip(bytes.split(|&b| b == b'\n')) {
+                parser.line(number, line);
+            }
+        }
+        Err(message) => parser.whole_file(message),
+    }
+    parser.finish()
+}
+
+/// Reads at most one byte more than the limit, so that a huge or endless file (a device, a
+/// FIFO, a file still growing) cannot exhaust memory whatever its metadata says.
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    let describe = |e: std::io::Error| {
+        let what = match e.kind() {
+            std::io::ErrorKind::NotFound => "file not found".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            std::io::ErrorKind::IsADirectory => "it is a directory".to_owned(),
+            _ => e.to_string(),
+        };
+        format!("cannot read the configuration: {what}")
+    };
+    let file = std::fs::File::open(path).map_err(describe)?;
+    if let Ok(meta) = file.metadata()
+        && meta.len() > MAX_FILE_BYTES as u64
+    {
+        return Err(too_large(usize::try_from(meta.len()).unwrap_or(usize::MAX)));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(describe)?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "the configuration is larger than the limit of {MAX_FILE_BYTES} bytes (16 MiB)"
+        ));
+    }
+    Ok(bytes)
+}
+
+fn too_large(len: usize) -> String {
+    format!(
+        "the configuration is {len} bytes, larger than the limit of {MAX_FILE_BYTES} bytes (16 MiB)"
+    )
+}
+
+/// Identity of an apparent endpoint. `*` is its own address (per family): whether it equals a
+/// fixed address on the same interface is only known at run time (the service table sees it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct AppKey {
+    iface: String,
+    protocol: Protocol,
+    addr: AppAddr,
+    v6: bool,
+    port: u16,
+}
+
+/// Identity of an actual endpoint as a reply leaving through the public interface shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ActKey {
+    iface: String,
+    protocol: Protocol,
+    addr: IpAddr,
+    port: u16,
+}
+
+/// Collects everything a file says, and every error in it.
+struct Parser {
+    origin: String,
+    errors: Vec<ConfigError>,
+    services: Vec<ServiceLine>,
+    settings: Settings,
+    /// Line on which each setting directive was first given.
+    set_on: HashMap<&'static str, usize>,
+    /// First line claiming each apparent endpoint.
+    apparent: HashMap<AppKey, usize>,
+    /// First line mapping to each actual endpoint, with the apparent endpoint it maps.
+    actual: HashMap<ActKey, (usize, AppKey)>,
+}
+
+impl Parser {
+    fn new(origin: &str) -> Parser {
+        Parser {
+            origin: origin.to_owned(),
+            errors: Vec::new(),
+            services: Vec::new(),
+            settings: Settings::default(),
+            set_on: HashMap::new(),
+            apparent: HashMap::new(),
+            actual: HashMap::new(),
+        }
+    }
+
+    fn error(&mut self, line: usize, column: usize, message: String) {
+        self.errors.push(ConfigError {
+            file: self.origin.clone(),
+            line,
+            column,
+            message,
+        });
+    }
+
+    fn whole_file(&mut self, message: String) {
+        self.error(0, 0, message);
+    }
+
+    fn finish(self) -> Result<Config, Vec<ConfigError>> {
+        if self.errors.is_empty() {
+            Ok(Config {
+                services: self.services,
+                settings: self.settings,
+            })
+        } else {
+            Err(self.errors)
+        }
+    }
+
+    /// One raw line, without its `\n` (a `\r` before it is a CRLF ending and is dropped).
+    fn line(&mut self, number: usize, raw: &[u8]) {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => t,
+            Err(e) => {
+                let good = &raw[..e.valid_up_to()];
+                // The valid prefix is UTF-8 by definition; count its characters for the column.
+                let column = std::str::from_utf8(good).map_or(1, |g| g.chars().count() + 1);
+                self.error(number, column, "the line is not valid UTF-8".into());
+                return;
+            }
+        };
+        if text.len() > MAX_LINE_BYTES {
+            let mut cut = MAX_LINE_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let column = text[..cut].chars().count() + 1;
+            self.error(
+                number,
+                column,
+                format!(
+                    "the line is {} bytes long, longer than the limit of {MAX_LINE_BYTES} bytes",
+                    text.len()
+                ),
+            );
+            return;
+        }
+        // Some editors on other systems start a UTF-8 file with a byte order mark; it is
+        // invisible there, so it is no part of the first word (nor of its columns).
+        let text = if number == 1 {
+            text.strip_prefix('\u{feff}').unwrap_or(text)
+        } else {
+            text
+        };
+        let mut words = grammar::split_words(text);
+        if let Some(comment) = words.iter().position(|w| w.text.starts_with('#')) {
+            words.truncate(comment);
+        }
+        let Some(first) = words.first() else { return };
+        let directive = first.text.to_ascii_lowercase();
+        match directive.as_str() {
+            "service" => self.service(number, &words),
+            "queue" => self.queue(number, &words),
+            "mark" => self.mark(number, &words),
+            "syslog-facility" => self.facility(number, &words),
+            "syslog-priority" => self.priority(number, &words),
+            _ => self.error(
+                number,
+                first.column,
+                format!(
+                    "unknown directive {:?} (known directives: {})",
+                    first.text,
+                    DIRECTIVES.join(", ")
+                ),
+            ),
+        }
+    }
+
+    fn service(&mut self, number: usize, words: &[Word<'_>]) {
+        let service = match grammar::parse_words(words, grammar::end_column(words)) {
+            Ok(s) => s,
+            Err(e) => return self.error(number, e.column, e.message),
+        };
+        // The grammar accepted the line, so the fields sit at fixed word positions.
+        let app_column = words[3].column;
+        let act_column = words[6].column;
+
+        let app = app_key(&service);
+        if let Some(&first) = self.apparent.get(&app) {
+            return self.error(
+                number,
+                app_column,
+                format!(
+                    "lines {first} and {number} both claim the apparent endpoint {}",
+                    describe_app(&app)
+                ),
+            );
+        }
+        let act = ActKey {
+            iface: service.iface.clone(),
+            protocol: service.protocol,
+            addr: service.act_addr,
+            port: service.act_port,
+        };
+        if let Some((first, first_app)) = self.actual.get(&act) {
+            let message = format!(
+                "lines {first} and {number} both map to the actual endpoint {} {} {} on {} \
+                 (from {} {} and {} {}): replies from it could not be told apart, \
+                 since netnat translates each packet on its own",
+                act.addr,
+                act.port,
+                act.protocol.name(),
+                act.iface,
+                show_app_addr(first_app.addr),
+                first_app.port,
+                show_app_addr(app.addr),
+                app.port,
+            );
+            return self.error(number, act_column, message);
+        }
+        self.apparent.insert(app.clone(), number);
+        self.actual.insert(act, (number, app));
+        self.services.push(ServiceLine {
+            line: number,
+            service,
+        });
+    }
+
+    /// The common shape of a setting: `name value`, given at most once. Returns the value word.
+    fn setting<'w>(
+        &mut self,
+        number: usize,
+        words: &[Word<'w>],
+        name: &'static str,
+        what: &str,
+    ) -> Option<Word<'w>> {
+        let Some(&value) = words.get(1) else {
+            self.error(
+                number,
+                grammar::end_column(words),
+                format!("missing field: {what}"),
+            );
+            return None;
+        };
+        if let Some(extra) = words.get(2) {
+            self.error(
+                number,
+                extra.column,
+                format!(
+                    "unexpected {:?} after the {what} (nothing may follow it)",
+                    extra.text
+                ),
+            );
+            return None;
+        }
+        if let Some(first) = self.set_on.get(name) {
+            self.error(
+                number,
+                words[0].column,
+                format!("\"{name}\" given twice: already set on line {first}"),
+            );
+            return None;
+        }
+        self.set_on.insert(name, number);
+        Some(value)
+    }
+
+    fn queue(&mut self, number: usize, words: &[Word<'_>]) {
+        let Some(w) = self.setting(number, words, "queue", "queue number") else {
+            return;
+        };
+        let valid = !w.text.is_empty()
+            && w.text.len() <= 5
+            && w.text.bytes().all(|b| b.is_ascii_digit())
+            && (w.text == "0" || !w.text.starts_with('0'));
+        match w
+            .text
+            .parse::<u32>()
+            .ok()
+            .filter(|_| valid)
+            .and_then(|n| u16::try_from(n).ok())
+        {
+            Some(n) => self.settings.queue = n,
+            None => self.error(
+                number,
+                w.column,
+                format!("expected a queue number 0-65535, found {:?}", w.text),
+            ),
+        }
+    }
+
+    fn mark(&mut self, number: usize, words: &[Word<'_>]) {
+        let Some(w) = self.setting(number, words, "mark", "mark") else {
+            return;
+        };
+        let digits = w
+            .text
+            .strip_prefix("0x")
+            .or_else(|| w.text.strip_prefix("0X"))
+            .unwrap_or(w.text);
+        let value = (!digits.is_empty()
+            && digits.len() <= 8
+            && digits.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u32::from_str_radix(digits, 16).ok())
+        .flatten();
+        match value {
+            // Zero would mark nothing: the firewall rule that lets mapped traffic through could
+            // never match.
+            Some(0) => self.error(number, w.column, "the mark must not be zero".into()),
+            Some(m) => self.settings.mark = m,
+            None => self.error(
+                number,
+                w.column,
+                format!(
+                    "expected a mark as 1-8 hex digits (e.g. 0x4e00), found {:?}",
+                    w.text
+                ),
+            ),
+        }
+    }
+
+    fn facility(&mut self, number: usize, words: &[Word<'_>]) {
+        let name = "syslog-facility";
+        let Some(w) = self.setting(number, words, name, "syslog facility") else {
+            return;
+        };
+        match FACILITIES.iter().find(|f| f.eq_ignore_ascii_case(w.text)) {
+            Some(f) => self.settings.syslog_facility = (*f).to_owned(),
+            None => self.error(
+                number,
+                w.column,
+                format!(
+                    "unknown syslog facility {:?} (expected one of: {})",
+                    w.text,
+                    FACILITIES.join(", ")
+                ),
+            ),
+        }
+    }
+
+    fn priority(&mut self, number: usize, words: &[Word<'_>]) {
+        let name = "syslog-priority";
+        let Some(w) = self.setting(number, words, name, "syslog priority") else {
+            return;
+        };
+        match PRIORITIES.iter().find(|p| p.eq_ignore_ascii_case(w.text)) {
+            Some(p) => self.settings.syslog_priority = (*p).to_owned(),
+            None => self.error(
+                number,
+                w.column,
+                format!(
+                    "unknown syslog priority {:?} (expected one of: {})",
+                    w.text,
+                    PRIORITIES.join(", ")
+                ),
+            ),
+        }
+    }
+}
+
+fn app_key(s: &Service) -> AppKey {
+    AppKey {
+        iface: s.iface.clone(),
+        protocol: s.protocol,
+        addr: s.app_addr,
+        v6: s.is_ipv6(),
+        port: s.app_port,
+    }
+}
+
+fn show_app_addr(a: AppAddr) -> String {
+    match a {
+        AppAddr::Interface => "*".into(),
+        AppAddr::Fixed(ip) => ip.to_string(),
+    }
+}
+
+fn describe_app(k: &AppKey) -> String {
+    let family = match (k.addr, k.v6) {
+        (AppAddr::Interface, true) => " (IPv6)",
+        (AppAddr::Interface, false) => " (IPv4)",
+        (AppAddr::Fixed(_), _) => "",
+    };
+    format!(
+        "{}{family} {} {} on {}",
+        show_app_addr(k.addr),
+        k.port,
+        k.protocol.name(),
+        k.iface
+    )
+}

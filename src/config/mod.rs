@@ -11,6 +11,8 @@ mod format;
 mod grammar;
 
 pub use file::{ConfigError, load_config, parse_config};
+pub use file::{DIRECTIVES, FACILITIES, MAX_FILE_BYTES, MAX_LINE_BYTES, PRIORITIES};
+pub use grammar::MAX_IFACE_LEN;
 pub use grammar::{GrammarError, parse_service, parse_service_words};
 
 /// Transport protocol of a service.
