@@ -876,15 +876,19 @@ pub fn scenario_firewall(name: &str, case: Case) {
         servers.udp_peers()
     );
     // The policy drop counter proves the firewall, not the translator, stopped the traffic.
-    let drops = fw
+    let dropped = fw
         .stdout
         .lines()
         .find(|l| l.contains("dropped by policy"))
-        .unwrap_or("")
-        .to_string();
+        .and_then(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "packets")?;
+            w.get(i + 1)?.parse::<u64>().ok()
+        });
     assert!(
-        !drops.contains("packets 0 "),
-        "{name}: the forward chain dropped nothing: the translator never forwarded\n{}\n{}",
+        dropped.is_some_and(|n| n > 0),
+        "{name}: the forward chain's policy dropped nothing ({dropped:?}): the translator never \
+         forwarded\n{}\n{}",
         fw.stdout,
         active.evidence()
     );
