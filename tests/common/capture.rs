@@ -19,6 +19,9 @@ pub const CHECKSUM_PREFS: [&str; 6] = [
 /// [`CHECKSUM_PREFS`]). Proven to catch forged checksums by the `capture_filter_*` test.
 pub const BAD_CHECKSUM_FILTER: &str = r#"tcp.checksum.status == "Bad" || udp.checksum.status == "Bad" || ip.checksum.status == "Bad""#;
 
+/// tshark's summary columns with the ports next to the addresses.
+const COLUMNS: &str = r#"gui.column.format:"No.","%m","Time","%t","Source","%s","SrcPort","%uS","Destination","%d","DstPort","%uD","Protocol","%p","Length","%L","Info","%i""#;
+
 /// A running tcpdump writing a pcap file.
 pub struct Capture {
     proc: Proc,
@@ -104,8 +107,13 @@ pub fn count(pcap: &Path, filter: &str) -> usize {
 }
 
 /// tshark's one-line summaries of the packets matching `filter`, at most `max` of them.
+/// Columns: number, time, source, source port, destination, destination port, protocol,
+/// length, info. The test's UDP service on port 53 is not DNS: shown as data.
 pub fn summary(pcap: &Path, filter: &str, max: usize) -> String {
-    let out = tshark(pcap, &["-Y", filter]);
+    let out = tshark(
+        pcap,
+        &["-d", "udp.port==53,data", "-o", COLUMNS, "-Y", filter],
+    );
     let lines: Vec<&str> = out.stdout.lines().collect();
     let mut s = lines
         .iter()
