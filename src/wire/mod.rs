@@ -7,10 +7,20 @@
 //!   `Direction::Inbound` the destination of a plain packet (or the *source* of the packet quoted
 //!   in an ICMP error); for `Direction::Reply` the source of a plain packet (or the *destination*
 //!   of the quoted packet). It returns the endpoint to write instead plus a caller token `T`.
+//!
+//! Layout: [`checksum`] (RFC 1071 sums, RFC 1624 incremental updates, pseudo-headers),
+//! [`ip`] (IPv4/IPv6 header validation into offsets, IPv6 extension-header walk), `rewrite`
+//! (TCP/UDP packets) and `icmp` (ICMP/ICMPv6 errors and the packets they quote).
 
 use std::net::SocketAddr;
 
 use crate::config::Protocol;
+
+pub mod checksum;
+mod field;
+mod icmp;
+pub mod ip;
+mod rewrite;
 
 /// Which way a packet crosses the mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,11 +64,17 @@ pub enum Malformed {
     BadVersion,
     BadHeaderLength,
     BadTotalLength,
-    /// Fragment without the transport header (ports unknown).
+    /// Fragment without the transport header (ports unknown), or a first fragment whose
+    /// checksum is `NotReady` (completing it would need the whole datagram).
     Fragment,
     /// IPv6 extension header chain that cannot be walked.
     BadExtensionHeader,
     UnsupportedProtocol,
+    /// IPv6 routing header with segments left: the checksums use the final destination from
+    /// the routing header, so rewriting the header's destination field would be wrong.
+    SourceRouted,
+    /// `lookup` returned an endpoint of the other address family than the packet's.
+    AddressFamily,
 }
 
 /// Result of [`rewrite`].
@@ -67,6 +83,8 @@ pub enum Outcome<T> {
     /// Translated in place; `flow` is the (outer or quoted) flow before translation.
     Rewritten { token: T, flow: Flow, kind: Kind },
     /// Parsed fine but `lookup` declined (or an ICMP message that is not an error we translate).
+    /// Every ICMP/ICMPv6 message that is not translated reports `Kind::IcmpError`, also
+    /// non-error messages such as echo requests, which are never looked up.
     NotOurs { kind: Kind },
     /// Could not be parsed; the buffer is unchanged.
     Malformed(Malformed),
@@ -79,6 +97,8 @@ pub fn rewrite<T>(
     csum: ChecksumState,
     lookup: impl FnOnce(Protocol, SocketAddr) -> Option<(SocketAddr, T)>,
 ) -> Outcome<T> {
-    let _ = (pkt, dir, csum, lookup);
-    todo!("wire::rewrite")
+    rewrite::translate(pkt, dir, csum, lookup)
 }
+
+#[cfg(test)]
+mod tests;

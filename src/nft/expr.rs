@@ -1,0 +1,183 @@
+//! nftables expressions that `nftnl` 0.9.4 does not ship: the native `queue`, the xtables
+//! NFQUEUE target through nft_compat, and `fib`. Each builds a libnftnl expression object with
+//! raw `nftnl_sys` calls; libnftnl turns it into netlink attributes (in network byte order where
+//! the kernel expects it).
+
+use std::ptr::NonNull;
+
+use nftnl::Rule;
+use nftnl::expr::Expression;
+use nftnl::nftnl_sys as sys;
+
+/// Length of an interface name as `meta iifname` loads it (IFNAMSIZ, linux/if.h).
+pub const IFNAMSIZ: usize = 16;
+
+// From linux/netfilter/nf_tables.h (not in the libc crate).
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+const NFTA_FIB_F_IIF: u32 = 1 << 3;
+
+/// `RTN_LOCAL`, the route type `fib ... type local` compares with.
+pub const RTN_LOCAL: u32 = libc::RTN_LOCAL as u32;
+
+/// The interface name as the kernel stores it: zero-padded to IFNAMSIZ, so that the compare
+/// matches this name exactly (not as a prefix). Longer names are cut here; `install` refuses
+/// them before building anything, because a cut name would match a different interface.
+pub fn ifname_bytes(name: &str) -> [u8; IFNAMSIZ] {
+    let mut b = [0u8; IFNAMSIZ];
+    let n = name.len().min(IFNAMSIZ - 1);
+    b[..n].copy_from_slice(&name.as_bytes()[..n]);
+    b
+}
+
+/// Allocate an expression of the given type, aborting on allocation failure like `nftnl` does
+/// (there is nothing sensible left to do when a few bytes cannot be allocated).
+fn alloc(name: &std::ffi::CStr) -> NonNull<sys::nftnl_expr> {
+    // SAFETY: `name` is a valid NUL-terminated string that libnftnl only reads during the call.
+    let p = unsafe { sys::nftnl_expr_alloc(name.as_ptr()) };
+    NonNull::new(p).unwrap_or_else(|| std::process::abort())
+}
+
+/// The native `queue` expression (nft_queue): `queue num N[-M] [bypass] [fanout]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NativeQueue {
+    pub num: u16,
+    pub total: u16,
+    pub flags: u16,
+}
+
+impl Expression for NativeQueue {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc(c"queue");
+        // SAFETY: `expr` is a live queue expression just allocated; the queue attributes are u16
+        // in libnftnl (it converts them to network order when building the message).
+        unsafe {
+            sys::nftnl_expr_set_u16(expr.as_ptr(), sys::NFTNL_EXPR_QUEUE_NUM as u16, self.num);
+            sys::nftnl_expr_set_u16(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_QUEUE_TOTAL as u16,
+                self.total.max(1),
+            );
+            sys::nftnl_expr_set_u16(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_QUEUE_FLAGS as u16,
+                self.flags,
+            );
+        }
+        expr
+    }
+}
+
+/// xtables target name and revision of the compat form.
+pub const NFQUEUE_TARGET: &std::ffi::CStr = c"NFQUEUE";
+pub const NFQUEUE_REVISION: u32 = 3;
+
+/// `struct xt_NFQ_info_v3` in host byte order: what the xtables NFQUEUE target revision 3
+/// expects as its info blob.
+pub fn nfqueue_v3_info(num: u16, total: u16, flags: u16) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0..2].copy_from_slice(&num.to_ne_bytes());
+    b[2..4].copy_from_slice(&total.max(1).to_ne_bytes());
+    b[4..6].copy_from_slice(&flags.to_ne_bytes());
+    b
+}
+
+/// The same verdict through nft_compat: the xtables NFQUEUE target, for kernels built without
+/// nft_queue (such as the one this project is tested on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompatNfqueue {
+    pub num: u16,
+    pub total: u16,
+    pub flags: u16,
+}
+
+impl Expression for CompatNfqueue {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc(c"target");
+        let info = nfqueue_v3_info(self.num, self.total, self.flags);
+        // SAFETY: `expr` is a live target expression. The name is a NUL-terminated string that
+        // libnftnl copies. The info buffer is allocated with C malloc because libnftnl keeps the
+        // pointer (it does not copy it) and releases it with free() when the expression is
+        // freed; we write exactly `info.len()` bytes into a buffer of that size. If libnftnl
+        // refuses the attribute it has not taken the buffer, so we free it ourselves.
+        unsafe {
+            sys::nftnl_expr_set_str(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_TG_NAME as u16,
+                NFQUEUE_TARGET.as_ptr(),
+            );
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_TG_REV as u16,
+                NFQUEUE_REVISION,
+            );
+            let buf = libc::malloc(info.len()).cast::<u8>();
+            if buf.is_null() {
+                std::process::abort();
+            }
+            std::ptr::copy_nonoverlapping(info.as_ptr(), buf, info.len());
+            let rc = sys::nftnl_expr_set(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_TG_INFO as u16,
+                buf.cast(),
+                info.len() as u32,
+            );
+            if rc < 0 {
+                libc::free(buf.cast());
+            }
+        }
+        expr
+    }
+}
+
+/// `fib daddr . iif type`: route type of the destination address, looked up for the incoming
+/// interface, into register 1 (compare with [`RTN_LOCAL`] as a native-order u32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FibDaddrIifType;
+
+impl Expression for FibDaddrIifType {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc(c"fib");
+        let flags = NFTA_FIB_F_DADDR | NFTA_FIB_F_IIF;
+        // SAFETY: `expr` is a live fib expression; its attributes are u32 in libnftnl.
+        unsafe {
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_FIB_RESULT as u16,
+                NFT_FIB_RESULT_ADDRTYPE,
+            );
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_FIB_FLAGS as u16, flags);
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_FIB_DREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+        }
+        expr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifname_is_zero_padded() {
+        let b = ifname_bytes("pub0");
+        assert_eq!(&b[..4], b"pub0");
+        assert!(b[4..].iter().all(|&x| x == 0));
+        // A 15-byte name keeps its terminating zero.
+        let b = ifname_bytes("abcdefghijklmnopq");
+        assert_eq!(&b[..15], b"abcdefghijklmno");
+        assert_eq!(b[15], 0);
+    }
+
+    #[test]
+    fn nfqueue_info_layout() {
+        let b = nfqueue_v3_info(0x1234, 0, 2);
+        assert_eq!(&b[0..2], &0x1234u16.to_ne_bytes());
+        assert_eq!(&b[2..4], &1u16.to_ne_bytes(), "total is at least 1");
+        assert_eq!(&b[4..6], &2u16.to_ne_bytes());
+        assert_eq!(&b[6..8], &[0, 0]);
+    }
+}

@@ -1,0 +1,1175 @@
+//! Installing the policy through netlink: one socket per session, one atomic batch per change.
+//!
+//! The table carries `NFT_TABLE_F_OWNER`: the kernel ties it to the socket that created it,
+//! deletes it when that socket closes (crash-safe cleanup) and refuses changes from any other
+//! socket with EPERM. That is why the session keeps its one socket for its whole life.
+//!
+//! Nothing here touches anything but table `inet netnat`.
+
+use std::ffi::{CStr, CString, c_void};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::raw::c_char;
+use std::ptr::NonNull;
+
+use nftnl::expr::{
+    Cmp, CmpOp, Expression, Ipv4HeaderField, Ipv6HeaderField, Meta, NetworkHeaderField, Payload,
+    TransportHeaderField,
+};
+use nftnl::nftnl_sys as sys;
+use nftnl::{Batch, Chain, ChainType, FinalizedBatch, MsgType, NlMsg, ProtoFamily, Rule, Table};
+
+use super::expr::{CompatNfqueue, FibDaddrIifType, NativeQueue, RTN_LOCAL, ifname_bytes};
+use super::policy::{ChainSpec, Hook, Match, Policy, QueueSpec, Rule as PolicyRule, Verdict};
+use super::render::render_rule;
+
+/// `NFT_TABLE_F_OWNER` from linux/netfilter/nf_tables.h (kernel ≥ 5.12).
+pub const NFT_TABLE_F_OWNER: u32 = 0x2;
+
+// From linux/netlink.h; not all are in the libc crate for every target.
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_CAP_ACK: libc::c_int = 10;
+const NETLINK_EXT_ACK: libc::c_int = 11;
+const NLM_F_CAPPED: u16 = 0x100;
+const NLM_F_ACK_TLVS: u16 = 0x200;
+const NLMSGERR_ATTR_MSG: u16 = 1;
+// From asm-generic/socket.h.
+const SO_SNDBUFFORCE: libc::c_int = 32;
+const SO_RCVBUFFORCE: libc::c_int = 33;
+
+/// Room reserved in the receive buffer per acknowledged message. An ACK is a small skb whose
+/// accounted size (truesize) stays well below this; if the buffer overflows the kernel drops
+/// ACKs and we could not tell success from failure.
+const RCVBUF_PER_MSG: usize = 2048;
+
+/// Which form of the queue verdict the kernel accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QueueExprKind {
+    /// nft_queue's own `queue` expression.
+    Native,
+    /// The xtables NFQUEUE target (revision 3) through nft_compat. `nft list` shows it as a
+    /// queue statement too, but a dump of it cannot be reloaded with `nft -f`.
+    Compat,
+}
+
+impl fmt::Display for QueueExprKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QueueExprKind::Native => "native nft queue expression",
+            QueueExprKind::Compat => "xtables NFQUEUE target through nft_compat",
+        })
+    }
+}
+
+/// What failed while changing netnat's table.
+#[derive(Debug)]
+pub enum NftError {
+    /// A socket operation failed (`op` says which).
+    Io { op: &'static str, source: io::Error },
+    /// The process may not change nftables at all (EPERM on the batch itself).
+    NotPermitted,
+    /// EPERM on netnat's table: another socket owns it.
+    OwnedByOther,
+    /// The table exists without the owner flag (created by `nft -f` or an older netnat); the
+    /// kernel refuses to add the flag to it. `flush_leftover` removes it.
+    UnownedTableExists,
+    /// The kernel lacks an expression a rule uses (ENOENT even after the compat fallback):
+    /// nft_queue and nft_compat/xt_NFQUEUE, or nft_fib_inet.
+    MissingExpression { rule: String },
+    /// Any other refusal: which message, the errno and the kernel's extended-ACK text if any.
+    Kernel {
+        what: String,
+        errno: i32,
+        message: Option<String>,
+    },
+    /// The kernel's answers did not add up (lost or missing ACKs).
+    Protocol(String),
+    /// An interface name nftables cannot match exactly (empty, longer than 15 bytes, or with a
+    /// NUL): refused before anything is sent, since a cut name would match another interface.
+    BadInterfaceName(String),
+}
+
+impl NftError {
+    /// The errno behind the error, where there is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NftError::Io { source, .. } => source.raw_os_error(),
+            NftError::NotPermitted | NftError::OwnedByOther => Some(libc::EPERM),
+            NftError::UnownedTableExists => Some(libc::EOPNOTSUPP),
+            NftError::MissingExpression { .. } => Some(libc::ENOENT),
+            NftError::Kernel { errno, .. } => Some(*errno),
+            NftError::Protocol(_) | NftError::BadInterfaceName(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for NftError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NftError::Io { op, source } => write!(f, "nftables netlink {op} failed: {source}"),
+            NftError::NotPermitted => {
+                f.write_str("not permitted to change nftables rules (netnat needs CAP_NET_ADMIN)")
+            }
+            NftError::OwnedByOther => {
+                f.write_str("netnat's table is owned by another process (another netnat running?)")
+            }
+            NftError::UnownedTableExists => f.write_str(
+                "a table `inet netnat` without netnat's owner flag already exists (left by an \
+                 older netnat or loaded with nft); delete it first (`nft delete table inet \
+                 netnat`, or netnat's leftover cleanup)",
+            ),
+            NftError::MissingExpression { rule } => write!(
+                f,
+                "the kernel lacks an nftables expression used by rule `{rule}` (neither the \
+                 native queue (nft_queue) nor the xtables NFQUEUE target (nft_compat, \
+                 xt_NFQUEUE) was accepted, or fib (nft_fib_inet) is missing)"
+            ),
+            NftError::Kernel {
+                what,
+                errno,
+                message,
+            } => {
+                let e = io::Error::from_raw_os_error(*errno);
+                let hint = match *errno {
+                    libc::EOPNOTSUPP => " (not supported by this kernel)",
+                    libc::EBUSY => " (in use)",
+                    libc::EINVAL => " (the kernel rejected an attribute)",
+                    libc::ENOMEM | libc::ENOBUFS => " (out of kernel memory)",
+                    _ => "",
+                };
+                write!(f, "the kernel refused {what}: {e}{hint}")?;
+                if let Some(m) = message {
+                    write!(f, ": {m}")?;
+                }
+                Ok(())
+            }
+            NftError::Protocol(s) => write!(f, "nftables netlink protocol error: {s}"),
+            NftError::BadInterfaceName(n) => write!(
+                f,
+                "interface name {n:?} cannot be matched (1 to 15 bytes, no NUL)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NftError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NftError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// One nftables netlink socket, kept for the life of the table it owns.
+///
+/// The socket is opened here rather than with `mnl::Socket::new`, because libmnl's
+/// `mnl_socket_open` does not set close-on-exec: every child process (a hook script, or just
+/// `ip netns exec nft` started by another thread) would inherit the socket and keep the owned
+/// table alive, owned by a dead session, for as long as it runs. `SOCK_CLOEXEC` at creation
+/// closes that race. Sending and receiving are plain `sendmsg`/`recv` on the descriptor.
+pub struct NftSession {
+    sock: OwnedFd,
+    /// The queue form the kernel accepted, once known.
+    kind: Option<QueueExprKind>,
+    /// Receive buffer size already requested.
+    rcvbuf: usize,
+    /// Send buffer size already requested.
+    sndbuf: usize,
+}
+
+impl fmt::Debug for NftSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NftSession")
+            .field("fd", &self.sock.as_raw_fd())
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+/// A netfilter netlink socket, close-on-exec, bound to a port id the kernel chooses.
+fn open_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_nl is valid; nl_pid 0 lets the kernel pick the port id.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `addr` is a live sockaddr_nl and its exact size is passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+impl NftSession {
+    /// Open and bind the netfilter netlink socket this session keeps.
+    pub fn open() -> Result<NftSession, NftError> {
+        let sock = open_socket().map_err(|e| NftError::Io {
+            op: "socket",
+            source: e,
+        })?;
+        let fd = sock.as_raw_fd();
+        // Both options are optional refinements: capped ACKs keep the receive buffer small,
+        // extended ACKs may carry the kernel's reason. Older kernels lack them; ignore failure.
+        setsockopt_int(fd, SOL_NETLINK, NETLINK_CAP_ACK, 1);
+        setsockopt_int(fd, SOL_NETLINK, NETLINK_EXT_ACK, 1);
+        Ok(NftSession {
+            sock,
+            kind: None,
+            rcvbuf: 0,
+            sndbuf: 0,
+        })
+    }
+
+    /// The queue form accepted so far, if an install has decided it.
+    pub fn queue_kind(&self) -> Option<QueueExprKind> {
+        self.kind
+    }
+
+    /// Install `policy` as the whole content of table `inet netnat`, in one atomic batch: the
+    /// table (owned by this socket), its two chains, a flush of all its rules, then the new
+    /// rules. A second install replaces the first atomically.
+    ///
+    /// The native queue expression is tried first; if the kernel answers ENOENT for a rule, the
+    /// batch is rebuilt with the compat NFQUEUE target. The decision is kept for the session.
+    /// With no rules in the policy no queue expression is sent; the kind returned is then the
+    /// one decided earlier, or `Native` (undecided).
+    pub fn install(&mut self, policy: &Policy) -> Result<QueueExprKind, NftError> {
+        check_names(policy)?;
+        let has_rules = policy.chains().iter().any(|c| !c.rules.is_empty());
+        let first = self.kind.unwrap_or(QueueExprKind::Native);
+        match self.install_with(policy, first) {
+            Ok(()) => {
+                if has_rules {
+                    self.kind = Some(first);
+                }
+                Ok(first)
+            }
+            Err(Failure {
+                errno: libc::ENOENT,
+                label: Label::Rule { .. },
+                ..
+            }) if first == QueueExprKind::Native && self.kind.is_none() => {
+                match self.install_with(policy, QueueExprKind::Compat) {
+                    Ok(()) => {
+                        self.kind = Some(QueueExprKind::Compat);
+                        Ok(QueueExprKind::Compat)
+                    }
+                    Err(f) => Err(f.into_error()),
+                }
+            }
+            Err(f) => Err(f.into_error()),
+        }
+    }
+
+    /// Delete table `inet netnat` (and with it everything netnat installed). An absent table is
+    /// fine.
+    pub fn remove(&mut self) -> Result<(), NftError> {
+        delete_table(self).map(|_| ())
+    }
+
+    fn install_with(&mut self, policy: &Policy, kind: QueueExprKind) -> Result<(), Failure> {
+        let (batch, labels) = build_install_batch(policy, kind);
+        self.run(&batch, labels)
+    }
+
+    /// Send one finalized batch and collect every answer to it.
+    fn run(&mut self, batch: &FinalizedBatch, labels: Vec<Label>) -> Result<(), Failure> {
+        let fd = self.sock.as_raw_fd();
+        // Answers left over from an earlier, interrupted exchange would be taken for ours.
+        drain(fd).map_err(Failure::io)?;
+
+        let pages: Vec<&[u8]> = batch.iter().collect();
+        let total: usize = pages.iter().map(|p| p.len()).sum();
+        let seqs = batch.sequence_numbers();
+        let want_rcv = (seqs.len() + 2) * RCVBUF_PER_MSG;
+        if want_rcv > self.rcvbuf {
+            // Falls back silently to the default buffer if not privileged; then a big batch may
+            // lose ACKs, which is detected below.
+            setsockopt_int(fd, libc::SOL_SOCKET, SO_RCVBUFFORCE, clamp_int(want_rcv));
+            self.rcvbuf = want_rcv;
+        }
+        // netlink refuses a message larger than the send buffer (EMSGSIZE), and a batch must go
+        // in one sendmsg: the kernel aborts a batch whose end is not in the same skb.
+        let want_snd = total + 4096;
+        if want_snd > self.sndbuf && want_snd > 200_000 {
+            setsockopt_int(fd, libc::SOL_SOCKET, SO_SNDBUFFORCE, clamp_int(want_snd));
+            self.sndbuf = want_snd;
+        }
+        send_pages(fd, &pages, total).map_err(Failure::io)?;
+        let answers = receive_answers(fd).map_err(Failure::io)?;
+        judge(seqs, labels, &answers)
+    }
+}
+
+fn check_names(policy: &Policy) -> Result<(), NftError> {
+    for r in policy.chains().iter().flat_map(|c| &c.rules) {
+        for m in &r.matches {
+            if let Match::IifName(n) | Match::OifName(n) = m
+                && (n.is_empty() || n.len() >= super::expr::IFNAMSIZ || n.contains('\0'))
+            {
+                return Err(NftError::BadInterfaceName(n.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Delete a table left by an earlier netnat (or loaded by hand), from a fresh socket. Returns
+/// whether a table existed. A table owned by a live netnat is refused with
+/// [`NftError::OwnedByOther`].
+pub fn flush_leftover() -> Result<bool, NftError> {
+    let mut s = NftSession::open()?;
+    delete_table(&mut s)
+}
+
+fn delete_table(s: &mut NftSession) -> Result<bool, NftError> {
+    let mut batch = Batch::new();
+    let table = TableMsg::new(super::policy::TABLE_NAME, None);
+    batch.add(&table, MsgType::Del);
+    match s.run(&batch.finalize(), vec![Label::DelTable]) {
+        Ok(()) => Ok(true),
+        Err(Failure {
+            errno: libc::ENOENT,
+            label: Label::DelTable,
+            ..
+        }) => Ok(false),
+        Err(f) => Err(f.into_error()),
+    }
+}
+
+/// What each message of a batch was, to say which one the kernel refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Label {
+    BatchBegin,
+    BatchEnd,
+    Table,
+    Chain(&'static str),
+    FlushRules,
+    Rule { chain: &'static str, text: String },
+    DelTable,
+    Io,
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Label::BatchBegin => f.write_str("the batch"),
+            Label::BatchEnd => f.write_str("the commit of the batch"),
+            Label::Table => f.write_str("adding table inet netnat"),
+            Label::Chain(c) => write!(f, "adding chain {c}"),
+            Label::FlushRules => f.write_str("flushing the rules of table inet netnat"),
+            Label::Rule { chain, text } => write!(f, "rule `{text}` in chain {chain}"),
+            Label::DelTable => f.write_str("deleting table inet netnat"),
+            Label::Io => f.write_str("the netlink exchange"),
+        }
+    }
+}
+
+/// The first refusal of a batch, before it is turned into an [`NftError`] (the fallback to the
+/// compat queue needs the raw errno and which message it was).
+#[derive(Debug)]
+struct Failure {
+    label: Label,
+    errno: i32,
+    message: Option<String>,
+    io: Option<(&'static str, io::Error)>,
+    protocol: Option<String>,
+}
+
+impl Failure {
+    fn io((op, e): (&'static str, io::Error)) -> Failure {
+        Failure {
+            label: Label::Io,
+            errno: e.raw_os_error().unwrap_or(0),
+            message: None,
+            io: Some((op, e)),
+            protocol: None,
+        }
+    }
+
+    fn into_error(self) -> NftError {
+        if let Some((op, source)) = self.io {
+            return NftError::Io { op, source };
+        }
+        if let Some(p) = self.protocol {
+            return NftError::Protocol(p);
+        }
+        match (self.errno, &self.label) {
+            // nfnetlink checks CAP_NET_ADMIN before looking at the batch's content.
+            (libc::EPERM, Label::BatchBegin) => NftError::NotPermitted,
+            (libc::EPERM, _) => NftError::OwnedByOther,
+            (libc::EOPNOTSUPP, Label::Table) => NftError::UnownedTableExists,
+            (libc::ENOENT, Label::Rule { text, .. }) => {
+                NftError::MissingExpression { rule: text.clone() }
+            }
+            (errno, label) => NftError::Kernel {
+                what: label.to_string(),
+                errno,
+                message: self.message,
+            },
+        }
+    }
+}
+
+/// One NLMSG_ERROR answer: the sequence number it answers, 0 or a negative errno, and the
+/// extended-ACK message if the kernel gave one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answer {
+    seq: u32,
+    error: i32,
+    message: Option<String>,
+}
+
+/// Match the answers against the batch: any refusal fails it (the earliest one is the cause,
+/// later ones usually follow from it); every message that asked for an ACK must have one.
+fn judge(
+    seqs: std::ops::Range<u32>,
+    labels: Vec<Label>,
+    answers: &[Answer],
+) -> Result<(), Failure> {
+    // nftnl numbers the batch begin and end messages only when the kernel acknowledges them
+    // (≥ 6.10); the range then holds two more numbers than there are objects.
+    let n = labels.len() as u32;
+    let with_ends = seqs.len() as u32 == n + 2;
+    let label_of = |seq: u32| -> Label {
+        if with_ends {
+            if seq == seqs.start {
+                return Label::BatchBegin;
+            }
+            if seq + 1 == seqs.end {
+                return Label::BatchEnd;
+            }
+            labels
+                .get((seq - seqs.start - 1) as usize)
+                .cloned()
+                .unwrap_or(Label::BatchEnd)
+        } else {
+            seq.checked_sub(seqs.start)
+                .and_then(|i| labels.get(i as usize).cloned())
+                // Without numbered ends the begin message carries sequence number 0.
+                .unwrap_or(Label::BatchBegin)
+        }
+    };
+    let mut errors: Vec<&Answer> = answers.iter().filter(|a| a.error != 0).collect();
+    errors.sort_by_key(|a| (a.seq == 0, a.seq));
+    if let Some(a) = errors.first() {
+        return Err(Failure {
+            label: label_of(a.seq),
+            errno: -a.error,
+            message: a.message.clone(),
+            io: None,
+            protocol: None,
+        });
+    }
+    let missing: Vec<u32> = seqs
+        .clone()
+        .filter(|s| !answers.iter().any(|a| a.seq == *s))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Failure {
+            label: Label::Io,
+            errno: 0,
+            message: None,
+            io: None,
+            protocol: Some(format!(
+                "{} of {} messages were not acknowledged (first: {}); the receive buffer may \
+                 be too small",
+                missing.len(),
+                seqs.len(),
+                label_of(missing[0])
+            )),
+        });
+    }
+    Ok(())
+}
+
+fn clamp_int(v: usize) -> libc::c_int {
+    v.min(libc::c_int::MAX as usize / 2) as libc::c_int
+}
+
+fn setsockopt_int(fd: libc::c_int, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
+    // SAFETY: `fd` is the session's open socket; the option value is a live c_int whose size
+    // is passed along. Failure only means the option stays at its default.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast::<c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// The whole batch in one `sendmsg` to the kernel (port 0).
+fn send_pages(
+    fd: libc::c_int,
+    pages: &[&[u8]],
+    total: usize,
+) -> Result<(), (&'static str, io::Error)> {
+    let mut iov: Vec<libc::iovec> = pages
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    // SAFETY: an all-zero sockaddr_nl is valid (family set below, pid 0 = the kernel).
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: an all-zero msghdr is valid (no name, no iovecs, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_nl).cast::<c_void>();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    loop {
+        // SAFETY: `msg` points at `addr` and at iovecs describing the batch's pages, all alive
+        // for the duration of the call; the kernel only reads them.
+        let n = unsafe { libc::sendmsg(fd, &msg, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(("sendmsg", e));
+        }
+        if n as usize != total {
+            return Err((
+                "sendmsg",
+                io::Error::other(format!("sent {n} of {total} bytes")),
+            ));
+        }
+        return Ok(());
+    }
+}
+
+/// Receive without blocking into `buf`; `Ok(None)` when nothing is queued.
+fn recv_nonblocking(fd: libc::c_int, buf: &mut [u64]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: `buf` is a live, writable buffer of exactly the given byte length; u64
+        // elements keep it aligned for nlmsghdr.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast::<c_void>(),
+                std::mem::size_of_val(buf),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+fn drain(fd: libc::c_int) -> Result<(), (&'static str, io::Error)> {
+    let mut buf = vec![0u64; 8192];
+    loop {
+        match recv_nonblocking(fd, &mut buf) {
+            Ok(Some(_)) => continue,
+            Ok(None) => return Ok(()),
+            // ENOBUFS reports an earlier overflow; it is cleared by reporting it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
+            Err(e) => return Err(("recv", e)),
+        }
+    }
+}
+
+/// Collect every answer queued for us. nfnetlink processes a batch synchronously inside
+/// `sendmsg` (module loading and replays included), so when `sendmsg` has returned, all
+/// answers are already queued and a non-blocking read until EAGAIN sees them all.
+fn receive_answers(fd: libc::c_int) -> Result<Vec<Answer>, (&'static str, io::Error)> {
+    let mut buf = vec![0u64; 8192];
+    let mut out = Vec::new();
+    loop {
+        let n = match recv_nonblocking(fd, &mut buf) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(out),
+            Err(e) => return Err(("recv", e)),
+        };
+        // SAFETY: reinterpreting the first `n` received bytes of the u64 buffer as bytes; u8
+        // has no alignment or validity requirements and `n` ≤ the buffer's byte length.
+        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+        for msg in mnl::NlMessages::new(bytes) {
+            let msg = msg.map_err(|e| ("parse", e))?;
+            if let Some(a) = parse_error_msg(msg) {
+                out.push(a);
+            }
+        }
+    }
+}
+
+fn u16_at(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(off..off + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+
+/// Decode an NLMSG_ERROR message: `struct nlmsgerr { int error; struct nlmsghdr msg; }`, the
+/// original payload unless capped, then extended-ACK attributes if flagged.
+fn parse_error_msg(m: &[u8]) -> Option<Answer> {
+    const HDR: usize = 16;
+    let ty = u16_at(m, 4)?;
+    if ty != libc::NLMSG_ERROR as u16 {
+        return None;
+    }
+    let flags = u16_at(m, 6)?;
+    let error = u32_at(m, HDR)? as i32;
+    let inner_len = u32_at(m, HDR + 4)? as usize;
+    let seq = u32_at(m, HDR + 4 + 8)?;
+    let mut message = None;
+    if flags & NLM_F_ACK_TLVS != 0 {
+        let inner = if flags & NLM_F_CAPPED != 0 {
+            HDR
+        } else {
+            inner_len.next_multiple_of(4)
+        };
+        let mut off = HDR + 4 + inner;
+        while let (Some(len), Some(t)) = (u16_at(m, off), u16_at(m, off + 2)) {
+            let len = len as usize;
+            if len < 4 || off + len > m.len() {
+                break;
+            }
+            if t & 0x3fff == NLMSGERR_ATTR_MSG {
+                let s = &m[off + 4..off + len];
+                let s = s.split(|&c| c == 0).next().unwrap_or(s);
+                message = Some(String::from_utf8_lossy(s).into_owned());
+            }
+            off += len.next_multiple_of(4);
+        }
+    }
+    Some(Answer {
+        seq,
+        error,
+        message,
+    })
+}
+
+/// A table message built with raw libnftnl calls, because `nftnl::Table` always sends flags 0
+/// and offers no way to set the owner flag.
+struct TableMsg {
+    table: NonNull<sys::nftnl_table>,
+}
+
+impl TableMsg {
+    fn new(name: &str, flags: Option<u32>) -> TableMsg {
+        let name = CString::new(name).expect("table name without NUL");
+        // SAFETY: the allocation is checked for NULL; the setters copy the integer and the
+        // NUL-terminated name into the table object.
+        unsafe {
+            let t = NonNull::new(sys::nftnl_table_alloc()).unwrap_or_else(|| std::process::abort());
+            sys::nftnl_table_set_u32(
+                t.as_ptr(),
+                sys::NFTNL_TABLE_FAMILY as u16,
+                ProtoFamily::Inet as u32,
+            );
+            sys::nftnl_table_set_str(t.as_ptr(), sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
+            if let Some(f) = flags {
+                sys::nftnl_table_set_u32(t.as_ptr(), sys::NFTNL_TABLE_FLAGS as u16, f);
+            }
+            TableMsg { table: t }
+        }
+    }
+}
+
+impl Drop for TableMsg {
+    fn drop(&mut self) {
+        // SAFETY: the table object is owned by this value and freed exactly once.
+        unsafe { sys::nftnl_table_free(self.table.as_ptr()) };
+    }
+}
+
+// SAFETY: the message is one table header plus name and flags attributes, far below the
+// maximum message size the batch reserves for each message.
+unsafe impl NlMsg for TableMsg {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        let (ty, flags) = match msg_type {
+            MsgType::Add => (libc::NFT_MSG_NEWTABLE, libc::NLM_F_ACK | libc::NLM_F_CREATE),
+            MsgType::Del => (libc::NFT_MSG_DELTABLE, libc::NLM_F_ACK),
+        };
+        // SAFETY: the caller (nftnl's Batch) gives a buffer with room for a maximal message;
+        // the table object is alive.
+        unsafe {
+            let hdr = sys::nftnl_nlmsg_build_hdr(
+                buf.cast::<c_char>(),
+                ty as u16,
+                ProtoFamily::Inet as u16,
+                flags as u16,
+                seq,
+            );
+            sys::nftnl_table_nlmsg_build_payload(hdr, self.table.as_ptr());
+        }
+    }
+}
+
+/// DELRULE naming only the table: the kernel then deletes every rule of every chain in it.
+struct FlushRules {
+    rule: NonNull<sys::nftnl_rule>,
+}
+
+impl FlushRules {
+    fn new(table: &CStr) -> FlushRules {
+        // SAFETY: the allocation is checked; the setters copy the family and the name.
+        unsafe {
+            let r = NonNull::new(sys::nftnl_rule_alloc()).unwrap_or_else(|| std::process::abort());
+            sys::nftnl_rule_set_u32(
+                r.as_ptr(),
+                sys::NFTNL_RULE_FAMILY as u16,
+                ProtoFamily::Inet as u32,
+            );
+            sys::nftnl_rule_set_str(r.as_ptr(), sys::NFTNL_RULE_TABLE as u16, table.as_ptr());
+            FlushRules { rule: r }
+        }
+    }
+}
+
+impl Drop for FlushRules {
+    fn drop(&mut self) {
+        // SAFETY: owned by this value, freed once.
+        unsafe { sys::nftnl_rule_free(self.rule.as_ptr()) };
+    }
+}
+
+// SAFETY: a header plus the table name: far below the per-message maximum.
+unsafe impl NlMsg for FlushRules {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _msg_type: MsgType) {
+        // SAFETY: as for TableMsg: room for a maximal message, live rule object.
+        unsafe {
+            let hdr = sys::nftnl_nlmsg_build_hdr(
+                buf.cast::<c_char>(),
+                libc::NFT_MSG_DELRULE as u16,
+                ProtoFamily::Inet as u16,
+                libc::NLM_F_ACK as u16,
+                seq,
+            );
+            sys::nftnl_rule_nlmsg_build_payload(hdr, self.rule.as_ptr());
+        }
+    }
+}
+
+/// The install batch and what each of its messages is.
+fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch, Vec<Label>) {
+    let mut batch = Batch::new();
+    let mut labels = Vec::new();
+    let name = CString::new(policy.table).expect("table name without NUL");
+
+    batch.add(
+        &TableMsg::new(policy.table, Some(NFT_TABLE_F_OWNER)),
+        MsgType::Add,
+    );
+    labels.push(Label::Table);
+
+    // Only used for its name and family by the chain and rule messages.
+    let table = Table::new(&name, ProtoFamily::Inet);
+    let specs = policy.chains();
+    let chains: Vec<Chain<'_>> = specs.iter().map(|s| base_chain(s, &table)).collect();
+    for (spec, chain) in specs.iter().zip(&chains) {
+        batch.add(chain, MsgType::Add);
+        labels.push(Label::Chain(spec.name));
+    }
+
+    batch.add(&FlushRules::new(&name), MsgType::Del);
+    labels.push(Label::FlushRules);
+
+    let queue = policy.queue_spec();
+    for (spec, chain) in specs.iter().zip(&chains) {
+        for r in &spec.rules {
+            let rule = build_rule(chain, r, &queue, kind);
+            batch.add(&rule, MsgType::Add);
+            labels.push(Label::Rule {
+                chain: spec.name,
+                text: render_rule(r, &queue),
+            });
+        }
+    }
+    (batch.finalize(), labels)
+}
+
+fn base_chain<'a>(spec: &ChainSpec, table: &'a Table) -> Chain<'a> {
+    let name = CString::new(spec.name).expect("chain name without NUL");
+    let mut c = Chain::new(&name, table);
+    let hook = match spec.hook {
+        Hook::Prerouting => nftnl::Hook::PreRouting,
+        Hook::Postrouting => nftnl::Hook::PostRouting,
+    };
+    c.set_hook(hook, spec.priority);
+    c.set_type(ChainType::Filter);
+    c.set_policy(nftnl::Policy::Accept);
+    c
+}
+
+fn eq(data: &[u8]) -> Cmp<&[u8]> {
+    Cmp::new(CmpOp::Eq, data)
+}
+
+fn add(rule: &mut Rule<'_>, load: &impl Expression, value: &[u8]) {
+    rule.add_expr(load);
+    rule.add_expr(&eq(value));
+}
+
+/// Transport header bytes (nftnl's "bits" fields of raw payloads are really bytes).
+fn th(offset: u32, len: u32) -> Payload {
+    Payload::Transport(TransportHeaderField::Raw {
+        offset_bits: offset,
+        length_bits: len,
+    })
+}
+
+/// The expressions of one rule: each match is a load into register 1 and an equality compare.
+/// Compared data is in the byte order the load produces: network order for packet fields,
+/// native order for meta and fib values.
+fn build_rule<'a>(
+    chain: &'a Chain<'a>,
+    r: &PolicyRule,
+    q: &QueueSpec,
+    kind: QueueExprKind,
+) -> Rule<'a> {
+    let mut rule = Rule::new(chain);
+    for m in &r.matches {
+        match m {
+            Match::IifName(n) => add(&mut rule, &Meta::IifName, &ifname_bytes(n)),
+            Match::OifName(n) => add(&mut rule, &Meta::OifName, &ifname_bytes(n)),
+            Match::NfProto(f) => add(&mut rule, &Meta::NfProto, &[f.nfproto()]),
+            Match::Daddr(std::net::IpAddr::V4(a)) => add(
+                &mut rule,
+                &Payload::Network(NetworkHeaderField::Ipv4(Ipv4HeaderField::Daddr)),
+                &a.octets(),
+            ),
+            Match::Daddr(std::net::IpAddr::V6(a)) => add(
+                &mut rule,
+                &Payload::Network(NetworkHeaderField::Ipv6(Ipv6HeaderField::Daddr)),
+                &a.octets(),
+            ),
+            Match::Saddr(std::net::IpAddr::V4(a)) => add(
+                &mut rule,
+                &Payload::Network(NetworkHeaderField::Ipv4(Ipv4HeaderField::Saddr)),
+                &a.octets(),
+            ),
+            Match::Saddr(std::net::IpAddr::V6(a)) => add(
+                &mut rule,
+                &Payload::Network(NetworkHeaderField::Ipv6(Ipv6HeaderField::Saddr)),
+                &a.octets(),
+            ),
+            Match::FibDaddrIifLocal => add(&mut rule, &FibDaddrIifType, &RTN_LOCAL.to_ne_bytes()),
+            Match::L4Proto(p) => add(&mut rule, &Meta::L4Proto, &[*p]),
+            Match::Dport(p) => add(&mut rule, &th(2, 2), &p.to_be_bytes()),
+            Match::Sport(p) => add(&mut rule, &th(0, 2), &p.to_be_bytes()),
+            Match::IcmpType(t) => add(&mut rule, &th(0, 1), &[*t]),
+        }
+    }
+    match r.verdict {
+        Verdict::Queue => match kind {
+            QueueExprKind::Native => rule.add_expr(&NativeQueue {
+                num: q.num,
+                total: q.total,
+                flags: q.flags(),
+            }),
+            QueueExprKind::Compat => rule.add_expr(&CompatNfqueue {
+                num: q.num,
+                total: q.total,
+                flags: q.flags(),
+            }),
+        },
+    }
+    rule
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AppAddr, Flags, Protocol, Service};
+
+    // nf_tables netlink attribute numbers (linux/netfilter/nf_tables.h).
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFTA_TABLE_NAME: u16 = 1;
+    const NFTA_TABLE_FLAGS: u16 = 2;
+    const NFTA_RULE_TABLE: u16 = 1;
+    const NFTA_RULE_CHAIN: u16 = 2;
+    const NFTA_RULE_EXPRESSIONS: u16 = 4;
+    const NFTA_LIST_ELEM: u16 = 1;
+    const NFTA_EXPR_NAME: u16 = 1;
+    const NFTA_EXPR_DATA: u16 = 2;
+    const NFTA_CMP_DATA: u16 = 3;
+    const NFTA_DATA_VALUE: u16 = 1;
+
+    /// (type without flag bits, payload) of each attribute in `b`.
+    fn attrs(b: &[u8]) -> Vec<(u16, &[u8])> {
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + 4 <= b.len() {
+            let len = u16_at(b, off).unwrap() as usize;
+            let ty = u16_at(b, off + 2).unwrap() & 0x3fff;
+            assert!(len >= 4 && off + len <= b.len(), "malformed attribute");
+            out.push((ty, &b[off + 4..off + len]));
+            off += len.next_multiple_of(4);
+        }
+        out
+    }
+
+    fn attr<'a>(list: &[(u16, &'a [u8])], ty: u16) -> Option<&'a [u8]> {
+        list.iter().find(|(t, _)| *t == ty).map(|(_, p)| *p)
+    }
+
+    fn cstr(b: &[u8]) -> &str {
+        std::str::from_utf8(b.split(|&c| c == 0).next().unwrap()).unwrap()
+    }
+
+    /// Every (nf_tables message type, attributes after nfgenmsg) of a batch, batch
+    /// begin/end left out.
+    fn messages(batch: &FinalizedBatch) -> Vec<(u16, u16, Vec<u8>)> {
+        let bytes: Vec<u8> = batch.iter().flatten().copied().collect();
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + 16 <= bytes.len() {
+            let len = u32_at(&bytes, off).unwrap() as usize;
+            let ty = u16_at(&bytes, off + 4).unwrap();
+            let flags = u16_at(&bytes, off + 6).unwrap();
+            if ty >> 8 == NFNL_SUBSYS_NFTABLES {
+                out.push((ty & 0xff, flags, bytes[off + 20..off + len].to_vec()));
+            }
+            off += len.next_multiple_of(4);
+        }
+        out
+    }
+
+    /// (name, data attributes) of each expression of a NEWRULE message.
+    fn expressions(rule_attrs: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let top = attrs(rule_attrs);
+        let list = attr(&top, NFTA_RULE_EXPRESSIONS).expect("expressions");
+        attrs(list)
+            .into_iter()
+            .filter(|(t, _)| *t == NFTA_LIST_ELEM)
+            .map(|(_, e)| {
+                let e = attrs(e);
+                let name = cstr(attr(&e, NFTA_EXPR_NAME).unwrap()).to_string();
+                (name, attr(&e, NFTA_EXPR_DATA).unwrap_or(&[]).to_vec())
+            })
+            .collect()
+    }
+
+    fn sample() -> Policy {
+        Policy::new(
+            &[Service {
+                iface: "ppp0".into(),
+                app_addr: AppAddr::Interface,
+                app_port: 80,
+                protocol: Protocol::Tcp,
+                act_addr: "192.168.77.10".parse().unwrap(),
+                act_port: 8080,
+                flags: Flags(0),
+            }],
+            4747,
+        )
+    }
+
+    fn rules(batch: &FinalizedBatch) -> Vec<Vec<(String, Vec<u8>)>> {
+        messages(batch)
+            .into_iter()
+            .filter(|(t, _, _)| *t == libc::NFT_MSG_NEWRULE as u16)
+            .map(|(_, _, a)| expressions(&a))
+            .collect()
+    }
+
+    #[test]
+    fn native_queue_expression_attributes() {
+        let (batch, labels) = build_install_batch(&sample(), QueueExprKind::Native);
+        let rules = rules(&batch);
+        assert_eq!(
+            rules.len(),
+            labels.len() - 4,
+            "table, 2 chains, flush, then rules"
+        );
+        for r in &rules {
+            let (name, data) = r.last().unwrap();
+            assert_eq!(name, "queue");
+            let a = attrs(data);
+            // NFTA_QUEUE_NUM/TOTAL/FLAGS: 16-bit, network byte order.
+            assert_eq!(attr(&a, 1), Some(&4747u16.to_be_bytes()[..]));
+            assert_eq!(attr(&a, 2), Some(&1u16.to_be_bytes()[..]));
+            assert_eq!(
+                attr(&a, 3),
+                Some(&0u16.to_be_bytes()[..]),
+                "no bypass, no fanout"
+            );
+        }
+    }
+
+    #[test]
+    fn compat_queue_expression_attributes() {
+        let (batch, _) = build_install_batch(&sample(), QueueExprKind::Compat);
+        for r in rules(&batch) {
+            let (name, data) = r.last().unwrap();
+            assert_eq!(name, "target");
+            let a = attrs(data);
+            assert_eq!(cstr(attr(&a, 1).unwrap()), "NFQUEUE");
+            assert_eq!(attr(&a, 2), Some(&3u32.to_be_bytes()[..]), "revision 3");
+            let info = attr(&a, 3).unwrap();
+            assert_eq!(info, &crate::nft::expr::nfqueue_v3_info(4747, 1, 0)[..]);
+        }
+    }
+
+    #[test]
+    fn fib_ifname_and_port_encoding() {
+        let (batch, _) = build_install_batch(&sample(), QueueExprKind::Native);
+        let inbound = &rules(&batch)[0];
+        let names: Vec<&str> = inbound.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "meta", "cmp", "meta", "cmp", "fib", "cmp", "meta", "cmp", "payload", "cmp",
+                "queue"
+            ]
+        );
+        let cmp_value = |i: usize| -> Vec<u8> {
+            let a = attrs(&inbound[i].1);
+            let d = attrs(attr(&a, NFTA_CMP_DATA).unwrap());
+            attr(&d, NFTA_DATA_VALUE).unwrap().to_vec()
+        };
+        let mut ifname = b"ppp0".to_vec();
+        ifname.resize(16, 0);
+        assert_eq!(
+            cmp_value(1),
+            ifname,
+            "interface name zero-padded to IFNAMSIZ"
+        );
+        assert_eq!(cmp_value(3), [libc::NFPROTO_IPV4 as u8]);
+        let fib = attrs(&inbound[4].1);
+        // NFTA_FIB_DREG, NFTA_FIB_RESULT (addrtype), NFTA_FIB_FLAGS (daddr | iif).
+        assert_eq!(attr(&fib, 1), Some(&1u32.to_be_bytes()[..]));
+        assert_eq!(attr(&fib, 2), Some(&3u32.to_be_bytes()[..]));
+        assert_eq!(attr(&fib, 3), Some(&(2u32 | 8).to_be_bytes()[..]));
+        assert_eq!(cmp_value(5), 2u32.to_ne_bytes(), "RTN_LOCAL, native order");
+        assert_eq!(cmp_value(7), [6]);
+        assert_eq!(cmp_value(9), [0, 80], "port in network order");
+    }
+
+    #[test]
+    fn table_has_owner_flag_and_flush_names_only_the_table() {
+        let (batch, labels) = build_install_batch(&sample(), QueueExprKind::Native);
+        let msgs = messages(&batch);
+        assert_eq!(msgs.len(), labels.len());
+        let (ty, _, a) = &msgs[0];
+        assert_eq!(*ty, libc::NFT_MSG_NEWTABLE as u16);
+        let a = attrs(a);
+        assert_eq!(cstr(attr(&a, NFTA_TABLE_NAME).unwrap()), "netnat");
+        assert_eq!(attr(&a, NFTA_TABLE_FLAGS), Some(&2u32.to_be_bytes()[..]));
+        assert_eq!(msgs[1].0, libc::NFT_MSG_NEWCHAIN as u16);
+        assert_eq!(msgs[2].0, libc::NFT_MSG_NEWCHAIN as u16);
+        let (ty, _, a) = &msgs[3];
+        assert_eq!(*ty, libc::NFT_MSG_DELRULE as u16);
+        let a = attrs(a);
+        assert_eq!(cstr(attr(&a, NFTA_RULE_TABLE).unwrap()), "netnat");
+        assert_eq!(attr(&a, NFTA_RULE_CHAIN), None, "flush covers every chain");
+        assert!(
+            msgs.iter()
+                .all(|(_, flags, _)| flags & libc::NLM_F_ACK as u16 != 0),
+            "every message asks for an ACK, so silence is detectable"
+        );
+    }
+
+    fn ack(seq: u32, error: i32) -> Answer {
+        Answer {
+            seq,
+            error,
+            message: None,
+        }
+    }
+
+    fn labels() -> Vec<Label> {
+        vec![
+            Label::Table,
+            Label::Chain("prerouting"),
+            Label::Rule {
+                chain: "prerouting",
+                text: "x".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn judge_maps_sequence_numbers_to_messages() {
+        // With numbered begin/end: 1 = begin, 2..=4 objects, 5 = end.
+        let all_ok: Vec<Answer> = (1..6).map(|s| ack(s, 0)).collect();
+        assert!(judge(1..6, labels(), &all_ok).is_ok());
+        let mut a = all_ok.clone();
+        a[3].error = -libc::ENOENT;
+        a[2].error = 0;
+        let f = judge(1..6, labels(), &a).unwrap_err();
+        assert!(matches!(f.label, Label::Rule { .. }) && f.errno == libc::ENOENT);
+        // The earliest refusal is the cause.
+        a[1].error = -libc::EPERM;
+        let f = judge(1..6, labels(), &a).unwrap_err();
+        assert_eq!(f.label, Label::Table);
+        assert!(matches!(f.into_error(), NftError::OwnedByOther));
+        // EPERM on the batch itself: no CAP_NET_ADMIN.
+        let f = judge(1..6, labels(), &[ack(1, -libc::EPERM)]).unwrap_err();
+        assert!(matches!(f.into_error(), NftError::NotPermitted));
+        // A missing ACK is an error, not a success.
+        let f = judge(1..6, labels(), &all_ok[..4]).unwrap_err();
+        assert!(matches!(f.into_error(), NftError::Protocol(_)));
+        // Without numbered begin/end (kernels before 6.10): objects are 1..=3.
+        let objs: Vec<Answer> = (1..4).map(|s| ack(s, 0)).collect();
+        assert!(judge(1..4, labels(), &objs).is_ok());
+        let f = judge(1..4, labels(), &[ack(1, 0), ack(2, -libc::EOPNOTSUPP)]).unwrap_err();
+        assert_eq!(f.label, Label::Chain("prerouting"));
+        let e = f.into_error();
+        assert!(e.to_string().contains("adding chain prerouting"), "{e}");
+    }
+
+    #[test]
+    fn parses_error_with_extended_ack_message() {
+        let mut m = Vec::new();
+        let text = b"Table is owned\0";
+        let attr_len = 4 + text.len();
+        let total = 16 + 4 + 16 + attr_len.next_multiple_of(4);
+        m.extend((total as u32).to_ne_bytes());
+        m.extend((libc::NLMSG_ERROR as u16).to_ne_bytes());
+        m.extend((NLM_F_CAPPED | NLM_F_ACK_TLVS).to_ne_bytes());
+        m.extend(9u32.to_ne_bytes());
+        m.extend(0u32.to_ne_bytes());
+        m.extend((-libc::EPERM).to_ne_bytes());
+        // The original header (capped: no payload), its seq at offset 8.
+        m.extend(60u32.to_ne_bytes());
+        m.extend(0u16.to_ne_bytes());
+        m.extend(0u16.to_ne_bytes());
+        m.extend(7u32.to_ne_bytes());
+        m.extend(0u32.to_ne_bytes());
+        m.extend((attr_len as u16).to_ne_bytes());
+        m.extend(NLMSGERR_ATTR_MSG.to_ne_bytes());
+        m.extend(text);
+        m.resize(total, 0);
+        let a = parse_error_msg(&m).unwrap();
+        assert_eq!(a.seq, 7);
+        assert_eq!(a.error, -libc::EPERM);
+        assert_eq!(a.message.as_deref(), Some("Table is owned"));
+    }
+}

@@ -1,0 +1,305 @@
+//! The policy in nft syntax, as `nft list table inet netnat` prints the installed table.
+//!
+//! The kernel test compares this text with nft's own listing, so the spelling follows what nft
+//! prints for the expressions netnat installs, including the dependencies nft leaves out when
+//! listing: `meta nfproto` before `ip daddr` or `icmp type`, and `meta l4proto` before a
+//! transport port or ICMP type.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use super::policy::{
+    ChainSpec, Family, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, Match, Policy, QueueSpec, Rule, Verdict,
+};
+
+/// The whole table, ending in a newline. The table carries the owner flag when installed, which
+/// nft lists as `flags owner`; nft also appends `# progname <owner>` to the first line of an
+/// owned table, which depends on the running process and is left out here.
+pub fn render(policy: &Policy) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "table inet {} {{", policy.table);
+    let _ = writeln!(out, "\tflags owner");
+    for chain in policy.chains() {
+        out.push('\n');
+        render_chain(&mut out, chain, &policy.queue_spec());
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn render_chain(out: &mut String, chain: &ChainSpec, queue: &QueueSpec) {
+    let _ = writeln!(out, "\tchain {} {{", chain.name);
+    let _ = writeln!(
+        out,
+        "\t\ttype filter hook {} priority {}; policy accept;",
+        chain.hook.name(),
+        priority_name(chain.hook, chain.priority)
+    );
+    for rule in &chain.rules {
+        let _ = writeln!(out, "\t\t{}", render_rule(rule, queue));
+    }
+    let _ = writeln!(out, "\t}}");
+}
+
+/// nft names the standard priorities of `inet` filter chains and prints others as numbers.
+fn priority_name(hook: Hook, prio: i32) -> String {
+    let name = match (prio, hook) {
+        (-300, _) => Some("raw"),
+        (-150, _) => Some("mangle"),
+        (-100, Hook::Prerouting) => Some("dstnat"),
+        (0, _) => Some("filter"),
+        (50, _) => Some("security"),
+        (100, Hook::Postrouting) => Some("srcnat"),
+        _ => None,
+    };
+    name.map_or_else(|| prio.to_string(), str::to_string)
+}
+
+/// One rule on one line, without the chain's indentation.
+pub fn render_rule(rule: &Rule, queue: &QueueSpec) -> String {
+    let l4 = rule.matches.iter().find_map(|m| match m {
+        Match::L4Proto(p) => Some(*p),
+        _ => None,
+    });
+    let mut words: Vec<String> = Vec::new();
+    for (i, m) in rule.matches.iter().enumerate() {
+        let next = rule.matches.get(i + 1);
+        match m {
+            Match::IifName(n) => words.push(format!("iifname \"{n}\"")),
+            Match::OifName(n) => words.push(format!("oifname \"{n}\"")),
+            Match::NfProto(f) => {
+                let implied_by_addr = matches!(next, Some(Match::Daddr(a) | Match::Saddr(a))
+                    if Family::of(a) == *f);
+                let implied_by_icmp =
+                    matches!(
+                        (f, l4),
+                        (Family::Ipv4, Some(IPPROTO_ICMP)) | (Family::Ipv6, Some(IPPROTO_ICMPV6))
+                    ) && rule.matches.iter().any(|m| matches!(m, Match::IcmpType(_)));
+                if !implied_by_addr && !implied_by_icmp {
+                    words.push(format!("meta nfproto {}", family_name(*f)));
+                }
+            }
+            Match::Daddr(a) => words.push(format!("{} daddr {a}", ip_kw(a))),
+            Match::Saddr(a) => words.push(format!("{} saddr {a}", ip_kw(a))),
+            Match::FibDaddrIifLocal => words.push("fib daddr . iif type local".into()),
+            Match::L4Proto(p) => {
+                let implied = matches!(
+                    next,
+                    Some(Match::Dport(_) | Match::Sport(_) | Match::IcmpType(_))
+                );
+                if !implied {
+                    words.push(format!("meta l4proto {}", proto_name(*p)));
+                }
+            }
+            Match::Dport(p) => words.push(format!("{} dport {p}", th_kw(l4))),
+            Match::Sport(p) => words.push(format!("{} sport {p}", th_kw(l4))),
+            Match::IcmpType(t) => words.push(match l4 {
+                Some(IPPROTO_ICMPV6) => format!("icmpv6 type {}", icmpv6_type_name(*t)),
+                _ => format!("icmp type {}", icmp_type_name(*t)),
+            }),
+        }
+    }
+    match rule.verdict {
+        Verdict::Queue => words.push(render_queue(queue)),
+    }
+    words.join(" ")
+}
+
+fn render_queue(q: &QueueSpec) -> String {
+    let mut s = if q.total <= 1 {
+        format!("queue num {}", q.num)
+    } else {
+        format!(
+            "queue num {}-{}",
+            q.num,
+            u32::from(q.num) + u32::from(q.total) - 1
+        )
+    };
+    let mut flags = Vec::new();
+    if q.bypass {
+        flags.push("bypass");
+    }
+    if q.cpu_fanout {
+        flags.push("fanout");
+    }
+    if !flags.is_empty() {
+        s.push(' ');
+        s.push_str(&flags.join(","));
+    }
+    s
+}
+
+fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "ipv4",
+        Family::Ipv6 => "ipv6",
+    }
+}
+
+fn ip_kw(a: &IpAddr) -> &'static str {
+    match a {
+        IpAddr::V4(_) => "ip",
+        IpAddr::V6(_) => "ip6",
+    }
+}
+
+fn th_kw(l4: Option<u8>) -> &'static str {
+    match l4 {
+        Some(6) => "tcp",
+        Some(17) => "udp",
+        _ => "th",
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        IPPROTO_ICMP => "icmp".into(),
+        IPPROTO_ICMPV6 => "ipv6-icmp".into(),
+        n => n.to_string(),
+    }
+}
+
+fn icmp_type_name(t: u8) -> String {
+    match t {
+        3 => "destination-unreachable".into(),
+        11 => "time-exceeded".into(),
+        12 => "parameter-problem".into(),
+        n => n.to_string(),
+    }
+}
+
+fn icmpv6_type_name(t: u8) -> String {
+    match t {
+        1 => "destination-unreachable".into(),
+        2 => "packet-too-big".into(),
+        3 => "time-exceeded".into(),
+        4 => "parameter-problem".into(),
+        n => n.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AppAddr, Flags, Protocol, Service};
+
+    fn svc(
+        iface: &str,
+        app: AppAddr,
+        app_port: u16,
+        p: Protocol,
+        act: &str,
+        act_port: u16,
+    ) -> Service {
+        Service {
+            iface: iface.into(),
+            app_addr: app,
+            app_port,
+            protocol: p,
+            act_addr: act.parse().unwrap(),
+            act_port,
+            flags: Flags(0x8000),
+        }
+    }
+
+    #[test]
+    fn renders_the_table_as_nft_lists_it() {
+        let services = [
+            svc(
+                "pub0",
+                AppAddr::Fixed("10.99.1.1".parse().unwrap()),
+                80,
+                Protocol::Tcp,
+                "192.168.77.10",
+                8080,
+            ),
+            svc(
+                "ppp0",
+                AppAddr::Interface,
+                53,
+                Protocol::Udp,
+                "fd00::53",
+                53,
+            ),
+        ];
+        let text = render(&Policy::new(&services, 4747));
+        let expected = "\
+table inet netnat {
+\tflags owner
+
+\tchain prerouting {
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tiifname \"pub0\" ip daddr 10.99.1.1 tcp dport 80 queue num 4747
+\t\tiifname \"ppp0\" meta nfproto ipv6 fib daddr . iif type local udp dport 53 queue num 4747
+\t\tiifname \"pub0\" ip daddr 10.99.1.1 icmp type destination-unreachable queue num 4747
+\t\tiifname \"pub0\" ip daddr 10.99.1.1 icmp type time-exceeded queue num 4747
+\t\tiifname \"pub0\" ip daddr 10.99.1.1 icmp type parameter-problem queue num 4747
+\t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type destination-unreachable queue num 4747
+\t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type packet-too-big queue num 4747
+\t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type time-exceeded queue num 4747
+\t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type parameter-problem queue num 4747
+\t}
+
+\tchain postrouting {
+\t\ttype filter hook postrouting priority 300; policy accept;
+\t\toifname \"pub0\" ip saddr 192.168.77.10 tcp sport 8080 queue num 4747
+\t\toifname \"ppp0\" ip6 saddr fd00::53 udp sport 53 queue num 4747
+\t\toifname \"pub0\" icmp type destination-unreachable queue num 4747
+\t\toifname \"pub0\" icmp type time-exceeded queue num 4747
+\t\toifname \"pub0\" icmp type parameter-problem queue num 4747
+\t\toifname \"ppp0\" icmpv6 type destination-unreachable queue num 4747
+\t\toifname \"ppp0\" icmpv6 type packet-too-big queue num 4747
+\t\toifname \"ppp0\" icmpv6 type time-exceeded queue num 4747
+\t\toifname \"ppp0\" icmpv6 type parameter-problem queue num 4747
+\t}
+}
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn empty_policy_has_both_chains() {
+        let text = render(&Policy::new(&[], 1));
+        assert!(text.contains("chain prerouting {\n\t\ttype filter hook prerouting priority raw;"));
+        assert!(
+            text.contains("chain postrouting {\n\t\ttype filter hook postrouting priority 300;")
+        );
+        assert!(!text.contains("queue"));
+    }
+
+    #[test]
+    fn queue_range_and_flags() {
+        let mut q = QueueSpec {
+            num: 10,
+            total: 4,
+            bypass: false,
+            cpu_fanout: false,
+        };
+        assert_eq!(render_queue(&q), "queue num 10-13");
+        q.total = 1;
+        assert_eq!(render_queue(&q), "queue num 10");
+        q.bypass = true;
+        q.cpu_fanout = true;
+        assert_eq!(render_queue(&q), "queue num 10 bypass,fanout");
+    }
+
+    #[test]
+    fn ipv4_interface_service_keeps_nfproto() {
+        let s = svc(
+            "ppp0",
+            AppAddr::Interface,
+            25,
+            Protocol::Tcp,
+            "192.168.77.10",
+            2525,
+        );
+        let p = Policy::new(&[s], 5);
+        let line = render_rule(&p.prerouting.rules[0], &p.queue_spec());
+        assert_eq!(
+            line,
+            "iifname \"ppp0\" meta nfproto ipv4 fib daddr . iif type local tcp dport 25 queue num 5"
+        );
+    }
+}

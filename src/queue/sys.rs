@@ -1,0 +1,197 @@
+//! The few libc calls the queue needs beyond what `mnl` wraps: socket options, non-blocking
+//! mode, poll, and the batched `recvmmsg`/`sendmsg`. Every `unsafe` block of the queue lives
+//! here.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+// Not exported by `libc` for every Linux target; the values are the generic asm/socket.h ones
+// used by x86, arm and the other mainstream architectures (mips/sparc/parisc differ).
+const SO_SNDBUFFORCE: libc::c_int = 32;
+const SO_RCVBUFFORCE: libc::c_int = 33;
+/// `linux/netlink.h`.
+pub const NETLINK_NO_ENOBUFS: libc::c_int = 5;
+pub const NETLINK_CAP_ACK: libc::c_int = 10;
+
+pub fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    val: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `val` is a live c_int on the stack and the length passed is its size; the
+    // kernel only reads from the pointer. An invalid fd is reported as EBADF, not UB.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&val as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+pub fn getsockopt_int(fd: RawFd, level: libc::c_int, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut val: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `val` and `len` are live locals; `len` tells the kernel how much it may write.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            opt,
+            (&mut val as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(val)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets a socket buffer size, privileged variant first: `SO_*BUFFORCE` ignores the
+/// `net.core.[rw]mem_max` ceiling (64 KiB on many hosts, far below what a burst needs) but
+/// needs CAP_NET_ADMIN; the plain option is clamped to that ceiling. Returns the size the kernel
+/// actually granted (it reports twice the requested value, for its bookkeeping overhead).
+pub fn set_buffer(fd: RawFd, recv: bool, bytes: usize) -> io::Result<usize> {
+    let val = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+    let (force, plain) = if recv {
+        (SO_RCVBUFFORCE, libc::SO_RCVBUF)
+    } else {
+        (SO_SNDBUFFORCE, libc::SO_SNDBUF)
+    };
+    if setsockopt_int(fd, libc::SOL_SOCKET, force, val).is_err() {
+        setsockopt_int(fd, libc::SOL_SOCKET, plain, val)?;
+    }
+    Ok(getsockopt_int(fd, libc::SOL_SOCKET, plain)?.max(0) as usize)
+}
+
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with F_GETFL/F_SETFL takes and returns plain integers.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits until `fd` is readable (or has a pending error). `Ok(false)` on timeout or EINTR.
+pub fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // Round up so that a sub-millisecond timeout still waits instead of spinning.
+    let ms = timeout
+        .as_micros()
+        .div_ceil(1000)
+        .min(libc::c_int::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd, count 1.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    // POLLERR counts as ready: the pending error (e.g. ENOBUFS) is collected by the next recv.
+    Ok(rc > 0 && pfd.revents & (libc::POLLIN | libc::POLLERR) != 0)
+}
+
+/// Receives up to `bufs.len()` datagrams without blocking, one per buffer. Writes each
+/// datagram's length to `lens` and whether it was cut short (MSG_TRUNC) to `trunc`. Returns
+/// the number received; `WouldBlock` when none was waiting.
+pub fn recv_many(
+    fd: RawFd,
+    bufs: &mut [Vec<u8>],
+    lens: &mut [usize],
+    trunc: &mut [bool],
+) -> io::Result<usize> {
+    let n = bufs.len().min(lens.len()).min(trunc.len());
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut iovs: Vec<libc::iovec> = bufs[..n]
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: mmsghdr is plain data for which all-zero is a valid (empty) value.
+    let mut hdrs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for (h, iov) in hdrs.iter_mut().zip(iovs.iter_mut()) {
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: `hdrs` holds `n` initialised headers, each pointing at one iovec that describes
+    // a live, exclusively borrowed buffer of its stated length; `iovs` and `bufs` outlive the
+    // call. A null timeout is allowed; MSG_DONTWAIT makes the call non-blocking.
+    let rc = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let got = rc as usize;
+    for i in 0..got {
+        lens[i] = (hdrs[i].msg_len as usize).min(bufs[i].len());
+        trunc[i] = hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+    }
+    Ok(got)
+}
+
+/// Sends the concatenation of `parts` as one datagram to the kernel (netlink port 0) with one
+/// `sendmsg`. Returns the number of bytes sent.
+pub fn send_parts(fd: RawFd, parts: &[&[u8]]) -> io::Result<usize> {
+    let mut iovs: Vec<libc::iovec> = parts
+        .iter()
+        .map(|p| libc::iovec {
+            // The kernel only reads through these pointers (sendmsg).
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    // SAFETY: sockaddr_nl is plain data; all-zero plus the family is "the kernel, no groups".
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: msghdr is plain data; zeroed is an empty message, filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_nl).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = iovs.len() as _;
+    loop {
+        // SAFETY: `msg` points at `addr` and at `iovs`, which describe slices borrowed for the
+        // duration of the call; the kernel only reads them.
+        let rc = unsafe { libc::sendmsg(fd, &msg, 0) };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

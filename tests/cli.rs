@@ -1,0 +1,94 @@
+//! The command line as an administrator meets it: exit statuses, located errors, `rules`.
+
+use std::process::Command;
+
+fn netnat(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_netnat"))
+        .args(args)
+        .output()
+        .expect("run netnat")
+}
+
+fn scratch(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("netnat-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn rules_output_is_the_file_in_nftables_dir() {
+    let out = netnat(&["rules", "--config", "examples/netnat.conf"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed = std::fs::read_to_string("nftables/example.nft").unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        committed,
+        "nftables/example.nft is stale: regenerate it with `netnat rules --config examples/netnat.conf`"
+    );
+}
+
+#[test]
+fn check_accepts_the_example() {
+    let out = netnat(&["check", "--config", "examples/netnat.conf"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 services"));
+}
+
+#[test]
+fn check_reports_every_error_located_and_exits_2() {
+    let path = scratch(
+        "bad.conf",
+        "service eth0 port * 80 TCP 192.168.1.10 8080\nservice eth0 port * http TCP 10.0.0.1 80\nqueue 1\nqueue 2\n",
+    );
+    let out = netnat(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let p = path.display();
+    assert!(
+        err.contains(&format!("{p}:2:21: expected a port number")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{p}:4:")), "{err}");
+}
+
+#[test]
+fn run_with_a_bad_config_exits_2_before_touching_anything() {
+    // The config is refused before any privilege is needed, so this runs as any user and
+    // proves that nothing was attempted: the error is the config's, not a netlink one.
+    let path = scratch("bad-run.conf", "service eth0 port * 80 SCTP 10.0.0.1 80\n");
+    let out = netnat(&["run", "--config", path.to_str().unwrap(), "--log-stderr"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown protocol \"SCTP\""), "{err}");
+    assert!(!err.contains("netlink") && !err.contains("queue"), "{err}");
+}
+
+#[test]
+fn missing_config_is_a_clear_error() {
+    let out = netnat(&["check", "--config", "/nonexistent/netnat.conf"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/netnat.conf") && err.contains("file not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_names_every_subcommand() {
+    let out = netnat(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for sub in ["run", "check", "rules", "flush"] {
+        assert!(help.contains(sub), "--help lacks {sub}: {help}");
+    }
+}

@@ -1,0 +1,671 @@
+//! Kernel tests of netnat's nftables table, each in a network namespace it creates and deletes
+//! itself. The host's own namespace is never touched: the netlink sockets are opened in a
+//! thread that has joined the test namespace, and `nft` runs through `ip netns exec`.
+
+use std::net::IpAddr;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use netnat::config::{AppAddr, Flags, Protocol, Service};
+use netnat::nft::{NftError, NftSession, Policy, QueueExprKind, flush_leftover, render};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace that exists as long as this value (deleted on drop, also when the test
+/// panics).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!(
+            "nnt-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip");
+        assert!(st.success(), "ip netns add {name} failed");
+        Netns { name }
+    }
+
+    /// Run `f` in a fresh thread that has joined this namespace (setns is per thread), so every
+    /// socket it opens lives in the namespace. Panics inside propagate to the caller.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        let h = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns file");
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid namespace fd, affecting only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        });
+        match h.join() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
+    fn nft(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft"])
+            .args(args)
+            .output()
+            .expect("run nft")
+    }
+
+    fn nft_ok(&self, args: &[&str]) -> String {
+        let o = self.nft(args);
+        assert!(
+            o.status.success(),
+            "nft {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn nft_file(&self, text: &str, check_only: bool) -> Output {
+        let path = std::env::temp_dir().join(format!("{}.nft", self.name));
+        std::fs::write(&path, text).unwrap();
+        let p = path.to_str().unwrap();
+        let o = if check_only {
+            self.nft(&["-c", "-f", p])
+        } else {
+            self.nft(&["-f", p])
+        };
+        let _ = std::fs::remove_file(&path);
+        o
+    }
+
+    /// `nft list table inet netnat`, or None if there is no such table.
+    fn our_table(&self) -> Option<String> {
+        let o = self.nft(&["list", "table", "inet", "netnat"]);
+        o.status
+            .success()
+            .then(|| String::from_utf8(o.stdout).unwrap())
+    }
+}
+
+impl Netns {
+    /// Wait (bounded) until table `inet netnat` is gone. The kernel deletes an owned table when
+    /// the owner socket's last reference closes; a process forked by a parallel test thread can
+    /// hold a duplicate of any descriptor between fork and exec, for microseconds.
+    fn table_gone(&self) -> bool {
+        for _ in 0..100 {
+            if self.our_table().is_none() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Root is needed; skipping silently is not allowed in CI.
+fn need_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("nft kernel tests need root (CI is set, so they may not be skipped)");
+    }
+    eprintln!("skipping nft kernel test: not root");
+    false
+}
+
+/// nft appends ` # progname <owner>` to the first line of an owned table; it names the test
+/// binary, so comparisons leave it out.
+fn without_progname(s: &str) -> String {
+    s.lines()
+        .map(|l| match l.find(" # progname ") {
+            Some(i) if l.starts_with("table ") => format!("{}\n", &l[..i]),
+            _ => format!("{l}\n"),
+        })
+        .collect()
+}
+
+/// The ruleset with table `inet netnat` cut out.
+fn without_our_table(ruleset: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for l in ruleset.lines() {
+        if l.starts_with("table inet netnat {") {
+            skipping = true;
+            continue;
+        }
+        if skipping {
+            if l == "}" {
+                skipping = false;
+            }
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+fn svc(iface: &str, app: &str, app_port: u16, p: Protocol, act: &str, act_port: u16) -> Service {
+    Service {
+        iface: iface.into(),
+        app_addr: if app == "*" {
+            AppAddr::Interface
+        } else {
+            AppAddr::Fixed(app.parse::<IpAddr>().unwrap())
+        },
+        app_port,
+        protocol: p,
+        act_addr: act.parse().unwrap(),
+        act_port,
+        flags: Flags(0x8000),
+    }
+}
+
+fn sample_services() -> Vec<Service> {
+    vec![
+        svc(
+            "pub0",
+            "10.99.1.1",
+            80,
+            Protocol::Tcp,
+            "192.168.77.10",
+            8080,
+        ),
+        svc("pub0", "*", 53, Protocol::Udp, "192.168.77.11", 53),
+        svc("ppp0", "2001:db8::1", 443, Protocol::Tcp, "fd00::10", 4443),
+        svc("ppp0", "*", 25, Protocol::Tcp, "fd00::25", 25),
+    ]
+}
+
+/// Whether this kernel has the native queue expression, asked independently of netnat: load a
+/// one-rule scratch table with nft in the namespace.
+fn kernel_has_native_queue(ns: &Netns) -> bool {
+    let o = ns.nft_file(
+        "table inet nnt_probe {\n\tchain c {\n\t\tqueue num 1\n\t}\n}\n",
+        false,
+    );
+    let ok = o.status.success();
+    if ok {
+        ns.nft_ok(&["delete", "table", "inet", "nnt_probe"]);
+    } else {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("No such file or directory"),
+            "unexpected nft error: {err}"
+        );
+    }
+    ok
+}
+
+/// An `NftSession` living in a thread inside the namespace, driven one step at a time, so the
+/// test can look at the table with nft between steps while the owner socket stays open.
+struct SessionThread {
+    cmd: Option<std::sync::mpsc::Sender<Step>>,
+    res: std::sync::mpsc::Receiver<Result<Option<QueueExprKind>, NftError>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+enum Step {
+    Install(Policy),
+    Remove,
+}
+
+impl SessionThread {
+    fn start(ns: &Netns) -> SessionThread {
+        let path = format!("/var/run/netns/{}", ns.name);
+        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Step>();
+        let (res_tx, res_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid namespace fd, affecting only this thread.
+            assert_eq!(
+                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let mut s = NftSession::open().unwrap();
+            for step in cmd_rx {
+                let r = match step {
+                    Step::Install(p) => s.install(&p).map(Some),
+                    Step::Remove => s.remove().map(|_| None),
+                };
+                if res_tx.send(r).is_err() {
+                    break;
+                }
+            }
+            // The session (and its socket) ends with the thread.
+        });
+        SessionThread {
+            cmd: Some(cmd_tx),
+            res: res_rx,
+            handle: Some(handle),
+        }
+    }
+
+    fn step(&self, s: Step) -> Result<Option<QueueExprKind>, NftError> {
+        self.cmd.as_ref().unwrap().send(s).unwrap();
+        self.res.recv().expect("session thread died")
+    }
+
+    fn install(&self, p: &Policy) -> QueueExprKind {
+        self.step(Step::Install(p.clone()))
+            .expect("install")
+            .unwrap()
+    }
+
+    fn remove(&self) {
+        self.step(Step::Remove).expect("remove");
+    }
+
+    /// Close the session and wait until its thread (and socket) is gone.
+    fn close(mut self) {
+        self.cmd.take();
+        self.handle.take().unwrap().join().unwrap();
+    }
+}
+
+#[test]
+fn install_lists_what_render_prints_and_reports_the_queue_form() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let native = kernel_has_native_queue(&ns);
+    let policy = Policy::new(&sample_services(), 4747);
+    let s = SessionThread::start(&ns);
+    let kind = s.install(&policy);
+    let expected = if native {
+        QueueExprKind::Native
+    } else {
+        QueueExprKind::Compat
+    };
+    assert_eq!(kind, expected, "queue form reported");
+    // The decision is kept: a second install reports the same form.
+    assert_eq!(s.install(&policy), expected);
+    let listed = ns
+        .our_table()
+        .expect("table listed while the session is alive");
+    assert!(listed.contains("queue num 4747"));
+    assert!(
+        listed.starts_with("table inet netnat { # progname "),
+        "{listed}"
+    );
+    assert_eq!(without_progname(&listed), render(&policy));
+    s.close();
+    // The owner's socket is closed: the kernel removed the table.
+    assert!(ns.table_gone());
+}
+
+#[test]
+fn reinstall_replaces_atomically_and_remove_deletes() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let a = Policy::new(&sample_services(), 4747);
+    let b = Policy::new(
+        &[svc(
+            "wan0",
+            "10.1.2.3",
+            2222,
+            Protocol::Tcp,
+            "192.168.1.2",
+            22,
+        )],
+        10,
+    );
+    let s = SessionThread::start(&ns);
+    s.install(&a);
+    assert_eq!(without_progname(&ns.our_table().unwrap()), render(&a));
+    s.install(&b);
+    let listed = without_progname(&ns.our_table().unwrap());
+    assert_eq!(listed, render(&b));
+    assert!(
+        !listed.contains("4747"),
+        "nothing of the first policy remains"
+    );
+    s.install(&b); // the same policy again: idempotent
+    assert_eq!(without_progname(&ns.our_table().unwrap()), render(&b));
+    s.install(&Policy::new(&[], 10)); // no services: empty chains
+    assert_eq!(
+        without_progname(&ns.our_table().unwrap()),
+        render(&Policy::new(&[], 10))
+    );
+    s.remove();
+    assert_eq!(ns.our_table(), None, "removed");
+    s.remove(); // removing an absent table is fine
+    s.install(&a); // and the session can install again
+    assert_eq!(without_progname(&ns.our_table().unwrap()), render(&a));
+    s.close();
+}
+
+#[test]
+fn other_tables_are_left_byte_identical() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let foreign = "\
+table inet filter {
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tct state established,related accept
+\t\ttcp dport 22 counter accept
+\t}
+}
+table ip nat {
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\toifname \"eth0\" masquerade
+\t}
+}
+";
+    let o = ns.nft_file(foreign, false);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = ns.nft_ok(&["list", "ruleset"]);
+    let s = SessionThread::start(&ns);
+    s.install(&Policy::new(&sample_services(), 4747));
+    s.install(&Policy::new(&sample_services()[..1], 4747));
+    let during = ns.nft_ok(&["list", "ruleset"]);
+    s.remove();
+    s.close();
+    assert!(during.contains("table inet netnat {"));
+    assert_eq!(without_our_table(&during), before);
+    let after = ns.nft_ok(&["list", "ruleset"]);
+    assert_eq!(after, before);
+}
+
+#[test]
+fn owner_flag_ties_the_table_to_the_session() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let policy = Policy::new(&sample_services(), 4747);
+    let listed_flags = ns.run({
+        let name = ns.name.clone();
+        move || {
+            let mut a = NftSession::open().unwrap();
+            a.install(&policy).unwrap();
+            let listed = Command::new("ip")
+                .args([
+                    "netns", "exec", &name, "nft", "list", "table", "inet", "netnat",
+                ])
+                .output()
+                .unwrap();
+            let listed = String::from_utf8(listed.stdout).unwrap();
+
+            let mut b = NftSession::open().unwrap();
+            let e = b.install(&policy).unwrap_err();
+            assert!(matches!(e, NftError::OwnedByOther), "{e:?}");
+            assert_eq!(
+                e.to_string(),
+                "netnat's table is owned by another process (another netnat running?)"
+            );
+            let e = b.remove().unwrap_err();
+            assert!(matches!(e, NftError::OwnedByOther), "{e:?}");
+            let e = flush_leftover().unwrap_err();
+            assert!(matches!(e, NftError::OwnedByOther), "{e:?}");
+
+            // The owner can still change it.
+            a.install(&Policy::new(&[], 4747)).unwrap();
+            drop(a);
+            // Closing the owner's socket removed the table: the other session may now install
+            // (bounded retry for a parallel test's fork holding a duplicate descriptor).
+            let mut tries = 0;
+            while let Err(NftError::OwnedByOther) = b.install(&policy) {
+                tries += 1;
+                assert!(tries < 100, "table still owned after the owner closed");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            b.remove().unwrap();
+            listed
+        }
+    });
+    assert!(listed_flags.contains("\tflags owner\n"), "{listed_flags}");
+    assert_eq!(ns.our_table(), None);
+}
+
+#[test]
+fn dropping_the_session_removes_the_table() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new();
+    ns.run(|| {
+        let mut s = NftSession::open().unwrap();
+        s.install(&Policy::new(&sample_services(), 1)).unwrap();
+        // Session dropped here, with the thread's socket.
+    });
+    assert!(ns.table_gone());
+}
+
+#[test]
+fn leftover_table_is_flushed_and_blocks_install_until_then() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new();
+    // A table like one an older netnat (or `nft -f nftables/netnat.nft`) leaves: no owner flag.
+    let o = ns.nft_file(
+        "table inet netnat {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tcounter\n\t}\n}\n",
+        false,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (err, first, second, kind) = ns.run(|| {
+        let mut s = NftSession::open().unwrap();
+        let err = s.install(&Policy::new(&sample_services(), 1)).unwrap_err();
+        let first = flush_leftover().unwrap();
+        let second = flush_leftover().unwrap();
+        let kind = s.install(&Policy::new(&sample_services(), 1)).unwrap();
+        (err, first, second, kind)
+    });
+    assert!(
+        matches!(err, NftError::UnownedTableExists),
+        "{err:?}: {err}"
+    );
+    assert!(first, "a table existed and was deleted");
+    assert!(!second, "nothing left the second time");
+    let _ = kind; // either form; the other tests check which one
+    assert_eq!(
+        ns.our_table(),
+        None,
+        "the session ended, its table went with it"
+    );
+}
+
+#[test]
+fn many_services_in_one_batch() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let services: Vec<Service> = (0..3000u16)
+        .map(|i| {
+            svc(
+                "pub0",
+                "10.99.1.1",
+                1000 + i,
+                if i % 2 == 0 {
+                    Protocol::Tcp
+                } else {
+                    Protocol::Udp
+                },
+                "192.168.77.10",
+                20000 + i,
+            )
+        })
+        .collect();
+    let policy = Policy::new(&services, 7);
+    let n_rules = policy.prerouting.rules.len() + policy.postrouting.rules.len();
+    assert_eq!(n_rules, 6000 + 3 + 3);
+    let name = ns.name.clone();
+    let count = ns.run(move || {
+        let mut s = NftSession::open().unwrap();
+        s.install(&policy).unwrap();
+        s.install(&policy).unwrap();
+        let o = Command::new("ip")
+            .args([
+                "netns", "exec", &name, "nft", "list", "table", "inet", "netnat",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("queue num 7"))
+            .count()
+    });
+    assert_eq!(count, n_rules);
+}
+
+/// What `nft -c` says about the rendered text on this kernel. `nft -c` is not offline: it sends
+/// the batch to the kernel and aborts it, so a kernel without nft_queue rejects every `queue`
+/// statement even in check mode. With the queue statements replaced, the text must pass.
+#[test]
+fn nft_check_of_rendered_text_is_truthful() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let native = kernel_has_native_queue(&ns);
+    // A table of another name, so that the check never involves netnat's own table.
+    let text = render(&Policy::new(&sample_services(), 4747))
+        .replace("table inet netnat", "table inet nnt_check")
+        .replace("\tflags owner\n", "");
+    let o = ns.nft_file(&text, true);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    if native {
+        assert!(o.status.success(), "{err}");
+    } else {
+        assert!(
+            !o.status.success(),
+            "nft -c accepted queue on a kernel without nft_queue"
+        );
+        // Every complaint is about a queue statement and nothing else.
+        for l in err.lines().filter(|l| l.contains("Error:")) {
+            assert!(l.contains("No such file or directory"), "{l}");
+        }
+        let carets: Vec<(&str, &str)> = err
+            .lines()
+            .zip(err.lines().skip(1))
+            .filter(|(_, c)| c.trim_start().starts_with('^'))
+            .collect();
+        assert!(!carets.is_empty());
+        for (line, caret) in carets {
+            let col = caret.find('^').unwrap();
+            assert!(line[col..].starts_with("queue"), "{line}\n{caret}");
+        }
+    }
+    let without_queue = text.replace("queue num 4747", "accept");
+    let o = ns.nft_file(&without_queue, true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Check mode committed nothing.
+    assert!(!ns.nft_ok(&["list", "ruleset"]).contains("nnt_check"));
+}
+
+/// Without CAP_NET_ADMIN the kernel refuses the batch itself: a clear error, not "owned by
+/// another process". Capabilities are per thread, so only the test thread loses it.
+#[test]
+fn without_cap_net_admin_the_error_says_so() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let err = ns.run(|| {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+        const CAP_NET_ADMIN: u32 = 12;
+        let mut hdr = Header {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let mut data = [Data::default(); 2];
+        // SAFETY: capget/capset with a v3 header and the two-element data array it requires;
+        // pid 0 means the calling thread only.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()),
+                0
+            );
+            data[0].effective &= !(1 << CAP_NET_ADMIN);
+            data[0].permitted &= !(1 << CAP_NET_ADMIN);
+            assert_eq!(libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()), 0);
+        }
+        let mut s = NftSession::open().unwrap();
+        s.install(&Policy::new(&sample_services(), 1)).unwrap_err()
+    });
+    assert!(matches!(err, NftError::NotPermitted), "{err:?}");
+    assert!(err.to_string().contains("CAP_NET_ADMIN"));
+    assert_eq!(ns.our_table(), None);
+}
+
+#[test]
+fn overlong_interface_name_is_refused_before_sending() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let err = ns.run(|| {
+        let mut s = NftSession::open().unwrap();
+        let p = Policy::new(
+            &[svc(
+                "a-very-long-name0",
+                "10.0.0.1",
+                1,
+                Protocol::Tcp,
+                "10.0.1.1",
+                1,
+            )],
+            1,
+        );
+        s.install(&p).unwrap_err()
+    });
+    assert!(matches!(err, NftError::BadInterfaceName(_)), "{err:?}");
+    assert_eq!(ns.our_table(), None);
+}
+
+/// A child process started while the session is open must not inherit its socket: it would keep
+/// the table alive (owned by a dead session) for as long as the child runs.
+#[test]
+fn a_child_process_does_not_keep_the_table() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let mut child = ns.run(|| {
+        let mut s = NftSession::open().unwrap();
+        s.install(&Policy::new(&sample_services(), 1)).unwrap();
+        let child = Command::new("sleep").arg("10").spawn().unwrap();
+        drop(s);
+        child
+    });
+    let gone = ns.table_gone();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(gone, "the child kept the owner socket open");
+}
