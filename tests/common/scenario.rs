@@ -636,6 +636,7 @@ pub fn scenario_endpoints(name: &str, case: Case) {
     let active = activate(&t, case);
     assert_http_ok(&t, case, &servers, &active);
     assert_udp_ok(&t, case, &servers, &active);
+    active.assert_queue_used(&t, name);
 }
 
 /// 50 MiB each way with identical sha256; `offload` false turns TX checksum offload off on
@@ -656,6 +657,7 @@ pub fn scenario_bulk(name: &str, case: Case, offload: bool) {
         "{name}: {s} (offload {})",
         if offload { "on" } else { "off" }
     );
+    active.assert_queue_used(&t, name);
     drop(active);
 }
 
@@ -679,6 +681,7 @@ pub fn scenario_capture(name: &str, case: Case) {
     let s = transfer_both_ways(&t, case, &file, Duration::from_secs(60));
     let pub_pcap = cap_pub.stop();
     let priv_pcap = cap_priv.stop();
+    active.assert_queue_used(&t, name);
     drop(active);
     eprintln!("{name}: {s}");
     check_captures(name, case, &pub_pcap, &priv_pcap);
@@ -1160,4 +1163,55 @@ pub fn scenario_second_instance(name: &str, case: Case) {
     );
     assert_http_ok(&t, case, &servers, &first);
     assert_udp_ok(&t, case, &servers, &first);
+}
+
+/// Queue statistics of the router's namespace (/proc/net/netfilter/nfnetlink_queue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueStats {
+    pub queue: u32,
+    pub queue_dropped: u64,
+    pub user_dropped: u64,
+    /// Packets queued so far (the id of the last one).
+    pub id_sequence: u64,
+}
+
+pub fn queue_stats(t: &Topology, queue: u32) -> Option<QueueStats> {
+    let text = t
+        .rtr
+        .run(&["cat", "/proc/net/netfilter/nfnetlink_queue"])
+        .stdout;
+    text.lines().find_map(|l| {
+        let f: Vec<u64> = l
+            .split_whitespace()
+            .map(|w| w.parse().unwrap_or(u64::MAX))
+            .collect();
+        (f.len() >= 8 && f[0] == u64::from(queue)).then(|| QueueStats {
+            queue,
+            queue_dropped: f[5],
+            user_dropped: f[6],
+            id_sequence: f[7],
+        })
+    })
+}
+
+impl Active {
+    /// For netnat: the packets really went through its queue (default 4747). Prints the drop
+    /// counters, which TCP recovers from (they cost throughput, not correctness).
+    pub fn assert_queue_used(&self, t: &Topology, name: &str) {
+        let Active::Netnat(n) = self else {
+            return;
+        };
+        let Some(st) = queue_stats(t, 4747) else {
+            panic!(
+                "{name}: no NFQUEUE 4747 bound in the router namespace\n{}",
+                n.proc.evidence()
+            );
+        };
+        assert!(
+            st.id_sequence > 0,
+            "{name}: no packet went through netnat's queue: {st:?}\n{}",
+            n.proc.evidence()
+        );
+        eprintln!("{name}: {st:?}");
+    }
 }
