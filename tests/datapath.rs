@@ -10,8 +10,8 @@ mod common;
 use common::Family;
 use common::scenario::{
     AppAddr, Case, Translator, scenario_bad_config, scenario_bulk, scenario_capture,
-    scenario_endpoints, scenario_firewall, scenario_ruleset_untouched, scenario_second_instance,
-    scenario_signal_cleanup,
+    scenario_endpoints, scenario_firewall, scenario_ruleset_untouched, scenario_same_as_dnat,
+    scenario_second_instance, scenario_signal_cleanup,
 };
 
 const TR: Translator = Translator::Netnat;
@@ -117,4 +117,16 @@ fn netnat_bad_config_refused_installs_nothing() {
 fn netnat_second_instance_refused_first_unharmed() {
     let name = "netnat_second_instance_refused_first_unharmed";
     scenario_second_instance(name, Case::new(TR, Family::V4, AppAddr::Fixed));
+}
+
+#[test]
+fn netnat_observes_like_kernel_dnat_v4_fixed() {
+    let name = "netnat_observes_like_kernel_dnat_v4_fixed";
+    scenario_same_as_dnat(name, Family::V4, AppAddr::Fixed);
+}
+
+#[test]
+fn netnat_observes_like_kernel_dnat_v6_star() {
+    let name = "netnat_observes_like_kernel_dnat_v6_star";
+    scenario_same_as_dnat(name, Family::V6, AppAddr::Star);
 }

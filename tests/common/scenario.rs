@@ -1215,3 +1215,73 @@ impl Active {
         eprintln!("{name}: {st:?}");
     }
 }
+
+/// What the two peers observe of one HTTP request and one UDP exchange.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// `ip port` curl reports as the remote end.
+    pub http_remote: String,
+    /// Address the HTTP server saw as its peer (port left out: ephemeral).
+    pub http_peer: String,
+    /// `ip port` the UDP reply came from, as the client's socket reports it.
+    pub udp_from: String,
+    /// Address the UDP server saw as its peer.
+    pub udp_peer: String,
+}
+
+fn observe(t: &Topology, case: Case, what: &str) -> Observed {
+    let http = http_get(t, case, 5);
+    assert!(http.success(), "{what}: HTTP request failed\n{http}");
+    let udp = udp_request(t, case, 2, 3);
+    assert!(udp.success(), "{what}: no UDP reply\n{udp}");
+    let first_word = |s: Option<&str>| s.unwrap_or("").split(' ').next().unwrap_or("").to_string();
+    let from = line_value(&udp.stdout, "from=").unwrap_or("");
+    let mut words = from.split(' ');
+    let udp_from = format!(
+        "{} {}",
+        words.next().unwrap_or(""),
+        words.next().unwrap_or("")
+    );
+    Observed {
+        http_remote: line_value(&http.stdout, "REMOTE ")
+            .unwrap_or("")
+            .to_string(),
+        http_peer: first_word(line_value(&http.stdout, "peer=")),
+        udp_from,
+        udp_peer: first_word(from.split("data=peer=").nth(1)),
+    }
+}
+
+/// On one topology: the kernel's dnat first, then netnat; the client and the server observe
+/// the same endpoints with both (ephemeral client ports aside).
+pub fn scenario_same_as_dnat(name: &str, fam: Family, app: AppAddr) {
+    if !require_root(name) {
+        return;
+    }
+    let t = Topology::new();
+    let servers = Servers::start(&t, fam);
+    let reference = Case::new(Translator::KernelDnat, fam, app);
+    let _ = activate(&t, reference);
+    let with_dnat = observe(&t, reference, &format!("{name} (kernel dnat)"));
+    t.rtr.must(&["nft", "delete", "table", "inet", "nnref"]);
+    // Forget the reference's connections: netnat must stand on its own.
+    t.rtr.run(&["conntrack", "-F"]);
+    let case = Case::new(Translator::Netnat, fam, app);
+    let active = activate(&t, case);
+    let with_netnat = observe(&t, case, &format!("{name} (netnat)"));
+    eprintln!("{name}: kernel dnat {with_dnat:?}\n{name}: netnat      {with_netnat:?}");
+    assert_eq!(
+        with_netnat,
+        with_dnat,
+        "{name}: netnat's observed endpoints differ from the kernel dnat reference\n  server \
+         logs: http {} udp {}\n{}",
+        servers.http_peers(),
+        servers.udp_peers(),
+        active.evidence()
+    );
+    assert_eq!(
+        with_dnat.http_peer,
+        fam.client(),
+        "{name}: reference broken?"
+    );
+}
