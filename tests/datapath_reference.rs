@@ -126,6 +126,32 @@ fn capture_filter_catches_forged_bad_checksums() {
             "{name}: the filter did not flag the forged {what} checksum once\n{all}"
         );
     }
+    // 0xFFFF for a computed 0x0000 is the same zero: not flagged.
+    for port in [40006, 40007] {
+        let f = format!("tcp.srcport == {port}");
+        assert_eq!(
+            capture::count(&pcap, &f),
+            1,
+            "{name}: forged packet {port} missing\n{all}"
+        );
+        let n = capture::count(&pcap, &format!("({}) && {f}", capture::BAD_CHECKSUM_FILTER));
+        assert_eq!(
+            n, 0,
+            "{name}: TCP checksum 0xFFFF for 0x0000 flagged as bad\n{all}"
+        );
+    }
+    // A UDP checksum of 0 is caught apart.
+    let n = capture::count(
+        &pcap,
+        &format!(
+            "({}) && udp.srcport == 40008",
+            capture::MISSING_UDP_CHECKSUM_FILTER
+        ),
+    );
+    assert_eq!(
+        n, 1,
+        "{name}: the UDP packet without checksum was not caught\n{all}"
+    );
     // And nothing else: the router's own answers (RST, port unreachable) are all good.
     let bad = capture::count(&pcap, capture::BAD_CHECKSUM_FILTER);
     assert_eq!(
