@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod iface;
 pub mod log;
 pub mod nft;
+pub mod prereq;
 pub mod queue;
 pub mod record;
 pub mod service;
