@@ -51,7 +51,7 @@ impl System<'_> {
     fn read(&self, path: &str) -> Option<String> {
         let mut s = String::new();
         std::fs::File::open(self.root.join(path.trim_start_matches('/')))
-            .and_then(|mut f| f.take(1 << 20).read_to_string(&mut s))
+            .and_then(|f| f.take(1 << 20).read_to_string(&mut s))
             .ok()?;
         Some(s)
     }
