@@ -37,20 +37,20 @@ pub const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 pub const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 
 // linux/if_link.h
-const IFLA_IFNAME: u16 = 3;
+pub const IFLA_IFNAME: u16 = 3;
 /// `struct ifinfomsg`: family u8, pad u8, type u16, index i32, flags u32, change u32.
 pub const IFINFOMSG_LEN: usize = 16;
 
 // linux/if_addr.h
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_LABEL: u16 = 3;
-const IFA_CACHEINFO: u16 = 6;
-const IFA_FLAGS: u16 = 8;
+pub const IFA_ADDRESS: u16 = 1;
+pub const IFA_LOCAL: u16 = 2;
+pub const IFA_LABEL: u16 = 3;
+pub const IFA_CACHEINFO: u16 = 6;
+pub const IFA_FLAGS: u16 = 8;
 /// `struct ifaddrmsg`: family u8, prefixlen u8, flags u8, scope u8, index u32.
 pub const IFADDRMSG_LEN: usize = 8;
 /// `struct ifa_cacheinfo`: preferred u32, valid u32, cstamp u32, tstamp u32.
-const IFA_CACHEINFO_LEN: usize = 16;
+pub const IFA_CACHEINFO_LEN: usize = 16;
 
 /// IPv4: a secondary address of its subnet. IPv6 uses the same bit for IFA_F_TEMPORARY
 /// (a privacy address), which is not the interface's own stable address either.
