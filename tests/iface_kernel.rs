@@ -9,7 +9,7 @@
 //! they fail: a root test must not skip silently where it is expected to run.
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -123,10 +123,8 @@ impl Drop for Netns {
 /// Waits until the watcher is readable or the deadline passes.
 fn readable(w: &Watcher, deadline: Instant) -> bool {
     let left = deadline.saturating_duration_since(Instant::now());
-    // SAFETY: the watcher's fd stays open for the borrow's lifetime.
-    let fd = unsafe { BorrowedFd::borrow_raw(w.as_raw_fd()) };
     let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
+        fd: w.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
