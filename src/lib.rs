@@ -13,6 +13,7 @@ pub mod iface;
 pub mod log;
 pub mod monitor;
 pub mod nft;
+pub mod prereq;
 pub mod queue;
 pub mod record;
 pub mod save;

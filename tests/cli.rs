@@ -92,3 +92,45 @@ fn help_names_every_subcommand() {
         assert!(help.contains(sub), "--help lacks {sub}: {help}");
     }
 }
+
+/// Without CAP_NET_ADMIN, `run` refuses with a message that says what is missing, and exit 1.
+/// Runs in a network namespace of its own (`unshare -n`), as nobody (`setpriv`).
+#[test]
+fn run_without_cap_net_admin_is_refused_clearly() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the suite as root"
+        );
+        eprintln!("run_without_cap_net_admin_is_refused_clearly: needs root to become nobody");
+        return;
+    }
+    let path = scratch(
+        "nocap.conf",
+        "service pub0 port * 80 TCP 192.168.1.10 8080\n",
+    );
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        path.parent().unwrap(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = Command::new("unshare")
+        .args([
+            "-n",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_netnat"))
+        .args(["run", "--log-stderr", "--config"])
+        .arg(&path)
+        .output()
+        .expect("unshare/setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("CAP_NET_ADMIN"), "{err}");
+}

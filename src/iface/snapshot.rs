@@ -1,0 +1,371 @@
+//! The interfaces as the system has them now: name → ifindex, state and the primary address of
+//! each family, for `*` services. A snapshot; the daemon takes a new one when the watcher
+//! reports a change.
+//!
+//! Read with an RTM_GETLINK and an RTM_GETADDR dump over rtnetlink rather than getifaddrs(3):
+//! getifaddrs hides the address flags (secondary, tentative, deprecated, DAD failed) that
+//! decide which address is the interface's own, and the dump is decoded by the same code as
+//! the watcher's notifications.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::msg::{self, AddrMsg, Body, LinkMsg};
+use super::sock;
+use crate::service::Interfaces;
+
+/// How long one dump may take before `read` gives up (the kernel answers at once; this only
+/// keeps a wedged socket from hanging the daemon).
+const DUMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Dumps retried when the kernel flags them as interrupted by a concurrent change.
+const DUMP_ATTEMPTS: usize = 4;
+/// Room for one dump datagram: the kernel fills at most 32 KiB per datagram.
+const DUMP_BUF: usize = 64 * 1024;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Iface {
+    index: u32,
+    /// IFF_* flags.
+    flags: u32,
+    v4: Option<Ipv4Addr>,
+    v6: Option<Ipv6Addr>,
+}
+
+/// A snapshot of the system's interfaces (the calling thread's network namespace).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    by_name: HashMap<String, Iface>,
+}
+
+impl Snapshot {
+    /// Reads every interface and its addresses with rtnetlink dumps.
+    ///
+    /// To miss no change, open the [`Watcher`](super::Watcher) first and read the snapshot
+    /// after: a change during the read is then also reported by the watcher.
+    pub fn read() -> io::Result<Snapshot> {
+        let fd = sock::open(0)?;
+        let port = sock::port_id(&fd)?;
+        let mut buf = vec![0u8; DUMP_BUF];
+        let mut last = None;
+        for _ in 0..DUMP_ATTEMPTS {
+            let (links, intr_l) = dump(&fd, port, msg::RTM_GETLINK, &mut buf)?;
+            let (addrs, intr_a) = dump(&fd, port, msg::RTM_GETADDR, &mut buf)?;
+            let snap = Snapshot::from_messages(&links, &addrs);
+            if !intr_l && !intr_a {
+                return Ok(snap);
+            }
+            last = Some(snap);
+        }
+        // Still changing under us after several tries: the last reading is the best there is,
+        // and the change that keeps interrupting it is also announced to the watcher.
+        Ok(last.unwrap_or_default())
+    }
+
+    /// Builds a snapshot from decoded link and address messages (as a dump gives them, in the
+    /// kernel's order). Pure: the rules of "the interface's own address" live here.
+    ///
+    /// - An address counts under the name of the link whose index it carries; addresses of
+    ///   unknown indexes are ignored (the link appeared after the link dump).
+    /// - Candidates: see [`AddrMsg::is_candidate`] (no secondary/temporary, tentative,
+    ///   deprecated, DAD-failed or IPv6 link-local addresses); the own address is IFA_LOCAL,
+    ///   so a point-to-point link gives its local end, not the peer.
+    /// - Among candidates the widest scope wins. Ties: for IPv4 the first in kernel order (the
+    ///   primary `ip addr` lists first); IPv6 has no primary, so the oldest wins (IFA_CACHEINFO
+    ///   creation stamp, then kernel order, which is newest first): adding an address does not
+    ///   move `*`, but an older address that finishes DAD takes it over.
+    pub fn from_messages(links: &[LinkMsg], addrs: &[AddrMsg]) -> Snapshot {
+        let mut by_name = HashMap::new();
+        let mut names = HashMap::new();
+        for l in links.iter().filter(|l| l.new && l.index != 0) {
+            let Some(name) = &l.name else { continue };
+            names.insert(l.index, name.clone());
+            by_name.insert(
+                name.clone(),
+                Iface {
+                    index: l.index,
+                    flags: l.flags,
+                    v4: None,
+                    v6: None,
+                },
+            );
+        }
+        // Best candidate so far per (name, family): its rank and address.
+        // Scope, creation stamp, position: the smallest wins.
+        type Rank = (u8, u32, usize);
+        let mut best: HashMap<(&str, bool), (Rank, IpAddr)> = HashMap::new();
+        for (order, a) in addrs.iter().enumerate() {
+            if !a.new || !a.is_candidate() {
+                continue;
+            }
+            let (Some(name), Some(ip)) = (names.get(&a.index), a.own_address()) else {
+                continue;
+            };
+            // IPv6 lists the newest address of a scope first, and the creation stamp only
+            // counts hundredths of a second: among equal stamps the later one is older.
+            let rank = if ip.is_ipv6() {
+                (a.scope, a.created.unwrap_or(u32::MAX), usize::MAX - order)
+            } else {
+                (a.scope, 0, order)
+            };
+            let slot = best
+                .entry((name.as_str(), ip.is_ipv6()))
+                .or_insert((rank, ip));
+            if rank < slot.0 {
+                *slot = (rank, ip);
+            }
+        }
+        for ((name, _), (_, ip)) in best {
+            if let Some(i) = by_name.get_mut(name) {
+                match ip {
+                    IpAddr::V4(a) => i.v4 = Some(a),
+                    IpAddr::V6(a) => i.v6 = Some(a),
+                }
+            }
+        }
+        Snapshot { by_name }
+    }
+
+    /// Names of all interfaces in the snapshot.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// Whether the interface is administratively up (IFF_UP); None if it does not exist.
+    pub fn is_up(&self, name: &str) -> Option<bool> {
+        self.by_name.get(name).map(|i| i.flags & msg::IFF_UP != 0)
+    }
+
+    /// One line for the log about an interface, e.g.
+    /// `ppp0: index 7, up, IPv4 10.99.1.1, no IPv6` or `ppp0: absent`.
+    pub fn describe(&self, name: &str) -> String {
+        let Some(i) = self.by_name.get(name) else {
+            return format!("{name}: absent");
+        };
+        let v4 = i.v4.map_or("no IPv4".to_string(), |a| format!("IPv4 {a}"));
+        let v6 = i.v6.map_or("no IPv6".to_string(), |a| format!("IPv6 {a}"));
+        let (up, running) = (i.flags & msg::IFF_UP != 0, i.flags & msg::IFF_RUNNING != 0);
+        format!(
+            "{name}: index {}, {}, {v4}, {v6}",
+            i.index,
+            state(up, running)
+        )
+    }
+
+    /// What changed from `self` to `newer` for the interfaces named, in the order of `names`
+    /// (each name once): appearance, disappearance, a new ifindex under the same name, up/down
+    /// and carrier, and each family's own address. An interface that appeared is compared with
+    /// a down one without addresses, so its addresses and an up state follow its `Appeared`.
+    pub fn diff(&self, newer: &Snapshot, names: &[&str]) -> Vec<Change> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        for &name in names {
+            if !seen.insert(name) {
+                continue;
+            }
+            let mut push = |kind| {
+                out.push(Change {
+                    name: name.to_string(),
+                    kind,
+                })
+            };
+            let (old, new) = (self.by_name.get(name), newer.by_name.get(name));
+            let (old, new) = match (old, new) {
+                (None, None) => continue,
+                (Some(_), None) => {
+                    push(ChangeKind::Gone);
+                    continue;
+                }
+                (None, Some(n)) => {
+                    push(ChangeKind::Appeared { index: n.index });
+                    (&Iface::default(), n)
+                }
+                (Some(o), Some(n)) => {
+                    if o.index != n.index {
+                        push(ChangeKind::Reindexed {
+                            old: o.index,
+                            new: n.index,
+                        });
+                    }
+                    (o, n)
+                }
+            };
+            const STATE: u32 = msg::IFF_UP | msg::IFF_RUNNING;
+            if old.flags & STATE != new.flags & STATE {
+                push(ChangeKind::State {
+                    up: new.flags & msg::IFF_UP != 0,
+                    running: new.flags & msg::IFF_RUNNING != 0,
+                });
+            }
+            if old.v4 != new.v4 {
+                push(ChangeKind::Address {
+                    v6: false,
+                    old: old.v4.map(IpAddr::V4),
+                    new: new.v4.map(IpAddr::V4),
+                });
+            }
+            if old.v6 != new.v6 {
+                push(ChangeKind::Address {
+                    v6: true,
+                    old: old.v6.map(IpAddr::V6),
+                    new: new.v6.map(IpAddr::V6),
+                });
+            }
+        }
+        out
+    }
+}
+
+fn state(up: bool, running: bool) -> &'static str {
+    match (up, running) {
+        (false, _) => "down",
+        (true, false) => "up, no carrier",
+        (true, true) => "up",
+    }
+}
+
+/// One change of one interface between two snapshots; `Display` gives the log line, e.g.
+/// `ppp0: 10.99.1.1 -> 10.99.1.5`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub name: String,
+    pub kind: ChangeKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The name exists now and did not before.
+    Appeared { index: u32 },
+    /// The name no longer exists.
+    Gone,
+    /// Same name, another interface (PPP reconnected, or deleted and re-created).
+    Reindexed { old: u32, new: u32 },
+    /// IFF_UP or IFF_RUNNING (carrier) changed; the new state.
+    State { up: bool, running: bool },
+    /// The own address of a family changed (None: there is none).
+    Address {
+        v6: bool,
+        old: Option<IpAddr>,
+        new: Option<IpAddr>,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = &self.name;
+        match &self.kind {
+            ChangeKind::Appeared { index } => write!(f, "{name}: appeared (index {index})"),
+            ChangeKind::Gone => write!(f, "{name}: gone"),
+            ChangeKind::Reindexed { old, new } => write!(f, "{name}: index {old} -> {new}"),
+            ChangeKind::State { up, running } => {
+                write!(f, "{name}: {}", state(*up, *running))
+            }
+            ChangeKind::Address { v6, old, new } => {
+                let none = if *v6 { "(no IPv6)" } else { "(no IPv4)" };
+                let show = |a: &Option<IpAddr>| a.map_or(none.to_string(), |a| a.to_string());
+                write!(f, "{name}: {} -> {}", show(old), show(new))
+            }
+        }
+    }
+}
+
+impl Interfaces for Snapshot {
+    fn index(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).map(|i| i.index).filter(|&i| i != 0)
+    }
+
+    fn address(&self, name: &str, v6: bool) -> Option<IpAddr> {
+        let i = self.by_name.get(name)?;
+        if v6 {
+            i.v6.map(IpAddr::V6)
+        } else {
+            i.v4.map(IpAddr::V4)
+        }
+    }
+}
+
+/// Sequence numbers of our requests; distinct per request so a late reply to an abandoned
+/// dump is never taken for the current one.
+static SEQ: AtomicU32 = AtomicU32::new(1);
+
+/// Runs one dump to its NLMSG_DONE; returns the link and address messages (whichever `kind`
+/// asks for) and whether the kernel flagged the dump as interrupted (NLM_F_DUMP_INTR).
+fn dump<T: FromBody>(
+    fd: &std::os::fd::OwnedFd,
+    port: u32,
+    kind: u16,
+    buf: &mut [u8],
+) -> io::Result<(Vec<T>, bool)> {
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut req = Vec::with_capacity(32);
+    msg::dump_request(&mut req, kind, seq);
+    sock::send(fd, &req)?;
+    let deadline = Instant::now() + DUMP_TIMEOUT;
+    let mut out = Vec::new();
+    let mut interrupted = false;
+    loop {
+        let got = match sock::recv(fd, buf) {
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !sock::wait_readable(fd, deadline)? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "rtnetlink dump did not complete",
+                    ));
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if !got.from_kernel {
+            continue;
+        }
+        if got.truncated {
+            return Err(invalid("rtnetlink dump datagram larger than the buffer"));
+        }
+        for m in msg::messages(&buf[..got.len]) {
+            let m = m.map_err(|e| invalid(&format!("rtnetlink dump: {e}")))?;
+            if m.seq != seq || m.pid != port {
+                continue;
+            }
+            interrupted |= m.flags & msg::NLM_F_DUMP_INTR != 0;
+            match m.body {
+                Body::Done => return Ok((out, interrupted)),
+                Body::Error(0) => {}
+                Body::Error(errno) => return Err(io::Error::from_raw_os_error(errno)),
+                Body::Malformed(e) => return Err(invalid(&format!("rtnetlink dump: {e}"))),
+                body => out.extend(T::from_body(body)),
+            }
+        }
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// Picks the messages of one kind out of a dump.
+trait FromBody: Sized {
+    fn from_body(b: Body) -> Option<Self>;
+}
+
+impl FromBody for LinkMsg {
+    fn from_body(b: Body) -> Option<Self> {
+        match b {
+            Body::Link(l) => Some(l),
+            _ => None,
+        }
+    }
+}
+
+impl FromBody for AddrMsg {
+    fn from_body(b: Body) -> Option<Self> {
+        match b {
+            Body::Addr(a) => Some(a),
+            _ => None,
+        }
+    }
+}

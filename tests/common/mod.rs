@@ -1,0 +1,705 @@
+//! Test harness for netnat's end-to-end data-path tests.
+//!
+//! A [`Topology`] is three network namespaces (client, router, server) joined by two veth pairs:
+//!
+//! ```text
+//! cli eth0 10.99.1.2/24 fd99:1::2/64
+//!   ── rtr pub0 10.99.1.1/24 10.99.1.80/24 fd99:1::1/64 fd99:1::80/64
+//!      rtr priv0 192.168.77.1/24 fd99:77::1/64
+//!   ── srv eth0 192.168.77.10/24 fd99:77::10/64
+//! ```
+//!
+//! Everything a test starts runs inside those namespaces; traffic only ever goes between them.
+//! Dropping the topology kills every process left in its namespaces and deletes them, also when
+//! the test panics. Every command and every wait is bounded in time.
+
+#![allow(dead_code)] // each test crate uses a different part of the harness
+
+pub mod capture;
+pub mod scenario;
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Default bound for one command run inside a namespace.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// True when the test may go on. Without root: panics under CI (env `CI` set), otherwise prints
+/// why the test does nothing and returns false. Tests must never skip silently.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test}: needs root (network namespaces, nftables, CAP_NET_ADMIN) and CI is set: \
+             refusing to skip"
+        );
+    }
+    eprintln!(
+        "*** {test}: NOT RUN: needs root (network namespaces, nftables, CAP_NET_ADMIN); \
+         run as root, or set CI=1 to make this a failure ***"
+    );
+    false
+}
+
+/// Serializes the heavy tests (bulk transfers, captures) of one test binary: 2 CPUs.
+pub fn heavy_lock() -> MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// `<pid>-<counter>`: unique among the tests of this process and among live processes.
+pub fn unique_id() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands with a deadline
+
+/// What a bounded command did. `status` is `None` when it was killed at its deadline.
+pub struct CmdOutput {
+    pub cmd: String,
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl CmdOutput {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.status.is_none()
+    }
+
+    /// Panics with the whole evidence unless the command exited 0.
+    pub fn expect_ok(self, what: &str) -> CmdOutput {
+        if !self.success() {
+            panic!("{what}: command failed\n{self}");
+        }
+        self
+    }
+}
+
+impl fmt::Display for CmdOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match self.status {
+            Some(s) => format!("{s}"),
+            None => format!("KILLED at its deadline after {:?}", self.elapsed),
+        };
+        writeln!(f, "  command: {}", self.cmd)?;
+        writeln!(f, "  status:  {status}")?;
+        writeln!(f, "  stdout:  {}", excerpt(&self.stdout, 3000))?;
+        write!(f, "  stderr:  {}", excerpt(&self.stderr, 3000))
+    }
+}
+
+/// At most `max` characters of `s` (head and tail), for evidence in failure messages.
+pub fn excerpt(s: &str, max: usize) -> String {
+    let s = s.trim_end();
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let head: String = s.chars().take(max / 2).collect();
+    let tail: String = {
+        let v: Vec<char> = s.chars().collect();
+        v[v.len() - max / 2..].iter().collect()
+    };
+    format!("{head}\n    [... cut ...]\n{tail}")
+}
+
+fn kill_group(pgid: u32, sig: i32) {
+    // SAFETY: plain syscall; the group is one this harness created (process_group(0)).
+    unsafe {
+        libc::kill(-(pgid as i32), sig);
+    }
+}
+
+fn read_all_in_thread<R: Read + Send + 'static>(mut r: R) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Runs `cmd` in its own process group, with stdin closed, and kills the whole group at the
+/// deadline. Whatever the command left running in its group is killed when it exits.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> CmdOutput {
+    let desc = describe(&cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{desc}`: {e}"));
+    let out = read_all_in_thread(child.stdout.take().expect("piped stdout"));
+    let err = read_all_in_thread(child.stderr.take().expect("piped stderr"));
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) => {}
+            Err(e) => panic!("waiting for `{desc}`: {e}"),
+        }
+        if start.elapsed() >= timeout {
+            kill_group(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    // Stragglers in the group would keep the pipes open.
+    kill_group(child.id(), libc::SIGKILL);
+    CmdOutput {
+        cmd: desc,
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        elapsed: start.elapsed(),
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        let a = a.to_string_lossy();
+        if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$;|&<>".contains(c)) {
+            s.push_str(&format!(" '{}'", a.replace('\'', "'\\''")));
+        } else {
+            s.push(' ');
+            s.push_str(&a);
+        }
+    }
+    s
+}
+
+/// A command on the host that only reads files (tshark on a pcap, sha256sum).
+pub fn host(argv: &[&str]) -> CmdOutput {
+    let mut c = Command::new(argv[0]);
+    c.args(&argv[1..]);
+    run_bounded(c, Duration::from_secs(120))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Namespaces and processes
+
+/// One named network namespace of a topology.
+pub struct Ns {
+    pub name: String,
+}
+
+impl Ns {
+    /// `ip netns exec <name> argv...`
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(argv);
+        c
+    }
+
+    pub fn run(&self, argv: &[&str]) -> CmdOutput {
+        run_bounded(self.command(argv), CMD_TIMEOUT)
+    }
+
+    pub fn run_timeout(&self, argv: &[&str], timeout: Duration) -> CmdOutput {
+        run_bounded(self.command(argv), timeout)
+    }
+
+    /// Runs and panics with the evidence unless it exits 0; returns stdout.
+    pub fn must(&self, argv: &[&str]) -> String {
+        let what = format!("in namespace {}", self.name);
+        self.run(argv).expect_ok(&what).stdout
+    }
+
+    /// `sh -c script` inside the namespace.
+    pub fn sh(&self, script: &str) -> CmdOutput {
+        self.run(&["sh", "-c", script])
+    }
+
+    /// `nft -f -` with `ruleset` on stdin (via a file: stdin of bounded commands is closed).
+    pub fn nft_load(&self, dir: &Path, ruleset: &str) -> CmdOutput {
+        let path = dir.join(format!("ruleset-{}.nft", unique_id()));
+        fs::write(&path, ruleset).expect("write ruleset file");
+        self.run(&["nft", "-f", path.to_str().expect("utf-8 path")])
+    }
+
+    /// Polls until something listens on `port` (`tcp` or `udp`); panics after `timeout`.
+    pub fn wait_listening(&self, proto: &str, port: u16, timeout: Duration) {
+        let flag = if proto == "udp" { "-Hlnu" } else { "-Hlnt" };
+        let filter = format!("sport = :{port}");
+        let start = Instant::now();
+        let mut last;
+        loop {
+            last = self.run(&["ss", flag, &filter]);
+            if last.success() && !last.stdout.trim().is_empty() {
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "nothing listens on {proto} port {port} in {} after {timeout:?}\n{last}",
+                    self.name
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A process started in a namespace. Its stdout and stderr go to files; dropping it kills its
+/// whole process group.
+pub struct Proc {
+    pub label: String,
+    child: Child,
+    pub stdout_path: PathBuf,
+    pub stderr_path: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` to the process itself (not its group).
+    pub fn signal(&self, sig: i32) {
+        if self.status.is_none() {
+            // SAFETY: plain syscall on a child we have not reaped yet.
+            unsafe {
+                libc::kill(self.child.id() as i32, sig);
+            }
+        }
+    }
+
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Waits at most `timeout` for the process to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_status() {
+                return Some(s);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits until `needle` shows up in the process's stderr. Fails early, with the evidence,
+    /// when the process exits first.
+    pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if self.stderr().contains(needle) {
+                return Ok(());
+            }
+            if let Some(s) = self.try_status() {
+                // One last look: it may have printed and exited.
+                if self.stderr().contains(needle) {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "{} exited ({s}) before printing {needle:?}\n{}",
+                    self.label,
+                    self.evidence()
+                ));
+            }
+            if start.elapsed() >= timeout {
+                return Err(format!(
+                    "{} did not print {needle:?} within {timeout:?}\n{}",
+                    self.label,
+                    self.evidence()
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn evidence(&self) -> String {
+        format!(
+            "  [{}] stdout: {}\n  [{}] stderr: {}",
+            self.label,
+            excerpt(&self.stdout(), 3000),
+            self.label,
+            excerpt(&self.stderr(), 3000)
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        kill_group(self.child.id(), libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory for pcaps, logs and files of one test; removed on drop unless `NN_KEEP` is set.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(id: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("nn-itest-{id}"));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("NN_KEEP").is_some() {
+            eprintln!("NN_KEEP: keeping {}", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Addresses
+
+/// Address family of a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn client(self) -> &'static str {
+        match self {
+            Family::V4 => "10.99.1.2",
+            Family::V6 => "fd99:1::2",
+        }
+    }
+    /// The router's natural public address (what `*` stands for on pub0).
+    pub fn router_pub(self) -> &'static str {
+        match self {
+            Family::V4 => "10.99.1.1",
+            Family::V6 => "fd99:1::1",
+        }
+    }
+    /// The extra public address used as a fixed apparent address.
+    pub fn extra_pub(self) -> &'static str {
+        match self {
+            Family::V4 => "10.99.1.80",
+            Family::V6 => "fd99:1::80",
+        }
+    }
+    pub fn router_priv(self) -> &'static str {
+        match self {
+            Family::V4 => "192.168.77.1",
+            Family::V6 => "fd99:77::1",
+        }
+    }
+    pub fn server(self) -> &'static str {
+        match self {
+            Family::V4 => "192.168.77.10",
+            Family::V6 => "fd99:77::10",
+        }
+    }
+    /// Display-filter matching any private-side address.
+    pub fn private_net_filter(self) -> &'static str {
+        match self {
+            Family::V4 => "ip.addr == 192.168.77.0/24",
+            Family::V6 => "ipv6.addr == fd99:77::/64",
+        }
+    }
+    /// `host:port` as URLs and socat want it.
+    pub fn hostport(self, ip: &str, port: u16) -> String {
+        match self {
+            Family::V4 => format!("{ip}:{port}"),
+            Family::V6 => format!("[{ip}]:{port}"),
+        }
+    }
+    pub fn socat_tcp(self) -> &'static str {
+        match self {
+            Family::V4 => "TCP4",
+            Family::V6 => "TCP6",
+        }
+    }
+    pub fn ip_field(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ipv6",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topology
+
+/// Three namespaces `nn-<pid>-<n>-cli/rtr/srv` joined by veth pairs, ready to route.
+pub struct Topology {
+    pub id: String,
+    pub cli: Ns,
+    pub rtr: Ns,
+    pub srv: Ns,
+    pub dir: TempDir,
+}
+
+impl Topology {
+    pub fn new() -> Topology {
+        sweep_stale_namespaces();
+        let id = unique_id();
+        let t = Topology {
+            cli: Ns {
+                name: format!("nn-{id}-cli"),
+            },
+            rtr: Ns {
+                name: format!("nn-{id}-rtr"),
+            },
+            srv: Ns {
+                name: format!("nn-{id}-srv"),
+            },
+            dir: TempDir::new(&id),
+            id,
+        };
+        // From here on, Drop cleans up whatever part was built.
+        t.build();
+        t
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut c = Command::new("ip");
+        c.args(args);
+        run_bounded(c, CMD_TIMEOUT).expect_ok("topology setup");
+    }
+
+    fn build(&self) {
+        let (cli, rtr, srv) = (&self.cli.name, &self.rtr.name, &self.srv.name);
+        for ns in [cli, rtr, srv] {
+            self.ip(&["netns", "add", ns]);
+        }
+        for ns in [&self.cli, &self.rtr, &self.srv] {
+            // No duplicate address detection: addresses (also link-local) usable at once.
+            ns.must(&[
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ]);
+            self.ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        }
+        self.ip(&[
+            "-n", cli, "link", "add", "eth0", "type", "veth", "peer", "name", "pub0", "netns", rtr,
+        ]);
+        self.ip(&[
+            "-n", srv, "link", "add", "eth0", "type", "veth", "peer", "name", "priv0", "netns", rtr,
+        ]);
+        let addrs: [(&str, &str, &str); 10] = [
+            (cli, "eth0", "10.99.1.2/24"),
+            (cli, "eth0", "fd99:1::2/64"),
+            // .1 first: it is the primary (natural) IPv4 address, .80 a secondary one.
+            (rtr, "pub0", "10.99.1.1/24"),
+            (rtr, "pub0", "10.99.1.80/24"),
+            // IPv6 lists the newest address first: add ::80 before ::1 so that ::1 comes first.
+            (rtr, "pub0", "fd99:1::80/64"),
+            (rtr, "pub0", "fd99:1::1/64"),
+            (rtr, "priv0", "192.168.77.1/24"),
+            (rtr, "priv0", "fd99:77::1/64"),
+            (srv, "eth0", "192.168.77.10/24"),
+            (srv, "eth0", "fd99:77::10/64"),
+        ];
+        for (ns, dev, a) in addrs {
+            if a.contains(':') {
+                self.ip(&["-n", ns, "addr", "add", a, "dev", dev, "nodad"]);
+            } else {
+                self.ip(&["-n", ns, "addr", "add", a, "dev", dev]);
+            }
+        }
+        for (ns, dev) in [(cli, "eth0"), (rtr, "pub0"), (rtr, "priv0"), (srv, "eth0")] {
+            self.ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        self.rtr.must(&[
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv6.conf.default.forwarding=1",
+        ]);
+        self.ip(&["-n", cli, "route", "add", "default", "via", "10.99.1.1"]);
+        self.ip(&[
+            "-n",
+            cli,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd99:1::1",
+        ]);
+        self.ip(&["-n", srv, "route", "add", "default", "via", "192.168.77.1"]);
+        self.ip(&[
+            "-n",
+            srv,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd99:77::1",
+        ]);
+    }
+
+    /// Starts `argv` in `ns`; output goes to `<label>.out` / `<label>.err` in the temp dir.
+    pub fn spawn(&self, ns: &Ns, label: &str, argv: &[&str]) -> Proc {
+        let stdout_path = self.dir.file(&format!("{label}.out"));
+        let stderr_path = self.dir.file(&format!("{label}.err"));
+        let mut cmd = ns.command(argv);
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&stdout_path).expect("create stdout file"))
+            .stderr(File::create(&stderr_path).expect("create stderr file"))
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label} `{}`: {e}", describe(&cmd)));
+        Proc {
+            label: label.to_string(),
+            child,
+            stdout_path,
+            stderr_path,
+            status: None,
+        }
+    }
+
+    /// Turns TX checksum offload off on every veth end (and with it TSO), inside each namespace.
+    pub fn tx_offload_off(&self) {
+        for (ns, dev) in [
+            (&self.cli, "eth0"),
+            (&self.rtr, "pub0"),
+            (&self.rtr, "priv0"),
+            (&self.srv, "eth0"),
+        ] {
+            ns.run(&["ethtool", "-K", dev, "tx", "off"])
+                .expect_ok("ethtool -K tx off");
+            let k = ns.must(&["ethtool", "-k", dev]);
+            assert!(
+                k.lines().any(|l| l.trim() == "tx-checksumming: off"),
+                "{dev} in {} still has tx-checksumming on:\n{k}",
+                ns.name
+            );
+        }
+    }
+
+    /// MAC address of `dev` in `ns`.
+    pub fn mac(&self, ns: &Ns, dev: &str) -> String {
+        let path = format!("/sys/class/net/{dev}/address");
+        ns.must(&["cat", &path]).trim().to_string()
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn destroy_namespace(name: &str) {
+    let mut c = Command::new("ip");
+    c.args(["netns", "pids", name]);
+    let pids = run_bounded(c, CMD_TIMEOUT);
+    for pid in pids
+        .stdout
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: plain syscall; every process in a test namespace was started by this harness.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    let mut c = Command::new("ip");
+    c.args(["netns", "delete", name]);
+    let _ = run_bounded(c, CMD_TIMEOUT);
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if std::env::var_os("NN_KEEP_NS").is_some() {
+            eprintln!("NN_KEEP_NS: keeping namespaces nn-{}-*", self.id);
+            return;
+        }
+        for ns in [&self.cli, &self.rtr, &self.srv] {
+            destroy_namespace(&ns.name);
+        }
+    }
+}
+
+/// Deletes namespaces `nn-<pid>-<n>-<role>` of test processes that are gone (a test binary
+/// killed by a timeout cannot run its destructors). Once per process.
+fn sweep_stale_namespaces() {
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(|| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "list"]);
+        let list = run_bounded(c, CMD_TIMEOUT);
+        for line in list.stdout.lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            let parts: Vec<&str> = name.split('-').collect();
+            let ours = parts.len() == 4
+                && parts[0] == "nn"
+                && parts[1].parse::<u32>().is_ok()
+                && parts[2].parse::<u32>().is_ok()
+                && ["cli", "rtr", "srv"].contains(&parts[3]);
+            if ours && !Path::new(&format!("/proc/{}", parts[1])).exists() {
+                eprintln!("removing stale test namespace {name}");
+                destroy_namespace(name);
+            }
+        }
+    });
+}
+
+/// Path of a helper script under tests/scripts.
+pub fn script(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/scripts")
+        .join(name);
+    assert!(p.exists(), "missing helper script {}", p.display());
+    p.to_string_lossy().into_owned()
+}
+
+/// The system Python, which has scapy (the `python3` on PATH may not).
+pub const PYTHON: &str = "/usr/bin/python3";
