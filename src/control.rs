@@ -295,6 +295,11 @@ impl Server {
         &self.path
     }
 
+    /// Connections are open (their deadlines must be watched even without events).
+    pub fn busy(&self) -> bool {
+        !self.conns.is_empty()
+    }
+
     /// The descriptors the packet loop polls, with the events wanted.
     pub fn poll_fds(&self, out: &mut Vec<libc::pollfd>) {
         if self.conns.len() < MAX_CONNECTIONS {

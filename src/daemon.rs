@@ -247,8 +247,12 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
             drain(&mut queue, &mut d, 64);
         }
         if let Some(s) = &mut server {
-            // Between batches: the counters are at rest while a request reads them.
-            s.serve(&mut |req| d.handle(req, &queue));
+            // Only when the socket has news or a connection is open (its deadline runs): a busy
+            // packet loop wakes up often and need not try accept() each time.
+            if s.busy() || fds[2..].iter().any(|f| f.revents != 0) {
+                // Between batches: the counters are at rest while a request reads them.
+                s.serve(&mut |req| d.handle(req, &queue));
+            }
         }
         let now = Instant::now();
         if now >= next_volume {
