@@ -351,7 +351,6 @@ fn netnat_8_names_every_command_and_option_of_the_binary() {
 /// The other direction: what netnat(8)'s SYNOPSIS promises, the binary accepts. This fails on a
 /// branch where the page already describes commands the CLI does not have yet.
 #[test]
-#[ignore = "enable when the CLI with status/service/reload/--control is merged (netnat.8 describes it)"]
 fn netnat_8_synopsis_promises_nothing_the_binary_lacks() {
     let page = read(NETNAT_8);
     let commands = cli_commands();

@@ -535,9 +535,9 @@ impl Topology {
             // .1 first: it is the primary (natural) IPv4 address, .80 a secondary one.
             (rtr, "pub0", "10.99.1.1/24"),
             (rtr, "pub0", "10.99.1.80/24"),
-            // IPv6 lists the newest address first: add ::80 before ::1 so that ::1 comes first.
-            (rtr, "pub0", "fd99:1::80/64"),
+            // IPv6 has no primary: `*` takes the oldest usable address, so ::1 is added first.
             (rtr, "pub0", "fd99:1::1/64"),
+            (rtr, "pub0", "fd99:1::80/64"),
             (rtr, "priv0", "192.168.77.1/24"),
             (rtr, "priv0", "fd99:77::1/64"),
             (srv, "eth0", "192.168.77.10/24"),
