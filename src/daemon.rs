@@ -28,7 +28,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::config::{self, Config, ConfigError, Service, ServiceLine};
 use crate::control::{self, Outcome, Request, Response, Server};
 use crate::datapath;
-use crate::iface::Snapshot;
+use crate::iface::{Change, Snapshot, Watcher};
 use crate::log::Logger;
 use crate::monitor::{Clock, Monitor};
 use crate::nft::{NftSession, Policy, QueueExprKind};
@@ -107,6 +107,8 @@ pub fn services_of(config: &Config) -> Vec<Service> {
 struct Active {
     config: Config,
     table: Arc<ServiceTable>,
+    /// The interfaces the table was resolved against (`*` addresses, ifindexes).
+    ifaces: Snapshot,
 }
 
 impl Active {
@@ -116,7 +118,29 @@ impl Active {
         Ok(Active {
             config,
             table: Arc::new(table),
+            ifaces,
         })
+    }
+
+    /// The service interfaces' changes between the table's snapshot and `newer`.
+    fn changes(&self, newer: &Snapshot) -> Vec<Change> {
+        let mut names: Vec<&str> = self
+            .config
+            .services
+            .iter()
+            .map(|l| l.service.iface.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        self.ifaces.diff(newer, &names)
+    }
+
+    /// Resolves the same services against `ifaces`: `*` follows the interface's new address,
+    /// a re-created interface its new index. Rules do not change (they match by name, and `*`
+    /// by `fib daddr . iif type local`), so only the lookup table is swapped.
+    fn follow(&mut self, ifaces: Snapshot) {
+        self.table = Arc::new(ServiceTable::build(&services_of(&self.config), &ifaces));
+        self.ifaces = ifaces;
     }
 
     /// Logs the services that wait for their interface and those left out by a conflict.
@@ -174,6 +198,16 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         },
     };
 
+    // Opened before the first snapshot, so that no address change falls between the two.
+    let mut watcher = match Watcher::open() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log.warn(format_args!(
+                "cannot watch interfaces ({e}): `*` services will not follow address changes"
+            ));
+            None
+        }
+    };
     let active = Active::build(config)?;
     let queue_num = active.config.settings.queue;
     let mut queue = Queue::open(&QueueOptions {
@@ -220,6 +254,8 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         fds.clear();
         fds.push(pollfd(queue.as_raw_fd()));
         fds.push(pollfd(signals.wake.as_raw_fd()));
+        // Slot 2 is the interface watcher's (or an fd poll ignores), control sockets follow.
+        fds.push(pollfd(watcher.as_ref().map_or(-1, |w| w.as_raw_fd())));
         if let Some(s) = &server {
             s.poll_fds(&mut fds);
         }
@@ -243,13 +279,18 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
                 }
             }
         }
+        if fds[2].revents != 0
+            && let Some(w) = &mut watcher
+        {
+            d.follow_interfaces(w);
+        }
         if fds[0].revents & libc::POLLIN != 0 {
             drain(&mut queue, &mut d, 64);
         }
         if let Some(s) = &mut server {
             // Only when the socket has news or a connection is open (its deadline runs): a busy
             // packet loop wakes up often and need not try accept() each time.
-            if s.busy() || fds[2..].iter().any(|f| f.revents != 0) {
+            if s.busy() || fds[3..].iter().any(|f| f.revents != 0) {
                 // Between batches: the counters are at rest while a request reads them.
                 s.serve(&mut |req| d.handle(req, &queue));
             }
@@ -368,6 +409,35 @@ impl Daemon<'_> {
             log_lost: self.log.lost(),
             services,
         }
+    }
+
+    /// rtnetlink said something changed: take a new snapshot and, if a service's interface
+    /// changed (address, index, presence), resolve the services against it and log each change.
+    fn follow_interfaces(&mut self, watcher: &mut Watcher) {
+        match watcher.drain() {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                self.log.error(format_args!("interface watch: {e}"));
+                return;
+            }
+        }
+        let newer = match Snapshot::read() {
+            Ok(s) => s,
+            Err(e) => {
+                self.log.error(format_args!("reading interfaces: {e}"));
+                return;
+            }
+        };
+        let changes = self.active.changes(&newer);
+        if changes.is_empty() {
+            return;
+        }
+        for c in &changes {
+            self.log.info(format_args!("interface change: {c}"));
+        }
+        self.active.follow(newer);
+        self.active.report(&mut self.log);
     }
 
     /// SIGHUP and `netnat reload`: the configuration file again, all or nothing.

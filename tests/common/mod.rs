@@ -76,6 +76,7 @@ pub fn unique_id() -> String {
 // Commands with a deadline
 
 /// What a bounded command did. `status` is `None` when it was killed at its deadline.
+#[derive(Debug)]
 pub struct CmdOutput {
     pub cmd: String,
     pub status: Option<ExitStatus>,

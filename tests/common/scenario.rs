@@ -182,10 +182,21 @@ impl Netnat {
         let path = t.dir.file(&format!("{label}.conf"));
         fs::write(&path, config).expect("write netnat config");
         let p = path.to_str().expect("utf-8 path");
+        // A control socket of the test's own, not the system's /run/netnat.
+        let control = t.dir.file(&format!("{label}.sock"));
+        let c = control.to_str().expect("utf-8 path");
         let mut proc = t.spawn(
             &t.rtr,
             label,
-            &[netnat_bin(), "run", "--config", p, "--log-stderr"],
+            &[
+                netnat_bin(),
+                "run",
+                "--config",
+                p,
+                "--log-stderr",
+                "--control",
+                c,
+            ],
         );
         match proc.wait_stderr("ready", READY_TIMEOUT) {
             Ok(()) => Ok(Netnat { proc, config: path }),
