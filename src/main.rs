@@ -10,6 +10,8 @@ use netnat::config::{self, ConfigError};
 use netnat::control::{self, Outcome, Request};
 use netnat::daemon::{self, DaemonError, RunOptions};
 use netnat::nft;
+use netnat::service::Interfaces;
+use netnat::{iface, prereq};
 
 /// Default configuration file.
 const DEFAULT_CONFIG: &str = "/etc/netnat/netnat.conf";
@@ -163,7 +165,7 @@ fn main() -> ExitCode {
                     config.display(),
                     c.services.len()
                 );
-                ExitCode::SUCCESS
+                check_system(&c)
             }
             Err(errors) => config_errors(&errors),
         },
@@ -207,6 +209,55 @@ fn main() -> ExitCode {
             Ok(()) => client(&control.control, Request::Del { save, words }),
             Err(code) => code,
         },
+    }
+}
+
+/// The system half of `netnat check`: prerequisites and the services' interfaces. Exit 1 when
+/// something would stop netnat's data path from working.
+fn check_system(c: &config::Config) -> ExitCode {
+    let mut findings = prereq::check(c, &prereq::System::default());
+    match iface::Snapshot::read() {
+        Ok(snap) => {
+            let mut names: Vec<&str> = c
+                .services
+                .iter()
+                .map(|l| l.service.iface.as_str())
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            for name in names {
+                let present = snap.index(name).is_some();
+                findings.push(prereq::Finding {
+                    severity: if present {
+                        prereq::Severity::Ok
+                    } else {
+                        prereq::Severity::Warning
+                    },
+                    what: "interface",
+                    detail: if present {
+                        snap.describe(name)
+                    } else {
+                        format!("{name} is absent: its services wait for it")
+                    },
+                });
+            }
+        }
+        Err(e) => findings.push(prereq::Finding {
+            severity: prereq::Severity::Warning,
+            what: "interfaces",
+            detail: format!("cannot read them: {e}"),
+        }),
+    }
+    for f in &findings {
+        println!("{f}");
+    }
+    if findings
+        .iter()
+        .any(|f| f.severity == prereq::Severity::Error)
+    {
+        ExitCode::from(EXIT_SYSTEM)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

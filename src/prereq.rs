@@ -181,7 +181,8 @@ fn conntrack(sys: &System<'_>) -> Finding {
         Finding {
             severity: Severity::Ok,
             what,
-            detail: "available: fragments are reassembled before netnat's prerouting chain".into(),
+            detail: "available: fragments are reassembled (at priority -400) where it is active"
+                .into(),
         }
     } else {
         Finding {

@@ -35,13 +35,60 @@ fn rules_output_is_the_file_in_nftables_dir() {
 
 #[test]
 fn check_accepts_the_example() {
+    // The configuration is fine; the system half may find this host's forwarding off (exit 1).
     let out = netnat(&["check", "--config", "examples/netnat.conf"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    assert!(stdout.contains("3 services, no errors"), "{stdout}");
+    for what in [
+        "NFQUEUE:",
+        "conntrack:",
+        "queue number:",
+        "interface: ppp0 is absent",
+    ] {
+        assert!(stdout.contains(what), "check reports {what}: {stdout}");
+    }
+}
+
+/// `check` in a network namespace of its own: forwarding on → exit 0, off → exit 1 naming it.
+#[test]
+fn check_judges_forwarding() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the suite as root"
+        );
+        eprintln!("check_judges_forwarding: NOT RUN: needs root for a namespace");
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_netnat");
+    let run = |fwd: &str| {
+        let script = format!(
+            "sysctl -qw net.ipv4.ip_forward={fwd} net.ipv6.conf.all.forwarding={fwd} && \
+             exec {bin} check --config examples/netnat.conf"
+        );
+        Command::new("unshare")
+            .args(["-n", "sh", "-c", &script])
+            .output()
+            .unwrap()
+    };
+    let on = run("1");
+    let text = String::from_utf8_lossy(&on.stdout);
+    assert_eq!(
+        on.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&on.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("3 services"));
+    assert!(
+        text.contains("IPv4 forwarding: on") && text.contains("IPv6 forwarding: on"),
+        "{text}"
+    );
+    let off = run("0");
+    let text = String::from_utf8_lossy(&off.stdout);
+    assert_eq!(off.status.code(), Some(1), "{text}");
+    assert!(text.contains("error  IPv4 forwarding: off"), "{text}");
 }
 
 #[test]
