@@ -137,6 +137,46 @@ fn without_progname(s: &str) -> String {
         .collect()
 }
 
+/// The text with the elements of every set sorted: nft prints them in the kernel's hash order,
+/// render in the policy's order. Everything else stays as it is.
+fn sorted_elements(s: &str) -> String {
+    let mut out = String::new();
+    let mut lines = s.lines();
+    while let Some(l) = lines.next() {
+        let Some(start) = l.find("elements = { ") else {
+            out.push_str(l);
+            out.push('\n');
+            continue;
+        };
+        let indent = &l[..start];
+        let mut body = l[start + "elements = { ".len()..].to_string();
+        while !body.ends_with(" }") {
+            let next = lines.next().expect("unterminated element list");
+            body.push(' ');
+            body.push_str(next.trim_start());
+        }
+        body.truncate(body.len() - 2);
+        let mut elements: Vec<&str> = body.split(", ").map(str::trim).collect();
+        elements.sort_unstable();
+        out.push_str(&format!(
+            "{indent}elements = {{ {} }}\n",
+            elements.join(",\n\t\t\t     ")
+        ));
+    }
+    out
+}
+
+/// nft's listing of netnat's table, comparable with `render`: without the progname comment,
+/// set elements sorted.
+fn comparable(listed: &str) -> String {
+    sorted_elements(&without_progname(listed))
+}
+
+/// `render`'s text with set elements sorted.
+fn rendered(p: &Policy) -> String {
+    sorted_elements(&render(p))
+}
+
 /// The ruleset with table `inet netnat` cut out.
 fn without_our_table(ruleset: &str) -> String {
     let mut out = String::new();
@@ -303,7 +343,7 @@ fn install_lists_what_render_prints_and_reports_the_queue_form() {
         listed.starts_with("table inet netnat { # progname "),
         "{listed}"
     );
-    assert_eq!(without_progname(&listed), render(&policy));
+    assert_eq!(comparable(&listed), rendered(&policy));
     s.close();
     // The owner's socket is closed: the kernel removed the table.
     assert!(ns.table_gone());
@@ -329,26 +369,26 @@ fn reinstall_replaces_atomically_and_remove_deletes() {
     );
     let s = SessionThread::start(&ns);
     s.install(&a);
-    assert_eq!(without_progname(&ns.our_table().unwrap()), render(&a));
+    assert_eq!(comparable(&ns.our_table().unwrap()), rendered(&a));
     s.install(&b);
-    let listed = without_progname(&ns.our_table().unwrap());
-    assert_eq!(listed, render(&b));
+    let listed = comparable(&ns.our_table().unwrap());
+    assert_eq!(listed, rendered(&b));
     assert!(
         !listed.contains("4747"),
         "nothing of the first policy remains"
     );
     s.install(&b); // the same policy again: idempotent
-    assert_eq!(without_progname(&ns.our_table().unwrap()), render(&b));
+    assert_eq!(comparable(&ns.our_table().unwrap()), rendered(&b));
     s.install(&Policy::new(&[], 10)); // no services: empty chains
     assert_eq!(
-        without_progname(&ns.our_table().unwrap()),
-        render(&Policy::new(&[], 10))
+        comparable(&ns.our_table().unwrap()),
+        rendered(&Policy::new(&[], 10))
     );
     s.remove();
     assert_eq!(ns.our_table(), None, "removed");
     s.remove(); // removing an absent table is fine
     s.install(&a); // and the session can install again
-    assert_eq!(without_progname(&ns.our_table().unwrap()), render(&a));
+    assert_eq!(comparable(&ns.our_table().unwrap()), rendered(&a));
     s.close();
 }
 

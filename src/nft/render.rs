@@ -2,14 +2,18 @@
 //!
 //! The kernel test compares this text with nft's own listing, so the spelling follows what nft
 //! prints for the expressions netnat installs, including the dependencies nft leaves out when
-//! listing: `meta nfproto` before `ip daddr` or `icmp type`, and `meta l4proto` before a
-//! transport port or ICMP type.
+//! listing: `meta nfproto` before `ip daddr` or `icmp type` (also inside a concatenation), and
+//! `meta l4proto` before a transport port or ICMP type.
+//!
+//! Set elements are printed in the policy's order; nft prints them in the kernel's hash order,
+//! so a comparison with `nft list` has to sort the element lines of each set.
 
 use std::fmt::Write;
 use std::net::IpAddr;
 
 use super::policy::{
-    ChainSpec, Family, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, Match, Policy, QueueSpec, Rule, Verdict,
+    ChainSpec, Family, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, KeyField, KeyValue, Match, Policy,
+    QueueSpec, Rule, SetSpec, Verdict,
 };
 
 /// The whole table, ending in a newline. The table carries the owner flag when installed, which
@@ -19,6 +23,10 @@ pub fn render(policy: &Policy) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "table inet {} {{", policy.table);
     let _ = writeln!(out, "\tflags owner");
+    for set in &policy.sets {
+        out.push('\n');
+        render_set(&mut out, set);
+    }
     for chain in policy.chains() {
         out.push('\n');
         render_chain(&mut out, chain, &policy.queue_spec());
@@ -27,14 +35,47 @@ pub fn render(policy: &Policy) -> String {
     out
 }
 
+/// A named set the way nft lists one with a concatenated key: one element per line, the
+/// continuation lines aligned under the first element.
+fn render_set(out: &mut String, set: &SetSpec) {
+    let _ = writeln!(out, "\tset {} {{", set.kind.name());
+    let types: Vec<&str> = set.kind.key().iter().map(|f| f.type_name()).collect();
+    let _ = writeln!(out, "\t\ttype {}", types.join(" . "));
+    if !set.elements.is_empty() {
+        let elements: Vec<String> = set.elements.iter().map(|e| render_element(e)).collect();
+        let _ = writeln!(
+            out,
+            "\t\telements = {{ {} }}",
+            elements.join(",\n\t\t\t     ")
+        );
+    }
+    let _ = writeln!(out, "\t}}");
+}
+
+/// One set element: its component values joined by ` . `.
+pub fn render_element(element: &[KeyValue]) -> String {
+    let parts: Vec<String> = element
+        .iter()
+        .map(|v| match v {
+            KeyValue::IfName(n) => format!("\"{n}\""),
+            KeyValue::Addr(a) => a.to_string(),
+            KeyValue::Proto(p) => proto_name(*p),
+            KeyValue::Port(p) => p.to_string(),
+        })
+        .collect();
+    parts.join(" . ")
+}
+
 fn render_chain(out: &mut String, chain: &ChainSpec, queue: &QueueSpec) {
     let _ = writeln!(out, "\tchain {} {{", chain.name);
-    let _ = writeln!(
-        out,
-        "\t\ttype filter hook {} priority {}; policy accept;",
-        chain.hook.name(),
-        priority_name(chain.hook, chain.priority)
-    );
+    if let Some(hook) = chain.hook {
+        let _ = writeln!(
+            out,
+            "\t\ttype filter hook {} priority {}; policy accept;",
+            hook.name(),
+            priority_name(hook, chain.priority)
+        );
+    }
     for rule in &chain.rules {
         let _ = writeln!(out, "\t\t{}", render_rule(rule, queue));
     }
@@ -69,7 +110,9 @@ pub fn render_rule(rule: &Rule, queue: &QueueSpec) -> String {
             Match::OifName(n) => words.push(format!("oifname \"{n}\"")),
             Match::NfProto(f) => {
                 let implied_by_addr = matches!(next, Some(Match::Daddr(a) | Match::Saddr(a))
-                    if Family::of(a) == *f);
+                    if Family::of(a) == *f)
+                    || matches!(next, Some(Match::Lookup(k)) if k.key().iter().any(|c|
+                        matches!(c, KeyField::Daddr(g) | KeyField::Saddr(g) if g == f)));
                 let implied_by_icmp =
                     matches!(
                         (f, l4),
@@ -97,10 +140,19 @@ pub fn render_rule(rule: &Rule, queue: &QueueSpec) -> String {
                 Some(IPPROTO_ICMPV6) => format!("icmpv6 type {}", icmpv6_type_name(*t)),
                 _ => format!("icmp type {}", icmp_type_name(*t)),
             }),
+            Match::Lookup(kind) => {
+                let fields: Vec<&str> = kind.key().iter().map(|f| field_name(*f)).collect();
+                words.push(format!("{} @{}", fields.join(" . "), kind.name()));
+            }
+            Match::CtStateNew => words.push("ct state new".into()),
         }
     }
     match rule.verdict {
         Verdict::Queue => words.push(render_queue(queue)),
+        Verdict::Continue => {}
+    }
+    if let Some(c) = rule.comment {
+        words.push(format!("comment \"{c}\""));
     }
     words.join(" ")
 }
@@ -127,6 +179,22 @@ fn render_queue(q: &QueueSpec) -> String {
         s.push_str(&flags.join(","));
     }
     s
+}
+
+/// A key component as nft prints it inside a concatenation (`th`, not `tcp`: the protocol is
+/// part of the key, not a dependency).
+fn field_name(f: KeyField) -> &'static str {
+    match f {
+        KeyField::IifName => "iifname",
+        KeyField::OifName => "oifname",
+        KeyField::Daddr(Family::Ipv4) => "ip daddr",
+        KeyField::Daddr(Family::Ipv6) => "ip6 daddr",
+        KeyField::Saddr(Family::Ipv4) => "ip saddr",
+        KeyField::Saddr(Family::Ipv6) => "ip6 saddr",
+        KeyField::L4Proto => "meta l4proto",
+        KeyField::Dport => "th dport",
+        KeyField::Sport => "th sport",
+    }
 }
 
 fn family_name(f: Family) -> &'static str {
