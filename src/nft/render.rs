@@ -284,6 +284,14 @@ mod tests {
                 8080,
             ),
             svc(
+                "pub0",
+                AppAddr::Fixed("10.99.1.1".parse().unwrap()),
+                53,
+                Protocol::Udp,
+                "192.168.77.10",
+                53,
+            ),
+            svc(
                 "ppp0",
                 AppAddr::Interface,
                 53,
@@ -297,10 +305,32 @@ mod tests {
 table inet netnat {
 \tflags owner
 
+\tset in4 {
+\t\ttype ifname . ipv4_addr . inet_proto . inet_service
+\t\telements = { \"pub0\" . 10.99.1.1 . tcp . 80,
+\t\t\t     \"pub0\" . 10.99.1.1 . udp . 53 }
+\t}
+
+\tset in6_local {
+\t\ttype ifname . inet_proto . inet_service
+\t\telements = { \"ppp0\" . udp . 53 }
+\t}
+
+\tset out4 {
+\t\ttype ifname . ipv4_addr . inet_proto . inet_service
+\t\telements = { \"pub0\" . 192.168.77.10 . tcp . 8080,
+\t\t\t     \"pub0\" . 192.168.77.10 . udp . 53 }
+\t}
+
+\tset out6 {
+\t\ttype ifname . ipv6_addr . inet_proto . inet_service
+\t\telements = { \"ppp0\" . fd00::53 . udp . 53 }
+\t}
+
 \tchain prerouting {
 \t\ttype filter hook prerouting priority raw; policy accept;
-\t\tiifname \"pub0\" ip daddr 10.99.1.1 tcp dport 80 queue num 4747
-\t\tiifname \"ppp0\" meta nfproto ipv6 fib daddr . iif type local udp dport 53 queue num 4747
+\t\tiifname . ip daddr . meta l4proto . th dport @in4 queue num 4747
+\t\tmeta nfproto ipv6 iifname . meta l4proto . th dport @in6_local fib daddr . iif type local queue num 4747
 \t\tiifname \"pub0\" ip daddr 10.99.1.1 icmp type destination-unreachable queue num 4747
 \t\tiifname \"pub0\" ip daddr 10.99.1.1 icmp type time-exceeded queue num 4747
 \t\tiifname \"pub0\" ip daddr 10.99.1.1 icmp type parameter-problem queue num 4747
@@ -312,8 +342,8 @@ table inet netnat {
 
 \tchain postrouting {
 \t\ttype filter hook postrouting priority 300; policy accept;
-\t\toifname \"pub0\" ip saddr 192.168.77.10 tcp sport 8080 queue num 4747
-\t\toifname \"ppp0\" ip6 saddr fd00::53 udp sport 53 queue num 4747
+\t\toifname . ip saddr . meta l4proto . th sport @out4 queue num 4747
+\t\toifname . ip6 saddr . meta l4proto . th sport @out6 queue num 4747
 \t\toifname \"pub0\" icmp type destination-unreachable queue num 4747
 \t\toifname \"pub0\" icmp type time-exceeded queue num 4747
 \t\toifname \"pub0\" icmp type parameter-problem queue num 4747
@@ -322,19 +352,25 @@ table inet netnat {
 \t\toifname \"ppp0\" icmpv6 type time-exceeded queue num 4747
 \t\toifname \"ppp0\" icmpv6 type parameter-problem queue num 4747
 \t}
+
+\tchain conntrack {
+\t\tct state new comment \"never jumped to: its ct expression keeps conntrack, and with it reassembly, active\"
+\t}
 }
 ";
         assert_eq!(text, expected);
     }
 
     #[test]
-    fn empty_policy_has_both_chains() {
+    fn empty_policy_has_the_chains_and_no_set() {
         let text = render(&Policy::new(&[], 1));
         assert!(text.contains("chain prerouting {\n\t\ttype filter hook prerouting priority raw;"));
         assert!(
             text.contains("chain postrouting {\n\t\ttype filter hook postrouting priority 300;")
         );
+        assert!(text.contains("\tchain conntrack {\n\t\tct state new comment "));
         assert!(!text.contains("queue"));
+        assert!(!text.contains("set "));
     }
 
     #[test]
@@ -365,9 +401,15 @@ table inet netnat {
         );
         let p = Policy::new(&[s], 5);
         let line = render_rule(&p.prerouting.rules[0], &p.queue_spec());
+        // No address in the key, so nft shows the family guard.
         assert_eq!(
             line,
-            "iifname \"ppp0\" meta nfproto ipv4 fib daddr . iif type local tcp dport 25 queue num 5"
+            "meta nfproto ipv4 iifname . meta l4proto . th dport @in4_local fib daddr . iif type local queue num 5"
+        );
+        let line = render_rule(&p.postrouting.rules[0], &p.queue_spec());
+        assert_eq!(
+            line,
+            "oifname . ip saddr . meta l4proto . th sport @out4 queue num 5"
         );
     }
 }
