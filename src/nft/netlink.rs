@@ -391,7 +391,6 @@ enum Label {
     Chain(&'static str),
     FlushRules,
     Set(&'static str),
-    FlushSet(&'static str),
     Elements(&'static str),
     DelSet(&'static str),
     Rule {
@@ -413,9 +412,8 @@ impl fmt::Display for Label {
             Label::Chain(c) => write!(f, "adding chain {c}"),
             Label::FlushRules => f.write_str("flushing the rules of table inet netnat"),
             Label::Set(s) => write!(f, "adding set {s}"),
-            Label::FlushSet(s) => write!(f, "flushing set {s}"),
             Label::Elements(s) => write!(f, "adding elements to set {s}"),
-            Label::DelSet(s) => write!(f, "deleting unused set {s}"),
+            Label::DelSet(s) => write!(f, "deleting set {s} (to re-create it)"),
             Label::Rule { chain, text, .. } => write!(f, "rule `{text}` in chain {chain}"),
             Label::DelTable => f.write_str("deleting table inet netnat"),
             Label::Io => f.write_str("the netlink exchange"),
@@ -830,11 +828,11 @@ impl SetKey for ElementKey {
 }
 
 /// A named set of netnat's table, with the concatenated key type of `kind` and no elements yet.
-fn new_set<'a>(kind: SetKind, table: &'a Table) -> Set<'a, ElementKey> {
+/// `id` must be unique within the batch (the kernel uses it to find a set created in the same
+/// batch when the name does not).
+fn new_set<'a>(kind: SetKind, id: u32, table: &'a Table) -> Set<'a, ElementKey> {
     let name = CString::new(kind.name()).expect("set name without NUL");
-    // Set ids only need to be unique within one batch; they let rules find a set created in
-    // the same batch.
-    let set = Set::<ElementKey>::new_named(&name, kind as u32 + 1, table, ProtoFamily::Inet);
+    let set = Set::<ElementKey>::new_named(&name, id, table, ProtoFamily::Inet);
     let key = kind.key();
     // SAFETY: `set` owns a live libnftnl set object; both attributes are u32 and copied.
     unsafe {
@@ -865,62 +863,16 @@ fn element_key(kind: SetKind, values: &[KeyValue]) -> Vec<u8> {
     out
 }
 
-/// DELSETELEM naming a set and no element: the kernel then removes every element of the set.
-struct FlushSet {
-    set: NonNull<sys::nftnl_set>,
-}
-
-impl FlushSet {
-    fn new(table: &CStr, set: &str) -> FlushSet {
-        let name = CString::new(set).expect("set name without NUL");
-        // SAFETY: the allocation is checked; the setters copy the family and both names.
-        unsafe {
-            let s = NonNull::new(sys::nftnl_set_alloc()).unwrap_or_else(|| std::process::abort());
-            sys::nftnl_set_set_u32(
-                s.as_ptr(),
-                sys::NFTNL_SET_FAMILY as u16,
-                ProtoFamily::Inet as u32,
-            );
-            sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-            sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_NAME as u16, name.as_ptr());
-            FlushSet { set: s }
-        }
-    }
-}
-
-impl Drop for FlushSet {
-    fn drop(&mut self) {
-        // SAFETY: owned by this value, freed once.
-        unsafe { sys::nftnl_set_free(self.set.as_ptr()) };
-    }
-}
-
-// SAFETY: a header plus the table and set names: far below the per-message maximum.
-unsafe impl NlMsg for FlushSet {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, _msg_type: MsgType) {
-        // SAFETY: room for a maximal message, live set object without elements (libnftnl then
-        // writes no element list, which is what makes this a flush).
-        unsafe {
-            let hdr = sys::nftnl_nlmsg_build_hdr(
-                buf.cast::<c_char>(),
-                libc::NFT_MSG_DELSETELEM as u16,
-                ProtoFamily::Inet as u16,
-                libc::NLM_F_ACK as u16,
-                seq,
-            );
-            sys::nftnl_set_elems_nlmsg_build_payload(hdr, self.set.as_ptr());
-        }
-    }
-}
-
 /// The install batch and what each of its messages is.
 ///
 /// Order: the table (owned by this socket), its chains, a flush of all its rules, then each set
-/// netnat knows of: created if missing, emptied and refilled when the policy has it, deleted
-/// otherwise; then the rules. Flushing the rules first releases every rule's reference to a
-/// set, so deleting a set in the same batch is allowed. Chains and sets are kept rather than
-/// deleted and re-created, so the hooks stay registered across a replacement; all of it takes
-/// effect in one commit.
+/// netnat knows of is deleted (created first if missing: add-then-delete is how an object that
+/// may or may not exist is removed within one batch); then the policy's sets are created anew
+/// with their elements, then the rules. Flushing the rules first releases every rule's
+/// reference to a set, which is what allows deleting the sets in the same batch. Re-creating
+/// the sets (rather than flushing and refilling them) keeps their order in the table the
+/// policy's order, so `nft list` shows them as `render` does. The chains are kept, so the
+/// hooks stay registered across a replacement; everything takes effect in one commit.
 fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch, Vec<Label>) {
     let mut batch = Batch::new();
     let mut labels = Vec::new();
@@ -944,33 +896,29 @@ fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch,
     batch.add(&FlushRules::new(&name), MsgType::Del);
     labels.push(Label::FlushRules);
 
-    let mut sets = Vec::new();
     for set_kind in SetKind::ALL {
-        let set_name = set_kind.name();
-        let mut set = new_set(set_kind, &table);
-        // Creating an existing set with the same key is accepted and changes nothing.
+        let set = new_set(set_kind, set_id(set_kind, false), &table);
+        batch.add(&set, MsgType::Add);
+        labels.push(Label::Set(set_kind.name()));
+        batch.add(&set, MsgType::Del);
+        labels.push(Label::DelSet(set_kind.name()));
+    }
+    let mut sets = Vec::new();
+    for spec in &policy.sets {
+        let set_name = spec.kind.name();
+        let mut set = new_set(spec.kind, set_id(spec.kind, true), &table);
         batch.add(&set, MsgType::Add);
         labels.push(Label::Set(set_name));
-        match policy.set(set_kind) {
-            Some(spec) => {
-                batch.add(&FlushSet::new(&name, set_name), MsgType::Del);
-                labels.push(Label::FlushSet(set_name));
-                for e in &spec.elements {
-                    set.add(&ElementKey(element_key(set_kind, e).into_boxed_slice()));
-                }
-                // libnftnl packs as many elements into one message as its attribute nest can
-                // hold (64 KiB), so thousands of elements take a handful of messages.
-                for msg in set.elems_iter() {
-                    batch.add(&msg, MsgType::Add);
-                    labels.push(Label::Elements(set_name));
-                }
-                sets.push(set);
-            }
-            None => {
-                batch.add(&set, MsgType::Del);
-                labels.push(Label::DelSet(set_name));
-            }
+        for e in &spec.elements {
+            set.add(&ElementKey(element_key(spec.kind, e).into_boxed_slice()));
         }
+        // libnftnl packs as many elements into one message as its attribute nest can hold
+        // (64 KiB), so thousands of elements take a handful of messages.
+        for msg in set.elems_iter() {
+            batch.add(&msg, MsgType::Add);
+            labels.push(Label::Elements(set_name));
+        }
+        sets.push(set);
     }
 
     let queue = policy.queue_spec();
@@ -986,6 +934,16 @@ fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch,
         }
     }
     (batch.finalize(), labels)
+}
+
+/// Batch-unique set ids: the placeholder that is deleted, and the set that replaces it.
+fn set_id(kind: SetKind, live: bool) -> u32 {
+    let n = kind as u32 + 1;
+    if live {
+        n + SetKind::ALL.len() as u32
+    } else {
+        n
+    }
 }
 
 /// A base chain (filter, policy accept) or, without a hook, a regular chain.
@@ -1304,7 +1262,9 @@ mod tests {
         let names: Vec<&str> = inbound.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["meta", "cmp", "meta", "meta", "payload", "lookup", "fib", "cmp", "queue"]
+            [
+                "meta", "cmp", "meta", "meta", "payload", "lookup", "fib", "cmp", "queue"
+            ]
         );
         assert_eq!(cmp_value(&inbound[1]), [libc::NFPROTO_IPV4 as u8]);
         // NFTA_META_DREG 1, NFTA_META_KEY 2.
@@ -1312,18 +1272,25 @@ mod tests {
             let a = attrs(&inbound[i].1);
             (u32_attr(&a, 2).unwrap(), u32_attr(&a, 1).unwrap())
         };
-        assert_eq!(meta(2), (libc::NFT_META_IIFNAME as u32, 8), "16 bytes: 8..=11");
+        assert_eq!(
+            meta(2),
+            (libc::NFT_META_IIFNAME as u32, 8),
+            "16 bytes: 8..=11"
+        );
         assert_eq!(meta(3), (libc::NFT_META_L4PROTO as u32, 12));
         // NFTA_PAYLOAD_DREG 1, BASE 2, OFFSET 3, LEN 4.
         let p = attrs(&inbound[4].1);
         assert_eq!(u32_attr(&p, 1), Some(13));
-        assert_eq!(u32_attr(&p, 2), Some(libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32));
+        assert_eq!(
+            u32_attr(&p, 2),
+            Some(libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32)
+        );
         assert_eq!((u32_attr(&p, 3), u32_attr(&p, 4)), (Some(2), Some(2)));
         // NFTA_LOOKUP_SET 1, SREG 2, SET_ID 4.
         let l = attrs(&inbound[5].1);
         assert_eq!(cstr(attr(&l, 1).unwrap()), "in4_local");
         assert_eq!(u32_attr(&l, 2), Some(libc::NFT_REG_1 as u32));
-        assert_eq!(u32_attr(&l, 4), Some(SetKind::In4Local as u32 + 1));
+        assert_eq!(u32_attr(&l, 4), Some(set_id(SetKind::In4Local, true)));
         let fib = attrs(&inbound[6].1);
         // NFTA_FIB_DREG, NFTA_FIB_RESULT (addrtype), NFTA_FIB_FLAGS (daddr | iif).
         assert_eq!(attr(&fib, 1), Some(&1u32.to_be_bytes()[..]));
@@ -1449,12 +1416,6 @@ mod tests {
                     );
                     seen.push(format!("new {n}"));
                 }
-                Label::FlushSet(n) => {
-                    assert_eq!(*ty, libc::NFT_MSG_DELSETELEM as u16);
-                    assert_eq!(cstr(attr(&a, NFTA_SET_ELEM_LIST_SET).unwrap()), *n);
-                    assert_eq!(attr(&a, NFTA_SET_ELEM_LIST_ELEMENTS), None, "a flush");
-                    seen.push(format!("flush {n}"));
-                }
                 Label::Elements(n) => {
                     assert_eq!(*ty, libc::NFT_MSG_NEWSETELEM as u16);
                     assert_eq!(cstr(attr(&a, NFTA_SET_ELEM_LIST_SET).unwrap()), *n);
@@ -1474,17 +1435,23 @@ mod tests {
                 "new in4",
                 "del in4",
                 "new in4_local",
-                "flush in4_local",
-                "1 in in4_local",
+                "del in4_local",
                 "new in6",
                 "del in6",
                 "new in6_local",
                 "del in6_local",
                 "new out4",
-                "flush out4",
-                "1 in out4",
+                "del out4",
                 "new out6",
                 "del out6",
+                "new icmp_in4",
+                "del icmp_in4",
+                "new icmp_in6",
+                "del icmp_in6",
+                "new in4_local",
+                "1 in in4_local",
+                "new out4",
+                "1 in out4",
             ]
         );
     }
@@ -1507,12 +1474,12 @@ mod tests {
             .iter()
             .filter(|l| matches!(l, Label::Elements(_)))
             .count();
-        // 28-byte keys, 10,000 in each of 2 sets: about 1,400 elements per 64 KiB message.
+        // 28-byte keys, 10,000 in each of 2 sets: well over 500 elements per 64 KiB message.
         assert!(
-            (2..=20).contains(&element_msgs),
+            (3..=40).contains(&element_msgs),
             "{element_msgs} element messages"
         );
-        assert!(labels.len() < 60, "{} messages", labels.len());
+        assert!(labels.len() < 100, "{} messages", labels.len());
     }
 
     #[test]
@@ -1540,10 +1507,7 @@ mod tests {
             .position(|l| matches!(l, Label::Rule { .. }))
             .unwrap();
         for (i, l) in labels.iter().enumerate() {
-            if matches!(
-                l,
-                Label::Set(_) | Label::FlushSet(_) | Label::Elements(_) | Label::DelSet(_)
-            ) {
+            if matches!(l, Label::Set(_) | Label::Elements(_) | Label::DelSet(_)) {
                 assert!(i > 4 && i < first_rule, "{l:?} at {i}");
             }
         }

@@ -9,8 +9,10 @@
 //! Scale: the services themselves are not rules but elements of a few sets with concatenated
 //! keys (see [`SetKind`]), one lookup rule per set. A packet therefore costs the same handful of
 //! rules whether there are 3 services or 10,000: the kernel looks its key up in a hash table
-//! instead of walking one rule per service. Only the ICMP error rules remain per interface and
-//! apparent address; there are few of them.
+//! instead of walking one rule per service. The ICMP error rules for fixed apparent addresses
+//! look the (interface, address) pair up in a set as well, so they do not grow with the number
+//! of addresses either; only the ICMP rules of `*` services and of replies are per interface,
+//! and interfaces are few.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -187,16 +189,22 @@ pub enum SetKind {
     Out4,
     /// Replies from IPv6 actual servers.
     Out6,
+    /// ICMP errors addressed to a fixed IPv4 apparent address: `iifname . ip daddr`.
+    IcmpIn4,
+    /// ICMPv6 errors addressed to a fixed IPv6 apparent address.
+    IcmpIn6,
 }
 
 impl SetKind {
-    pub const ALL: [SetKind; 6] = [
+    pub const ALL: [SetKind; 8] = [
         SetKind::In4,
         SetKind::In4Local,
         SetKind::In6,
         SetKind::In6Local,
         SetKind::Out4,
         SetKind::Out6,
+        SetKind::IcmpIn4,
+        SetKind::IcmpIn6,
     ];
 
     pub fn name(self) -> &'static str {
@@ -207,13 +215,15 @@ impl SetKind {
             SetKind::In6Local => "in6_local",
             SetKind::Out4 => "out4",
             SetKind::Out6 => "out6",
+            SetKind::IcmpIn4 => "icmp_in4",
+            SetKind::IcmpIn6 => "icmp_in6",
         }
     }
 
     pub fn family(self) -> Family {
         match self {
-            SetKind::In4 | SetKind::In4Local | SetKind::Out4 => Family::Ipv4,
-            SetKind::In6 | SetKind::In6Local | SetKind::Out6 => Family::Ipv6,
+            SetKind::In4 | SetKind::In4Local | SetKind::Out4 | SetKind::IcmpIn4 => Family::Ipv4,
+            SetKind::In6 | SetKind::In6Local | SetKind::Out6 | SetKind::IcmpIn6 => Family::Ipv6,
         }
     }
 
@@ -227,6 +237,8 @@ impl SetKind {
             SetKind::In4Local | SetKind::In6Local => &[IifName, L4Proto, Dport],
             SetKind::Out4 => &[OifName, Saddr(Ipv4), L4Proto, Sport],
             SetKind::Out6 => &[OifName, Saddr(Ipv6), L4Proto, Sport],
+            SetKind::IcmpIn4 => &[IifName, Daddr(Ipv4)],
+            SetKind::IcmpIn6 => &[IifName, Daddr(Ipv6)],
         }
     }
 }
@@ -393,8 +405,16 @@ impl Policy {
             sets[kind as usize].push(element);
             let (kind, element) = reply_element(s);
             sets[kind as usize].push(element);
+            if let AppAddr::Fixed(a) = s.app_addr {
+                let kind = match Family::of(&a) {
+                    Family::Ipv4 => SetKind::IcmpIn4,
+                    Family::Ipv6 => SetKind::IcmpIn6,
+                };
+                sets[kind as usize]
+                    .push(vec![KeyValue::IfName(s.iface.clone()), KeyValue::Addr(a)]);
+            }
         }
-        // One lookup rule per set that has elements, inbound and replies apart.
+        // One lookup rule per service set that has elements, inbound and replies apart.
         for set in &sets {
             if set.elements.is_empty() {
                 continue;
@@ -411,6 +431,7 @@ impl Policy {
                     Match::Lookup(set.kind),
                     Match::FibDaddrIifLocal,
                 ]),
+                SetKind::IcmpIn4 | SetKind::IcmpIn6 => continue,
             };
             match set.kind {
                 SetKind::Out4 | SetKind::Out6 => post.push(rule),
@@ -418,7 +439,27 @@ impl Policy {
             }
         }
         // ICMP errors after the service rules: they are rare, the service rules are hot.
+        // Addressed to fixed apparent addresses: one rule per error type and family.
+        for kind in [SetKind::IcmpIn4, SetKind::IcmpIn6] {
+            if sets[kind as usize].elements.is_empty() {
+                continue;
+            }
+            let f = kind.family();
+            let (proto, types) = f.icmp();
+            for &t in types {
+                pre.push(queue_rule(vec![
+                    Match::NfProto(f),
+                    Match::Lookup(kind),
+                    Match::L4Proto(proto),
+                    Match::IcmpType(t),
+                ]));
+            }
+        }
+        // Addressed to `*` services' interfaces: per interface and family.
         for s in services {
+            if let AppAddr::Fixed(_) = s.app_addr {
+                continue;
+            }
             let (family, dst) = inbound_destination(s);
             let (proto, types) = family.icmp();
             for &t in types {
@@ -763,22 +804,28 @@ mod tests {
                         KeyValue::Port(8080),
                     ]],
                 },
+                SetSpec {
+                    kind: SetKind::IcmpIn4,
+                    elements: vec![vec![name("pub0"), KeyValue::Addr(ip("10.99.1.1"))]],
+                },
             ]
         );
         assert_eq!(
             p.prerouting.rules[0],
-            q(vec![Match::NfProto(Family::Ipv4), Match::Lookup(SetKind::In4)])
+            q(vec![
+                Match::NfProto(Family::Ipv4),
+                Match::Lookup(SetKind::In4)
+            ])
         );
-        // Then the three ICMPv4 error types addressed to the apparent address.
+        // Then the three ICMPv4 error types addressed to an apparent address.
         let icmp: Vec<_> = p.prerouting.rules[1..].to_vec();
         assert_eq!(icmp.len(), 3);
         for (r, t) in icmp.iter().zip([3, 11, 12]) {
             assert_eq!(
                 r,
                 &q(vec![
-                    Match::IifName("pub0".into()),
                     Match::NfProto(Family::Ipv4),
-                    Match::Daddr(ip("10.99.1.1")),
+                    Match::Lookup(SetKind::IcmpIn4),
                     Match::L4Proto(1),
                     Match::IcmpType(t),
                 ])
@@ -872,17 +919,18 @@ mod tests {
             })
             .collect();
         let p = Policy::new(&services, 1);
-        assert_eq!(p.sets.len(), 6);
-        assert_eq!(p.element_count(), 2 * 10_000);
+        assert_eq!(p.sets.len(), 8);
+        // Plus one ICMP element per fixed apparent address.
+        assert_eq!(p.element_count(), 2 * 10_000 + 2);
         let lookups = |c: &ChainSpec| {
             c.rules
                 .iter()
                 .filter(|r| r.matches.iter().any(|m| matches!(m, Match::Lookup(_))))
                 .count()
         };
-        assert_eq!(lookups(&p.prerouting), 4);
+        assert_eq!(lookups(&p.prerouting), 4 + 3 + 4);
         assert_eq!(lookups(&p.postrouting), 2);
-        // ICMP: 10.99.1.1 (3), fib v4 (3), 2001:db8::1 (4), fib v6 (4); replies v4 3 + v6 4.
+        // ICMP: fixed v4 (3), fib v4 (3), fixed v6 (4), fib v6 (4); replies v4 3 + v6 4.
         assert_eq!(p.prerouting.rules.len(), 4 + 3 + 3 + 4 + 4);
         assert_eq!(p.postrouting.rules.len(), 2 + 3 + 4);
     }
@@ -946,8 +994,15 @@ mod tests {
         let p = Policy::new(&services, 1);
         let is_icmp = |r: &&Rule| matches!(r.matches.last(), Some(Match::IcmpType(_)));
         let pre_icmp = p.prerouting.rules.iter().filter(is_icmp).count();
-        // pub0/10.99.1.1: 3, pub0/10.99.1.2: 3, pub0/fib v6: 4, pub1/fib v4: 3.
-        assert_eq!(pre_icmp, 3 + 3 + 4 + 3);
+        // Fixed IPv4 addresses, through the set: 3; pub0/fib v6: 4, pub1/fib v4: 3.
+        assert_eq!(pre_icmp, 3 + 4 + 3);
+        assert_eq!(
+            p.set(SetKind::IcmpIn4).unwrap().elements,
+            vec![
+                vec![name("pub0"), KeyValue::Addr(ip("10.99.1.1"))],
+                vec![name("pub0"), KeyValue::Addr(ip("10.99.1.2"))],
+            ]
+        );
         let post_icmp = p.postrouting.rules.iter().filter(is_icmp).count();
         // pub0 v4: 3, pub0 v6: 4, pub1 v4: 3.
         assert_eq!(post_icmp, 3 + 4 + 3);
@@ -970,13 +1025,20 @@ mod tests {
             .collect();
         assert_eq!(
             lookups,
-            [SetKind::In4, SetKind::In4Local, SetKind::In6Local]
+            [
+                SetKind::In4,
+                SetKind::In4Local,
+                SetKind::In6Local,
+                SetKind::IcmpIn4,
+                SetKind::IcmpIn4,
+                SetKind::IcmpIn4
+            ]
         );
         assert!(matches!(
             p.prerouting.rules[0].matches[1],
             Match::Lookup(SetKind::In4)
         ));
-        assert_eq!(p.prerouting.rules.len(), 3 + 13);
+        assert_eq!(p.prerouting.rules.len(), 3 + 10);
         assert_eq!(p.postrouting.rules.len(), 2 + 10);
         assert_eq!(p.set(SetKind::In4).unwrap().elements.len(), 3);
         assert_eq!(p.set(SetKind::In6Local).unwrap().elements.len(), 2);
@@ -997,7 +1059,7 @@ mod tests {
         let p = Policy::new(&[s.clone(), s], 1);
         assert_eq!(p.prerouting.rules.len(), 1 + 3);
         assert_eq!(p.postrouting.rules.len(), 1 + 3);
-        assert_eq!(p.element_count(), 2);
+        assert_eq!(p.element_count(), 3);
     }
 
     #[test]
@@ -1012,7 +1074,9 @@ mod tests {
         );
         let p = Policy::new(&[s], 1);
         for set in &p.sets {
-            assert!(set.elements[0].contains(&KeyValue::Proto(17)));
+            if set.kind != SetKind::IcmpIn4 {
+                assert!(set.elements[0].contains(&KeyValue::Proto(17)));
+            }
         }
     }
 }

@@ -327,13 +327,18 @@ table inet netnat {
 \t\telements = { \"ppp0\" . fd00::53 . udp . 53 }
 \t}
 
+\tset icmp_in4 {
+\t\ttype ifname . ipv4_addr
+\t\telements = { \"pub0\" . 10.99.1.1 }
+\t}
+
 \tchain prerouting {
 \t\ttype filter hook prerouting priority raw; policy accept;
 \t\tiifname . ip daddr . meta l4proto . th dport @in4 queue num 4747
 \t\tmeta nfproto ipv6 iifname . meta l4proto . th dport @in6_local fib daddr . iif type local queue num 4747
-\t\tiifname \"pub0\" ip daddr 10.99.1.1 icmp type destination-unreachable queue num 4747
-\t\tiifname \"pub0\" ip daddr 10.99.1.1 icmp type time-exceeded queue num 4747
-\t\tiifname \"pub0\" ip daddr 10.99.1.1 icmp type parameter-problem queue num 4747
+\t\tiifname . ip daddr @icmp_in4 icmp type destination-unreachable queue num 4747
+\t\tiifname . ip daddr @icmp_in4 icmp type time-exceeded queue num 4747
+\t\tiifname . ip daddr @icmp_in4 icmp type parameter-problem queue num 4747
 \t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type destination-unreachable queue num 4747
 \t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type packet-too-big queue num 4747
 \t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type time-exceeded queue num 4747
