@@ -395,7 +395,8 @@ enum Label {
     DelSet(&'static str),
     Rule {
         chain: &'static str,
-        text: String,
+        /// Boxed, not a String: keeps `Failure` (returned by value on every path) small.
+        text: Box<str>,
         /// Whether the rule holds the queue verdict (only those may fall back to compat).
         queues: bool,
     },
@@ -455,9 +456,9 @@ impl Failure {
             (libc::EPERM, Label::BatchBegin) => NftError::NotPermitted,
             (libc::EPERM, _) => NftError::OwnedByOther,
             (libc::EOPNOTSUPP, Label::Table) => NftError::UnownedTableExists,
-            (libc::ENOENT, Label::Rule { text, .. }) => {
-                NftError::MissingExpression { rule: text.clone() }
-            }
+            (libc::ENOENT, Label::Rule { text, .. }) => NftError::MissingExpression {
+                rule: text.to_string(),
+            },
             (errno, label) => NftError::Kernel {
                 what: label.to_string(),
                 errno,
@@ -857,7 +858,7 @@ fn element_key(kind: SetKind, values: &[KeyValue]) -> Vec<u8> {
             KeyValue::Proto(p) => out.push(*p),
             KeyValue::Port(p) => out.extend_from_slice(&p.to_be_bytes()),
         }
-        debug_assert_eq!(out.len() - start, field.len(), "{field:?} {value:?}");
+        debug_assert_eq!(out.len() - start, field.loaded_len(), "{field:?} {value:?}");
         out.resize(start + field.padded_len(), 0);
     }
     out
@@ -928,7 +929,7 @@ fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch,
             batch.add(&rule, MsgType::Add);
             labels.push(Label::Rule {
                 chain: spec.name,
-                text: render_rule(r, &queue),
+                text: render_rule(r, &queue).into(),
                 queues: r.verdict == Verdict::Queue,
             });
         }

@@ -122,7 +122,7 @@ const TYPE_BITS: u32 = 6;
 
 impl KeyField {
     /// Bytes the load puts into the registers (before padding).
-    pub fn len(self) -> usize {
+    pub fn loaded_len(self) -> usize {
         match self {
             KeyField::IifName | KeyField::OifName => super::expr::IFNAMSIZ,
             KeyField::Daddr(f) | KeyField::Saddr(f) => f.addr_len(),
@@ -134,7 +134,7 @@ impl KeyField {
     /// Bytes the component occupies in the key: registers are 32 bits wide and each component
     /// starts in a register of its own, so every field is padded to a multiple of 4.
     pub fn padded_len(self) -> usize {
-        self.len().next_multiple_of(4)
+        self.loaded_len().next_multiple_of(4)
     }
 
     /// nft's datatype number of the component.
