@@ -1,5 +1,7 @@
 //! nftables expressions that `nftnl` 0.9.4 does not ship: the native `queue`, the xtables
-//! NFQUEUE target through nft_compat, and `fib`. Each builds a libnftnl expression object with
+//! NFQUEUE target through nft_compat, `fib`, and meta/payload loads into a chosen register (the
+//! components of a concatenated set key go into consecutive registers; nftnl's own loads always
+//! target register 1). Each builds a libnftnl expression object with
 //! raw `nftnl_sys` calls; libnftnl turns it into netlink attributes (in network byte order where
 //! the kernel expects it).
 
@@ -157,6 +159,70 @@ impl Expression for FibDaddrIifType {
     }
 }
 
+/// Where a [`Load`] reads from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A meta key (`NFT_META_*`), e.g. iifname or l4proto.
+    Meta(u32),
+    /// Bytes of the network header.
+    Network { offset: u32, len: u32 },
+    /// Bytes of the transport header.
+    Transport { offset: u32, len: u32 },
+}
+
+/// A meta or payload load into the 32-bit register `dreg` (an `NFT_REG32_*` number). The kernel
+/// zeroes the unused bytes of the last register a short load touches, which is what lets a set
+/// element's padding bytes be plain zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Load {
+    pub source: Source,
+    pub dreg: u32,
+}
+
+/// The 32-bit register holding byte `offset` of a key loaded from register `NFT_REG32_00` on
+/// (`offset` is a multiple of 4: every key component starts a register).
+pub fn reg32_at(offset: usize) -> u32 {
+    debug_assert_eq!(offset % 4, 0);
+    libc::NFT_REG32_00 as u32 + (offset / 4) as u32
+}
+
+impl Expression for Load {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        match self.source {
+            Source::Meta(key) => {
+                let expr = alloc(c"meta");
+                // SAFETY: `expr` is a live meta expression; its key and dreg attributes are u32.
+                unsafe {
+                    sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_META_KEY as u16, key);
+                    sys::nftnl_expr_set_u32(
+                        expr.as_ptr(),
+                        sys::NFTNL_EXPR_META_DREG as u16,
+                        self.dreg,
+                    );
+                }
+                expr
+            }
+            Source::Network { offset, len } | Source::Transport { offset, len } => {
+                let base = match self.source {
+                    Source::Network { .. } => libc::NFT_PAYLOAD_NETWORK_HEADER,
+                    _ => libc::NFT_PAYLOAD_TRANSPORT_HEADER,
+                } as u32;
+                let expr = alloc(c"payload");
+                // SAFETY: `expr` is a live payload expression; base, offset, length and dreg
+                // are u32 attributes (offset and length in bytes).
+                unsafe {
+                    let e = expr.as_ptr();
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_BASE as u16, base);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, offset);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, len);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, self.dreg);
+                }
+                expr
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +236,14 @@ mod tests {
         let b = ifname_bytes("abcdefghijklmnopq");
         assert_eq!(&b[..15], b"abcdefghijklmno");
         assert_eq!(b[15], 0);
+    }
+
+    #[test]
+    fn key_registers_are_consecutive_32_bit_registers() {
+        // NFT_REG32_00 is the first 32-bit view of the 128-bit register NFT_REG_1.
+        assert_eq!(reg32_at(0), 8);
+        assert_eq!(reg32_at(16), 12);
+        assert_eq!(reg32_at(36), 17);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! netnat's own nftables table, built from the services and installed through netlink
 //! (`nftnl` + `mnl`), never by running `nft`.
 //!
-//! - [`policy`]: pure; which packets are steered to the queue ([`Policy::new`]), as plain data.
+//! - [`policy`]: pure; which packets are steered to the queue ([`Policy::new`]), as plain data:
+//!   the services as elements of sets with concatenated keys, a constant handful of lookup
+//!   rules, and an unhooked rule whose `ct` expression keeps conntrack (and so reassembly) on.
 //! - [`render`]: the same table in nft syntax (`netnat rules`), as `nft list` prints it.
 //! - [`NftSession`]: one netlink socket for the session's life; [`NftSession::install`] sends
 //!   one atomic batch that replaces the table's content, [`NftSession::remove`] deletes it. The
@@ -16,5 +18,8 @@ pub mod policy;
 mod render;
 
 pub use netlink::{NFT_TABLE_F_OWNER, NftError, NftSession, QueueExprKind, flush_leftover};
-pub use policy::{ChainSpec, Family, Hook, Match, Policy, QueueSpec, Rule, TABLE_NAME, Verdict};
+pub use policy::{
+    ChainSpec, Family, Hook, KeyField, KeyValue, Match, Policy, QueueSpec, Rule, SetKind, SetSpec,
+    TABLE_NAME, Verdict,
+};
 pub use render::{render, render_rule};

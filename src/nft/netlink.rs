@@ -13,15 +13,23 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::raw::c_char;
 use std::ptr::NonNull;
 
+use std::net::IpAddr;
+
 use nftnl::expr::{
-    Cmp, CmpOp, Expression, Ipv4HeaderField, Ipv6HeaderField, Meta, NetworkHeaderField, Payload,
-    TransportHeaderField,
+    Bitwise, Cmp, CmpOp, Conntrack, Expression, Ipv4HeaderField, Ipv6HeaderField, Lookup, Meta,
+    NetworkHeaderField, Payload, States, TransportHeaderField,
 };
 use nftnl::nftnl_sys as sys;
+use nftnl::set::{Set, SetKey};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, MsgType, NlMsg, ProtoFamily, Rule, Table};
 
-use super::expr::{CompatNfqueue, FibDaddrIifType, NativeQueue, RTN_LOCAL, ifname_bytes};
-use super::policy::{ChainSpec, Hook, Match, Policy, QueueSpec, Rule as PolicyRule, Verdict};
+use super::expr::{
+    CompatNfqueue, FibDaddrIifType, Load, NativeQueue, RTN_LOCAL, Source, ifname_bytes, reg32_at,
+};
+use super::policy::{
+    ChainSpec, Family, Hook, KeyField, KeyValue, Match, Policy, QueueSpec, Rule as PolicyRule,
+    SetKind, Verdict, concat_type, key_len,
+};
 use super::render::render_rule;
 
 /// `NFT_TABLE_F_OWNER` from linux/netfilter/nf_tables.h (kernel ≥ 5.12).
@@ -75,7 +83,7 @@ pub enum NftError {
     /// kernel refuses to add the flag to it. `flush_leftover` removes it.
     UnownedTableExists,
     /// The kernel lacks an expression a rule uses (ENOENT even after the compat fallback):
-    /// nft_queue and nft_compat/xt_NFQUEUE, or nft_fib_inet.
+    /// nft_queue and nft_compat/xt_NFQUEUE, nft_fib_inet, or nft_ct.
     MissingExpression { rule: String },
     /// Any other refusal: which message, the errno and the kernel's extended-ACK text if any.
     Kernel {
@@ -123,7 +131,8 @@ impl fmt::Display for NftError {
                 f,
                 "the kernel lacks an nftables expression used by rule `{rule}` (neither the \
                  native queue (nft_queue) nor the xtables NFQUEUE target (nft_compat, \
-                 xt_NFQUEUE) was accepted, or fib (nft_fib_inet) is missing)"
+                 xt_NFQUEUE) was accepted, or fib (nft_fib_inet), lookup or ct (nft_ct) is \
+                 missing)"
             ),
             NftError::Kernel {
                 what,
@@ -255,7 +264,10 @@ impl NftSession {
     /// one decided earlier, or `Native` (undecided).
     pub fn install(&mut self, policy: &Policy) -> Result<QueueExprKind, NftError> {
         check_names(policy)?;
-        let has_rules = policy.chains().iter().any(|c| !c.rules.is_empty());
+        let has_rules = policy
+            .chains()
+            .iter()
+            .any(|c| c.rules.iter().any(|r| r.verdict == Verdict::Queue));
         let first = self.kind.unwrap_or(QueueExprKind::Native);
         match self.install_with(policy, first) {
             Ok(()) => {
@@ -266,7 +278,7 @@ impl NftSession {
             }
             Err(Failure {
                 errno: libc::ENOENT,
-                label: Label::Rule { .. },
+                label: Label::Rule { queues: true, .. },
                 ..
             }) if first == QueueExprKind::Native && self.kind.is_none() => {
                 match self.install_with(policy, QueueExprKind::Compat) {
@@ -322,16 +334,29 @@ impl NftSession {
 }
 
 fn check_names(policy: &Policy) -> Result<(), NftError> {
-    for r in policy.chains().iter().flat_map(|c| &c.rules) {
-        for m in &r.matches {
-            if let Match::IifName(n) | Match::OifName(n) = m
-                && (n.is_empty() || n.len() >= super::expr::IFNAMSIZ || n.contains('\0'))
-            {
-                return Err(NftError::BadInterfaceName(n.clone()));
-            }
-        }
+    let bad = |n: &str| n.is_empty() || n.len() >= super::expr::IFNAMSIZ || n.contains('\0');
+    let in_rules = policy
+        .chains()
+        .into_iter()
+        .flat_map(|c| &c.rules)
+        .flat_map(|r| &r.matches)
+        .filter_map(|m| match m {
+            Match::IifName(n) | Match::OifName(n) => Some(n),
+            _ => None,
+        });
+    let in_sets = policy
+        .sets
+        .iter()
+        .flat_map(|s| &s.elements)
+        .flatten()
+        .filter_map(|v| match v {
+            KeyValue::IfName(n) => Some(n),
+            _ => None,
+        });
+    match in_rules.chain(in_sets).find(|n| bad(n)) {
+        Some(n) => Err(NftError::BadInterfaceName(n.clone())),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Delete a table left by an earlier netnat (or loaded by hand), from a fresh socket. Returns
@@ -365,7 +390,16 @@ enum Label {
     Table,
     Chain(&'static str),
     FlushRules,
-    Rule { chain: &'static str, text: String },
+    Set(&'static str),
+    Elements(&'static str),
+    DelSet(&'static str),
+    Rule {
+        chain: &'static str,
+        /// Boxed, not a String: keeps `Failure` (returned by value on every path) small.
+        text: Box<str>,
+        /// Whether the rule holds the queue verdict (only those may fall back to compat).
+        queues: bool,
+    },
     DelTable,
     Io,
 }
@@ -378,7 +412,10 @@ impl fmt::Display for Label {
             Label::Table => f.write_str("adding table inet netnat"),
             Label::Chain(c) => write!(f, "adding chain {c}"),
             Label::FlushRules => f.write_str("flushing the rules of table inet netnat"),
-            Label::Rule { chain, text } => write!(f, "rule `{text}` in chain {chain}"),
+            Label::Set(s) => write!(f, "adding set {s}"),
+            Label::Elements(s) => write!(f, "adding elements to set {s}"),
+            Label::DelSet(s) => write!(f, "deleting set {s} (to re-create it)"),
+            Label::Rule { chain, text, .. } => write!(f, "rule `{text}` in chain {chain}"),
             Label::DelTable => f.write_str("deleting table inet netnat"),
             Label::Io => f.write_str("the netlink exchange"),
         }
@@ -419,9 +456,9 @@ impl Failure {
             (libc::EPERM, Label::BatchBegin) => NftError::NotPermitted,
             (libc::EPERM, _) => NftError::OwnedByOther,
             (libc::EOPNOTSUPP, Label::Table) => NftError::UnownedTableExists,
-            (libc::ENOENT, Label::Rule { text, .. }) => {
-                NftError::MissingExpression { rule: text.clone() }
-            }
+            (libc::ENOENT, Label::Rule { text, .. }) => NftError::MissingExpression {
+                rule: text.to_string(),
+            },
             (errno, label) => NftError::Kernel {
                 what: label.to_string(),
                 errno,
@@ -776,7 +813,67 @@ unsafe impl NlMsg for FlushRules {
     }
 }
 
+/// The key of one set element, already encoded: nftnl's `Set` is typed by a key type with a
+/// fixed datatype and length, which concatenations do not have; the set's real key type and
+/// length are set on the libnftnl object afterwards (see [`new_set`]).
+struct ElementKey(Box<[u8]>);
+
+impl SetKey for ElementKey {
+    // Placeholders, overwritten in `new_set`.
+    const TYPE: u32 = 0;
+    const LEN: u32 = 0;
+
+    fn data(&self) -> Box<[u8]> {
+        self.0.clone()
+    }
+}
+
+/// A named set of netnat's table, with the concatenated key type of `kind` and no elements yet.
+/// `id` must be unique within the batch (the kernel uses it to find a set created in the same
+/// batch when the name does not).
+fn new_set<'a>(kind: SetKind, id: u32, table: &'a Table) -> Set<'a, ElementKey> {
+    let name = CString::new(kind.name()).expect("set name without NUL");
+    let set = Set::<ElementKey>::new_named(&name, id, table, ProtoFamily::Inet);
+    let key = kind.key();
+    // SAFETY: `set` owns a live libnftnl set object; both attributes are u32 and copied.
+    unsafe {
+        let p = set.as_ptr().as_ptr();
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, concat_type(key));
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_LEN as u16, key_len(key) as u32);
+    }
+    set
+}
+
+/// A set element's key as the lookup sees the registers: each component in the byte order its
+/// load produces (interface names zero-padded to IFNAMSIZ, addresses and ports in network
+/// order, the protocol as one byte), each padded with zeros to a multiple of 4 bytes.
+fn element_key(kind: SetKind, values: &[KeyValue]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key_len(kind.key()));
+    for (field, value) in kind.key().iter().zip(values) {
+        let start = out.len();
+        match value {
+            KeyValue::IfName(n) => out.extend_from_slice(&ifname_bytes(n)),
+            KeyValue::Addr(IpAddr::V4(a)) => out.extend_from_slice(&a.octets()),
+            KeyValue::Addr(IpAddr::V6(a)) => out.extend_from_slice(&a.octets()),
+            KeyValue::Proto(p) => out.push(*p),
+            KeyValue::Port(p) => out.extend_from_slice(&p.to_be_bytes()),
+        }
+        debug_assert_eq!(out.len() - start, field.loaded_len(), "{field:?} {value:?}");
+        out.resize(start + field.padded_len(), 0);
+    }
+    out
+}
+
 /// The install batch and what each of its messages is.
+///
+/// Order: the table (owned by this socket), its chains, a flush of all its rules, then each set
+/// netnat knows of is deleted (created first if missing: add-then-delete is how an object that
+/// may or may not exist is removed within one batch); then the policy's sets are created anew
+/// with their elements, then the rules. Flushing the rules first releases every rule's
+/// reference to a set, which is what allows deleting the sets in the same batch. Re-creating
+/// the sets (rather than flushing and refilling them) keeps their order in the table the
+/// policy's order, so `nft list` shows them as `render` does. The chains are kept, so the
+/// hooks stay registered across a replacement; everything takes effect in one commit.
 fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch, Vec<Label>) {
     let mut batch = Batch::new();
     let mut labels = Vec::new();
@@ -788,10 +885,10 @@ fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch,
     );
     labels.push(Label::Table);
 
-    // Only used for its name and family by the chain and rule messages.
+    // Only used for its name and family by the chain, set and rule messages.
     let table = Table::new(&name, ProtoFamily::Inet);
     let specs = policy.chains();
-    let chains: Vec<Chain<'_>> = specs.iter().map(|s| base_chain(s, &table)).collect();
+    let chains: Vec<Chain<'_>> = specs.iter().map(|s| chain(s, &table)).collect();
     for (spec, chain) in specs.iter().zip(&chains) {
         batch.add(chain, MsgType::Add);
         labels.push(Label::Chain(spec.name));
@@ -800,30 +897,69 @@ fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch,
     batch.add(&FlushRules::new(&name), MsgType::Del);
     labels.push(Label::FlushRules);
 
+    for set_kind in SetKind::ALL {
+        let set = new_set(set_kind, set_id(set_kind, false), &table);
+        batch.add(&set, MsgType::Add);
+        labels.push(Label::Set(set_kind.name()));
+        batch.add(&set, MsgType::Del);
+        labels.push(Label::DelSet(set_kind.name()));
+    }
+    let mut sets = Vec::new();
+    for spec in &policy.sets {
+        let set_name = spec.kind.name();
+        let mut set = new_set(spec.kind, set_id(spec.kind, true), &table);
+        batch.add(&set, MsgType::Add);
+        labels.push(Label::Set(set_name));
+        for e in &spec.elements {
+            set.add(&ElementKey(element_key(spec.kind, e).into_boxed_slice()));
+        }
+        // libnftnl packs as many elements into one message as its attribute nest can hold
+        // (64 KiB), so thousands of elements take a handful of messages.
+        for msg in set.elems_iter() {
+            batch.add(&msg, MsgType::Add);
+            labels.push(Label::Elements(set_name));
+        }
+        sets.push(set);
+    }
+
     let queue = policy.queue_spec();
     for (spec, chain) in specs.iter().zip(&chains) {
         for r in &spec.rules {
-            let rule = build_rule(chain, r, &queue, kind);
+            let rule = build_rule(chain, r, &queue, kind, &sets);
             batch.add(&rule, MsgType::Add);
             labels.push(Label::Rule {
                 chain: spec.name,
-                text: render_rule(r, &queue),
+                text: render_rule(r, &queue).into(),
+                queues: r.verdict == Verdict::Queue,
             });
         }
     }
     (batch.finalize(), labels)
 }
 
-fn base_chain<'a>(spec: &ChainSpec, table: &'a Table) -> Chain<'a> {
+/// Batch-unique set ids: the placeholder that is deleted, and the set that replaces it.
+fn set_id(kind: SetKind, live: bool) -> u32 {
+    let n = kind as u32 + 1;
+    if live {
+        n + SetKind::ALL.len() as u32
+    } else {
+        n
+    }
+}
+
+/// A base chain (filter, policy accept) or, without a hook, a regular chain.
+fn chain<'a>(spec: &ChainSpec, table: &'a Table) -> Chain<'a> {
     let name = CString::new(spec.name).expect("chain name without NUL");
     let mut c = Chain::new(&name, table);
-    let hook = match spec.hook {
-        Hook::Prerouting => nftnl::Hook::PreRouting,
-        Hook::Postrouting => nftnl::Hook::PostRouting,
-    };
-    c.set_hook(hook, spec.priority);
-    c.set_type(ChainType::Filter);
-    c.set_policy(nftnl::Policy::Accept);
+    if let Some(hook) = spec.hook {
+        let hook = match hook {
+            Hook::Prerouting => nftnl::Hook::PreRouting,
+            Hook::Postrouting => nftnl::Hook::PostRouting,
+        };
+        c.set_hook(hook, spec.priority);
+        c.set_type(ChainType::Filter);
+        c.set_policy(nftnl::Policy::Accept);
+    }
     c
 }
 
@@ -844,14 +980,34 @@ fn th(offset: u32, len: u32) -> Payload {
     })
 }
 
-/// The expressions of one rule: each match is a load into register 1 and an equality compare.
-/// Compared data is in the byte order the load produces: network order for packet fields,
+/// Where a key component comes from.
+fn key_source(f: KeyField) -> Source {
+    let meta = |k: libc::c_int| Source::Meta(k as u32);
+    let net = |offset, len| Source::Network { offset, len };
+    match f {
+        KeyField::IifName => meta(libc::NFT_META_IIFNAME),
+        KeyField::OifName => meta(libc::NFT_META_OIFNAME),
+        KeyField::L4Proto => meta(libc::NFT_META_L4PROTO),
+        KeyField::Saddr(Family::Ipv4) => net(12, 4),
+        KeyField::Daddr(Family::Ipv4) => net(16, 4),
+        KeyField::Saddr(Family::Ipv6) => net(8, 16),
+        KeyField::Daddr(Family::Ipv6) => net(24, 16),
+        KeyField::Sport => Source::Transport { offset: 0, len: 2 },
+        KeyField::Dport => Source::Transport { offset: 2, len: 2 },
+    }
+}
+
+/// The expressions of one rule: each plain match is a load into register 1 and an equality
+/// compare; a lookup loads its key's components into consecutive 32-bit registers from
+/// `NFT_REG32_00` (the first quarter of register 1, where the lookup reads) and looks the key
+/// up. Compared data is in the byte order the load produces: network order for packet fields,
 /// native order for meta and fib values.
 fn build_rule<'a>(
     chain: &'a Chain<'a>,
     r: &PolicyRule,
     q: &QueueSpec,
     kind: QueueExprKind,
+    sets: &[Set<'_, ElementKey>],
 ) -> Rule<'a> {
     let mut rule = Rule::new(chain);
     for m in &r.matches {
@@ -859,22 +1015,22 @@ fn build_rule<'a>(
             Match::IifName(n) => add(&mut rule, &Meta::IifName, &ifname_bytes(n)),
             Match::OifName(n) => add(&mut rule, &Meta::OifName, &ifname_bytes(n)),
             Match::NfProto(f) => add(&mut rule, &Meta::NfProto, &[f.nfproto()]),
-            Match::Daddr(std::net::IpAddr::V4(a)) => add(
+            Match::Daddr(IpAddr::V4(a)) => add(
                 &mut rule,
                 &Payload::Network(NetworkHeaderField::Ipv4(Ipv4HeaderField::Daddr)),
                 &a.octets(),
             ),
-            Match::Daddr(std::net::IpAddr::V6(a)) => add(
+            Match::Daddr(IpAddr::V6(a)) => add(
                 &mut rule,
                 &Payload::Network(NetworkHeaderField::Ipv6(Ipv6HeaderField::Daddr)),
                 &a.octets(),
             ),
-            Match::Saddr(std::net::IpAddr::V4(a)) => add(
+            Match::Saddr(IpAddr::V4(a)) => add(
                 &mut rule,
                 &Payload::Network(NetworkHeaderField::Ipv4(Ipv4HeaderField::Saddr)),
                 &a.octets(),
             ),
-            Match::Saddr(std::net::IpAddr::V6(a)) => add(
+            Match::Saddr(IpAddr::V6(a)) => add(
                 &mut rule,
                 &Payload::Network(NetworkHeaderField::Ipv6(Ipv6HeaderField::Saddr)),
                 &a.octets(),
@@ -884,6 +1040,30 @@ fn build_rule<'a>(
             Match::Dport(p) => add(&mut rule, &th(2, 2), &p.to_be_bytes()),
             Match::Sport(p) => add(&mut rule, &th(0, 2), &p.to_be_bytes()),
             Match::IcmpType(t) => add(&mut rule, &th(0, 1), &[*t]),
+            Match::Lookup(set_kind) => {
+                let mut offset = 0;
+                for &f in set_kind.key() {
+                    rule.add_expr(&Load {
+                        source: key_source(f),
+                        dreg: reg32_at(offset),
+                    });
+                    offset += f.padded_len();
+                }
+                let wanted = CString::new(set_kind.name()).expect("set name without NUL");
+                let set = sets
+                    .iter()
+                    .find(|s| s.get_name() == wanted.as_c_str())
+                    .expect("the policy has a set for each of its lookups");
+                rule.add_expr(&Lookup::new(set));
+            }
+            Match::CtStateNew => {
+                // What nft generates for `ct state new`: state is a bit mask, so mask and test
+                // for non-zero rather than compare for equality.
+                let new = States::NEW.bits();
+                rule.add_expr(&Conntrack::State);
+                rule.add_expr(&Bitwise::new(new, 0u32));
+                rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+            }
         }
     }
     match r.verdict {
@@ -899,6 +1079,12 @@ fn build_rule<'a>(
                 flags: q.flags(),
             }),
         },
+        Verdict::Continue => {}
+    }
+    if let Some(c) = r.comment {
+        let c = CString::new(c).expect("comment without NUL");
+        rule.set_comment(c)
+            .expect("netnat's comments fit libnftnl's limit");
     }
     rule
 }
@@ -999,15 +1185,34 @@ mod tests {
             .collect()
     }
 
+    /// Rules whose last expression is a queue verdict (either form).
+    fn queue_rules(batch: &FinalizedBatch) -> Vec<Vec<(String, Vec<u8>)>> {
+        rules(batch)
+            .into_iter()
+            .filter(|r| matches!(r.last(), Some((n, _)) if n == "queue" || n == "target"))
+            .collect()
+    }
+
+    fn queue_rule_count(p: &Policy) -> usize {
+        p.chains()
+            .iter()
+            .flat_map(|c| &c.rules)
+            .filter(|r| r.verdict == Verdict::Queue)
+            .count()
+    }
+
     #[test]
     fn native_queue_expression_attributes() {
         let (batch, labels) = build_install_batch(&sample(), QueueExprKind::Native);
-        let rules = rules(&batch);
-        assert_eq!(
-            rules.len(),
-            labels.len() - 4,
-            "table, 2 chains, flush, then rules"
-        );
+        let all = rules(&batch);
+        let rule_labels = labels
+            .iter()
+            .filter(|l| matches!(l, Label::Rule { .. }))
+            .count();
+        assert_eq!(all.len(), rule_labels, "one label per rule message");
+        let rules = queue_rules(&batch);
+        assert_eq!(rules.len(), queue_rule_count(&sample()));
+        assert_eq!(all.len(), rules.len() + 1, "plus the conntrack rule");
         for r in &rules {
             let (name, data) = r.last().unwrap();
             assert_eq!(name, "queue");
@@ -1026,7 +1231,9 @@ mod tests {
     #[test]
     fn compat_queue_expression_attributes() {
         let (batch, _) = build_install_batch(&sample(), QueueExprKind::Compat);
-        for r in rules(&batch) {
+        let rules = queue_rules(&batch);
+        assert_eq!(rules.len(), queue_rule_count(&sample()));
+        for r in rules {
             let (name, data) = r.last().unwrap();
             assert_eq!(name, "target");
             let a = attrs(data);
@@ -1037,11 +1244,71 @@ mod tests {
         }
     }
 
+    fn u32_attr(a: &[(u16, &[u8])], ty: u16) -> Option<u32> {
+        attr(a, ty).map(|v| u32::from_be_bytes(v.try_into().unwrap()))
+    }
+
+    fn cmp_value(expr: &(String, Vec<u8>)) -> Vec<u8> {
+        assert_eq!(expr.0, "cmp");
+        let a = attrs(&expr.1);
+        let d = attrs(attr(&a, NFTA_CMP_DATA).unwrap());
+        attr(&d, NFTA_DATA_VALUE).unwrap().to_vec()
+    }
+
     #[test]
-    fn fib_ifname_and_port_encoding() {
+    fn lookup_rule_loads_the_key_into_consecutive_registers() {
         let (batch, _) = build_install_batch(&sample(), QueueExprKind::Native);
+        // The `*` service's rule: nfproto guard, key loads, lookup, fib, queue.
         let inbound = &rules(&batch)[0];
         let names: Vec<&str> = inbound.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "meta", "cmp", "meta", "meta", "payload", "lookup", "fib", "cmp", "queue"
+            ]
+        );
+        assert_eq!(cmp_value(&inbound[1]), [libc::NFPROTO_IPV4 as u8]);
+        // NFTA_META_DREG 1, NFTA_META_KEY 2.
+        let meta = |i: usize| {
+            let a = attrs(&inbound[i].1);
+            (u32_attr(&a, 2).unwrap(), u32_attr(&a, 1).unwrap())
+        };
+        assert_eq!(
+            meta(2),
+            (libc::NFT_META_IIFNAME as u32, 8),
+            "16 bytes: 8..=11"
+        );
+        assert_eq!(meta(3), (libc::NFT_META_L4PROTO as u32, 12));
+        // NFTA_PAYLOAD_DREG 1, BASE 2, OFFSET 3, LEN 4.
+        let p = attrs(&inbound[4].1);
+        assert_eq!(u32_attr(&p, 1), Some(13));
+        assert_eq!(
+            u32_attr(&p, 2),
+            Some(libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32)
+        );
+        assert_eq!((u32_attr(&p, 3), u32_attr(&p, 4)), (Some(2), Some(2)));
+        // NFTA_LOOKUP_SET 1, SREG 2, SET_ID 4.
+        let l = attrs(&inbound[5].1);
+        assert_eq!(cstr(attr(&l, 1).unwrap()), "in4_local");
+        assert_eq!(u32_attr(&l, 2), Some(libc::NFT_REG_1 as u32));
+        assert_eq!(u32_attr(&l, 4), Some(set_id(SetKind::In4Local, true)));
+        let fib = attrs(&inbound[6].1);
+        // NFTA_FIB_DREG, NFTA_FIB_RESULT (addrtype), NFTA_FIB_FLAGS (daddr | iif).
+        assert_eq!(attr(&fib, 1), Some(&1u32.to_be_bytes()[..]));
+        assert_eq!(attr(&fib, 2), Some(&3u32.to_be_bytes()[..]));
+        assert_eq!(attr(&fib, 3), Some(&(2u32 | 8).to_be_bytes()[..]));
+        assert_eq!(
+            cmp_value(&inbound[7]),
+            2u32.to_ne_bytes(),
+            "RTN_LOCAL, native order"
+        );
+    }
+
+    #[test]
+    fn icmp_rules_keep_plain_compares() {
+        let (batch, _) = build_install_batch(&sample(), QueueExprKind::Native);
+        let icmp = &rules(&batch)[1];
+        let names: Vec<&str> = icmp.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -1049,27 +1316,171 @@ mod tests {
                 "queue"
             ]
         );
-        let cmp_value = |i: usize| -> Vec<u8> {
-            let a = attrs(&inbound[i].1);
-            let d = attrs(attr(&a, NFTA_CMP_DATA).unwrap());
-            attr(&d, NFTA_DATA_VALUE).unwrap().to_vec()
-        };
         let mut ifname = b"ppp0".to_vec();
         ifname.resize(16, 0);
         assert_eq!(
-            cmp_value(1),
+            cmp_value(&icmp[1]),
             ifname,
             "interface name zero-padded to IFNAMSIZ"
         );
-        assert_eq!(cmp_value(3), [libc::NFPROTO_IPV4 as u8]);
-        let fib = attrs(&inbound[4].1);
-        // NFTA_FIB_DREG, NFTA_FIB_RESULT (addrtype), NFTA_FIB_FLAGS (daddr | iif).
-        assert_eq!(attr(&fib, 1), Some(&1u32.to_be_bytes()[..]));
-        assert_eq!(attr(&fib, 2), Some(&3u32.to_be_bytes()[..]));
-        assert_eq!(attr(&fib, 3), Some(&(2u32 | 8).to_be_bytes()[..]));
-        assert_eq!(cmp_value(5), 2u32.to_ne_bytes(), "RTN_LOCAL, native order");
-        assert_eq!(cmp_value(7), [6]);
-        assert_eq!(cmp_value(9), [0, 80], "port in network order");
+        assert_eq!(cmp_value(&icmp[7]), [1], "ICMP");
+        assert_eq!(cmp_value(&icmp[9]), [3], "destination unreachable");
+    }
+
+    #[test]
+    fn conntrack_rule_is_ct_state_new_without_verdict() {
+        let (batch, labels) = build_install_batch(&sample(), QueueExprKind::Native);
+        let all = rules(&batch);
+        let ct = all.last().unwrap();
+        let names: Vec<&str> = ct.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["ct", "bitwise", "cmp"], "no verdict expression");
+        match labels.last().unwrap() {
+            Label::Rule {
+                chain,
+                text,
+                queues,
+            } => {
+                assert_eq!(*chain, "conntrack");
+                assert!(text.starts_with("ct state new comment "), "{text}");
+                assert!(!queues);
+            }
+            l => panic!("{l:?}"),
+        }
+        // The chain message has no hook.
+        let msgs = messages(&batch);
+        let chain = msgs
+            .iter()
+            .filter(|(t, _, _)| *t == libc::NFT_MSG_NEWCHAIN as u16)
+            .map(|(_, _, a)| a.clone())
+            .find(|a| cstr(attr(&attrs(a), 3).unwrap()) == "conntrack")
+            .expect("conntrack chain");
+        // NFTA_CHAIN_HOOK 4.
+        assert_eq!(attr(&attrs(&chain), 4), None);
+    }
+
+    #[test]
+    fn element_keys_are_padded_per_component() {
+        let k = element_key(
+            SetKind::In4,
+            &[
+                KeyValue::IfName("pub0".into()),
+                KeyValue::Addr("10.99.1.1".parse().unwrap()),
+                KeyValue::Proto(6),
+                KeyValue::Port(80),
+            ],
+        );
+        let mut want = b"pub0".to_vec();
+        want.resize(16, 0);
+        want.extend([10, 99, 1, 1, 6, 0, 0, 0, 0, 80, 0, 0]);
+        assert_eq!(k, want, "the layout nft itself sends (nft --debug=netlink)");
+        let k = element_key(
+            SetKind::Out6,
+            &[
+                KeyValue::IfName("ppp0".into()),
+                KeyValue::Addr("fd00::10".parse().unwrap()),
+                KeyValue::Proto(17),
+                KeyValue::Port(4443),
+            ],
+        );
+        assert_eq!(k.len(), key_len(SetKind::Out6.key()));
+        assert_eq!(&k[16..18], &[0xfd, 0]);
+        assert_eq!(&k[32..40], &[17, 0, 0, 0, 0x11, 0x5b, 0, 0]);
+    }
+
+    #[test]
+    fn sets_are_created_filled_or_deleted() {
+        const NFTA_SET_TABLE: u16 = 1;
+        const NFTA_SET_NAME: u16 = 2;
+        const NFTA_SET_KEY_TYPE: u16 = 4;
+        const NFTA_SET_KEY_LEN: u16 = 5;
+        const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+        const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+        let (batch, labels) = build_install_batch(&sample(), QueueExprKind::Native);
+        let msgs = messages(&batch);
+        assert_eq!(msgs.len(), labels.len());
+        let mut seen = Vec::new();
+        for ((ty, _, a), label) in msgs.iter().zip(&labels) {
+            let a = attrs(a);
+            match label {
+                Label::Set(n) => {
+                    assert_eq!(*ty, libc::NFT_MSG_NEWSET as u16);
+                    assert_eq!(cstr(attr(&a, NFTA_SET_TABLE).unwrap()), "netnat");
+                    assert_eq!(cstr(attr(&a, NFTA_SET_NAME).unwrap()), *n);
+                    let kind = SetKind::ALL.into_iter().find(|k| k.name() == *n).unwrap();
+                    assert_eq!(
+                        u32_attr(&a, NFTA_SET_KEY_TYPE),
+                        Some(concat_type(kind.key()))
+                    );
+                    assert_eq!(
+                        u32_attr(&a, NFTA_SET_KEY_LEN),
+                        Some(key_len(kind.key()) as u32)
+                    );
+                    seen.push(format!("new {n}"));
+                }
+                Label::Elements(n) => {
+                    assert_eq!(*ty, libc::NFT_MSG_NEWSETELEM as u16);
+                    assert_eq!(cstr(attr(&a, NFTA_SET_ELEM_LIST_SET).unwrap()), *n);
+                    let list = attrs(attr(&a, NFTA_SET_ELEM_LIST_ELEMENTS).unwrap());
+                    seen.push(format!("{} in {n}", list.len()));
+                }
+                Label::DelSet(n) => {
+                    assert_eq!(*ty, libc::NFT_MSG_DELSET as u16);
+                    seen.push(format!("del {n}"));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                "new in4",
+                "del in4",
+                "new in4_local",
+                "del in4_local",
+                "new in6",
+                "del in6",
+                "new in6_local",
+                "del in6_local",
+                "new out4",
+                "del out4",
+                "new out6",
+                "del out6",
+                "new icmp_in4",
+                "del icmp_in4",
+                "new icmp_in6",
+                "del icmp_in6",
+                "new in4_local",
+                "1 in in4_local",
+                "new out4",
+                "1 in out4",
+            ]
+        );
+    }
+
+    #[test]
+    fn thousands_of_elements_take_few_messages() {
+        let services: Vec<Service> = (0..10_000u16)
+            .map(|i| Service {
+                iface: "pub0".into(),
+                app_addr: AppAddr::Fixed("10.99.1.1".parse().unwrap()),
+                app_port: i,
+                protocol: Protocol::Tcp,
+                act_addr: "192.168.77.10".parse().unwrap(),
+                act_port: i,
+                flags: Flags(0),
+            })
+            .collect();
+        let (_, labels) = build_install_batch(&Policy::new(&services, 1), QueueExprKind::Native);
+        let element_msgs = labels
+            .iter()
+            .filter(|l| matches!(l, Label::Elements(_)))
+            .count();
+        // 28-byte keys, 10,000 in each of 2 sets: well over 500 elements per 64 KiB message.
+        assert!(
+            (3..=40).contains(&element_msgs),
+            "{element_msgs} element messages"
+        );
+        assert!(labels.len() < 100, "{} messages", labels.len());
     }
 
     #[test]
@@ -1082,13 +1493,25 @@ mod tests {
         let a = attrs(a);
         assert_eq!(cstr(attr(&a, NFTA_TABLE_NAME).unwrap()), "netnat");
         assert_eq!(attr(&a, NFTA_TABLE_FLAGS), Some(&2u32.to_be_bytes()[..]));
-        assert_eq!(msgs[1].0, libc::NFT_MSG_NEWCHAIN as u16);
-        assert_eq!(msgs[2].0, libc::NFT_MSG_NEWCHAIN as u16);
-        let (ty, _, a) = &msgs[3];
+        for m in &msgs[1..4] {
+            assert_eq!(m.0, libc::NFT_MSG_NEWCHAIN as u16);
+        }
+        let (ty, _, a) = &msgs[4];
         assert_eq!(*ty, libc::NFT_MSG_DELRULE as u16);
         let a = attrs(a);
         assert_eq!(cstr(attr(&a, NFTA_RULE_TABLE).unwrap()), "netnat");
         assert_eq!(attr(&a, NFTA_RULE_CHAIN), None, "flush covers every chain");
+        // Every set message comes after the rule flush (which releases the sets) and before
+        // the first rule (which references them).
+        let first_rule = labels
+            .iter()
+            .position(|l| matches!(l, Label::Rule { .. }))
+            .unwrap();
+        for (i, l) in labels.iter().enumerate() {
+            if matches!(l, Label::Set(_) | Label::Elements(_) | Label::DelSet(_)) {
+                assert!(i > 4 && i < first_rule, "{l:?} at {i}");
+            }
+        }
         assert!(
             msgs.iter()
                 .all(|(_, flags, _)| flags & libc::NLM_F_ACK as u16 != 0),
@@ -1111,6 +1534,7 @@ mod tests {
             Label::Rule {
                 chain: "prerouting",
                 text: "x".into(),
+                queues: true,
             },
         ]
     }

@@ -2,12 +2,17 @@
 //!
 //! The policy is computed from the services alone, without the kernel, so it can be tested,
 //! rendered for `netnat rules` and turned into netlink messages by the same code path. Every
-//! [`Match`] item corresponds to exactly one "load + compare" pair of nftables expressions; the
-//! order of the items is the order of the expressions in the rule.
+//! [`Match`] item corresponds to one group of nftables expressions (a load and a compare, or
+//! the loads of a concatenated key and a set lookup); the order of the items is the order of the
+//! expressions in the rule.
 //!
-//! Scaling note: with thousands of services, per-service rules would be replaced by set or map
-//! lookups (`Match::Lookup`-style items plus a list of sets in the policy). The rule list keeps
-//! that door open: nothing outside this module assumes one rule per service.
+//! Scale: the services themselves are not rules but elements of a few sets with concatenated
+//! keys (see [`SetKind`]), one lookup rule per set. A packet therefore costs the same handful of
+//! rules whether there are 3 services or 10,000: the kernel looks its key up in a hash table
+//! instead of walking one rule per service. The ICMP error rules for fixed apparent addresses
+//! look the (interface, address) pair up in a set as well, so they do not grow with the number
+//! of addresses either; only the ICMP rules of `*` services and of replies are per interface,
+//! and interfaces are few.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -24,6 +29,15 @@ pub const PREROUTING_PRIORITY: i32 = -300;
 /// Priority of the reply chain: after source NAT (100), because a reply rewrite must come after
 /// routing and after any masquerade the host does.
 pub const POSTROUTING_PRIORITY: i32 = 300;
+
+/// Name of the regular chain holding the rule that activates conntrack (see
+/// [`Policy::conntrack`]).
+pub const CONNTRACK_CHAIN: &str = "conntrack";
+
+/// Comment on that rule, shown by `nft list`: nobody reading the ruleset should have to guess
+/// why an unreachable chain holds a rule (libnftnl limits comments to 127 bytes).
+pub const CONNTRACK_COMMENT: &str =
+    "never jumped to: its ct expression keeps conntrack, and with it reassembly, active";
 
 /// ICMPv4 error types whose quoted packet netnat translates: destination unreachable, time
 /// exceeded, parameter problem.
@@ -67,9 +81,186 @@ impl Family {
             Family::Ipv6 => (IPPROTO_ICMPV6, &ICMPV6_ERROR_TYPES),
         }
     }
+
+    /// Length of an address of this family in bytes.
+    pub fn addr_len(self) -> usize {
+        match self {
+            Family::Ipv4 => 4,
+            Family::Ipv6 => 16,
+        }
+    }
 }
 
-/// One match of a rule: a load and an equality compare.
+/// One component of a concatenated set key: what is loaded from the packet, in key order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyField {
+    /// `iifname` (datatype `ifname`, IFNAMSIZ bytes, zero-padded).
+    IifName,
+    /// `oifname`.
+    OifName,
+    /// `ip daddr` / `ip6 daddr`.
+    Daddr(Family),
+    /// `ip saddr` / `ip6 saddr`.
+    Saddr(Family),
+    /// `meta l4proto` (datatype `inet_proto`, one byte).
+    L4Proto,
+    /// `th dport` (datatype `inet_service`, two bytes, network order).
+    Dport,
+    /// `th sport`.
+    Sport,
+}
+
+// nft's datatype numbers (nftables' include/datatype.h), from which the concatenated type id is
+// built; `nft list` uses it to name the set's type and to print its elements.
+const TYPE_IPADDR: u32 = 7;
+const TYPE_IP6ADDR: u32 = 8;
+const TYPE_INET_PROTOCOL: u32 = 12;
+const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_IFNAME: u32 = 41;
+/// Bits per component in a concatenated type id (nft's TYPE_BITS).
+const TYPE_BITS: u32 = 6;
+
+impl KeyField {
+    /// Bytes the load puts into the registers (before padding).
+    pub fn loaded_len(self) -> usize {
+        match self {
+            KeyField::IifName | KeyField::OifName => super::expr::IFNAMSIZ,
+            KeyField::Daddr(f) | KeyField::Saddr(f) => f.addr_len(),
+            KeyField::L4Proto => 1,
+            KeyField::Dport | KeyField::Sport => 2,
+        }
+    }
+
+    /// Bytes the component occupies in the key: registers are 32 bits wide and each component
+    /// starts in a register of its own, so every field is padded to a multiple of 4.
+    pub fn padded_len(self) -> usize {
+        self.loaded_len().next_multiple_of(4)
+    }
+
+    /// nft's datatype number of the component.
+    pub fn type_id(self) -> u32 {
+        match self {
+            KeyField::IifName | KeyField::OifName => TYPE_IFNAME,
+            KeyField::Daddr(Family::Ipv4) | KeyField::Saddr(Family::Ipv4) => TYPE_IPADDR,
+            KeyField::Daddr(Family::Ipv6) | KeyField::Saddr(Family::Ipv6) => TYPE_IP6ADDR,
+            KeyField::L4Proto => TYPE_INET_PROTOCOL,
+            KeyField::Dport | KeyField::Sport => TYPE_INET_SERVICE,
+        }
+    }
+
+    /// nft's name of the component's datatype (`type ...` line of a set).
+    pub fn type_name(self) -> &'static str {
+        match self {
+            KeyField::IifName | KeyField::OifName => "ifname",
+            KeyField::Daddr(Family::Ipv4) | KeyField::Saddr(Family::Ipv4) => "ipv4_addr",
+            KeyField::Daddr(Family::Ipv6) | KeyField::Saddr(Family::Ipv6) => "ipv6_addr",
+            KeyField::L4Proto => "inet_proto",
+            KeyField::Dport | KeyField::Sport => "inet_service",
+        }
+    }
+}
+
+/// The concatenated type id of a key: each component's datatype shifted in, first component
+/// in the most significant position (how nft encodes `type a . b . c`).
+pub fn concat_type(key: &[KeyField]) -> u32 {
+    key.iter()
+        .fold(0, |acc, f| (acc << TYPE_BITS) | f.type_id())
+}
+
+/// Length of a concatenated key in bytes (sum of the padded components).
+pub fn key_len(key: &[KeyField]) -> usize {
+    key.iter().map(|f| f.padded_len()).sum()
+}
+
+/// The sets netnat may have in its table, each with a fixed key. A set is only created when it
+/// has elements; the install batch deletes the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SetKind {
+    /// Inbound, fixed IPv4 apparent address: `iifname . ip daddr . meta l4proto . th dport`.
+    In4,
+    /// Inbound, `*` services of family IPv4: `iifname . meta l4proto . th dport`, with
+    /// `fib daddr . iif type local` in the rule.
+    In4Local,
+    /// Inbound, fixed IPv6 apparent address.
+    In6,
+    /// Inbound, `*` services of family IPv6.
+    In6Local,
+    /// Replies from IPv4 actual servers: `oifname . ip saddr . meta l4proto . th sport`.
+    Out4,
+    /// Replies from IPv6 actual servers.
+    Out6,
+    /// ICMP errors addressed to a fixed IPv4 apparent address: `iifname . ip daddr`.
+    IcmpIn4,
+    /// ICMPv6 errors addressed to a fixed IPv6 apparent address.
+    IcmpIn6,
+}
+
+impl SetKind {
+    pub const ALL: [SetKind; 8] = [
+        SetKind::In4,
+        SetKind::In4Local,
+        SetKind::In6,
+        SetKind::In6Local,
+        SetKind::Out4,
+        SetKind::Out6,
+        SetKind::IcmpIn4,
+        SetKind::IcmpIn6,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SetKind::In4 => "in4",
+            SetKind::In4Local => "in4_local",
+            SetKind::In6 => "in6",
+            SetKind::In6Local => "in6_local",
+            SetKind::Out4 => "out4",
+            SetKind::Out6 => "out6",
+            SetKind::IcmpIn4 => "icmp_in4",
+            SetKind::IcmpIn6 => "icmp_in6",
+        }
+    }
+
+    pub fn family(self) -> Family {
+        match self {
+            SetKind::In4 | SetKind::In4Local | SetKind::Out4 | SetKind::IcmpIn4 => Family::Ipv4,
+            SetKind::In6 | SetKind::In6Local | SetKind::Out6 | SetKind::IcmpIn6 => Family::Ipv6,
+        }
+    }
+
+    /// The key's components, in the order the rule loads them.
+    pub fn key(self) -> &'static [KeyField] {
+        use Family::{Ipv4, Ipv6};
+        use KeyField::*;
+        match self {
+            SetKind::In4 => &[IifName, Daddr(Ipv4), L4Proto, Dport],
+            SetKind::In6 => &[IifName, Daddr(Ipv6), L4Proto, Dport],
+            SetKind::In4Local | SetKind::In6Local => &[IifName, L4Proto, Dport],
+            SetKind::Out4 => &[OifName, Saddr(Ipv4), L4Proto, Sport],
+            SetKind::Out6 => &[OifName, Saddr(Ipv6), L4Proto, Sport],
+            SetKind::IcmpIn4 => &[IifName, Daddr(Ipv4)],
+            SetKind::IcmpIn6 => &[IifName, Daddr(Ipv6)],
+        }
+    }
+}
+
+/// One component value of a set element.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyValue {
+    IfName(String),
+    Addr(IpAddr),
+    Proto(u8),
+    /// Host order here.
+    Port(u16),
+}
+
+/// A named set of netnat's table and its elements (no duplicates, first-seen order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetSpec {
+    pub kind: SetKind,
+    pub elements: Vec<Vec<KeyValue>>,
+}
+
+/// One match of a rule.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Match {
     /// `iifname "X"`: by name, because a PPP interface gets a new ifindex on every reconnect.
@@ -94,19 +285,27 @@ pub enum Match {
     /// ICMP/ICMPv6 type: first byte of the transport header (the flavour comes from the
     /// preceding `L4Proto`).
     IcmpType(u8),
+    /// `k1 . k2 . ... @set`: the set's key loaded into consecutive registers, looked up.
+    Lookup(SetKind),
+    /// `ct state new`: only there for its side effect (see [`Policy::conntrack`]).
+    CtStateNew,
 }
 
-/// What a rule does with a matching packet. Only the queue for now; its number and spread come
-/// from the [`Policy`] so that every rule agrees.
+/// What a rule does with a matching packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {
+    /// Queue verdict; number and spread come from the [`Policy`] so that every rule agrees.
     Queue,
+    /// No verdict statement: evaluation goes on with the next rule.
+    Continue,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
     pub matches: Vec<Match>,
     pub verdict: Verdict,
+    /// Shown by `nft list` as `comment "..."`.
+    pub comment: Option<&'static str>,
 }
 
 /// Netfilter hook of a base chain.
@@ -125,11 +324,13 @@ impl Hook {
     }
 }
 
-/// A base chain of type filter with policy accept (netnat never drops by itself).
+/// A chain of netnat's table. With a hook it is a base chain of type filter with policy accept
+/// (netnat never drops by itself); without, a regular chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainSpec {
     pub name: &'static str,
-    pub hook: Hook,
+    pub hook: Option<Hook>,
+    /// Only meaningful for base chains.
     pub priority: i32,
     pub rules: Vec<Rule>,
 }
@@ -171,26 +372,94 @@ pub struct Policy {
     /// How many queues the verdicts spread over (1 = no fanout). Kept here so that fanout over
     /// several consumer threads can come later without changing the rules.
     pub queues_total: u16,
+    /// The sets with at least one element, in [`SetKind`] order.
+    pub sets: Vec<SetSpec>,
     /// Inbound: public side → apparent endpoint, and ICMP errors addressed to it.
     pub prerouting: ChainSpec,
     /// Replies: actual server → public side, and ICMP errors leaving on a public interface.
     pub postrouting: ChainSpec,
+    /// A regular chain that no rule jumps to, holding one `ct state new` rule without a
+    /// verdict. Why: fragments are reassembled at priority -400 only while conntrack is active
+    /// in the namespace, and netnat's inbound chain (-300) needs whole datagrams, since
+    /// non-first fragments carry no ports. The kernel activates conntrack (and defragmentation)
+    /// for the namespace when a rule holding a `ct` expression is added, whether or not the
+    /// rule is ever evaluated, and keeps it active while such a rule exists. Never evaluated,
+    /// the rule changes no packet's fate and costs nothing per packet; it goes away with the
+    /// table.
+    pub conntrack: ChainSpec,
 }
 
 impl Policy {
-    /// The rules steering exactly the services' packets (and the ICMP errors about them) to
-    /// queue `queue`. Duplicate rules (e.g. the ICMP rules shared by services on the same
-    /// interface) appear once, in first-seen order.
+    /// The sets and rules steering exactly the services' packets (and the ICMP errors about
+    /// them) to queue `queue`. Duplicate elements and rules appear once, in first-seen order.
     pub fn new(services: &[Service], queue: u16) -> Policy {
+        let mut sets: Vec<ElementList> = SetKind::ALL
+            .iter()
+            .map(|&kind| ElementList::new(kind))
+            .collect();
         let mut pre = RuleList::default();
         let mut post = RuleList::default();
 
         for s in services {
-            pre.push(inbound_rule(s));
-            post.push(reply_rule(s));
+            let (kind, element) = inbound_element(s);
+            sets[kind as usize].push(element);
+            let (kind, element) = reply_element(s);
+            sets[kind as usize].push(element);
+            if let AppAddr::Fixed(a) = s.app_addr {
+                let kind = match Family::of(&a) {
+                    Family::Ipv4 => SetKind::IcmpIn4,
+                    Family::Ipv6 => SetKind::IcmpIn6,
+                };
+                sets[kind as usize]
+                    .push(vec![KeyValue::IfName(s.iface.clone()), KeyValue::Addr(a)]);
+            }
+        }
+        // One lookup rule per service set that has elements, inbound and replies apart.
+        for set in &sets {
+            if set.elements.is_empty() {
+                continue;
+            }
+            let f = set.kind.family();
+            let rule = match set.kind {
+                SetKind::In4 | SetKind::In6 | SetKind::Out4 | SetKind::Out6 => {
+                    queue_rule(vec![Match::NfProto(f), Match::Lookup(set.kind)])
+                }
+                // The lookup before fib: the route lookup is the dearer of the two, so it only
+                // runs for packets that are addressed to a `*` service's interface and port.
+                SetKind::In4Local | SetKind::In6Local => queue_rule(vec![
+                    Match::NfProto(f),
+                    Match::Lookup(set.kind),
+                    Match::FibDaddrIifLocal,
+                ]),
+                SetKind::IcmpIn4 | SetKind::IcmpIn6 => continue,
+            };
+            match set.kind {
+                SetKind::Out4 | SetKind::Out6 => post.push(rule),
+                _ => pre.push(rule),
+            }
         }
         // ICMP errors after the service rules: they are rare, the service rules are hot.
+        // Addressed to fixed apparent addresses: one rule per error type and family.
+        for kind in [SetKind::IcmpIn4, SetKind::IcmpIn6] {
+            if sets[kind as usize].elements.is_empty() {
+                continue;
+            }
+            let f = kind.family();
+            let (proto, types) = f.icmp();
+            for &t in types {
+                pre.push(queue_rule(vec![
+                    Match::NfProto(f),
+                    Match::Lookup(kind),
+                    Match::L4Proto(proto),
+                    Match::IcmpType(t),
+                ]));
+            }
+        }
+        // Addressed to `*` services' interfaces: per interface and family.
         for s in services {
+            if let AppAddr::Fixed(_) = s.app_addr {
+                continue;
+            }
             let (family, dst) = inbound_destination(s);
             let (proto, types) = family.icmp();
             for &t in types {
@@ -213,17 +482,35 @@ impl Policy {
             table: TABLE_NAME,
             queue,
             queues_total: 1,
+            sets: sets
+                .into_iter()
+                .filter(|s| !s.elements.is_empty())
+                .map(|s| SetSpec {
+                    kind: s.kind,
+                    elements: s.elements,
+                })
+                .collect(),
             prerouting: ChainSpec {
                 name: "prerouting",
-                hook: Hook::Prerouting,
+                hook: Some(Hook::Prerouting),
                 priority: PREROUTING_PRIORITY,
                 rules: pre.rules,
             },
             postrouting: ChainSpec {
                 name: "postrouting",
-                hook: Hook::Postrouting,
+                hook: Some(Hook::Postrouting),
                 priority: POSTROUTING_PRIORITY,
                 rules: post.rules,
+            },
+            conntrack: ChainSpec {
+                name: CONNTRACK_CHAIN,
+                hook: None,
+                priority: 0,
+                rules: vec![Rule {
+                    matches: vec![Match::CtStateNew],
+                    verdict: Verdict::Continue,
+                    comment: Some(CONNTRACK_COMMENT),
+                }],
             },
         }
     }
@@ -238,9 +525,43 @@ impl Policy {
         }
     }
 
-    /// Both chains, in the order they are created.
-    pub fn chains(&self) -> [&ChainSpec; 2] {
-        [&self.prerouting, &self.postrouting]
+    /// The chains, in the order they are created (and listed).
+    pub fn chains(&self) -> [&ChainSpec; 3] {
+        [&self.prerouting, &self.postrouting, &self.conntrack]
+    }
+
+    /// The set of this kind, if the policy has one.
+    pub fn set(&self, kind: SetKind) -> Option<&SetSpec> {
+        self.sets.iter().find(|s| s.kind == kind)
+    }
+
+    /// Number of set elements over all sets.
+    pub fn element_count(&self) -> usize {
+        self.sets.iter().map(|s| s.elements.len()).sum()
+    }
+}
+
+/// Elements of one set in order, without duplicates.
+struct ElementList {
+    kind: SetKind,
+    elements: Vec<Vec<KeyValue>>,
+    seen: HashSet<Vec<KeyValue>>,
+}
+
+impl ElementList {
+    fn new(kind: SetKind) -> ElementList {
+        ElementList {
+            kind,
+            elements: Vec::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    fn push(&mut self, e: Vec<KeyValue>) {
+        debug_assert_eq!(e.len(), self.kind.key().len());
+        if self.seen.insert(e.clone()) {
+            self.elements.push(e);
+        }
     }
 }
 
@@ -263,6 +584,7 @@ fn queue_rule(matches: Vec<Match>) -> Rule {
     Rule {
         matches,
         verdict: Verdict::Queue,
+        comment: None,
     }
 }
 
@@ -286,24 +608,44 @@ fn l4(p: Protocol) -> u8 {
     p.number()
 }
 
-fn inbound_rule(s: &Service) -> Rule {
-    let (_, dst) = inbound_destination(s);
-    let mut m = vec![Match::IifName(s.iface.clone())];
-    m.extend(dst);
-    m.push(Match::L4Proto(l4(s.protocol)));
-    m.push(Match::Dport(s.app_port));
-    queue_rule(m)
+/// The inbound set a service belongs to and its element there.
+fn inbound_element(s: &Service) -> (SetKind, Vec<KeyValue>) {
+    let ifname = KeyValue::IfName(s.iface.clone());
+    let proto = KeyValue::Proto(l4(s.protocol));
+    let port = KeyValue::Port(s.app_port);
+    match s.app_addr {
+        AppAddr::Fixed(a) => {
+            let kind = match Family::of(&a) {
+                Family::Ipv4 => SetKind::In4,
+                Family::Ipv6 => SetKind::In6,
+            };
+            (kind, vec![ifname, KeyValue::Addr(a), proto, port])
+        }
+        AppAddr::Interface => {
+            let kind = match Family::of(&s.act_addr) {
+                Family::Ipv4 => SetKind::In4Local,
+                Family::Ipv6 => SetKind::In6Local,
+            };
+            (kind, vec![ifname, proto, port])
+        }
+    }
 }
 
-fn reply_rule(s: &Service) -> Rule {
-    let f = Family::of(&s.act_addr);
-    queue_rule(vec![
-        Match::OifName(s.iface.clone()),
-        Match::NfProto(f),
-        Match::Saddr(s.act_addr),
-        Match::L4Proto(l4(s.protocol)),
-        Match::Sport(s.act_port),
-    ])
+/// The reply set a service belongs to and its element there.
+fn reply_element(s: &Service) -> (SetKind, Vec<KeyValue>) {
+    let kind = match Family::of(&s.act_addr) {
+        Family::Ipv4 => SetKind::Out4,
+        Family::Ipv6 => SetKind::Out6,
+    };
+    (
+        kind,
+        vec![
+            KeyValue::IfName(s.iface.clone()),
+            KeyValue::Addr(s.act_addr),
+            KeyValue::Proto(l4(s.protocol)),
+            KeyValue::Port(s.act_port),
+        ],
+    )
 }
 
 /// ICMP errors leaving on a public interface: from the actual server (quoting its private
@@ -349,19 +691,85 @@ mod tests {
         queue_rule(m)
     }
 
+    fn ip(a: &str) -> IpAddr {
+        a.parse().unwrap()
+    }
+
+    fn name(n: &str) -> KeyValue {
+        KeyValue::IfName(n.into())
+    }
+
     #[test]
     fn chains_hooks_priorities_and_queue_defaults() {
         let p = Policy::new(&[], 4747);
         assert_eq!(p.table, "netnat");
-        assert_eq!(p.prerouting.hook, Hook::Prerouting);
+        assert_eq!(p.prerouting.hook, Some(Hook::Prerouting));
         assert_eq!(p.prerouting.priority, -300);
-        assert_eq!(p.postrouting.hook, Hook::Postrouting);
+        assert_eq!(p.postrouting.hook, Some(Hook::Postrouting));
         assert_eq!(p.postrouting.priority, 300);
         assert!(p.prerouting.rules.is_empty() && p.postrouting.rules.is_empty());
+        assert!(p.sets.is_empty());
         assert_eq!(p.queues_total, 1);
         let qs = p.queue_spec();
         assert_eq!((qs.num, qs.total, qs.flags()), (4747, 1, 0));
         assert!(!qs.bypass);
+    }
+
+    #[test]
+    fn conntrack_rule_is_in_an_unhooked_chain_without_verdict() {
+        // Also with no services: reassembly must not depend on what is configured.
+        for p in [
+            Policy::new(&[], 1),
+            Policy::new(
+                &[svc(
+                    "pub0",
+                    fixed("10.0.0.1"),
+                    1,
+                    Protocol::Udp,
+                    "10.1.0.1",
+                    1,
+                )],
+                1,
+            ),
+        ] {
+            assert_eq!(p.conntrack.hook, None, "a regular chain: never evaluated");
+            assert_eq!(
+                p.conntrack.rules,
+                vec![Rule {
+                    matches: vec![Match::CtStateNew],
+                    verdict: Verdict::Continue,
+                    comment: Some(CONNTRACK_COMMENT),
+                }]
+            );
+            // No other chain jumps anywhere (there is no jump match at all) and no other rule
+            // uses ct.
+            for c in [&p.prerouting, &p.postrouting] {
+                assert!(
+                    c.rules
+                        .iter()
+                        .all(|r| !r.matches.contains(&Match::CtStateNew))
+                );
+            }
+        }
+        assert!(CONNTRACK_COMMENT.len() < 128, "libnftnl's comment limit");
+    }
+
+    #[test]
+    fn concatenated_type_ids_and_lengths() {
+        // `ifname . ipv4_addr . inet_proto . inet_service` as nft itself encodes it (seen with
+        // `nft --debug=mnl add set`).
+        assert_eq!(concat_type(SetKind::In4.key()), 0x00a4_730d);
+        assert_eq!(key_len(SetKind::In4.key()), 16 + 4 + 4 + 4);
+        assert_eq!(key_len(SetKind::In6.key()), 16 + 16 + 4 + 4);
+        assert_eq!(key_len(SetKind::In4Local.key()), 16 + 4 + 4);
+        assert_eq!(
+            concat_type(SetKind::In6Local.key()),
+            (TYPE_IFNAME << 12) | (TYPE_INET_PROTOCOL << 6) | TYPE_INET_SERVICE
+        );
+        // Every key fits the 16 32-bit registers.
+        for k in SetKind::ALL {
+            assert!(key_len(k.key()) <= 64, "{k:?}");
+        }
     }
 
     #[test]
@@ -375,27 +783,49 @@ mod tests {
             8080,
         );
         let p = Policy::new(&[s], 7);
-        let ip = |a: &str| -> IpAddr { a.parse().unwrap() };
+        assert_eq!(
+            p.sets,
+            vec![
+                SetSpec {
+                    kind: SetKind::In4,
+                    elements: vec![vec![
+                        name("pub0"),
+                        KeyValue::Addr(ip("10.99.1.1")),
+                        KeyValue::Proto(6),
+                        KeyValue::Port(80),
+                    ]],
+                },
+                SetSpec {
+                    kind: SetKind::Out4,
+                    elements: vec![vec![
+                        name("pub0"),
+                        KeyValue::Addr(ip("192.168.77.10")),
+                        KeyValue::Proto(6),
+                        KeyValue::Port(8080),
+                    ]],
+                },
+                SetSpec {
+                    kind: SetKind::IcmpIn4,
+                    elements: vec![vec![name("pub0"), KeyValue::Addr(ip("10.99.1.1"))]],
+                },
+            ]
+        );
         assert_eq!(
             p.prerouting.rules[0],
             q(vec![
-                Match::IifName("pub0".into()),
                 Match::NfProto(Family::Ipv4),
-                Match::Daddr(ip("10.99.1.1")),
-                Match::L4Proto(6),
-                Match::Dport(80),
+                Match::Lookup(SetKind::In4)
             ])
         );
-        // Then the three ICMPv4 error types addressed to the apparent address.
+        // Then the three ICMPv4 error types addressed to an apparent address.
         let icmp: Vec<_> = p.prerouting.rules[1..].to_vec();
         assert_eq!(icmp.len(), 3);
         for (r, t) in icmp.iter().zip([3, 11, 12]) {
             assert_eq!(
                 r,
                 &q(vec![
-                    Match::IifName("pub0".into()),
                     Match::NfProto(Family::Ipv4),
-                    Match::Daddr(ip("10.99.1.1")),
+                    Match::Lookup(SetKind::IcmpIn4),
                     Match::L4Proto(1),
                     Match::IcmpType(t),
                 ])
@@ -404,11 +834,8 @@ mod tests {
         assert_eq!(
             p.postrouting.rules[0],
             q(vec![
-                Match::OifName("pub0".into()),
                 Match::NfProto(Family::Ipv4),
-                Match::Saddr(ip("192.168.77.10")),
-                Match::L4Proto(6),
-                Match::Sport(8080),
+                Match::Lookup(SetKind::Out4)
             ])
         );
         assert_eq!(p.postrouting.rules.len(), 1 + 3);
@@ -424,7 +851,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_interface_service_uses_fib_and_family_guard() {
+    fn ipv6_interface_service_uses_fib_after_the_lookup() {
         let s = svc(
             "ppp0",
             AppAddr::Interface,
@@ -435,13 +862,15 @@ mod tests {
         );
         let p = Policy::new(&[s], 1);
         assert_eq!(
+            p.set(SetKind::In6Local).unwrap().elements,
+            vec![vec![name("ppp0"), KeyValue::Proto(17), KeyValue::Port(53)]]
+        );
+        assert_eq!(
             p.prerouting.rules[0].matches,
             vec![
-                Match::IifName("ppp0".into()),
                 Match::NfProto(Family::Ipv6),
+                Match::Lookup(SetKind::In6Local),
                 Match::FibDaddrIifLocal,
-                Match::L4Proto(17),
-                Match::Dport(53),
             ]
         );
         let icmp_types: Vec<u8> = p.prerouting.rules[1..]
@@ -458,30 +887,52 @@ mod tests {
                 .all(|r| r.matches[3] == Match::L4Proto(58))
         );
         assert_eq!(
-            p.postrouting.rules[0].matches[1..3],
-            [
-                Match::NfProto(Family::Ipv6),
-                Match::Saddr("fd00::10".parse().unwrap())
-            ]
+            p.set(SetKind::Out6).unwrap().elements,
+            vec![vec![
+                name("ppp0"),
+                KeyValue::Addr(ip("fd00::10")),
+                KeyValue::Proto(17),
+                KeyValue::Port(5353)
+            ]]
         );
         assert_eq!(p.postrouting.rules.len(), 1 + 4);
+        assert_eq!(p.sets.len(), 2);
     }
 
     #[test]
-    fn ipv4_interface_service_guards_family_before_fib() {
-        let s = svc(
-            "ppp0",
-            AppAddr::Interface,
-            25,
-            Protocol::Tcp,
-            "192.168.77.10",
-            25,
-        );
-        let p = Policy::new(&[s], 1);
-        assert_eq!(
-            p.prerouting.rules[0].matches[1..3],
-            [Match::NfProto(Family::Ipv4), Match::FibDaddrIifLocal]
-        );
+    fn many_services_make_few_rules() {
+        // The point of the sets: the rule count does not grow with the services.
+        let services: Vec<Service> = (0..10_000u16)
+            .map(|i| {
+                let (app, act) = match i % 4 {
+                    0 => (fixed("10.99.1.1"), "192.168.77.10"),
+                    1 => (AppAddr::Interface, "192.168.77.11"),
+                    2 => (fixed("2001:db8::1"), "fd00::10"),
+                    _ => (AppAddr::Interface, "fd00::11"),
+                };
+                let p = if i % 3 == 0 {
+                    Protocol::Udp
+                } else {
+                    Protocol::Tcp
+                };
+                svc("pub0", app, 1000 + i, p, act, 1000 + i)
+            })
+            .collect();
+        let p = Policy::new(&services, 1);
+        assert_eq!(p.sets.len(), 8);
+        // Plus one ICMP element per fixed apparent address.
+        assert_eq!(p.element_count(), 2 * 10_000 + 2);
+        let lookups = |c: &ChainSpec| {
+            c.rules
+                .iter()
+                .filter(|r| r.matches.iter().any(|m| matches!(m, Match::Lookup(_))))
+                .count()
+        };
+        assert_eq!(lookups(&p.prerouting), 4 + 3 + 4);
+        assert_eq!(lookups(&p.postrouting), 2);
+        // ICMP: fixed v4 (3), fib v4 (3), fixed v6 (4), fib v6 (4); replies v4 3 + v6 4.
+        assert_eq!(p.prerouting.rules.len(), 4 + 3 + 3 + 4 + 4);
+        assert_eq!(p.postrouting.rules.len(), 2 + 3 + 4);
     }
 
     #[test]
@@ -543,8 +994,15 @@ mod tests {
         let p = Policy::new(&services, 1);
         let is_icmp = |r: &&Rule| matches!(r.matches.last(), Some(Match::IcmpType(_)));
         let pre_icmp = p.prerouting.rules.iter().filter(is_icmp).count();
-        // pub0/10.99.1.1: 3, pub0/10.99.1.2: 3, pub0/fib v6: 4, pub1/fib v4: 3.
-        assert_eq!(pre_icmp, 3 + 3 + 4 + 3);
+        // Fixed IPv4 addresses, through the set: 3; pub0/fib v6: 4, pub1/fib v4: 3.
+        assert_eq!(pre_icmp, 3 + 4 + 3);
+        assert_eq!(
+            p.set(SetKind::IcmpIn4).unwrap().elements,
+            vec![
+                vec![name("pub0"), KeyValue::Addr(ip("10.99.1.1"))],
+                vec![name("pub0"), KeyValue::Addr(ip("10.99.1.2"))],
+            ]
+        );
         let post_icmp = p.postrouting.rules.iter().filter(is_icmp).count();
         // pub0 v4: 3, pub0 v6: 4, pub1 v4: 3.
         assert_eq!(post_icmp, 3 + 4 + 3);
@@ -553,21 +1011,43 @@ mod tests {
             let set: HashSet<_> = chain.rules.iter().collect();
             assert_eq!(set.len(), chain.rules.len());
         }
-        // Service rules come first, in service order.
+        // Lookup rules first, in set order: in4, in4_local, in6_local (no fixed IPv6).
+        let lookups: Vec<SetKind> = p
+            .prerouting
+            .rules
+            .iter()
+            .filter_map(|r| {
+                r.matches.iter().find_map(|m| match m {
+                    Match::Lookup(k) => Some(*k),
+                    _ => None,
+                })
+            })
+            .collect();
         assert_eq!(
-            p.prerouting.rules[0].matches.last(),
-            Some(&Match::Dport(80))
+            lookups,
+            [
+                SetKind::In4,
+                SetKind::In4Local,
+                SetKind::In6Local,
+                SetKind::IcmpIn4,
+                SetKind::IcmpIn4,
+                SetKind::IcmpIn4
+            ]
         );
-        assert_eq!(
-            p.prerouting.rules[1].matches.last(),
-            Some(&Match::Dport(53))
-        );
-        assert_eq!(p.prerouting.rules.len(), 6 + 13);
-        assert_eq!(p.postrouting.rules.len(), 6 + 10);
+        assert!(matches!(
+            p.prerouting.rules[0].matches[1],
+            Match::Lookup(SetKind::In4)
+        ));
+        assert_eq!(p.prerouting.rules.len(), 3 + 10);
+        assert_eq!(p.postrouting.rules.len(), 2 + 10);
+        assert_eq!(p.set(SetKind::In4).unwrap().elements.len(), 3);
+        assert_eq!(p.set(SetKind::In6Local).unwrap().elements.len(), 2);
+        assert_eq!(p.set(SetKind::Out4).unwrap().elements.len(), 4);
+        assert_eq!(p.set(SetKind::Out6).unwrap().elements.len(), 2);
     }
 
     #[test]
-    fn identical_services_give_one_rule() {
+    fn identical_services_give_one_element() {
         let s = svc(
             "pub0",
             fixed("10.99.1.1"),
@@ -579,6 +1059,7 @@ mod tests {
         let p = Policy::new(&[s.clone(), s], 1);
         assert_eq!(p.prerouting.rules.len(), 1 + 3);
         assert_eq!(p.postrouting.rules.len(), 1 + 3);
+        assert_eq!(p.element_count(), 3);
     }
 
     #[test]
@@ -592,7 +1073,10 @@ mod tests {
             53,
         );
         let p = Policy::new(&[s], 1);
-        assert!(p.prerouting.rules[0].matches.contains(&Match::L4Proto(17)));
-        assert!(p.postrouting.rules[0].matches.contains(&Match::L4Proto(17)));
+        for set in &p.sets {
+            if set.kind != SetKind::IcmpIn4 {
+                assert!(set.elements[0].contains(&KeyValue::Proto(17)));
+            }
+        }
     }
 }

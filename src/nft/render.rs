@@ -2,14 +2,18 @@
 //!
 //! The kernel test compares this text with nft's own listing, so the spelling follows what nft
 //! prints for the expressions netnat installs, including the dependencies nft leaves out when
-//! listing: `meta nfproto` before `ip daddr` or `icmp type`, and `meta l4proto` before a
-//! transport port or ICMP type.
+//! listing: `meta nfproto` before `ip daddr` or `icmp type` (also inside a concatenation), and
+//! `meta l4proto` before a transport port or ICMP type.
+//!
+//! Set elements are printed in the policy's order; nft prints them in the kernel's hash order,
+//! so a comparison with `nft list` has to sort the element lines of each set.
 
 use std::fmt::Write;
 use std::net::IpAddr;
 
 use super::policy::{
-    ChainSpec, Family, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, Match, Policy, QueueSpec, Rule, Verdict,
+    ChainSpec, Family, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, KeyField, KeyValue, Match, Policy,
+    QueueSpec, Rule, SetSpec, Verdict,
 };
 
 /// The whole table, ending in a newline. The table carries the owner flag when installed, which
@@ -19,6 +23,10 @@ pub fn render(policy: &Policy) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "table inet {} {{", policy.table);
     let _ = writeln!(out, "\tflags owner");
+    for set in &policy.sets {
+        out.push('\n');
+        render_set(&mut out, set);
+    }
     for chain in policy.chains() {
         out.push('\n');
         render_chain(&mut out, chain, &policy.queue_spec());
@@ -27,14 +35,47 @@ pub fn render(policy: &Policy) -> String {
     out
 }
 
+/// A named set the way nft lists one with a concatenated key: one element per line, the
+/// continuation lines aligned under the first element.
+fn render_set(out: &mut String, set: &SetSpec) {
+    let _ = writeln!(out, "\tset {} {{", set.kind.name());
+    let types: Vec<&str> = set.kind.key().iter().map(|f| f.type_name()).collect();
+    let _ = writeln!(out, "\t\ttype {}", types.join(" . "));
+    if !set.elements.is_empty() {
+        let elements: Vec<String> = set.elements.iter().map(|e| render_element(e)).collect();
+        let _ = writeln!(
+            out,
+            "\t\telements = {{ {} }}",
+            elements.join(",\n\t\t\t     ")
+        );
+    }
+    let _ = writeln!(out, "\t}}");
+}
+
+/// One set element: its component values joined by ` . `.
+pub fn render_element(element: &[KeyValue]) -> String {
+    let parts: Vec<String> = element
+        .iter()
+        .map(|v| match v {
+            KeyValue::IfName(n) => format!("\"{n}\""),
+            KeyValue::Addr(a) => a.to_string(),
+            KeyValue::Proto(p) => proto_name(*p),
+            KeyValue::Port(p) => p.to_string(),
+        })
+        .collect();
+    parts.join(" . ")
+}
+
 fn render_chain(out: &mut String, chain: &ChainSpec, queue: &QueueSpec) {
     let _ = writeln!(out, "\tchain {} {{", chain.name);
-    let _ = writeln!(
-        out,
-        "\t\ttype filter hook {} priority {}; policy accept;",
-        chain.hook.name(),
-        priority_name(chain.hook, chain.priority)
-    );
+    if let Some(hook) = chain.hook {
+        let _ = writeln!(
+            out,
+            "\t\ttype filter hook {} priority {}; policy accept;",
+            hook.name(),
+            priority_name(hook, chain.priority)
+        );
+    }
     for rule in &chain.rules {
         let _ = writeln!(out, "\t\t{}", render_rule(rule, queue));
     }
@@ -69,7 +110,9 @@ pub fn render_rule(rule: &Rule, queue: &QueueSpec) -> String {
             Match::OifName(n) => words.push(format!("oifname \"{n}\"")),
             Match::NfProto(f) => {
                 let implied_by_addr = matches!(next, Some(Match::Daddr(a) | Match::Saddr(a))
-                    if Family::of(a) == *f);
+                    if Family::of(a) == *f)
+                    || matches!(next, Some(Match::Lookup(k)) if k.key().iter().any(|c|
+                        matches!(c, KeyField::Daddr(g) | KeyField::Saddr(g) if g == f)));
                 let implied_by_icmp =
                     matches!(
                         (f, l4),
@@ -97,10 +140,19 @@ pub fn render_rule(rule: &Rule, queue: &QueueSpec) -> String {
                 Some(IPPROTO_ICMPV6) => format!("icmpv6 type {}", icmpv6_type_name(*t)),
                 _ => format!("icmp type {}", icmp_type_name(*t)),
             }),
+            Match::Lookup(kind) => {
+                let fields: Vec<&str> = kind.key().iter().map(|f| field_name(*f)).collect();
+                words.push(format!("{} @{}", fields.join(" . "), kind.name()));
+            }
+            Match::CtStateNew => words.push("ct state new".into()),
         }
     }
     match rule.verdict {
         Verdict::Queue => words.push(render_queue(queue)),
+        Verdict::Continue => {}
+    }
+    if let Some(c) = rule.comment {
+        words.push(format!("comment \"{c}\""));
     }
     words.join(" ")
 }
@@ -127,6 +179,22 @@ fn render_queue(q: &QueueSpec) -> String {
         s.push_str(&flags.join(","));
     }
     s
+}
+
+/// A key component as nft prints it inside a concatenation (`th`, not `tcp`: the protocol is
+/// part of the key, not a dependency).
+fn field_name(f: KeyField) -> &'static str {
+    match f {
+        KeyField::IifName => "iifname",
+        KeyField::OifName => "oifname",
+        KeyField::Daddr(Family::Ipv4) => "ip daddr",
+        KeyField::Daddr(Family::Ipv6) => "ip6 daddr",
+        KeyField::Saddr(Family::Ipv4) => "ip saddr",
+        KeyField::Saddr(Family::Ipv6) => "ip6 saddr",
+        KeyField::L4Proto => "meta l4proto",
+        KeyField::Dport => "th dport",
+        KeyField::Sport => "th sport",
+    }
 }
 
 fn family_name(f: Family) -> &'static str {
@@ -216,6 +284,14 @@ mod tests {
                 8080,
             ),
             svc(
+                "pub0",
+                AppAddr::Fixed("10.99.1.1".parse().unwrap()),
+                53,
+                Protocol::Udp,
+                "192.168.77.10",
+                53,
+            ),
+            svc(
                 "ppp0",
                 AppAddr::Interface,
                 53,
@@ -229,13 +305,40 @@ mod tests {
 table inet netnat {
 \tflags owner
 
+\tset in4 {
+\t\ttype ifname . ipv4_addr . inet_proto . inet_service
+\t\telements = { \"pub0\" . 10.99.1.1 . tcp . 80,
+\t\t\t     \"pub0\" . 10.99.1.1 . udp . 53 }
+\t}
+
+\tset in6_local {
+\t\ttype ifname . inet_proto . inet_service
+\t\telements = { \"ppp0\" . udp . 53 }
+\t}
+
+\tset out4 {
+\t\ttype ifname . ipv4_addr . inet_proto . inet_service
+\t\telements = { \"pub0\" . 192.168.77.10 . tcp . 8080,
+\t\t\t     \"pub0\" . 192.168.77.10 . udp . 53 }
+\t}
+
+\tset out6 {
+\t\ttype ifname . ipv6_addr . inet_proto . inet_service
+\t\telements = { \"ppp0\" . fd00::53 . udp . 53 }
+\t}
+
+\tset icmp_in4 {
+\t\ttype ifname . ipv4_addr
+\t\telements = { \"pub0\" . 10.99.1.1 }
+\t}
+
 \tchain prerouting {
 \t\ttype filter hook prerouting priority raw; policy accept;
-\t\tiifname \"pub0\" ip daddr 10.99.1.1 tcp dport 80 queue num 4747
-\t\tiifname \"ppp0\" meta nfproto ipv6 fib daddr . iif type local udp dport 53 queue num 4747
-\t\tiifname \"pub0\" ip daddr 10.99.1.1 icmp type destination-unreachable queue num 4747
-\t\tiifname \"pub0\" ip daddr 10.99.1.1 icmp type time-exceeded queue num 4747
-\t\tiifname \"pub0\" ip daddr 10.99.1.1 icmp type parameter-problem queue num 4747
+\t\tiifname . ip daddr . meta l4proto . th dport @in4 queue num 4747
+\t\tmeta nfproto ipv6 iifname . meta l4proto . th dport @in6_local fib daddr . iif type local queue num 4747
+\t\tiifname . ip daddr @icmp_in4 icmp type destination-unreachable queue num 4747
+\t\tiifname . ip daddr @icmp_in4 icmp type time-exceeded queue num 4747
+\t\tiifname . ip daddr @icmp_in4 icmp type parameter-problem queue num 4747
 \t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type destination-unreachable queue num 4747
 \t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type packet-too-big queue num 4747
 \t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type time-exceeded queue num 4747
@@ -244,8 +347,8 @@ table inet netnat {
 
 \tchain postrouting {
 \t\ttype filter hook postrouting priority 300; policy accept;
-\t\toifname \"pub0\" ip saddr 192.168.77.10 tcp sport 8080 queue num 4747
-\t\toifname \"ppp0\" ip6 saddr fd00::53 udp sport 53 queue num 4747
+\t\toifname . ip saddr . meta l4proto . th sport @out4 queue num 4747
+\t\toifname . ip6 saddr . meta l4proto . th sport @out6 queue num 4747
 \t\toifname \"pub0\" icmp type destination-unreachable queue num 4747
 \t\toifname \"pub0\" icmp type time-exceeded queue num 4747
 \t\toifname \"pub0\" icmp type parameter-problem queue num 4747
@@ -254,19 +357,25 @@ table inet netnat {
 \t\toifname \"ppp0\" icmpv6 type time-exceeded queue num 4747
 \t\toifname \"ppp0\" icmpv6 type parameter-problem queue num 4747
 \t}
+
+\tchain conntrack {
+\t\tct state new comment \"never jumped to: its ct expression keeps conntrack, and with it reassembly, active\"
+\t}
 }
 ";
         assert_eq!(text, expected);
     }
 
     #[test]
-    fn empty_policy_has_both_chains() {
+    fn empty_policy_has_the_chains_and_no_set() {
         let text = render(&Policy::new(&[], 1));
         assert!(text.contains("chain prerouting {\n\t\ttype filter hook prerouting priority raw;"));
         assert!(
             text.contains("chain postrouting {\n\t\ttype filter hook postrouting priority 300;")
         );
+        assert!(text.contains("\tchain conntrack {\n\t\tct state new comment "));
         assert!(!text.contains("queue"));
+        assert!(!text.contains("set "));
     }
 
     #[test]
@@ -297,9 +406,15 @@ table inet netnat {
         );
         let p = Policy::new(&[s], 5);
         let line = render_rule(&p.prerouting.rules[0], &p.queue_spec());
+        // No address in the key, so nft shows the family guard.
         assert_eq!(
             line,
-            "iifname \"ppp0\" meta nfproto ipv4 fib daddr . iif type local tcp dport 25 queue num 5"
+            "meta nfproto ipv4 iifname . meta l4proto . th dport @in4_local fib daddr . iif type local queue num 5"
+        );
+        let line = render_rule(&p.postrouting.rules[0], &p.queue_spec());
+        assert_eq!(
+            line,
+            "oifname . ip saddr . meta l4proto . th sport @out4 queue num 5"
         );
     }
 }
