@@ -181,7 +181,8 @@ fn conntrack(sys: &System<'_>) -> Finding {
         Finding {
             severity: Severity::Ok,
             what,
-            detail: "available: fragments are reassembled (at priority -400) where it is active"
+            detail: "available; netnat's table activates it, so fragments are reassembled \
+                     (priority -400) before netnat sees them"
                 .into(),
         }
     } else {
