@@ -19,7 +19,6 @@ mod common;
 mod reliability;
 
 use std::fs;
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -99,8 +98,9 @@ const CLASSES: &[(&str, bool, Fate)] = &[
     ("v4_frag_later_alone", false, Kernel),
     ("v4_frag_pairs", false, PairsTranslated),
     ("v4_frag_overlapping", false, Kernel),
-    // Translated, then the router's time exceeded (quoting the private tuple) is translated
-    // on its way back: checked by the capture.
+    // Translated inbound. The router's time exceeded that should follow is NOT seen on pub0
+    // with netnat running (open finding, see the report of this branch): the capture only
+    // proves that nothing private leaks.
     ("v4_ttl_1", true, Translated),
     ("v4_other_protocol", false, NotQueued),
     ("v4_icmp_echo", false, NotQueued),
@@ -464,8 +464,8 @@ fn hostile_packets_get_documented_verdicts_and_netnat_survives() {
         n.proc.evidence()
     );
 
-    // Nothing private ever left on the public side, also in the errors the router and the
-    // server sent back about translated packets (TTL 1, bad options, port unreachable).
+    // Nothing private ever left on the public side, also in the errors sent back about
+    // translated packets (the server's port unreachables, translated by netnat).
     let pcap = cap.stop();
     let leaks = fields(
         &pcap,
@@ -499,5 +499,4 @@ fn hostile_packets_get_documented_verdicts_and_netnat_survives() {
          pub0: 0; queue {kq:?}; netnat exit 0; {:.1}s",
         start.elapsed().as_secs_f64()
     );
-    let _ = Path::new("");
 }
