@@ -997,6 +997,23 @@ fn key_source(f: KeyField) -> Source {
     }
 }
 
+/// Where a reply set's key component comes from when looked up with the packet quoted in an
+/// ICMP error (8 bytes of ICMP header, then the quoted IP header): the quote's destination
+/// address, protocol and destination port stand where a reply's source, protocol and source
+/// port stand. Offsets assume a 20-byte quoted IPv4 header or a 40-byte IPv6 one.
+fn quoted_key_source(f: KeyField, family: Family) -> Source {
+    let th = |offset, len| Source::Transport { offset, len };
+    match (f, family) {
+        (KeyField::Saddr(Family::Ipv4), _) => th(8 + 16, 4),
+        (KeyField::Saddr(Family::Ipv6), _) => th(8 + 24, 16),
+        (KeyField::L4Proto, Family::Ipv4) => th(8 + 9, 1),
+        (KeyField::L4Proto, Family::Ipv6) => th(8 + 6, 1),
+        (KeyField::Sport, Family::Ipv4) => th(8 + 20 + 2, 2),
+        (KeyField::Sport, Family::Ipv6) => th(8 + 40 + 2, 2),
+        (other, _) => key_source(other),
+    }
+}
+
 /// The expressions of one rule: each plain match is a load into register 1 and an equality
 /// compare; a lookup loads its key's components into consecutive 32-bit registers from
 /// `NFT_REG32_00` (the first quarter of register 1, where the lookup reads) and looks the key
@@ -1040,11 +1057,21 @@ fn build_rule<'a>(
             Match::Dport(p) => add(&mut rule, &th(2, 2), &p.to_be_bytes()),
             Match::Sport(p) => add(&mut rule, &th(0, 2), &p.to_be_bytes()),
             Match::IcmpType(t) => add(&mut rule, &th(0, 1), &[*t]),
-            Match::Lookup(set_kind) => {
+            Match::QuotedByteNot { offset, value } => {
+                rule.add_expr(&th(u32::from(*offset), 1));
+                rule.add_expr(&Cmp::new(CmpOp::Neq, *value));
+            }
+            Match::Lookup(set_kind) | Match::LookupQuoted(set_kind) => {
+                let quoted = matches!(m, Match::LookupQuoted(_));
                 let mut offset = 0;
                 for &f in set_kind.key() {
+                    let source = if quoted {
+                        quoted_key_source(f, set_kind.family())
+                    } else {
+                        key_source(f)
+                    };
                     rule.add_expr(&Load {
-                        source: key_source(f),
+                        source,
                         dreg: reg32_at(offset),
                     });
                     offset += f.padded_len();

@@ -287,6 +287,14 @@ pub enum Match {
     IcmpType(u8),
     /// `k1 . k2 . ... @set`: the set's key loaded into consecutive registers, looked up.
     Lookup(SetKind),
+    /// A reply set (`out4`/`out6`) looked up with the packet *quoted* in an ICMP error: outgoing
+    /// interface, quoted destination address, protocol and destination port, which for an
+    /// error about a mapped flow are the actual endpoint. Assumes a quoted IPv4 header without
+    /// options and a quoted IPv6 header followed directly by TCP/UDP; [`Match::QuotedByteNot`]
+    /// rules catch the other quotes.
+    LookupQuoted(SetKind),
+    /// Byte `offset` of the transport header (of an ICMP error: its quote) differs from `value`.
+    QuotedByteNot { offset: u8, value: u8 },
     /// `ct state new`: only there for its side effect (see [`Policy::conntrack`]).
     CtStateNew,
 }
@@ -474,7 +482,7 @@ impl Policy {
             let family = Family::of(&s.act_addr);
             let (proto, types) = family.icmp();
             for &t in types {
-                reply_icmp_rule(&mut post, &s.iface, family, proto, t);
+                reply_icmp_rules(&mut post, &s.iface, family, proto, t);
             }
         }
 
@@ -648,15 +656,51 @@ fn reply_element(s: &Service) -> (SetKind, Vec<KeyValue>) {
     )
 }
 
-/// ICMP errors leaving on a public interface: from the actual server (quoting its private
-/// address) or from the router itself (quoting the rewritten tuple), so no address match.
-fn reply_icmp_rule(list: &mut RuleList, iface: &str, family: Family, proto: u8, t: u8) {
+/// ICMP errors leaving on a public interface that may quote a mapped flow: from the actual
+/// server (quoting the client's packet to the private address) or from the router itself
+/// (quoting the rewritten tuple, as "fragmentation needed" does). Only errors whose quote names
+/// a service's actual endpoint are queued, plus the few whose quote the lookup cannot read.
+///
+/// Why not every error: the router's own error about a packet whose conntrack entry is not
+/// confirmed yet (TTL exceeded or port unreachable for the first packet of a flow) shares that
+/// entry, and the kernel refuses to queue such packets: it drops them. Queued broadly, the
+/// router's traceroute hop and its refusals would vanish for traffic that is none of netnat's.
+fn reply_icmp_rules(list: &mut RuleList, iface: &str, family: Family, proto: u8, t: u8) {
+    let out = match family {
+        Family::Ipv4 => SetKind::Out4,
+        Family::Ipv6 => SetKind::Out6,
+    };
     list.push(queue_rule(vec![
+        Match::NfProto(family),
+        Match::L4Proto(proto),
+        Match::IcmpType(t),
+        Match::LookupQuoted(out),
+    ]));
+    // Quotes the lookup cannot read: an IPv4 header with options (first byte not 0x45), an
+    // IPv6 header followed by an extension header (next header neither TCP nor UDP).
+    let mut odd = vec![
         Match::OifName(iface.to_string()),
         Match::NfProto(family),
         Match::L4Proto(proto),
         Match::IcmpType(t),
-    ]));
+    ];
+    match family {
+        Family::Ipv4 => odd.push(Match::QuotedByteNot {
+            offset: 8,
+            value: 0x45,
+        }),
+        Family::Ipv6 => odd.extend([
+            Match::QuotedByteNot {
+                offset: 14,
+                value: 6,
+            },
+            Match::QuotedByteNot {
+                offset: 14,
+                value: 17,
+            },
+        ]),
+    }
+    list.push(queue_rule(odd));
 }
 
 #[cfg(test)]
@@ -838,14 +882,28 @@ mod tests {
                 Match::Lookup(SetKind::Out4)
             ])
         );
-        assert_eq!(p.postrouting.rules.len(), 1 + 3);
+        // Per ICMP error type: the lookup keyed by the quoted packet, and the odd quotes.
+        assert_eq!(p.postrouting.rules.len(), 1 + 3 * 2);
         assert_eq!(
-            p.postrouting.rules[3],
+            p.postrouting.rules[5],
+            q(vec![
+                Match::NfProto(Family::Ipv4),
+                Match::L4Proto(1),
+                Match::IcmpType(12),
+                Match::LookupQuoted(SetKind::Out4),
+            ])
+        );
+        assert_eq!(
+            p.postrouting.rules[6],
             q(vec![
                 Match::OifName("pub0".into()),
                 Match::NfProto(Family::Ipv4),
                 Match::L4Proto(1),
                 Match::IcmpType(12),
+                Match::QuotedByteNot {
+                    offset: 8,
+                    value: 0x45
+                },
             ])
         );
     }
@@ -895,7 +953,7 @@ mod tests {
                 KeyValue::Port(5353)
             ]]
         );
-        assert_eq!(p.postrouting.rules.len(), 1 + 4);
+        assert_eq!(p.postrouting.rules.len(), 1 + 4 * 2);
         assert_eq!(p.sets.len(), 2);
     }
 
@@ -930,9 +988,10 @@ mod tests {
         };
         assert_eq!(lookups(&p.prerouting), 4 + 3 + 4);
         assert_eq!(lookups(&p.postrouting), 2);
-        // ICMP: fixed v4 (3), fib v4 (3), fixed v6 (4), fib v6 (4); replies v4 3 + v6 4.
+        // ICMP: fixed v4 (3), fib v4 (3), fixed v6 (4), fib v6 (4); replies v4 3 + v6 4, each
+        // as a quoted lookup and as an odd-quote rule.
         assert_eq!(p.prerouting.rules.len(), 4 + 3 + 3 + 4 + 4);
-        assert_eq!(p.postrouting.rules.len(), 2 + 3 + 4);
+        assert_eq!(p.postrouting.rules.len(), 2 + 2 * (3 + 4));
     }
 
     #[test]
@@ -1003,9 +1062,11 @@ mod tests {
                 vec![name("pub0"), KeyValue::Addr(ip("10.99.1.2"))],
             ]
         );
-        let post_icmp = p.postrouting.rules.iter().filter(is_icmp).count();
-        // pub0 v4: 3, pub0 v6: 4, pub1 v4: 3.
-        assert_eq!(post_icmp, 3 + 4 + 3);
+        let has_icmp = |r: &&Rule| r.matches.iter().any(|m| matches!(m, Match::IcmpType(_)));
+        let post_icmp = p.postrouting.rules.iter().filter(has_icmp).count();
+        // Quoted lookups per family and type (v4 3, v6 4, whatever the interface); odd quotes
+        // per interface: pub0 v4 3, pub0 v6 4, pub1 v4 3.
+        assert_eq!(post_icmp, (3 + 4) + (3 + 4 + 3));
         // Every rule exactly once.
         for chain in p.chains() {
             let set: HashSet<_> = chain.rules.iter().collect();
@@ -1039,7 +1100,7 @@ mod tests {
             Match::Lookup(SetKind::In4)
         ));
         assert_eq!(p.prerouting.rules.len(), 3 + 10);
-        assert_eq!(p.postrouting.rules.len(), 2 + 10);
+        assert_eq!(p.postrouting.rules.len(), 2 + 7 + 10);
         assert_eq!(p.set(SetKind::In4).unwrap().elements.len(), 3);
         assert_eq!(p.set(SetKind::In6Local).unwrap().elements.len(), 2);
         assert_eq!(p.set(SetKind::Out4).unwrap().elements.len(), 4);
@@ -1058,7 +1119,7 @@ mod tests {
         );
         let p = Policy::new(&[s.clone(), s], 1);
         assert_eq!(p.prerouting.rules.len(), 1 + 3);
-        assert_eq!(p.postrouting.rules.len(), 1 + 3);
+        assert_eq!(p.postrouting.rules.len(), 1 + 3 * 2);
         assert_eq!(p.element_count(), 3);
     }
 

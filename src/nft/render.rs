@@ -144,6 +144,17 @@ pub fn render_rule(rule: &Rule, queue: &QueueSpec) -> String {
                 let fields: Vec<&str> = kind.key().iter().map(|f| field_name(*f)).collect();
                 words.push(format!("{} @{}", fields.join(" . "), kind.name()));
             }
+            Match::LookupQuoted(kind) => {
+                // Raw transport-header loads, in bits as nft writes them (see netlink.rs).
+                let quoted = match kind.family() {
+                    Family::Ipv4 => "@th,192,32 . @th,136,8 . @th,240,16",
+                    Family::Ipv6 => "@th,256,128 . @th,112,8 . @th,400,16",
+                };
+                words.push(format!("oifname . {quoted} @{}", kind.name()));
+            }
+            Match::QuotedByteNot { offset, value } => {
+                words.push(format!("@th,{},8 != {value:#x}", u32::from(*offset) * 8));
+            }
             Match::CtStateNew => words.push("ct state new".into()),
         }
     }
@@ -349,13 +360,20 @@ table inet netnat {
 \t\ttype filter hook postrouting priority 300; policy accept;
 \t\toifname . ip saddr . meta l4proto . th sport @out4 queue num 4747
 \t\toifname . ip6 saddr . meta l4proto . th sport @out6 queue num 4747
-\t\toifname \"pub0\" icmp type destination-unreachable queue num 4747
-\t\toifname \"pub0\" icmp type time-exceeded queue num 4747
-\t\toifname \"pub0\" icmp type parameter-problem queue num 4747
-\t\toifname \"ppp0\" icmpv6 type destination-unreachable queue num 4747
-\t\toifname \"ppp0\" icmpv6 type packet-too-big queue num 4747
-\t\toifname \"ppp0\" icmpv6 type time-exceeded queue num 4747
-\t\toifname \"ppp0\" icmpv6 type parameter-problem queue num 4747
+\t\ticmp type destination-unreachable oifname . @th,192,32 . @th,136,8 . @th,240,16 @out4 queue num 4747
+\t\toifname \"pub0\" icmp type destination-unreachable @th,64,8 != 0x45 queue num 4747
+\t\ticmp type time-exceeded oifname . @th,192,32 . @th,136,8 . @th,240,16 @out4 queue num 4747
+\t\toifname \"pub0\" icmp type time-exceeded @th,64,8 != 0x45 queue num 4747
+\t\ticmp type parameter-problem oifname . @th,192,32 . @th,136,8 . @th,240,16 @out4 queue num 4747
+\t\toifname \"pub0\" icmp type parameter-problem @th,64,8 != 0x45 queue num 4747
+\t\ticmpv6 type destination-unreachable oifname . @th,256,128 . @th,112,8 . @th,400,16 @out6 queue num 4747
+\t\toifname \"ppp0\" icmpv6 type destination-unreachable @th,112,8 != 0x6 @th,112,8 != 0x11 queue num 4747
+\t\ticmpv6 type packet-too-big oifname . @th,256,128 . @th,112,8 . @th,400,16 @out6 queue num 4747
+\t\toifname \"ppp0\" icmpv6 type packet-too-big @th,112,8 != 0x6 @th,112,8 != 0x11 queue num 4747
+\t\ticmpv6 type time-exceeded oifname . @th,256,128 . @th,112,8 . @th,400,16 @out6 queue num 4747
+\t\toifname \"ppp0\" icmpv6 type time-exceeded @th,112,8 != 0x6 @th,112,8 != 0x11 queue num 4747
+\t\ticmpv6 type parameter-problem oifname . @th,256,128 . @th,112,8 . @th,400,16 @out6 queue num 4747
+\t\toifname \"ppp0\" icmpv6 type parameter-problem @th,112,8 != 0x6 @th,112,8 != 0x11 queue num 4747
 \t}
 
 \tchain conntrack {
