@@ -326,7 +326,11 @@ fn control_path(t: &Topology, label: &str) -> PathBuf {
 /// once the table is gone the router is a plain router again, so segments the actual server
 /// still had in flight for the dead connection leave with their private source address. They
 /// are reported, not asserted: no rule survives the process that owns the table (that is
-/// what makes the cleanup crash-safe); a firewall on the router is what stops them.
+/// what makes the cleanup crash-safe). The upload is used because its sender learns of the
+/// reset at once. In a download variant tried once by hand, the sending server's last two
+/// super-packets (2 × 65160 bytes) left pub0 from 192.168.77.10 before the client's RST
+/// stopped it, and the receiving client hung until its deadline. A router firewall that
+/// accepts `ct state established` does not stop those packets either.
 #[test]
 fn fault_sigkill_during_bulk_table_gone_restart_serves() {
     let name = "fault_sigkill_during_bulk_table_gone_restart_serves";
