@@ -24,7 +24,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::net::IpAddr;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use super::grammar::{self, Word};
 use super::{AppAddr, Config, Protocol, Service, ServiceLine, Settings};
@@ -90,7 +91,9 @@ pub fn parse_config(text: &str, origin: &str) -> Result<Config, Vec<ConfigError>
 }
 
 /// Reads and parses a configuration file. I/O problems come back as errors at line 0; lines
-/// that are not UTF-8 are reported one by one, with the other lines still checked.
+/// that are not UTF-8 are reported one by one, with the other lines still checked. A file that
+/// users other than its owner may change (see [`check_not_writable_by_others`]) is refused
+/// before it is read.
 pub fn load_config(path: &Path) -> Result<Config, Vec<ConfigError>> {
     let origin = path.display().to_string();
     let mut parser = Parser::new(&origin);
@@ -118,10 +121,14 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
         format!("cannot read the configuration: {what}")
     };
     let file = std::fs::File::open(path).map_err(describe)?;
-    if let Ok(meta) = file.metadata()
-        && meta.len() > MAX_FILE_BYTES as u64
-    {
-        return Err(too_large(usize::try_from(meta.len()).unwrap_or(usize::MAX)));
+    if let Ok(meta) = file.metadata() {
+        // A directory is reported as such by the read below, whatever its mode (/tmp is 1777).
+        if !meta.is_dir() {
+            check_not_writable_by_others(path, meta.permissions().mode())?;
+        }
+        if meta.len() > MAX_FILE_BYTES as u64 {
+            return Err(too_large(usize::try_from(meta.len()).unwrap_or(usize::MAX)));
+        }
     }
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES as u64 + 1)
@@ -133,6 +140,66 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(bytes)
+}
+
+/// Refuses a configuration that any local user could change: the file decides which packets
+/// netnat (a CAP_NET_ADMIN daemon) rewrites and where to, so whoever can write it controls the
+/// router's mappings. Refused are a world-writable file (mode o+w) and a file below a
+/// world-writable directory without the sticky bit (anyone may then rename or replace the file,
+/// or a directory on its path). `file_mode` is the mode of the opened file itself, taken from
+/// its descriptor, so that a file swapped in after the check is not the one judged.
+///
+/// Both the path as given (its parent directories, symbolic links followed per component) and
+/// its resolved form are checked: a link in a safe directory to a file in an unsafe one, and a
+/// link in an unsafe directory, are both refused.
+pub fn check_not_writable_by_others(path: &Path, file_mode: u32) -> Result<(), String> {
+    if file_mode & 0o002 != 0 {
+        return Err(format!(
+            "refusing the configuration file {}: it is world-writable (mode {:04o}), so any \
+             user could change what netnat maps; make it writable by root only \
+             (chmod o-w {})",
+            path.display(),
+            file_mode & 0o7777,
+            path.display()
+        ));
+    }
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    let mut dirs: Vec<PathBuf> = absolute
+        .ancestors()
+        .skip(1)
+        .map(Path::to_path_buf)
+        .collect();
+    if let Ok(real) = std::fs::canonicalize(path) {
+        dirs.extend(real.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    for dir in dirs {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        // An ancestor that cannot be inspected would already have stopped the open.
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(format!(
+                "refusing the configuration file {}: the directory {} on its path is \
+                 world-writable without the sticky bit (mode {:04o}), so any user could \
+                 replace the file; make the directory writable by root only (chmod o-w {})",
+                path.display(),
+                dir.display(),
+                mode & 0o7777,
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn too_large(len: usize) -> String {
@@ -484,4 +551,165 @@ fn describe_app(k: &AppKey) -> String {
         k.protocol.name(),
         k.iface
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A directory of its own under the system's temporary directory (sticky, so itself fine).
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(mode: u32) -> Dir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "netnat-perm-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir(&path).unwrap();
+            // set_permissions, not the creation mode: the umask must not decide the test.
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            Dir(path)
+        }
+
+        fn file(&self, name: &str, mode: u32) -> PathBuf {
+            let p = self.0.join(name);
+            fs::write(&p, "queue 7\n").unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            p
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn refused(path: &Path) -> ConfigError {
+        let errs = load_config(path).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!((errs[0].line, errs[0].column), (0, 0));
+        errs[0].clone()
+    }
+
+    #[test]
+    fn world_writable_file_is_refused_naming_it() {
+        let d = Dir::new(0o755);
+        let f = d.file("netnat.conf", 0o666);
+        let e = refused(&f);
+        let shown = f.display().to_string();
+        assert!(
+            e.message.contains(&format!("configuration file {shown}"))
+                && e.message.contains("world-writable (mode 0666)")
+                && e.message.contains(&format!("chmod o-w {shown}")),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with(&format!("{shown}:0:0: ")), "{e}");
+        // o+w alone is enough; group write is the administrator's business.
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o602)).unwrap();
+        assert!(refused(&f).message.contains("mode 0602"));
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o664)).unwrap();
+        assert_eq!(load_config(&f).unwrap().settings.queue, 7);
+    }
+
+    #[test]
+    fn world_writable_directory_without_sticky_bit_is_refused() {
+        let d = Dir::new(0o777);
+        let f = d.file("netnat.conf", 0o644);
+        let e = refused(&f);
+        assert!(
+            e.message
+                .contains(&format!("the directory {} on its path", d.0.display()))
+                && e.message.contains("without the sticky bit (mode 0777)")
+                && e.message.contains(&f.display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sticky_world_writable_directory_is_accepted() {
+        // Like /tmp: others may create files there but not replace this one.
+        let d = Dir::new(0o1777);
+        let f = d.file("netnat.conf", 0o644);
+        assert_eq!(load_config(&f).unwrap().settings.queue, 7);
+    }
+
+    #[test]
+    fn ordinary_modes_are_accepted() {
+        let d = Dir::new(0o755);
+        for mode in [0o600, 0o640, 0o644, 0o400] {
+            let f = d.file(&format!("m{mode:o}.conf"), mode);
+            assert!(load_config(&f).is_ok(), "mode {mode:o}");
+        }
+    }
+
+    #[test]
+    fn unsafe_ancestor_directory_is_refused() {
+        let top = Dir::new(0o777);
+        let sub = top.0.join("etc");
+        fs::create_dir(&sub).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+        let f = sub.join("netnat.conf");
+        fs::write(&f, "queue 7\n").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = refused(&f);
+        assert!(
+            e.message
+                .contains(&format!("the directory {} on its path", top.0.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn relative_path_checks_the_real_directories() {
+        // The current directory of the test process is the crate, a safe place; a relative
+        // path into an unsafe directory must still be judged by that directory.
+        let d = Dir::new(0o777);
+        let f = d.file("netnat.conf", 0o644);
+        let cwd = std::env::current_dir().unwrap();
+        let depth = cwd.components().count() - 1;
+        let rel = PathBuf::from("../".repeat(depth)).join(f.strip_prefix("/").unwrap());
+        let e = refused(&rel);
+        assert!(e.message.contains("without the sticky bit"), "{e}");
+    }
+
+    #[test]
+    fn symlinks_are_judged_on_both_ends() {
+        let safe = Dir::new(0o755);
+        let open = Dir::new(0o777);
+        // A link in a safe directory to a file in an unsafe one.
+        let target = open.file("real.conf", 0o644);
+        let link = safe.0.join("link.conf");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = refused(&link);
+        assert!(
+            e.message
+                .contains(&format!("the directory {}", open.0.display())),
+            "{e}"
+        );
+        // A link in an unsafe directory to a file in a safe one.
+        let good = safe.file("good.conf", 0o644);
+        let link = open.0.join("link.conf");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        let e = refused(&link);
+        assert!(
+            e.message
+                .contains(&format!("the directory {}", open.0.display())),
+            "{e}"
+        );
+        // A link to a world-writable file: the file's own mode, not the link's (0777), counts.
+        let ww = safe.file("ww.conf", 0o646);
+        let link = safe.0.join("ww-link.conf");
+        std::os::unix::fs::symlink(&ww, &link).unwrap();
+        assert!(refused(&link).message.contains("mode 0646"));
+        let link = safe.0.join("good-link.conf");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        assert!(load_config(&link).is_ok());
+    }
 }
