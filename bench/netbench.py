@@ -154,10 +154,11 @@ def median(xs):
 
 
 def proc_cpu_s(pid):
-    """utime + stime of the whole process (all threads), seconds."""
+    """(utime, stime) of the whole process (all threads), seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
 
 
 def proc_status_kib(pid, key):
@@ -403,7 +404,9 @@ class Bench:
                             hwm = proc_status_kib(p.pid, "VmHWM") or 0
                             bench.hwm[path] = max(bench.hwm[path], hwm)
                             ctx.act.nn.update({
-                                "cpu_s": cpu - ctx.cpu0,
+                                "cpu_s": sum(cpu) - sum(ctx.cpu0),
+                                "user_s": cpu[0] - ctx.cpu0[0],
+                                "sys_s": cpu[1] - ctx.cpu0[1],
                                 "wall_s": time.monotonic() - ctx.t0,
                                 "packets": q["id_sequence"] - ctx.q0["id_sequence"],
                                 "queue_dropped": q["queue_dropped"] - ctx.q0["queue_dropped"],
@@ -459,6 +462,7 @@ class Bench:
             gb = e["bytes"] / 1e9
             res["cpu_s_per_gb"] = act.nn["cpu_s"] / gb if gb else None
             res["cpu_pct"] = 100 * act.nn["cpu_s"] / act.nn["wall_s"]
+            res["user_pct"] = 100 * act.nn["user_s"] / act.nn["wall_s"]
         return res
 
     def udp_counted(self, ns):
@@ -495,25 +499,39 @@ class Bench:
         thr = self.a.loss_threshold
         steps = []
         with self.activate(path, self.udp_services()) as act:
-            rate, good, bad = self.a.udp_start, None, None
-            for _ in range(12):
+
+            def step(rate):
                 r = self.udp_run(act, rate, self.a.udp_step_time)
                 steps.append(r)
-                if r["loss_pct"] <= thr and r["sent_pps"] >= 0.9 * rate:
-                    good = r
+                return r, r["loss_pct"] <= thr and r["sent_pps"] >= 0.9 * rate
+
+            # Bracket: double up from the start rate, or halve down if it already fails.
+            rate, good, bad = self.a.udp_start, None, None
+            r, ok = step(rate)
+            if ok:
+                good = r
+                while rate * 2 <= self.a.udp_max and len(steps) < 10:
                     rate *= 2
-                else:
+                    r, ok = step(rate)
+                    if not ok:
+                        bad = r
+                        break
+                    good = r
+            else:
+                bad = r
+                while rate / 2 >= 500 and len(steps) < 10:
+                    rate /= 2
+                    r, ok = step(rate)
+                    if ok:
+                        good = r
+                        break
                     bad = r
-                    break
-                if rate > self.a.udp_max:
-                    break
             if good is not None and bad is not None:
                 lo, hi = good["offered_pps"], bad["offered_pps"]
                 for _ in range(self.a.bisect_steps):
                     mid = (lo * hi) ** 0.5
-                    r = self.udp_run(act, mid, self.a.udp_step_time)
-                    steps.append(r)
-                    if r["loss_pct"] <= thr and r["sent_pps"] >= 0.9 * mid:
+                    r, ok = step(mid)
+                    if ok:
                         lo, good = mid, r
                     else:
                         hi = mid
@@ -522,7 +540,7 @@ class Bench:
         elif bad["loss_pct"] > thr:
             ended = "path loss"
         else:
-            ended = "sender"
+            ended = "send limit"
         res = {"lossfree_pps": good["recv_pps"] if good else 0.0, "ended_by": ended,
                "steps": steps}
         if act.nn:
@@ -537,6 +555,7 @@ class Bench:
             mp = act.nn["packets"] / 1e6
             r["cpu_s_per_mpkt"] = act.nn["cpu_s"] / mp if mp else None
             r["cpu_pct"] = 100 * act.nn["cpu_s"] / act.nn["wall_s"]
+            r["user_pct"] = 100 * act.nn["user_s"] / act.nn["wall_s"]
         return r
 
     def rr(self, path, proto):
@@ -621,9 +640,15 @@ def summarize(b):
     row("netnat CPU per GB, server→client", "s/GB", "tcp_rev", "cpu_s_per_gb", "lo", paths=nnp)
     row("netnat CPU, bulk client→server", "% of 1 CPU", "tcp_fwd", "cpu_pct", "lo", paths=nnp)
     row("netnat CPU, bulk server→client", "% of 1 CPU", "tcp_rev", "cpu_pct", "lo", paths=nnp)
+    row("  of which user space, client→server", "% of 1 CPU", "tcp_fwd", "user_pct", "lo",
+        paths=nnp)
+    row("  of which user space, server→client", "% of 1 CPU", "tcp_rev", "user_pct", "lo",
+        paths=nnp)
     row("netnat CPU per Mpkt (UDP overload)", "s/Mpkt", "udp_overload", "cpu_s_per_mpkt", "lo",
         paths=nnp)
     row("netnat CPU, UDP overload", "% of 1 CPU", "udp_overload", "cpu_pct", "lo", paths=nnp)
+    row("  of which user space, UDP overload", "% of 1 CPU", "udp_overload", "user_pct", "lo",
+        paths=nnp)
     # Queue drops summed over every run of every test.
     for key, label in (("queue_dropped", "queue full drops, all runs"),
                        ("user_dropped", "netlink send-fail drops, all runs")):
