@@ -161,6 +161,14 @@ def proc_cpu_s(pid):
     return int(fields[11]) / tck, int(fields[12]) / tck
 
 
+def machine_ticks():
+    """(busy, total) jiffies over all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return sum(v[:8]) - idle, sum(v[:8])
+
+
 def proc_status_kib(pid, key):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -341,6 +349,7 @@ class Bench:
         def __init__(self, host, ports):
             self.host, self.ports = host, ports
             self.nn = None
+            self.machine_busy_pct = None
 
     def activate(self, path, services):
         """Context manager: sets the router up for `path` with `services`, tears it down."""
@@ -348,6 +357,7 @@ class Bench:
 
         class Ctx:
             def __enter__(ctx):
+                ctx.m0 = machine_ticks()
                 if path == "plain":
                     ctx.act = Bench.Active(SRV, {app: act for _, app, act in services})
                     return ctx.act
@@ -387,6 +397,9 @@ class Bench:
                 return ctx.act
 
             def __exit__(ctx, et, ev, tb):
+                m1 = machine_ticks()
+                dt = m1[1] - ctx.m0[1]
+                ctx.act.machine_busy_pct = 100 * (m1[0] - ctx.m0[0]) / dt if dt else None
                 if path == "kernel":
                     r = bench.at("rtr", ["nft", "list", "table", "ip", "nnbench_dnat"],
                                  check=False)
@@ -456,11 +469,13 @@ class Bench:
         with self.activate(path, [("tcp", IPERF_APP, IPERF_ACT)]) as act:
             j = self.iperf(act, IPERF_APP, ["-R"] if reverse else [], self.a.bulk_time)
         e = j["end"]["sum_received"]
-        res = {"gbps": e["bits_per_second"] / 1e9, "bytes": e["bytes"]}
+        res = {"gbps": e["bits_per_second"] / 1e9, "bytes": e["bytes"],
+               "machine_busy_pct": act.machine_busy_pct}
         if act.nn:
             res.update(act.nn)
             gb = e["bytes"] / 1e9
             res["cpu_s_per_gb"] = act.nn["cpu_s"] / gb if gb else None
+            res["kpkt_per_gb"] = act.nn["packets"] / 1e3 / gb if gb else None
             res["cpu_pct"] = 100 * act.nn["cpu_s"] / act.nn["wall_s"]
             res["user_pct"] = 100 * act.nn["user_s"] / act.nn["wall_s"]
         return res
@@ -550,6 +565,7 @@ class Bench:
     def udp_overload(self, path):
         with self.activate(path, self.udp_services()) as act:
             r = self.udp_run(act, self.a.overload_pps, self.a.overload_time)
+        r["machine_busy_pct"] = act.machine_busy_pct
         if act.nn:
             r.update(act.nn)
             mp = act.nn["packets"] / 1e6
@@ -635,7 +651,14 @@ def summarize(b):
     row("TCP RR latency p99", "µs", "rr_tcp", "p99_us", "lo")
     row("UDP RR latency median", "µs", "rr_udp", "median_us", "lo")
     row("UDP RR latency p99", "µs", "rr_udp", "p99_us", "lo")
+    row("machine CPU busy, bulk client→server", "% of all", "tcp_fwd", "machine_busy_pct", "")
+    row("machine CPU busy, bulk server→client", "% of all", "tcp_rev", "machine_busy_pct", "")
+    row("machine CPU busy, UDP overload", "% of all", "udp_overload", "machine_busy_pct", "")
     nnp = [p for p in PATHS if p.startswith("netnat")]
+    row("netnat queued packets per GB, client→server", "k", "tcp_fwd", "kpkt_per_gb", "lo",
+        paths=nnp)
+    row("netnat queued packets per GB, server→client", "k", "tcp_rev", "kpkt_per_gb", "lo",
+        paths=nnp)
     row("netnat CPU per GB, client→server", "s/GB", "tcp_fwd", "cpu_s_per_gb", "lo", paths=nnp)
     row("netnat CPU per GB, server→client", "s/GB", "tcp_rev", "cpu_s_per_gb", "lo", paths=nnp)
     row("netnat CPU, bulk client→server", "% of 1 CPU", "tcp_fwd", "cpu_pct", "lo", paths=nnp)
@@ -673,6 +696,8 @@ def summarize(b):
 
     for r in rows:
         v = r["values"]
+        if not r["better"]:  # context rows: ratios would mean nothing
+            v = {}
         r["ratios"] = {
             "netnat-1/kernel": ratio(v.get("netnat-1"), v.get("kernel")),
             "netnat-10k/kernel": ratio(v.get("netnat-10k"), v.get("kernel")),
