@@ -23,6 +23,7 @@ import gc
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -222,6 +223,7 @@ class Bench:
         self.hwm = {p: 0 for p in PATHS if p.startswith("netnat")}
         self.results = {}
         self.made_ns = []
+        self.starts = 0
 
     # -- processes, always bounded in time --------------------------------------------------
     def sh(self, argv, timeout=30, check=True, input=None):
@@ -374,25 +376,42 @@ class Bench:
                 conf = os.path.join(bench.work, f"{path}.conf")
                 with open(conf, "w") as f:
                     f.write(bench.config_text(path, services))
-                errf = open(os.path.join(bench.work, f"{path}.log"), "w+")
-                t0 = time.monotonic()
-                p = bench.spawn("rtr", [bench.a.netnat, "run", "--config", conf, "--log-stderr"],
-                                stdout=subprocess.DEVNULL, stderr=errf)
+                bench.starts += 1
+                logpath = os.path.join(bench.work, f"{path}-{bench.starts}.log")
+                # netnat appends (O_APPEND) and the bench reads through its own descriptor:
+                # a shared file offset would let the two overwrite each other's position.
+                with open(logpath, "a") as w:
+                    t0 = time.monotonic()
+                    p = bench.spawn("rtr", [bench.a.netnat, "run", "--config", conf,
+                                            "--log-stderr"],
+                                    stdout=subprocess.DEVNULL, stderr=w)
+                errf = open(logpath)
                 ctx.p, ctx.errf = p, errf
+                text = ""
+
+                def is_ready(t):
+                    # A whole line saying `... ready` or `...: ready: ...` (not "already").
+                    return re.search(r"(^|: )ready(:|$)", t[:t.rfind("\n") + 1], re.M)
+
                 while True:
-                    errf.seek(0)
-                    text = errf.read()
-                    if "ready" in text:
+                    text += errf.read()
+                    if is_ready(text):
                         break
                     if p.poll() is not None or time.monotonic() - t0 > 60:
-                        raise BenchError(f"netnat did not become ready:\n{text[-3000:]}")
+                        text += errf.read()
+                        if is_ready(text) and p.poll() is None:
+                            break
+                        raise BenchError(
+                            f"netnat did not become ready in {time.monotonic() - t0:.1f}s "
+                            f"(exit status {p.poll()}):\n{text[-3000:]}")
                     time.sleep(0.002)
                 ready = time.monotonic() - t0
                 bench.ready[path].append(ready)
                 ctx.cpu0, ctx.q0, ctx.t0 = proc_cpu_s(p.pid), queue_stats(p.pid, QUEUE), \
                     time.monotonic()
                 if ctx.q0 is None:
-                    raise BenchError("netnat is ready but its queue is not bound")
+                    raise BenchError(f"netnat is ready but its queue is not bound:\n"
+                                     f"{text[-3000:]}")
                 ctx.act.nn = {"ready_s": ready}
                 return ctx.act
 
@@ -427,8 +446,9 @@ class Bench:
                                 "vmhwm_kib": hwm,
                             })
                         elif et is None:
-                            ctx.errf.seek(0)
-                            raise BenchError(f"netnat died:\n{ctx.errf.read()[-3000:]}")
+                            with open(ctx.errf.name) as f:
+                                raise BenchError(f"netnat died (exit status {p.poll()}):\n"
+                                                 f"{f.read()[-3000:]}")
                     finally:
                         bench.stop(p)
                         ctx.errf.close()
