@@ -198,21 +198,11 @@ fn drop() -> Decision {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::net::IpAddr;
 
     use super::*;
     use crate::config::parse_service;
-    use crate::service::Interfaces;
-
-    struct OnePublic;
-    impl Interfaces for OnePublic {
-        fn index(&self, name: &str) -> Option<u32> {
-            (name == "pub0").then_some(7)
-        }
-        fn address(&self, name: &str, v6: bool) -> Option<IpAddr> {
-            (name == "pub0" && !v6).then_some(IpAddr::V4(Ipv4Addr::new(10, 99, 1, 1)))
-        }
-    }
+    use crate::service::OnePublic;
 
     fn table() -> ServiceTable {
         let s = parse_service("service pub0 port * 80 TCP 192.168.77.10 8080 0x8000").unwrap();

@@ -279,18 +279,7 @@ pub fn resolved_app(table: &crate::service::ServiceTable, id: usize) -> Option<I
 mod tests {
     use super::*;
     use crate::config::parse_service;
-    use crate::service::{Interfaces, ServiceTable};
-    use std::net::Ipv4Addr;
-
-    struct OnePublic;
-    impl Interfaces for OnePublic {
-        fn index(&self, name: &str) -> Option<u32> {
-            (name == "pub0").then_some(7)
-        }
-        fn address(&self, name: &str, v6: bool) -> Option<IpAddr> {
-            (name == "pub0" && !v6).then_some(IpAddr::V4(Ipv4Addr::new(10, 99, 1, 1)))
-        }
-    }
+    use crate::service::{OnePublic, ServiceTable};
 
     fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
         let mut p = vec![0u8; 32];

@@ -265,6 +265,20 @@ impl Hasher for FoldHasher {
     }
 }
 
+/// Interfaces for unit tests elsewhere in the crate: `pub0`, ifindex 7, IPv4 10.99.1.1.
+#[cfg(test)]
+pub(crate) struct OnePublic;
+
+#[cfg(test)]
+impl Interfaces for OnePublic {
+    fn index(&self, name: &str) -> Option<u32> {
+        (name == "pub0").then_some(7)
+    }
+    fn address(&self, name: &str, v6: bool) -> Option<IpAddr> {
+        (name == "pub0" && !v6).then_some(IpAddr::V4(std::net::Ipv4Addr::new(10, 99, 1, 1)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
