@@ -213,7 +213,7 @@ impl Monitor {
             Direction::Inbound => pkt.indev,
             Direction::Reply => pkt.outdev,
         };
-        let name = interface_name(index);
+        let name = crate::iface::name_of(index);
         log.record(DropRecord {
             iface: name.as_deref().unwrap_or("-"),
             dir,
@@ -252,22 +252,6 @@ fn suppressed(log: &mut Logger, service: Option<&Service>, kind: RecordKind, cou
             count,
         });
     }
-}
-
-/// The name of the interface with this index, for records about packets of no service.
-fn interface_name(index: u32) -> Option<String> {
-    if index == 0 {
-        return None;
-    }
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write, NUL included.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: on success `buf` holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 /// The apparent address of a service as the table resolved it, for `status`.

@@ -15,4 +15,5 @@ mod sock;
 mod watch;
 
 pub use snapshot::{Change, ChangeKind, Snapshot};
+pub use sock::name_of;
 pub use watch::{Event, Watcher};
