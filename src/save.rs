@@ -94,6 +94,13 @@ impl std::fmt::Display for SaveError {
 pub fn read(path: &Path) -> Result<(PathBuf, String), SaveError> {
     let real = std::fs::canonicalize(path)
         .map_err(|e| SaveError::Io(format!("{}: {e}", path.display())))?;
+    // The same refusal as loading: never edit a file that others may change behind netnat.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&real)
+            .map_err(|e| SaveError::Io(format!("{}: {e}", real.display())))?
+            .permissions(),
+    );
+    config::check_not_writable_by_others(path, mode).map_err(SaveError::Io)?;
     let text = std::fs::read_to_string(&real)
         .map_err(|e| SaveError::Io(format!("reading {}: {e}", real.display())))?;
     Ok((real, text))
@@ -147,6 +154,22 @@ pub fn write_atomic(real: &Path, text: &str) -> Result<(), SaveError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_world_writable_file_is_not_edited() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("netnat-save-ww-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("netnat.conf");
+        std::fs::write(&file, "queue 1\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = read(&file).unwrap_err().to_string();
+        assert!(err.contains("world-writable"), "{err}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(read(&file).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
     use crate::config::parse_service;
 

@@ -10,7 +10,7 @@ mod file;
 mod format;
 mod grammar;
 
-pub use file::{ConfigError, load_config, parse_config};
+pub use file::{ConfigError, check_not_writable_by_others, load_config, parse_config};
 pub use file::{DIRECTIVES, FACILITIES, MAX_FILE_BYTES, MAX_LINE_BYTES, PRIORITIES};
 pub use grammar::MAX_IFACE_LEN;
 pub use grammar::{GrammarError, parse_service, parse_service_words};
