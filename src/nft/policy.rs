@@ -703,29 +703,30 @@ fn reply_icmp_rules(list: &mut RuleList, iface: &str, family: Family, proto: u8,
     list.push(queue_rule(odd));
 }
 
+/// A service for the unit tests of this module and of `render`.
+#[cfg(test)]
+pub(super) fn svc(
+    iface: &str,
+    app: AppAddr,
+    app_port: u16,
+    p: Protocol,
+    act: &str,
+    act_port: u16,
+) -> Service {
+    Service {
+        iface: iface.into(),
+        app_addr: app,
+        app_port,
+        protocol: p,
+        act_addr: act.parse().unwrap(),
+        act_port,
+        flags: crate::config::Flags(0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Flags;
-
-    fn svc(
-        iface: &str,
-        app: AppAddr,
-        app_port: u16,
-        p: Protocol,
-        act: &str,
-        act_port: u16,
-    ) -> Service {
-        Service {
-            iface: iface.into(),
-            app_addr: app,
-            app_port,
-            protocol: p,
-            act_addr: act.parse().unwrap(),
-            act_port,
-            flags: Flags(0),
-        }
-    }
 
     fn fixed(a: &str) -> AppAddr {
         AppAddr::Fixed(a.parse().unwrap())

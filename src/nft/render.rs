@@ -262,26 +262,8 @@ fn icmpv6_type_name(t: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AppAddr, Flags, Protocol, Service};
-
-    fn svc(
-        iface: &str,
-        app: AppAddr,
-        app_port: u16,
-        p: Protocol,
-        act: &str,
-        act_port: u16,
-    ) -> Service {
-        Service {
-            iface: iface.into(),
-            app_addr: app,
-            app_port,
-            protocol: p,
-            act_addr: act.parse().unwrap(),
-            act_port,
-            flags: Flags(0x8000),
-        }
-    }
+    use crate::config::{AppAddr, Protocol};
+    use crate::nft::policy::svc;
 
     #[test]
     fn renders_the_table_as_nft_lists_it() {
