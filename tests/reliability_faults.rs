@@ -12,7 +12,6 @@ mod common;
 
 use std::fs;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,23 +90,6 @@ fn kernel_queue(t: &Topology) -> Option<KernelQueue> {
     })
 }
 
-/// Runs `f` in a thread of its own inside `ns` (setns is per thread), e.g. to create sockets
-/// there: a sender in Rust is far faster than any script.
-fn in_ns<T: Send + 'static>(
-    ns: &Ns,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{}", ns.name);
-    thread::spawn(move || {
-        let nsf = fs::File::open(&path).expect("open netns");
-        // SAFETY: setns on a namespace fd we hold open; it changes only this thread, which
-        // exists to run `f` there.
-        let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-}
-
 /// A UDP sender from the client to `targets` (round robin) for `duration`: as fast as it can
 /// (`pps` None) or paced to about `pps` datagrams per second. Stops early when `stop` is set.
 /// Returns the number of datagrams the kernel accepted.
@@ -118,7 +100,7 @@ fn udp_flood(
     pps: Option<u64>,
     stop: Arc<AtomicBool>,
 ) -> thread::JoinHandle<u64> {
-    in_ns(&t.cli, move || {
+    t.cli.thread(move || {
         let v4 = UdpSocket::bind("0.0.0.0:0").expect("bind v4");
         let v6 = UdpSocket::bind("[::]:0").expect("bind v6");
         let payload = [0x5au8; 100];

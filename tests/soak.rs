@@ -12,7 +12,6 @@ mod common;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::scenario::{AppAddr, Case, Netnat, Translator};
-use common::{Family, Ns, PYTHON, Proc, Topology, require_root, run_bounded, script};
+use common::{Family, PYTHON, Proc, Topology, require_root, run_bounded, script};
 
 /// The UDP flow memory's documented size (src/record.rs, `UDP_FLOW_SLOTS`).
 const UDP_FLOW_SLOTS: u64 = 16384;
@@ -34,21 +33,6 @@ struct Counters {
     udp_err: AtomicU64,
     /// Datagrams sent from fresh source ports only to create flows (not answered-checked).
     churn_flows: AtomicU64,
-}
-
-fn in_ns<T: Send + 'static>(
-    ns: &Ns,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{}", ns.name);
-    thread::spawn(move || {
-        let nsf = fs::File::open(&path).expect("open netns");
-        // SAFETY: setns on a namespace fd we hold open; it moves only this thread, which
-        // exists to run `f` in the client namespace.
-        let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
 }
 
 /// One HTTP/1.0 GET on a new connection; true when the server answered for the real client.
@@ -102,7 +86,7 @@ fn request_loops(
     let mut v = Vec::new();
     for kind in ["http", "udp"] {
         let (stop, c) = (Arc::clone(&stop), Arc::clone(&c));
-        v.push(in_ns(&t.cli, move || {
+        v.push(t.cli.thread(move || {
             // Bounded in count as well as by the stop flag.
             for _ in 0..10_000_000u64 {
                 if stop.load(Ordering::Relaxed) {
@@ -132,7 +116,7 @@ fn request_loops(
 /// `n` datagrams, each from a socket of its own: `n` new UDP flows for netnat to remember.
 fn churn_flows(t: &Topology, n: u64, c: Arc<Counters>) -> thread::JoinHandle<()> {
     let udp: SocketAddr = "10.99.1.80:5300".parse().unwrap();
-    in_ns(&t.cli, move || {
+    t.cli.thread(move || {
         for _ in 0..n {
             if let Ok(s) = UdpSocket::bind("0.0.0.0:0")
                 && s.send_to(b"churn", udp).is_ok()
