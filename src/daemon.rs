@@ -3,36 +3,37 @@
 //!
 //! Order matters: the configuration is validated first (a bad file installs nothing), the
 //! control socket is bound next (a second daemon on the same socket is refused before it
-//! touches the kernel), the queue is bound and configured before any rule can send packets to
-//! it, and on shutdown the table is removed before the queue is drained, so every packet that
-//! was queued gets its verdict.
+//! touches the kernel), the queues are bound and configured before any rule can send packets to
+//! them, and on shutdown the table is removed before the queues are drained, so every packet
+//! that was queued gets its verdict.
 //!
-//! One thread does everything: it polls the queue, the signal pipe and the control socket
-//! together, handles packets in batches and serves control requests between batches, so the
-//! counters need no lock. Every change of the service set (SIGHUP, `reload`, `service add`,
+//! Threads: one per queue ([`crate::consumer`]) handles packets; the main thread polls the
+//! signal pipe, the interface watcher and the control socket, and changes what the queue
+//! threads share only under their lock, between two of their batches. Every change of the service set (SIGHUP, `reload`, `service add`,
 //! `service del`) goes through [`Daemon::apply`]: validated like a configuration file, rules
 //! and lookup table replaced together, or nothing changes. Services equal to running ones keep
 //! their counters and UDP flow memory.
 
 use std::fmt;
 use std::io::Read;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::{self, Config, ConfigError, Service, ServiceLine};
+use crate::consumer::{self, Consumer, Shared};
 use crate::control::{self, Outcome, Request, Response, Server};
-use crate::datapath;
 use crate::iface::{Change, Snapshot, Watcher};
 use crate::log::Logger;
-use crate::monitor::{Clock, Monitor};
+use crate::monitor::Monitor;
 use crate::nft::{NftSession, Policy, QueueExprKind};
-use crate::queue::{Queue, QueueOptions};
+use crate::queue::{Queue, QueueOptions, QueueStats};
 use crate::save;
 use crate::service::ServiceTable;
 use crate::status::{Report, ServiceReport, ServiceState};
@@ -96,6 +97,11 @@ impl fmt::Display for DaemonError {
 
 fn sys(context: &str, e: impl fmt::Display) -> DaemonError {
     DaemonError::System(format!("{context}: {e}"))
+}
+
+/// The number of queues a configuration asks for, as the daemon binds them.
+fn config_queues(config: &Config) -> u16 {
+    config.settings.queue_count()
 }
 
 /// The services of a configuration, without their line numbers.
@@ -162,18 +168,58 @@ impl Active {
     }
 }
 
-/// Everything the packet loop owns besides the queue.
+/// Everything the main thread owns: the service set, the nft session, and its share of what
+/// the queue threads use.
 struct Daemon<'a> {
     opts: &'a RunOptions,
     active: Active,
-    monitor: Monitor,
     nft: NftSession,
     kind: QueueExprKind,
-    log: Logger,
+    /// First queue number and number of queues (one thread each).
+    queue: u16,
+    queues: u16,
+    shared: Arc<Mutex<Shared>>,
     started: Instant,
 }
 
-/// Runs until SIGINT or SIGTERM; returns after the table is removed and the queue drained.
+/// The queue threads and what stops them.
+struct Threads {
+    handles: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    /// Write end of the pipe the threads poll beside their queue: dropping it wakes them all.
+    wake: Option<OwnedFd>,
+    /// Read end, kept open until the threads are joined.
+    _wake_read: OwnedFd,
+}
+
+impl Threads {
+    /// A thread that ended while the daemon runs has panicked: its queue is no longer served.
+    fn any_finished(&self) -> bool {
+        self.handles.iter().any(|h| h.is_finished())
+    }
+
+    /// Tells the threads to drain their queues and return; waits for them.
+    fn stop(mut self) -> bool {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake = None;
+        let mut clean = true;
+        for h in self.handles.drain(..) {
+            clean &= h.join().is_ok();
+        }
+        clean
+    }
+}
+
+/// Time a queue thread spins after work before it sleeps: [`consumer::SPIN`], or
+/// `NETNAT_SPIN_US` microseconds from the environment (0 turns spinning off).
+fn spin_time() -> Duration {
+    std::env::var("NETNAT_SPIN_US")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(consumer::SPIN, |us| Duration::from_micros(us.min(10_000)))
+}
+
+/// Runs until SIGINT or SIGTERM; returns after the table is removed and the queues drained.
 pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     let config = config::load_config(&opts.config).map_err(DaemonError::Config)?;
     let mut log = if opts.log_stderr {
@@ -210,16 +256,23 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     };
     let active = Active::build(config)?;
     let queue_num = active.config.settings.queue;
-    let mut queue = Queue::open(&QueueOptions {
-        num: queue_num,
-        ..QueueOptions::default()
-    })
-    .map_err(|e| sys("binding the queue", e))?;
+    let queue_count = active.config.settings.queue_count();
+    // Every queue is bound before any rule can send packets to it.
+    let mut queues = Vec::with_capacity(usize::from(queue_count));
+    for num in (0..queue_count).map(|i| queue_num + i) {
+        let q = Queue::open(&QueueOptions {
+            num,
+            ..QueueOptions::default()
+        })
+        .map_err(|e| sys("binding the queue", e))?;
+        queues.push(q);
+    }
     let mut nft = NftSession::open().map_err(|e| sys("opening netlink", e))?;
-    let policy = Policy::new(&services_of(&active.config), queue_num);
+    let policy = Policy::new(&services_of(&active.config), queue_num).with_queues(queue_count);
     let kind = nft
         .install(&policy)
         .map_err(|e| sys("installing rules", e))?;
+    drop(policy);
     active.report(&mut log);
 
     let signals = Signals::register().map_err(|e| sys("registering signals", e))?;
@@ -227,8 +280,16 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         Some(s) => format!(", control socket {}", s.path().display()),
         None => String::new(),
     };
+    let queue_note = if queue_count == 1 {
+        format!("queue {queue_num}")
+    } else {
+        format!(
+            "queues {queue_num}-{} (one thread each)",
+            u32::from(queue_num) + u32::from(queue_count) - 1
+        )
+    };
     log.info(format_args!(
-        "ready: {} services on queue {queue_num} ({kind}){control_note}",
+        "ready: {} services on {queue_note} ({kind}){control_note}",
         active.config.services.len()
     ));
     if opts.log_stderr {
@@ -237,24 +298,34 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         eprintln!("netnat: ready");
     }
 
+    let started = Instant::now();
+    let shared = Arc::new(Mutex::new(Shared {
+        table: Arc::clone(&active.table),
+        mark: active.config.settings.mark,
+        monitor: Monitor::new(services_of(&active.config)),
+        log,
+        queue_stats: vec![Default::default(); queues.len()],
+    }));
+    let threads = spawn_threads(queues, &shared, started)?;
     let mut d = Daemon {
         opts,
-        monitor: Monitor::new(services_of(&active.config)),
         active,
         nft,
         kind,
-        log,
-        started: Instant::now(),
+        queue: queue_num,
+        queues: queue_count,
+        shared,
+        started,
     };
     let mut server = server;
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4 + control::MAX_CONNECTIONS);
     let mut next_volume = Instant::now() + opts.volume_interval;
+    let mut failed = None;
 
     loop {
         fds.clear();
-        fds.push(pollfd(queue.as_raw_fd()));
         fds.push(pollfd(signals.wake.as_raw_fd()));
-        // Slot 2 is the interface watcher's (or an fd poll ignores), control sockets follow.
+        // Slot 1 is the interface watcher's (or an fd poll ignores), control sockets follow.
         fds.push(pollfd(watcher.as_ref().map_or(-1, |w| w.as_raw_fd())));
         if let Some(s) = &server {
             s.poll_fds(&mut fds);
@@ -263,41 +334,44 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
             .saturating_duration_since(Instant::now())
             .min(Duration::from_secs(1));
         poll(&mut fds, timeout);
-        if fds[1].revents != 0 {
+        if fds[0].revents != 0 {
             signals.drain_pipe();
         }
         if signals.stop.load(Ordering::Relaxed) {
             break;
         }
+        if threads.any_finished() {
+            failed = Some("a queue thread stopped unexpectedly; its queue is not served");
+            break;
+        }
         if signals.reload.swap(false, Ordering::Relaxed) {
             match d.reload() {
-                Ok(msg) => d.log.info(msg),
+                Ok(msg) => d.lock().log.info(msg),
                 Err(r) => {
+                    let mut s = d.lock();
                     for line in r.body.lines() {
-                        d.log.error(format_args!("reload refused: {line}"));
+                        s.log.error(format_args!("reload refused: {line}"));
                     }
                 }
             }
         }
-        if fds[2].revents != 0
+        if fds[1].revents != 0
             && let Some(w) = &mut watcher
         {
             d.follow_interfaces(w);
         }
-        if fds[0].revents & libc::POLLIN != 0 {
-            drain(&mut queue, &mut d, 64);
-        }
         if let Some(s) = &mut server {
-            // Only when the socket has news or a connection is open (its deadline runs): a busy
-            // packet loop wakes up often and need not try accept() each time.
-            if s.busy() || fds[3..].iter().any(|f| f.revents != 0) {
-                // Between batches: the counters are at rest while a request reads them.
-                s.serve(&mut |req| d.handle(req, &queue));
+            // Only when the socket has news or a connection is open (its deadline runs).
+            if s.busy() || fds[2..].iter().any(|f| f.revents != 0) {
+                s.serve(&mut |req| d.handle(req));
             }
         }
         let now = Instant::now();
         if now >= next_volume {
-            d.monitor.volume_records(&mut d.log);
+            let mut s = d.lock();
+            let Shared { monitor, log, .. } = &mut *s;
+            monitor.volume_records(log);
+            drop(s);
             next_volume += opts.volume_interval;
             if next_volume <= now {
                 next_volume = now + opts.volume_interval;
@@ -305,58 +379,81 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         }
     }
 
-    d.log
-        .info("stopping: removing the table and draining the queue");
+    match failed {
+        Some(why) => d.lock().log.error(format_args!("{why}; stopping")),
+        None => d
+            .lock()
+            .log
+            .info("stopping: removing the table and draining the queues"),
+    }
     drop(server); // no more requests; the socket file goes
     let removed = d.nft.remove();
-    // Packets queued before the table went away still get their verdicts.
-    for _ in 0..100 {
-        if !queue.wait(Duration::from_millis(20)).unwrap_or(false) {
-            break;
-        }
-        drain(&mut queue, &mut d, 1000);
-    }
+    // Packets queued before the table went away still get their verdicts: each thread drains
+    // its queue before it returns.
+    let clean = threads.stop();
     removed.map_err(|e| sys("removing the table", e))?;
-    d.log.info("stopped");
+    if let Some(why) = failed.or((!clean).then_some("a queue thread panicked")) {
+        return Err(DaemonError::System(why.to_string()));
+    }
+    d.lock().log.info("stopped");
     Ok(())
 }
 
-/// Handles every packet waiting now, batch by batch (bounded so signals are seen).
-fn drain(queue: &mut Queue, d: &mut Daemon<'_>, max_batches: usize) {
-    let table = Arc::clone(&d.active.table);
-    let mark = d.active.config.settings.mark;
-    for _ in 0..max_batches {
-        // The clocks are read once per batch, not per packet.
-        let now = Clock {
-            ms: d.started.elapsed().as_millis() as u64,
-            wall: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |t| t.as_secs()),
+/// Starts one thread per queue.
+fn spawn_threads(
+    queues: Vec<Queue>,
+    shared: &Arc<Mutex<Shared>>,
+    started: Instant,
+) -> Result<Threads, DaemonError> {
+    let (read, write) = pipe().map_err(|e| sys("creating the wake-up pipe", e))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let spin = spin_time();
+    let mut handles = Vec::with_capacity(queues.len());
+    for (index, queue) in queues.into_iter().enumerate() {
+        let c = Consumer {
+            queue,
+            index,
+            shared: Arc::clone(shared),
+            started,
+            stop: Arc::clone(&stop),
+            wake: read.as_raw_fd(),
+            spin,
         };
-        let monitor = &mut d.monitor;
-        let log = &mut d.log;
-        let mut handler = |pkt: &mut crate::queue::Packet<'_>| {
-            let (decision, event) = datapath::handle(&table, mark, pkt);
-            monitor.observe(event, pkt, now, log);
-            decision
-        };
-        match queue.process_batch(&mut handler) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) => {
-                d.log.error(format_args!("queue: {e}"));
-                return;
-            }
-        }
+        let h = std::thread::Builder::new()
+            .name(format!("netnat-q{index}"))
+            .spawn(move || c.run())
+            .map_err(|e| sys("starting a queue thread", e))?;
+        handles.push(h);
     }
+    Ok(Threads {
+        handles,
+        stop,
+        wake: Some(write),
+        _wake_read: read,
+    })
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 impl Daemon<'_> {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        consumer::lock(&self.shared)
+    }
+
     /// Answers one control request.
-    fn handle(&mut self, req: Request, queue: &Queue) -> Response {
+    fn handle(&mut self, req: Request) -> Response {
         let result = match req {
             Request::Status { json } => {
-                let r = self.report(queue);
+                let r = self.report();
                 Ok(if json { r.json() } else { r.text() })
             }
             Request::List => Ok(self
@@ -376,10 +473,12 @@ impl Daemon<'_> {
         }
     }
 
-    fn report(&self, queue: &Queue) -> Report {
+    fn report(&self) -> Report {
         let table = &self.active.table;
-        let stats = self.monitor.stats();
-        let services = self
+        // Under the lock: the counters are copied at rest, between two batches.
+        let shared = self.lock();
+        let stats = shared.monitor.stats();
+        let services = shared
             .monitor
             .services()
             .iter()
@@ -395,18 +494,26 @@ impl Daemon<'_> {
                 counters: stats.service(id),
             })
             .collect();
+        let mut queue_stats = QueueStats::default();
+        for q in &shared.queue_stats {
+            queue_stats.received += q.received;
+            queue_stats.verdicts += q.verdicts;
+            queue_stats.enobufs += q.enobufs;
+            queue_stats.async_errors += q.async_errors;
+        }
         Report {
-            queue: queue.num(),
+            queue: self.queue,
+            queues: self.queues,
             expression: match self.kind {
                 QueueExprKind::Native => "native",
                 QueueExprKind::Compat => "compat",
             }
             .to_string(),
             uptime_secs: self.started.elapsed().as_secs(),
-            queue_stats: queue.stats(),
+            queue_stats,
             unattributed: stats.unattributed,
             passed: stats.passed,
-            log_lost: self.log.lost(),
+            log_lost: shared.log.lost(),
             services,
         }
     }
@@ -418,14 +525,16 @@ impl Daemon<'_> {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
-                self.log.error(format_args!("interface watch: {e}"));
+                self.lock().log.error(format_args!("interface watch: {e}"));
                 return;
             }
         }
         let newer = match Snapshot::read() {
             Ok(s) => s,
             Err(e) => {
-                self.log.error(format_args!("reading interfaces: {e}"));
+                self.lock()
+                    .log
+                    .error(format_args!("reading interfaces: {e}"));
                 return;
             }
         };
@@ -433,11 +542,13 @@ impl Daemon<'_> {
         if changes.is_empty() {
             return;
         }
-        for c in &changes {
-            self.log.info(format_args!("interface change: {c}"));
-        }
         self.active.follow(newer);
-        self.active.report(&mut self.log);
+        let mut shared = consumer::lock(&self.shared);
+        shared.table = Arc::clone(&self.active.table);
+        for c in &changes {
+            shared.log.info(format_args!("interface change: {c}"));
+        }
+        self.active.report(&mut shared.log);
     }
 
     /// SIGHUP and `netnat reload`: the configuration file again, all or nothing.
@@ -476,12 +587,26 @@ impl Daemon<'_> {
                 ),
             ));
         }
-        let policy = Policy::new(&services_of(&next.config), next.config.settings.queue);
+        if config_queues(&next.config) != self.queues {
+            return Err(Response::err(
+                Outcome::Config,
+                "changing the number of queues needs a restart",
+            ));
+        }
+        let policy = Policy::new(&services_of(&next.config), next.config.settings.queue)
+            .with_queues(self.queues);
         self.nft.install(&policy).map_err(|e| {
             Response::err(Outcome::System, format!("refused, rules unchanged: {e}"))
         })?;
-        next.report(&mut self.log);
-        self.monitor.replace(services_of(&next.config));
+        drop(policy);
+        // Rules and lookup table change together, as far as the queue threads can tell: they
+        // decide a batch under this lock, by one table or the other.
+        let mut shared = consumer::lock(&self.shared);
+        next.report(&mut shared.log);
+        shared.monitor.replace(services_of(&next.config));
+        shared.table = Arc::clone(&next.table);
+        shared.mark = next.config.settings.mark;
+        drop(shared);
         self.active = next;
         Ok(())
     }
@@ -506,7 +631,9 @@ impl Daemon<'_> {
             settings: self.active.config.settings.clone(),
         };
         self.apply(config, Some(services.len() - 1))?;
-        self.log.info(format_args!("service added: {service}"));
+        self.lock()
+            .log
+            .info(format_args!("service added: {service}"));
         let mut msg = format!("added: {service}\n");
         self.finish_save(saving, &mut msg, "added")?;
         Ok(msg)
@@ -555,7 +682,9 @@ impl Daemon<'_> {
             settings: self.active.config.settings.clone(),
         };
         self.apply(config, None)?;
-        self.log.info(format_args!("service deleted: {service}"));
+        self.lock()
+            .log
+            .info(format_args!("service deleted: {service}"));
         let mut msg = format!("deleted: {service}\n");
         self.finish_save(saving, &mut msg, "deleted")?;
         Ok(msg)
@@ -607,7 +736,7 @@ impl Daemon<'_> {
                 Ok(())
             }
             Err(e) => {
-                self.log.error(format_args!("saving {file}: {e}"));
+                self.lock().log.error(format_args!("saving {file}: {e}"));
                 Err(Response::err(
                     Outcome::System,
                     format!(

@@ -6,6 +6,7 @@
 //! [`service`], [`wire`] and [`datapath`] are pure and need no kernel.
 
 pub mod config;
+pub mod consumer;
 pub mod control;
 pub mod daemon;
 pub mod datapath;

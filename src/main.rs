@@ -171,7 +171,8 @@ fn main() -> ExitCode {
         },
         Command::Rules { config } => match config::load_config(&config) {
             Ok(c) => {
-                let policy = nft::Policy::new(&daemon::services_of(&c), c.settings.queue);
+                let policy = nft::Policy::new(&daemon::services_of(&c), c.settings.queue)
+                    .with_queues(c.settings.queue_count());
                 print!("{}", nft::render(&policy));
                 ExitCode::SUCCESS
             }

@@ -107,7 +107,11 @@ pub fn check(config: &Config, sys: &System<'_>) -> Vec<Finding> {
     }
     out.push(queue_support(sys));
     out.push(conntrack(sys));
-    out.push(queue_free(sys, config.settings.queue));
+    out.push(queue_free(
+        sys,
+        config.settings.queue,
+        config.settings.queue_count(),
+    ));
     out
 }
 
@@ -197,28 +201,37 @@ fn conntrack(sys: &System<'_>) -> Finding {
 }
 
 /// Whether another process already consumes the queue number (seen in the kernel's table).
-fn queue_free(sys: &System<'_>, queue: u16) -> Finding {
+fn queue_free(sys: &System<'_>, first: u16, count: u16) -> Finding {
     let what = "queue number";
+    let last = first.saturating_add(count.max(1) - 1);
+    let queues = if last == first {
+        format!("queue {first}")
+    } else {
+        format!("queues {first}-{last}")
+    };
     let table = sys
         .read("/proc/net/netfilter/nfnetlink_queue")
         .unwrap_or_default();
     // Columns: queue number, peer portid, queue total, copy mode, copy range, drops, ...
     let holder = table.lines().find_map(|l| {
         let mut cols = l.split_whitespace();
-        (cols.next()?.parse::<u16>().ok()? == queue).then(|| cols.next().unwrap_or("?").to_owned())
+        let num = cols.next()?.parse::<u16>().ok()?;
+        (first..=last)
+            .contains(&num)
+            .then(|| (num, cols.next().unwrap_or("?").to_owned()))
     });
     match holder {
         None => Finding {
             severity: Severity::Ok,
             what,
-            detail: format!("queue {queue} is free"),
+            detail: format!("{queues} free"),
         },
-        Some(portid) => Finding {
+        Some((num, portid)) => Finding {
             severity: Severity::Warning,
             what,
             detail: format!(
-                "queue {queue} is bound by netlink port {portid} (a running netnat, or another \
-                 NFQUEUE consumer: `netnat run` would be refused)"
+                "queue {num} (of {queues}) is bound by netlink port {portid} (a running netnat, \
+                 or another NFQUEUE consumer: `netnat run` would be refused)"
             ),
         },
     }

@@ -4,8 +4,8 @@
 //! The JSON document (one object, keys always present, numbers are integers):
 //!
 //! ```text
-//! {"queue": {"num": 4747, "expression": "native", "received": 0, "verdicts": 0,
-//!            "enobufs": 0, "async_errors": 0},
+//! {"queue": {"num": 4747, "count": 2, "expression": "native", "received": 0,
+//!            "verdicts": 0, "enobufs": 0, "async_errors": 0},
 //!  "uptime_secs": 12, "passed": 0, "log_lost": 0,
 //!  "unattributed_drops": {"oversize": 0, "malformed": 0, "unmapped_reply": 0},
 //!  "services": [{"service": "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000",
@@ -20,7 +20,8 @@
 //! address of the family yet; `apparent` is null) or `conflict` (a `*` service whose address
 //! turned out to equal another service's endpoint; left out). `last_seen` is Unix seconds or
 //! null. `expression` is how the rules reach the queue: `native` (nft `queue`) or `compat`
-//! (the xtables NFQUEUE target).
+//! (the xtables NFQUEUE target). The rules use queues `num` to `num + count - 1`, one
+//! consumer thread each; the counters are their sums.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -47,7 +48,10 @@ pub struct ServiceReport {
 
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// First queue number.
     pub queue: u16,
+    /// Number of queues (one consumer thread each).
+    pub queues: u16,
     /// "native" or "compat".
     pub expression: String,
     pub uptime_secs: u64,
@@ -65,9 +69,9 @@ impl Report {
         let q = &self.queue_stats;
         let _ = writeln!(
             o,
-            "netnat: {} services, queue {} ({} queue expression), up {}",
+            "netnat: {} services, {} ({} queue expression), up {}",
             self.services.len(),
-            self.queue,
+            self.queue_range(),
             self.expression,
             duration(self.uptime_secs)
         );
@@ -116,16 +120,27 @@ impl Report {
         o
     }
 
+    /// "queue 4747", or "queues 4747-4748" when there are several.
+    fn queue_range(&self) -> String {
+        if self.queues <= 1 {
+            format!("queue {}", self.queue)
+        } else {
+            let last = u32::from(self.queue) + u32::from(self.queues) - 1;
+            format!("queues {}-{last}", self.queue)
+        }
+    }
+
     /// The JSON `netnat status --json` prints (see the module comment).
     pub fn json(&self) -> String {
         let q = &self.queue_stats;
         let mut o = String::new();
         let _ = write!(
             o,
-            "{{\"queue\":{{\"num\":{},\"expression\":{},\"received\":{},\"verdicts\":{},\
+            "{{\"queue\":{{\"num\":{},\"count\":{},\"expression\":{},\"received\":{},\"verdicts\":{},\
              \"enobufs\":{},\"async_errors\":{}}},\"uptime_secs\":{},\"passed\":{},\
              \"log_lost\":{},\"unattributed_drops\":{},\"services\":[",
             self.queue,
+            self.queues,
             json_str(&self.expression),
             q.received,
             q.verdicts,
@@ -259,6 +274,7 @@ mod tests {
         c.drops[DropReason::Malformed as usize] = 2;
         Report {
             queue: 4747,
+            queues: 1,
             expression: "compat".into(),
             uptime_secs: 3725,
             queue_stats: QueueStats {
@@ -292,7 +308,7 @@ mod tests {
     #[test]
     fn json_has_every_number_and_state() {
         let j = report().json();
-        assert!(j.starts_with("{\"queue\":{\"num\":4747,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4},\"services\":[{"), "{j}");
+        assert!(j.starts_with("{\"queue\":{\"num\":4747,\"count\":1,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4},\"services\":[{"), "{j}");
         assert!(j.contains("{\"service\":\"service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\",\"iface\":\"pub0\",\"state\":\"active\",\"apparent\":\"10.99.1.1:80\",\"in_packets\":3,\"in_bytes\":180,\"out_packets\":2,\"out_bytes\":1500,\"new_connections\":1,\"icmp_errors\":0,\"drops\":{\"oversize\":0,\"malformed\":2,\"unmapped_reply\":0},\"last_seen\":1700000000}"), "{j}");
         assert!(
             j.contains("\"state\":\"waiting\",\"apparent\":null,") && j.ends_with("null}]}\n"),
@@ -302,6 +318,22 @@ mod tests {
         let opens = j.matches('{').count() + j.matches('[').count();
         let closes = j.matches('}').count() + j.matches(']').count();
         assert_eq!(opens, closes);
+    }
+
+    #[test]
+    fn several_queues_show_as_a_range() {
+        let r = Report {
+            queues: 2,
+            ..report()
+        };
+        assert!(
+            r.text()
+                .starts_with("netnat: 2 services, queues 4747-4748 (compat")
+        );
+        assert!(
+            r.json()
+                .starts_with("{\"queue\":{\"num\":4747,\"count\":2,")
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! # comment                      whole-line, or trailing after whitespace
 //! service ppp0 port * 80 TCP 192.168.1.10 8080 0x8000
 //! queue 4747                     NFQUEUE number 0-65535, at most once
+//! queues auto                    queues from `queue` on: 1-64 or auto (one per CPU), at most once
 //! mark 0x4e00                    nonzero hex u32, at most once
 //! syslog-facility local2         kern|user|daemon|auth|local0..local7, at most once
 //! syslog-priority info           emerg|alert|crit|err|warning|notice|info|debug, at most once
@@ -36,9 +37,10 @@ pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_LINE_BYTES: usize = 4096;
 
 /// The directives, in the order error messages list them.
-pub const DIRECTIVES: [&str; 5] = [
+pub const DIRECTIVES: [&str; 6] = [
     "service",
     "queue",
+    "queues",
     "mark",
     "syslog-facility",
     "syslog-priority",
@@ -234,6 +236,8 @@ struct Parser {
     errors: Vec<ConfigError>,
     services: Vec<ServiceLine>,
     settings: Settings,
+    /// Line and column of the `queues` value (checked against `queue` at the end).
+    queues_at: Option<(usize, usize)>,
     /// Line on which each setting directive was first given.
     set_on: HashMap<&'static str, usize>,
     /// First line claiming each apparent endpoint.
@@ -250,6 +254,7 @@ impl Parser {
             services: Vec::new(),
             settings: Settings::default(),
             set_on: HashMap::new(),
+            queues_at: None,
             apparent: HashMap::new(),
             actual: HashMap::new(),
         }
@@ -268,7 +273,21 @@ impl Parser {
         self.error(0, 0, message);
     }
 
-    fn finish(self) -> Result<Config, Vec<ConfigError>> {
+    fn finish(mut self) -> Result<Config, Vec<ConfigError>> {
+        if let (Some(n), Some(&(line, column))) = (self.settings.queues, self.queues_at.as_ref()) {
+            let last = u32::from(self.settings.queue) + u32::from(n) - 1;
+            if last > u32::from(u16::MAX) {
+                self.error(
+                    line,
+                    column,
+                    format!(
+                        "{n} queues from queue {} would end at {last}, past the last queue \
+                         number 65535",
+                        self.settings.queue
+                    ),
+                );
+            }
+        }
         if self.errors.is_empty() {
             Ok(Config {
                 services: self.services,
@@ -324,6 +343,7 @@ impl Parser {
         match directive.as_str() {
             "service" => self.service(number, &words),
             "queue" => self.queue(number, &words),
+            "queues" => self.queues(number, &words),
             "mark" => self.mark(number, &words),
             "syslog-facility" => self.facility(number, &words),
             "syslog-priority" => self.priority(number, &words),
@@ -448,6 +468,35 @@ impl Parser {
                 number,
                 w.column,
                 format!("expected a queue number 0-65535, found {:?}", w.text),
+            ),
+        }
+    }
+
+    fn queues(&mut self, number: usize, words: &[Word<'_>]) {
+        let Some(w) = self.setting(number, words, "queues", "number of queues") else {
+            return;
+        };
+        if w.text.eq_ignore_ascii_case("auto") {
+            self.settings.queues = None;
+            return;
+        }
+        let n = (w.text.len() <= 2 && w.text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| w.text.parse::<u16>().ok())
+            .flatten()
+            .filter(|n| (1..=super::MAX_QUEUES).contains(n));
+        match n {
+            Some(n) => {
+                self.settings.queues = Some(n);
+                self.queues_at = Some((number, w.column));
+            }
+            None => self.error(
+                number,
+                w.column,
+                format!(
+                    "expected a number of queues 1-{} or \"auto\", found {:?}",
+                    super::MAX_QUEUES,
+                    w.text
+                ),
             ),
         }
     }
@@ -711,5 +760,27 @@ mod tests {
         let link = safe.0.join("good-link.conf");
         std::os::unix::fs::symlink(&good, &link).unwrap();
         assert!(load_config(&link).is_ok());
+    }
+
+    #[test]
+    fn queues_directive() {
+        let q = |text: &str| parse_config(text, "t").map(|c| c.settings);
+        assert_eq!(q("").unwrap().queues, None);
+        assert_eq!(q("queues auto\n").unwrap().queues, None);
+        assert_eq!(q("QUEUES 4\n").unwrap().queues, Some(4));
+        assert_eq!(q("queue 65534\nqueues 2\n").unwrap().queue_count(), 2);
+        for (text, column, says) in [
+            ("queues 0\n", 8, "1-64 or \"auto\""),
+            ("queues 65\n", 8, "1-64"),
+            ("queues -1\n", 8, "found \"-1\""),
+            ("queues 2 3\n", 10, ""),
+            ("queues 3\nqueue 65534\n", 8, "would end at 65536"),
+            ("queues 1\nqueues 2\n", 1, "given twice"),
+        ] {
+            let e = q(text).unwrap_err();
+            assert_eq!(e.len(), 1, "{text:?}: {e:?}");
+            assert_eq!(e[0].column, column, "{text:?}: {}", e[0]);
+            assert!(e[0].message.contains(says), "{text:?}: {}", e[0]);
+        }
     }
 }

@@ -116,6 +116,8 @@ pub struct ServiceLine {
 
 /// Default NFQUEUE number; `queue N` in the configuration changes it.
 pub const DEFAULT_QUEUE: u16 = 4747;
+/// Most queues (and consumer threads) `queues` accepts, and the most `auto` picks.
+pub const MAX_QUEUES: u16 = 64;
 /// Default packet mark bit set on translated inbound packets (`mark` directive).
 pub const DEFAULT_MARK: u32 = 0x0000_4e00;
 
@@ -124,6 +126,10 @@ pub const DEFAULT_MARK: u32 = 0x0000_4e00;
 pub struct Settings {
     /// NFQUEUE number the rules send packets to.
     pub queue: u16,
+    /// Queues `queue .. queue+n-1`, one consumer thread each (`queues N`); `None` (`queues
+    /// auto`, the default) is one per CPU this process may run on. Packets are spread over them
+    /// by the CPU that handles them (`fanout`), so the work stays on that CPU.
+    pub queues: Option<u16>,
     /// Bits OR-ed into the packet mark of translated inbound packets, so that one firewall rule
     /// (`meta mark & MARK == MARK accept`) lets mapped traffic through a default-drop forward chain.
     pub mark: u32,
@@ -137,10 +143,23 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             queue: DEFAULT_QUEUE,
+            queues: None,
             mark: DEFAULT_MARK,
             syslog_facility: "local2".into(),
             syslog_priority: "info".into(),
         }
+    }
+}
+
+impl Settings {
+    /// How many queues the daemon binds: `queues N`, or for `auto` the CPUs available to this
+    /// process, at most [`MAX_QUEUES`] and never past queue number 65535.
+    pub fn queue_count(&self) -> u16 {
+        let n = self.queues.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get().min(usize::from(MAX_QUEUES)) as u16)
+        });
+        n.clamp(1, u16::MAX - self.queue + 1)
     }
 }
 

@@ -377,8 +377,7 @@ pub struct Policy {
     pub table: &'static str,
     /// First queue number of every queue verdict.
     pub queue: u16,
-    /// How many queues the verdicts spread over (1 = no fanout). Kept here so that fanout over
-    /// several consumer threads can come later without changing the rules.
+    /// How many queues the verdicts spread over (1 = no fanout; `queues` in the configuration).
     pub queues_total: u16,
     /// The sets with at least one element, in [`SetKind`] order.
     pub sets: Vec<SetSpec>,
@@ -523,13 +522,22 @@ impl Policy {
         }
     }
 
-    /// The queue verdict's parameters: never bypass, no CPU fanout.
+    /// The same rules sending to `total` queues from `queue` on, spread by CPU.
+    pub fn with_queues(mut self, total: u16) -> Policy {
+        self.queues_total = total.max(1);
+        self
+    }
+
+    /// The queue verdict's parameters: never bypass; with several queues, CPU fanout (the
+    /// queue of the CPU the packet is handled on, so that the packet's data stays in that
+    /// CPU's cache and one flow's packets are not handed between threads).
     pub fn queue_spec(&self) -> QueueSpec {
+        let total = self.queues_total.max(1);
         QueueSpec {
             num: self.queue,
-            total: self.queues_total.max(1),
+            total,
             bypass: false,
-            cpu_fanout: false,
+            cpu_fanout: total > 1,
         }
     }
 

@@ -349,12 +349,30 @@ impl Queue {
         &mut self,
         handler: &mut dyn FnMut(&mut Packet<'_>) -> Decision,
     ) -> Result<usize, QueueError> {
-        let count = self.receive()?;
-        if count == 0 {
+        if self.receive_batch()? == 0 {
             return Ok(0);
         }
-        self.parse(count);
+        let handled = self.decide(handler);
+        self.send_verdicts()?;
+        Ok(handled)
+    }
 
+    /// The first third of [`Queue::process_batch`]: receives what is waiting (up to
+    /// [`BATCH`] datagrams) and decodes it. Returns the number of datagrams, 0 when nothing
+    /// was waiting. Split out so that a caller sharing state with other queues' threads can
+    /// hold its lock for [`Queue::decide`] only, not across the system calls.
+    pub fn receive_batch(&mut self) -> Result<usize, QueueError> {
+        self.parsed.clear();
+        let count = self.receive()?;
+        if count > 0 {
+            self.parse(count);
+        }
+        Ok(count)
+    }
+
+    /// The second third: calls `handler` for each packet received by
+    /// [`Queue::receive_batch`] and prepares its verdict. Returns the number of packets.
+    pub fn decide(&mut self, handler: &mut dyn FnMut(&mut Packet<'_>) -> Decision) -> usize {
         let Queue {
             num,
             bufs,
@@ -404,9 +422,7 @@ impl Queue {
             });
         }
         stats.received += parsed.len() as u64;
-        let handled = parsed.len();
-        self.send_verdicts()?;
-        Ok(handled)
+        parsed.len()
     }
 
     /// Fills the first datagram buffers: from the stash if `open` left anything there,
@@ -471,7 +487,9 @@ impl Queue {
     /// one). If the kernel still finds a datagram too big (EMSGSIZE: the buffer shrank since
     /// `open`), the limit is learned again, at most half of what failed so that every retry
     /// makes progress, and the unsent rest goes out in smaller pieces.
-    fn send_verdicts(&mut self) -> Result<(), QueueError> {
+    ///
+    /// The last third of [`Queue::process_batch`], after [`Queue::decide`].
+    pub fn send_verdicts(&mut self) -> Result<(), QueueError> {
         const PAD: [u8; 4] = [0; 4];
         let fd = self.sock.as_raw_fd();
         let mut parts: Vec<&[u8]> = Vec::with_capacity(self.pending.len() * 3);

@@ -1,0 +1,176 @@
+//! The queue threads: one per bound queue, each receiving, deciding and returning verdicts for
+//! its own queue, all sharing one [`Shared`] with the daemon's main thread.
+//!
+//! Why this shape: the rules spread packets over the queues by the CPU that handles them
+//! (`fanout`), so with one thread per queue each CPU's packets are handled by their own thread
+//! and the expensive parts, the two system calls that copy packets out of and back into the
+//! kernel, run in parallel. The shared part (lookup table, counters, flow memory, log) is
+//! locked once per batch and only while the packets are decided, never across a system call.
+//!
+//! After a batch a thread keeps looking for the next one for a short while ([`SPIN`]) before
+//! it sleeps in `poll`: a request/response exchange brings its next packet within tens of
+//! microseconds, and catching it awake saves the wake-up of a sleeping thread (the larger part
+//! of netnat's added latency on a virtual machine). An idle queue costs nothing: the thread
+//! only spins right after it had work.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::datapath;
+use crate::log::Logger;
+use crate::monitor::{Clock, Monitor};
+use crate::queue::{Queue, QueueStats};
+use crate::service::ServiceTable;
+
+/// How long a queue thread keeps polling without sleeping after it handled packets.
+pub const SPIN: Duration = Duration::from_micros(50);
+
+/// Batches handled before the thread looks at the stop flag again.
+const BATCHES_PER_ROUND: usize = 64;
+
+/// What the queue threads and the main thread share.
+pub struct Shared {
+    /// The lookup table the packets are decided by; swapped whole on reload.
+    pub table: Arc<ServiceTable>,
+    /// Mark bits for translated inbound packets.
+    pub mark: u32,
+    pub monitor: Monitor,
+    pub log: Logger,
+    /// Each queue's counters, as of its thread's last idle moment (index = queue − first).
+    pub queue_stats: Vec<QueueStats>,
+}
+
+/// Locks `shared`. A thread that panicked while holding the lock leaves consistent counters
+/// (they are plain increments), so poisoning is ignored; the daemon stops on a dead thread.
+pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One queue thread's part.
+pub struct Consumer {
+    pub queue: Queue,
+    /// Index of the queue among the daemon's queues.
+    pub index: usize,
+    pub shared: Arc<Mutex<Shared>>,
+    pub started: Instant,
+    /// Set by the main thread when the table is gone: drain what is queued, then return.
+    pub stop: Arc<AtomicBool>,
+    /// Readable (hung up) once the main thread wants the threads to look at `stop`.
+    pub wake: RawFd,
+    pub spin: Duration,
+}
+
+impl Consumer {
+    /// The thread's body: until stopped, wait for packets and handle them.
+    pub fn run(mut self) {
+        let fd = self.queue.as_raw_fd();
+        // Whatever arrived while the bind was acknowledged waits in the queue's stash, which
+        // poll cannot see.
+        self.drain(BATCHES_PER_ROUND);
+        while !self.stop.load(Ordering::Relaxed) {
+            if !wait_readable(fd, self.wake, Duration::from_secs(1)) {
+                continue;
+            }
+            if self.drain(BATCHES_PER_ROUND) > 0 {
+                self.spin();
+            }
+        }
+        // Packets queued before the table went away still get their verdicts.
+        for _ in 0..100 {
+            if !self.queue.wait(Duration::from_millis(20)).unwrap_or(false) {
+                break;
+            }
+            self.drain(1000);
+        }
+        self.publish_stats();
+    }
+
+    /// Polls the queue without sleeping until [`Consumer::spin`] passes with nothing new.
+    fn spin(&mut self) {
+        if self.spin.is_zero() {
+            return;
+        }
+        let mut since = Instant::now();
+        while since.elapsed() < self.spin && !self.stop.load(Ordering::Relaxed) {
+            if self.drain(BATCHES_PER_ROUND) > 0 {
+                since = Instant::now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Handles every packet waiting now, batch by batch, at most `max_batches`. Returns the
+    /// number of packets handled.
+    fn drain(&mut self, max_batches: usize) -> usize {
+        let mut handled = 0;
+        for _ in 0..max_batches {
+            match self.queue.receive_batch() {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    lock(&self.shared).log.error(format_args!("queue: {e}"));
+                    break;
+                }
+            }
+            // The clocks are read once per batch, not per packet.
+            let now = Clock {
+                ms: self.started.elapsed().as_millis() as u64,
+                wall: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |t| t.as_secs()),
+            };
+            {
+                let mut guard = lock(&self.shared);
+                let Shared {
+                    table,
+                    mark,
+                    monitor,
+                    log,
+                    ..
+                } = &mut *guard;
+                handled += self.queue.decide(&mut |pkt| {
+                    let (decision, event) = datapath::handle(table, *mark, pkt);
+                    monitor.observe(event, pkt, now, log);
+                    decision
+                });
+            }
+            if let Err(e) = self.queue.send_verdicts() {
+                lock(&self.shared).log.error(format_args!("queue: {e}"));
+                break;
+            }
+        }
+        if handled > 0 {
+            self.publish_stats();
+        }
+        handled
+    }
+
+    fn publish_stats(&self) {
+        if let Some(s) = lock(&self.shared).queue_stats.get_mut(self.index) {
+            *s = self.queue.stats();
+        }
+    }
+}
+
+/// Waits until `fd` is readable or `wake` signals (or `timeout` passes). True when `fd` is.
+fn wait_readable(fd: RawFd, wake: RawFd, timeout: Duration) -> bool {
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `fds` is a valid array of two pollfd structs for the duration of the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    n > 0 && fds[0].revents != 0
+}
