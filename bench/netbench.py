@@ -40,6 +40,7 @@ IPERF_APP, IPERF_ACT = 15201, 5201
 RR_APP, RR_ACT = 15202, 5202
 QUEUE = 4747
 RR_SIZE = 64
+TESTS = ["tcp_fwd", "tcp_rev", "udp_rate", "udp_overload", "rr_tcp", "rr_udp"]
 PATHS = ["plain", "kernel", "netnat-1", "netnat-10k"]
 
 # ---------------------------------------------------------------------------------------------
@@ -179,17 +180,21 @@ def proc_status_kib(pid, key):
 
 
 def queue_stats(pid, queue):
-    """The row of nfnetlink_queue for `queue`, read in netnat's namespace (via its /proc)."""
+    """The rows of nfnetlink_queue for netnat's queues (`queue` and the ones after it, one per
+    consumer thread), summed, read in netnat's namespace (via its /proc). None if none is
+    bound."""
+    total = None
     try:
         with open(f"/proc/{pid}/net/netfilter/nfnetlink_queue") as f:
             for line in f:
                 v = line.split()
-                if int(v[0]) == queue:
-                    return {"queue_total": int(v[2]), "queue_dropped": int(v[5]),
-                            "user_dropped": int(v[6]), "id_sequence": int(v[7])}
+                if queue <= int(v[0]) < queue + 64:
+                    row = {"queue_total": int(v[2]), "queue_dropped": int(v[5]),
+                           "user_dropped": int(v[6]), "id_sequence": int(v[7]), "queues": 1}
+                    total = row if total is None else {k: total[k] + row[k] for k in row}
     except OSError:
         pass
-    return None
+    return total
 
 
 def machine():
@@ -334,7 +339,7 @@ class Bench:
 
     # -- the three paths --------------------------------------------------------------------
     def config_text(self, path, services):
-        lines = [f"queue {QUEUE}"]
+        lines = [f"queue {QUEUE}"] + ([f"queues {self.a.queues}"] if self.a.queues else [])
         if path == "netnat-10k":
             fill = self.a.services - len(services)
             half = (fill + 1) // 2
@@ -623,6 +628,8 @@ class Bench:
         self.t_start = time.monotonic()
         for rnd in range(self.a.rounds):
             for name, fn in self.tests():
+                if name not in self.a.tests:
+                    continue
                 for path in self.a.paths:
                     log(f"round {rnd + 1}/{self.a.rounds}: {name} via {path}")
                     r = fn(path)
@@ -783,7 +790,9 @@ def render(b, rows, tg, info):
     L.append("netnat benchmark — plain routing vs kernel dnat vs netnat (side by side, one run)")
     L.append(f"machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}, "
              f"loadavg {info['loadavg_start']} at start, {info['loadavg_end']} at end")
-    L.append(f"netnat:  {info['netnat']} ({info['netnat_version']})")
+    L.append(f"netnat:  {info['netnat']} ({info['netnat_version']}), "
+             f"queues {b.a.queues or 'auto'}"
+             f"{', spin ' + os.environ['NETNAT_SPIN_US'] + ' us' if 'NETNAT_SPIN_US' in os.environ else ''}")
     L.append(f"mode:    {info['mode']}, {info['rounds']} round(s) interleaved, medians shown; "
              f"bulk {b.a.bulk_time}s, UDP step {b.a.udp_step_time}s, overload "
              f"{b.a.overload_pps / 1e3:.0f} kpps offered for {b.a.overload_time}s, "
@@ -828,6 +837,11 @@ def main():
                     help="path loss (%%) still counted as loss-free (default 0: none)")
     ap.add_argument("--paths", default=",".join(PATHS),
                     help="comma-separated subset of " + ",".join(PATHS))
+    ap.add_argument("--queues",
+                    help="netnat's `queues` setting, 1-64 or auto (default: not set, which is "
+                         "auto: one per CPU)")
+    ap.add_argument("--tests", default=",".join(TESTS),
+                    help="comma-separated subset of " + ",".join(TESTS))
     a = ap.parse_args()
     if a.quick:
         a.rounds = a.rounds or 1
@@ -838,6 +852,9 @@ def main():
         a.bulk_time, a.udp_step_time, a.overload_time = 10, 2, 5
         a.rr_count, a.rr_warmup, a.bisect_steps, a.rr_deadline = 20000, 1000, 4, 20
     a.udp_start, a.udp_max, a.overload_pps = 20000, 2_000_000, 2_000_000
+    a.tests = [t for t in a.tests.split(",") if t]
+    if any(t not in TESTS for t in a.tests):
+        ap.error(f"--tests: choose among {TESTS}")
     a.paths = [p for p in a.paths.split(",") if p]
     if any(p not in PATHS for p in a.paths):
         ap.error(f"--paths: choose among {PATHS}")

@@ -417,4 +417,15 @@ table inet netnat {
             "oifname . ip saddr . meta l4proto . th sport @out4 queue num 5"
         );
     }
+
+    #[test]
+    fn several_queues_fan_out_by_cpu() {
+        let one = Policy::new(&[], 4747);
+        assert_eq!(render_queue(&one.queue_spec()), "queue num 4747");
+        let two = Policy::new(&[], 4747).with_queues(2);
+        let q = two.queue_spec();
+        assert!(q.cpu_fanout && !q.bypass && q.total == 2);
+        assert_eq!(render_queue(&q), "queue num 4747-4748 fanout");
+        assert_eq!(Policy::new(&[], 9).with_queues(0).queue_spec().total, 1);
+    }
 }
