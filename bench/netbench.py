@@ -339,7 +339,8 @@ class Bench:
 
     # -- the three paths --------------------------------------------------------------------
     def config_text(self, path, services):
-        lines = [f"queue {QUEUE}"] + ([f"queues {self.a.queues}"] if self.a.queues else [])
+        lines = [f"queue {QUEUE}"] + ([f"queues {self.a.queues}"] if self.a.queues else []) \
+            + ([f"busy-poll {self.a.busy_poll}"] if self.a.busy_poll is not None else [])
         if path == "netnat-10k":
             fill = self.a.services - len(services)
             half = (fill + 1) // 2
@@ -791,8 +792,8 @@ def render(b, rows, tg, info):
     L.append(f"machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}, "
              f"loadavg {info['loadavg_start']} at start, {info['loadavg_end']} at end")
     L.append(f"netnat:  {info['netnat']} ({info['netnat_version']}), "
-             f"queues {b.a.queues or 'auto'}"
-             f"{', spin ' + os.environ['NETNAT_SPIN_US'] + ' us' if 'NETNAT_SPIN_US' in os.environ else ''}")
+             f"queues {b.a.queues or 'auto'}, busy-poll "
+             f"{'default' if b.a.busy_poll is None else b.a.busy_poll} µs")
     L.append(f"mode:    {info['mode']}, {info['rounds']} round(s) interleaved, medians shown; "
              f"bulk {b.a.bulk_time}s, UDP step {b.a.udp_step_time}s, overload "
              f"{b.a.overload_pps / 1e3:.0f} kpps offered for {b.a.overload_time}s, "
@@ -840,6 +841,8 @@ def main():
     ap.add_argument("--queues",
                     help="netnat's `queues` setting, 1-64 or auto (default: not set, which is "
                          "auto: one per CPU)")
+    ap.add_argument("--busy-poll", type=int,
+                    help="netnat's `busy-poll` setting in µs (default: not set, which is 50)")
     ap.add_argument("--tests", default=",".join(TESTS),
                     help="comma-separated subset of " + ",".join(TESTS))
     a = ap.parse_args()

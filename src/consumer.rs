@@ -7,14 +7,14 @@
 //! kernel, run in parallel. The shared part (lookup table, counters, flow memory, log) is
 //! locked once per batch and only while the packets are decided, never across a system call.
 //!
-//! After a batch a thread keeps looking for the next one for a short while ([`SPIN`]) before
+//! After a batch a thread keeps looking for the next one for a short while (`busy-poll`) before
 //! it sleeps in `poll`: a request/response exchange brings its next packet within tens of
 //! microseconds, and catching it awake saves the wake-up of a sleeping thread (the larger part
 //! of netnat's added latency on a virtual machine). An idle queue costs nothing: the thread
 //! only spins right after it had work.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,9 +23,6 @@ use crate::log::Logger;
 use crate::monitor::{Clock, Monitor};
 use crate::queue::{Queue, QueueStats};
 use crate::service::ServiceTable;
-
-/// How long a queue thread keeps polling without sleeping after it handled packets.
-pub const SPIN: Duration = Duration::from_micros(50);
 
 /// Batches handled before the thread looks at the stop flag again.
 const BATCHES_PER_ROUND: usize = 64;
@@ -59,7 +56,9 @@ pub struct Consumer {
     pub stop: Arc<AtomicBool>,
     /// Readable (hung up) once the main thread wants the threads to look at `stop`.
     pub wake: RawFd,
-    pub spin: Duration,
+    /// `busy-poll`: how long to keep polling after work, in µs (0: sleep at once). Shared
+    /// with the main thread, which changes it on reload.
+    pub busy_poll_us: Arc<AtomicU32>,
 }
 
 impl Consumer {
@@ -87,13 +86,15 @@ impl Consumer {
         self.publish_stats();
     }
 
-    /// Polls the queue without sleeping until [`Consumer::spin`] passes with nothing new.
+    /// Polls the queue without sleeping until `busy-poll` passes with nothing new.
     fn spin(&mut self) {
-        if self.spin.is_zero() {
+        let us = self.busy_poll_us.load(Ordering::Relaxed);
+        if us == 0 {
             return;
         }
+        let budget = Duration::from_micros(u64::from(us));
         let mut since = Instant::now();
-        while since.elapsed() < self.spin && !self.stop.load(Ordering::Relaxed) {
+        while since.elapsed() < budget && !self.stop.load(Ordering::Relaxed) {
             if self.drain(BATCHES_PER_ROUND) > 0 {
                 since = Instant::now();
             } else {

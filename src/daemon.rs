@@ -19,7 +19,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -179,6 +179,8 @@ struct Daemon<'a> {
     queue: u16,
     queues: u16,
     shared: Arc<Mutex<Shared>>,
+    /// `busy-poll` of the running configuration, read by the queue threads after each batch.
+    busy_poll: Arc<AtomicU32>,
     started: Instant,
 }
 
@@ -208,15 +210,6 @@ impl Threads {
         }
         clean
     }
-}
-
-/// Time a queue thread spins after work before it sleeps: [`consumer::SPIN`], or
-/// `NETNAT_SPIN_US` microseconds from the environment (0 turns spinning off).
-fn spin_time() -> Duration {
-    std::env::var("NETNAT_SPIN_US")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(consumer::SPIN, |us| Duration::from_micros(us.min(10_000)))
 }
 
 /// Runs until SIGINT or SIGTERM; returns after the table is removed and the queues drained.
@@ -306,7 +299,8 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         log,
         queue_stats: vec![Default::default(); queues.len()],
     }));
-    let threads = spawn_threads(queues, &shared, started)?;
+    let busy_poll = Arc::new(AtomicU32::new(active.config.settings.busy_poll_us));
+    let threads = spawn_threads(queues, &shared, started, &busy_poll)?;
     let mut d = Daemon {
         opts,
         active,
@@ -315,6 +309,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         queue: queue_num,
         queues: queue_count,
         shared,
+        busy_poll,
         started,
     };
     let mut server = server;
@@ -404,10 +399,10 @@ fn spawn_threads(
     queues: Vec<Queue>,
     shared: &Arc<Mutex<Shared>>,
     started: Instant,
+    busy_poll: &Arc<AtomicU32>,
 ) -> Result<Threads, DaemonError> {
     let (read, write) = pipe().map_err(|e| sys("creating the wake-up pipe", e))?;
     let stop = Arc::new(AtomicBool::new(false));
-    let spin = spin_time();
     let mut handles = Vec::with_capacity(queues.len());
     for (index, queue) in queues.into_iter().enumerate() {
         let c = Consumer {
@@ -417,7 +412,7 @@ fn spawn_threads(
             started,
             stop: Arc::clone(&stop),
             wake: read.as_raw_fd(),
-            spin,
+            busy_poll_us: Arc::clone(busy_poll),
         };
         let h = std::thread::Builder::new()
             .name(format!("netnat-q{index}"))
@@ -607,6 +602,8 @@ impl Daemon<'_> {
         shared.table = Arc::clone(&next.table);
         shared.mark = next.config.settings.mark;
         drop(shared);
+        self.busy_poll
+            .store(next.config.settings.busy_poll_us, Ordering::Relaxed);
         self.active = next;
         Ok(())
     }

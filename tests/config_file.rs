@@ -179,7 +179,8 @@ fn unknown_directive_lists_the_known_ones() {
     let e = one_error("  servce eth0 port * 80 TCP 10.0.0.1 80\n", 1, 3, "");
     assert_eq!(
         e.message,
-        "unknown directive \"servce\" (known directives: service, queue, queues, mark, \
+        "unknown directive \"servce\" (known directives: service, queue, queues, busy-poll, \
+         mark, \
          syslog-facility, syslog-priority)"
     );
 }

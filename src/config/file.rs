@@ -5,6 +5,7 @@
 //! service ppp0 port * 80 TCP 192.168.1.10 8080 0x8000
 //! queue 4747                     NFQUEUE number 0-65535, at most once
 //! queues auto                    queues from `queue` on: 1-64 or auto (one per CPU), at most once
+//! busy-poll 50                   µs a queue thread polls after work before it sleeps, 0-1000
 //! mark 0x4e00                    nonzero hex u32, at most once
 //! syslog-facility local2         kern|user|daemon|auth|local0..local7, at most once
 //! syslog-priority info           emerg|alert|crit|err|warning|notice|info|debug, at most once
@@ -37,10 +38,11 @@ pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_LINE_BYTES: usize = 4096;
 
 /// The directives, in the order error messages list them.
-pub const DIRECTIVES: [&str; 6] = [
+pub const DIRECTIVES: [&str; 7] = [
     "service",
     "queue",
     "queues",
+    "busy-poll",
     "mark",
     "syslog-facility",
     "syslog-priority",
@@ -344,6 +346,7 @@ impl Parser {
             "service" => self.service(number, &words),
             "queue" => self.queue(number, &words),
             "queues" => self.queues(number, &words),
+            "busy-poll" => self.busy_poll(number, &words),
             "mark" => self.mark(number, &words),
             "syslog-facility" => self.facility(number, &words),
             "syslog-priority" => self.priority(number, &words),
@@ -495,6 +498,28 @@ impl Parser {
                 format!(
                     "expected a number of queues 1-{} or \"auto\", found {:?}",
                     super::MAX_QUEUES,
+                    w.text
+                ),
+            ),
+        }
+    }
+
+    fn busy_poll(&mut self, number: usize, words: &[Word<'_>]) {
+        let Some(w) = self.setting(number, words, "busy-poll", "microseconds") else {
+            return;
+        };
+        let n = (w.text.len() <= 4 && w.text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| w.text.parse::<u32>().ok())
+            .flatten()
+            .filter(|n| *n <= super::MAX_BUSY_POLL_US);
+        match n {
+            Some(n) => self.settings.busy_poll_us = n,
+            None => self.error(
+                number,
+                w.column,
+                format!(
+                    "expected microseconds 0-{} (0: never busy-poll), found {:?}",
+                    super::MAX_BUSY_POLL_US,
                     w.text
                 ),
             ),
@@ -763,12 +788,15 @@ mod tests {
     }
 
     #[test]
-    fn queues_directive() {
+    fn queues_and_busy_poll_directives() {
         let q = |text: &str| parse_config(text, "t").map(|c| c.settings);
         assert_eq!(q("").unwrap().queues, None);
         assert_eq!(q("queues auto\n").unwrap().queues, None);
         assert_eq!(q("QUEUES 4\n").unwrap().queues, Some(4));
         assert_eq!(q("queue 65534\nqueues 2\n").unwrap().queue_count(), 2);
+        assert_eq!(q("").unwrap().busy_poll_us, 50);
+        assert_eq!(q("busy-poll 0\n").unwrap().busy_poll_us, 0);
+        assert_eq!(q("busy-poll 1000\n").unwrap().busy_poll_us, 1000);
         for (text, column, says) in [
             ("queues 0\n", 8, "1-64 or \"auto\""),
             ("queues 65\n", 8, "1-64"),
@@ -776,6 +804,8 @@ mod tests {
             ("queues 2 3\n", 10, ""),
             ("queues 3\nqueue 65534\n", 8, "would end at 65536"),
             ("queues 1\nqueues 2\n", 1, "given twice"),
+            ("busy-poll 1001\n", 11, "0-1000"),
+            ("busy-poll 5us\n", 11, "found \"5us\""),
         ] {
             let e = q(text).unwrap_err();
             assert_eq!(e.len(), 1, "{text:?}: {e:?}");

@@ -118,6 +118,10 @@ pub struct ServiceLine {
 pub const DEFAULT_QUEUE: u16 = 4747;
 /// Most queues (and consumer threads) `queues` accepts, and the most `auto` picks.
 pub const MAX_QUEUES: u16 = 64;
+/// Default of `busy-poll`, in microseconds.
+pub const DEFAULT_BUSY_POLL_US: u32 = 50;
+/// Largest `busy-poll` accepted: beyond a millisecond spinning stops paying for itself.
+pub const MAX_BUSY_POLL_US: u32 = 1000;
 /// Default packet mark bit set on translated inbound packets (`mark` directive).
 pub const DEFAULT_MARK: u32 = 0x0000_4e00;
 
@@ -130,6 +134,10 @@ pub struct Settings {
     /// auto`, the default) is one per CPU this process may run on. Packets are spread over them
     /// by the CPU that handles them (`fanout`), so the work stays on that CPU.
     pub queues: Option<u16>,
+    /// Microseconds a queue thread keeps polling after it handled packets before it sleeps
+    /// (`busy-poll N`, 0 = never): the next packet of an exchange, caught awake, is not
+    /// delayed by the wake-up of a sleeping thread. Costs CPU only right after traffic.
+    pub busy_poll_us: u32,
     /// Bits OR-ed into the packet mark of translated inbound packets, so that one firewall rule
     /// (`meta mark & MARK == MARK accept`) lets mapped traffic through a default-drop forward chain.
     pub mark: u32,
@@ -144,6 +152,7 @@ impl Default for Settings {
         Settings {
             queue: DEFAULT_QUEUE,
             queues: None,
+            busy_poll_us: DEFAULT_BUSY_POLL_US,
             mark: DEFAULT_MARK,
             syslog_facility: "local2".into(),
             syslog_priority: "info".into(),
