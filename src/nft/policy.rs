@@ -268,7 +268,7 @@ pub struct SetSpec {
 
 /// One set element, compactly: the components the set's key does not have are left at their
 /// defaults (unspecified address, protocol and port 0).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Element {
     /// Index of the interface name in [`SetSpec::ifnames`].
     pub ifname: u32,
@@ -281,7 +281,7 @@ pub struct Element {
 impl SetSpec {
     /// A set of `kind` with these elements (each in key order), duplicates dropped.
     pub fn from_values(kind: SetKind, elements: &[Vec<KeyValue>]) -> SetSpec {
-        let mut list = ElementList::new(kind);
+        let mut list = ElementList::new(kind, elements.len());
         for e in elements {
             assert_eq!(e.len(), kind.key().len(), "{kind:?} {e:?}");
             let mut iface = "";
@@ -489,9 +489,18 @@ impl Policy {
     /// The sets and rules steering exactly the services' packets (and the ICMP errors about
     /// them) to queue `queue`. Duplicate elements and rules appear once, in first-seen order.
     pub fn new(services: &[Service], queue: u16) -> Policy {
+        // Counted first, so that each set's elements are allocated once, at their size.
+        let mut counts = [0usize; SetKind::ALL.len()];
+        for s in services {
+            counts[inbound_element(s).0 as usize] += 1;
+            counts[reply_element(s).0 as usize] += 1;
+            if let AppAddr::Fixed(a) = s.app_addr {
+                counts[icmp_set(a) as usize] += 1;
+            }
+        }
         let mut sets: Vec<ElementList> = SetKind::ALL
             .iter()
-            .map(|&kind| ElementList::new(kind))
+            .map(|&kind| ElementList::new(kind, counts[kind as usize]))
             .collect();
         let mut pre = RuleList::default();
         let mut post = RuleList::default();
@@ -502,11 +511,7 @@ impl Policy {
             let (kind, addr, port) = reply_element(s);
             sets[kind as usize].push(&s.iface, addr, l4(s.protocol), port);
             if let AppAddr::Fixed(a) = s.app_addr {
-                let kind = match Family::of(&a) {
-                    Family::Ipv4 => SetKind::IcmpIn4,
-                    Family::Ipv6 => SetKind::IcmpIn6,
-                };
-                sets[kind as usize].push(&s.iface, a, 0, 0);
+                sets[icmp_set(a) as usize].push(&s.iface, a, 0, 0);
             }
         }
         let sets: Vec<SetSpec> = sets.into_iter().map(ElementList::finish).collect();
@@ -641,31 +646,35 @@ impl Policy {
     }
 }
 
-/// Elements of one set in order, without duplicates, while they are collected.
+/// Elements of one set in order while they are collected; duplicates are dropped at the end.
 struct ElementList<'a> {
     kind: SetKind,
     ifnames: Vec<String>,
     ifname_ids: HashMap<&'a str, u32>,
+    /// The interface name of the previous element and its id: services come in runs on the
+    /// same interface.
+    last: Option<(&'a str, u32)>,
     elements: Vec<Element>,
-    seen: HashSet<Element>,
 }
 
 impl<'a> ElementList<'a> {
-    fn new(kind: SetKind) -> ElementList<'a> {
+    fn new(kind: SetKind, capacity: usize) -> ElementList<'a> {
         ElementList {
             kind,
             ifnames: Vec::new(),
             ifname_ids: HashMap::new(),
-            elements: Vec::new(),
-            seen: HashSet::new(),
+            last: None,
+            elements: Vec::with_capacity(capacity),
         }
     }
 
-    /// Adds an element; the components the set's key lacks are ignored.
-    fn push(&mut self, iface: &'a str, addr: IpAddr, proto: u8, port: u16) {
-        let key = self.kind.key();
-        let has = |f: fn(&KeyField) -> bool| key.iter().any(f);
-        let ifname = match self.ifname_ids.get(iface) {
+    fn ifname_id(&mut self, iface: &'a str) -> u32 {
+        if let Some((name, id)) = self.last
+            && name == iface
+        {
+            return id;
+        }
+        let id = match self.ifname_ids.get(iface) {
             Some(&id) => id,
             None => {
                 let id = self.ifnames.len() as u32;
@@ -674,8 +683,16 @@ impl<'a> ElementList<'a> {
                 id
             }
         };
+        self.last = Some((iface, id));
+        id
+    }
+
+    /// Adds an element; the components the set's key lacks are ignored.
+    fn push(&mut self, iface: &'a str, addr: IpAddr, proto: u8, port: u16) {
+        let key = self.kind.key();
+        let has = |f: fn(&KeyField) -> bool| key.iter().any(f);
         let e = Element {
-            ifname,
+            ifname: self.ifname_id(iface),
             addr: if has(|f| matches!(f, KeyField::Daddr(_) | KeyField::Saddr(_))) {
                 addr
             } else {
@@ -692,18 +709,43 @@ impl<'a> ElementList<'a> {
                 0
             },
         };
-        if self.seen.insert(e) {
-            self.elements.push(e);
-        }
+        self.elements.push(e);
     }
 
+    /// The set, each element once, where it first appeared. Duplicates are found by sorting
+    /// the positions by element (4 bytes each) rather than with a hash set of the elements,
+    /// which for 10,000 services would take ten times the memory while the policy is built.
     fn finish(mut self) -> SetSpec {
+        let v = &self.elements;
+        if v.len() > 1 {
+            let mut order: Vec<u32> = (0..v.len() as u32).collect();
+            order.sort_unstable_by(|&a, &b| v[a as usize].cmp(&v[b as usize]).then(a.cmp(&b)));
+            let mut keep = vec![true; v.len()];
+            for w in order.windows(2) {
+                if v[w[0] as usize] == v[w[1] as usize] {
+                    keep[w[1] as usize] = false;
+                }
+            }
+            let mut i = 0;
+            self.elements.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+        }
         self.elements.shrink_to_fit();
         SetSpec {
             kind: self.kind,
             ifnames: self.ifnames,
             elements: self.elements,
         }
+    }
+}
+
+/// The set of ICMP errors addressed to a fixed apparent address.
+fn icmp_set(addr: IpAddr) -> SetKind {
+    match Family::of(&addr) {
+        Family::Ipv4 => SetKind::IcmpIn4,
+        Family::Ipv6 => SetKind::IcmpIn6,
     }
 }
 
@@ -1275,5 +1317,43 @@ mod tests {
                 );
             }
         }
+    }
+    #[test]
+    fn set_elements_keep_first_seen_order_without_duplicates() {
+        let e = |iface: &str, port: u16| {
+            vec![
+                name(iface),
+                KeyValue::Addr(ip("10.99.1.1")),
+                KeyValue::Proto(6),
+                KeyValue::Port(port),
+            ]
+        };
+        let set = SetSpec::from_values(
+            SetKind::In4,
+            &[
+                e("pub1", 90),
+                e("pub0", 80),
+                e("pub1", 90),
+                e("pub0", 70),
+                e("pub0", 80),
+                e("pub1", 80),
+                e("pub0", 70),
+            ],
+        );
+        assert_eq!(
+            set.elements().collect::<Vec<_>>(),
+            vec![e("pub1", 90), e("pub0", 80), e("pub0", 70), e("pub1", 80)]
+        );
+        assert_eq!(set.ifnames(), ["pub1", "pub0"]);
+        // Components outside the key do not make elements differ.
+        let local = |port: u16| (AppAddr::Interface, port);
+        let services: Vec<Service> = [local(53), local(53)]
+            .iter()
+            .zip(["192.168.77.10", "192.168.77.11"])
+            .map(|(&(app, port), act)| svc("pub0", app, port, Protocol::Udp, act, 53))
+            .collect();
+        let p = Policy::new(&services, 1);
+        assert_eq!(p.set(SetKind::In4Local).unwrap().len(), 1);
+        assert_eq!(p.set(SetKind::Out4).unwrap().len(), 2);
     }
 }
