@@ -46,6 +46,10 @@ pub struct Monitor {
     flags: Vec<Flags>,
     stats: Stats,
     flows: FlowMemory,
+    /// Per service, its index in `limits`, or [`NO_LIMITS`] when its flags ask for no rate
+    /// limited or volume record: with thousands of services, most have none, and a `Limits`
+    /// is 128 bytes.
+    limit_of: Vec<u32>,
     limits: Vec<Limits>,
     /// Rate limit of drop records for packets of no service.
     shared_drops: TokenBucket,
@@ -56,13 +60,15 @@ pub struct Monitor {
 impl Monitor {
     pub fn new(services: Vec<Service>) -> Monitor {
         let n = services.len();
+        let (limit_of, limits) = limit_slots(&services);
         Monitor {
             flags: services.iter().map(|s| s.flags).collect(),
             any_drops: services.iter().any(|s| s.flags.has(Flags::DROPS)),
             services,
             stats: Stats::new(n),
             flows: FlowMemory::default(),
-            limits: vec![Limits::default(); n],
+            limit_of,
+            limits,
             shared_drops: TokenBucket::default(),
         }
     }
@@ -72,14 +78,18 @@ impl Monitor {
     pub fn replace(&mut self, services: Vec<Service>) {
         let map = carry_map(&self.services, &services);
         let n = services.len();
-        let mut limits = vec![Limits::default(); n];
+        let (limit_of, mut limits) = limit_slots(&services);
         for (old, new) in map.iter().enumerate() {
-            if let Some(new) = new {
-                limits[*new] = self.limits[old];
+            if let Some(new) = new
+                && let Some(from) = limits_of(&self.limit_of, &mut self.limits, old)
+                && let Some(to) = limits_of(&limit_of, &mut limits, *new)
+            {
+                *to = *from;
             }
         }
         self.stats = self.stats.carried(&map, n);
         self.flows.remap(&map);
+        self.limit_of = limit_of;
         self.limits = limits;
         self.flags = services.iter().map(|s| s.flags).collect();
         self.any_drops = services.iter().any(|s| s.flags.has(Flags::DROPS));
@@ -128,17 +138,17 @@ impl Monitor {
                                 }
                             }
                         }
-                        if flags.has(Flags::EVERY_PACKET) {
-                            let bucket = &mut self.limits[id].packets;
-                            if let Some(held) = bucket.admit(now.ms) {
-                                suppressed(log, Some(service), RecordKind::Packet, held);
-                                log.record(PacketRecord {
-                                    iface: &service.iface,
-                                    dir,
-                                    flow: &flow,
-                                    len: pkt.payload.len(),
-                                });
-                            }
+                        if flags.has(Flags::EVERY_PACKET)
+                            && let Some(limits) = limits_of(&self.limit_of, &mut self.limits, id)
+                            && let Some(held) = limits.packets.admit(now.ms)
+                        {
+                            suppressed(log, Some(service), RecordKind::Packet, held);
+                            log.record(PacketRecord {
+                                iface: &service.iface,
+                                dir,
+                                flow: &flow,
+                                len: pkt.payload.len(),
+                            });
                         }
                     }
                     Kind::IcmpError => {
@@ -173,7 +183,10 @@ impl Monitor {
                         let Some(dir) = datapath::direction_of(pkt.hook) else {
                             return;
                         };
-                        if let Some(held) = self.limits[id].drops.admit(now.ms) {
+                        let Some(limits) = limits_of(&self.limit_of, &mut self.limits, id) else {
+                            return;
+                        };
+                        if let Some(held) = limits.drops.admit(now.ms) {
                             suppressed(log, Some(service), RecordKind::Drop, held);
                             log.record(DropRecord {
                                 iface: &service.iface,
@@ -230,8 +243,11 @@ impl Monitor {
             if !service.flags.has(Flags::VOLUME) {
                 continue;
             }
+            let Some(limits) = limits_of(&self.limit_of, &mut self.limits, id) else {
+                continue;
+            };
             let now = self.stats.service(id);
-            let base = std::mem::replace(&mut self.limits[id].volume_base, now);
+            let base = std::mem::replace(&mut limits.volume_base, now);
             log.record(VolumeRecord {
                 service,
                 in_packets: now.in_packets - base.in_packets,
@@ -242,6 +258,38 @@ impl Monitor {
             });
         }
     }
+}
+
+/// Index of a service without [`Limits`].
+const NO_LIMITS: u32 = u32::MAX;
+
+/// Whether a service's flags ask for records that need [`Limits`]: rate-limited packet and
+/// drop records, volume records.
+fn needs_limits(flags: Flags) -> bool {
+    flags.has(Flags::EVERY_PACKET) || flags.has(Flags::DROPS) || flags.has(Flags::VOLUME)
+}
+
+/// Fresh limits for the services that need them, and each service's index among them.
+fn limit_slots(services: &[Service]) -> (Vec<u32>, Vec<Limits>) {
+    let mut limits = Vec::new();
+    let limit_of = services
+        .iter()
+        .map(|s| {
+            if needs_limits(s.flags) {
+                limits.push(Limits::default());
+                (limits.len() - 1) as u32
+            } else {
+                NO_LIMITS
+            }
+        })
+        .collect();
+    (limit_of, limits)
+}
+
+/// The limits of service `id`, if its flags need any.
+fn limits_of<'a>(limit_of: &[u32], limits: &'a mut [Limits], id: usize) -> Option<&'a mut Limits> {
+    let slot = *limit_of.get(id)?;
+    limits.get_mut(slot as usize)
 }
 
 fn suppressed(log: &mut Logger, service: Option<&Service>, kind: RecordKind, count: u64) {
@@ -437,5 +485,44 @@ mod tests {
             lines(&mut log),
             vec!["vol:pub0:*:54:17:0:0:0:0:0", "vol:pub0:*:53:17:1:32:0:0:0"]
         );
+    }
+    #[test]
+    fn rate_limits_follow_their_service_across_a_replace() {
+        // Only flagged services have limits; a replace that puts unflagged services around a
+        // flagged one must still hand it its own, spent, bucket.
+        let a = parse_service("service pub0 port * 53 UDP 192.168.77.10 5353 0x2000").unwrap();
+        let c = parse_service("service pub0 port * 54 UDP 192.168.77.10 5354 0x0000").unwrap();
+        let d = parse_service("service pub0 port * 55 UDP 192.168.77.10 5355 0x2000").unwrap();
+        let table = ServiceTable::build(std::slice::from_ref(&a), &OnePublic);
+        let mut mon = Monitor::new(vec![a.clone()]);
+        let mut log = Logger::memory();
+        for _ in 0..250 {
+            let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 53);
+            run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+        }
+        assert_eq!(lines(&mut log).len(), 200);
+
+        mon.replace(vec![c, d, a]);
+        let table = ServiceTable::build(mon.services(), &OnePublic);
+        // Service 53 (now id 2): its bucket is still empty.
+        let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 53);
+        run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+        assert!(lines(&mut log).is_empty(), "still rate limited");
+        // Service 55, new and flagged: a full bucket of its own.
+        let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 55);
+        run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+        let l = lines(&mut log);
+        assert_eq!(l.len(), 1);
+        assert!(l[0].starts_with("pk:pub0:in:"), "{l:?}");
+        // Service 54 has no flag: counted, nothing written.
+        let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 54);
+        run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+        assert!(lines(&mut log).is_empty());
+        assert_eq!(mon.stats().service(0).in_packets, 1);
+        // Later, service 53 reports what it held back.
+        let later = Clock { ms: 2000, wall: 0 };
+        let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 53);
+        run(&mut mon, &table, &mut p, 0, later, &mut log);
+        assert_eq!(lines(&mut log)[0], "sup:pub0:*:53:17:pk:51");
     }
 }

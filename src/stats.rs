@@ -170,12 +170,26 @@ impl Stats {
 /// the two are equal (`Service` equality: same interface, endpoints, protocol and flags). Each
 /// new service takes at most one old one.
 pub fn carry_map(old: &[Service], new: &[Service]) -> Vec<Option<usize>> {
-    let mut by_service: HashMap<&Service, Vec<usize>> = HashMap::new();
+    // The first new service of each value, and for each new service the next equal one: no
+    // allocation per service (a reload of 10,000 services runs this while both sets are live).
+    const END: usize = usize::MAX;
+    let mut first: HashMap<&Service, usize> = HashMap::with_capacity(new.len());
+    let mut next = vec![END; new.len()];
     for (i, s) in new.iter().enumerate().rev() {
-        by_service.entry(s).or_default().push(i);
+        if let Some(j) = first.insert(s, i) {
+            next[i] = j;
+        }
     }
     old.iter()
-        .map(|s| by_service.get_mut(s).and_then(Vec::pop))
+        .map(|s| {
+            let head = first.get_mut(s)?;
+            if *head == END {
+                return None;
+            }
+            let taken = *head;
+            *head = next[taken];
+            Some(taken)
+        })
         .collect()
 }
 
@@ -288,6 +302,15 @@ mod tests {
         let a = parse_service("service eth0 port * 80 TCP 10.0.0.1 80").unwrap();
         let map = carry_map(&[a.clone(), a.clone()], std::slice::from_ref(&a));
         assert_eq!(map, vec![Some(0), None]);
+        // Equal services on both sides pair up in order.
+        let b = parse_service("service eth0 port * 81 TCP 10.0.0.1 81").unwrap();
+        let c = parse_service("service eth0 port * 82 TCP 10.0.0.1 82").unwrap();
+        let old = [a.clone(), b.clone(), a.clone(), a.clone(), c.clone()];
+        let new = [c, a.clone(), b, a];
+        assert_eq!(
+            carry_map(&old, &new),
+            vec![Some(1), Some(2), Some(3), None, Some(0)]
+        );
     }
 
     #[test]

@@ -573,7 +573,7 @@ fn ten_thousand_services_in_one_batch() {
         .sets
         .iter()
         .filter(|s| s.kind.name().starts_with("in"))
-        .map(|s| s.elements.len())
+        .map(|s| s.len())
         .sum();
     assert_eq!(inbound, 10_000);
     let n_rules = |p: &Policy| p.chains().iter().map(|c| c.rules.len()).sum::<usize>();

@@ -21,14 +21,17 @@ use nftnl::expr::{
 };
 use nftnl::nftnl_sys as sys;
 use nftnl::set::{Set, SetKey};
-use nftnl::{Batch, Chain, ChainType, FinalizedBatch, MsgType, NlMsg, ProtoFamily, Rule, Table};
+use nftnl::{
+    Batch, Chain, ChainType, FinalizedBatch, MsgType, NlMsg, ProtoFamily, Rule, Table,
+    default_batch_page_size,
+};
 
 use super::expr::{
     CompatNfqueue, FibDaddrIifType, Load, NativeQueue, RTN_LOCAL, Source, ifname_bytes, reg32_at,
 };
 use super::policy::{
-    ChainSpec, Family, Hook, KeyField, KeyValue, Match, Policy, QueueSpec, Rule as PolicyRule,
-    SetKind, Verdict, concat_type, key_len,
+    ChainSpec, Element, Family, Hook, KeyField, Match, Policy, QueueSpec, Rule as PolicyRule,
+    SetKind, SetSpec, Verdict, concat_type, key_len,
 };
 use super::render::render_rule;
 
@@ -344,15 +347,7 @@ fn check_names(policy: &Policy) -> Result<(), NftError> {
             Match::IifName(n) | Match::OifName(n) => Some(n),
             _ => None,
         });
-    let in_sets = policy
-        .sets
-        .iter()
-        .flat_map(|s| &s.elements)
-        .flatten()
-        .filter_map(|v| match v {
-            KeyValue::IfName(n) => Some(n),
-            _ => None,
-        });
+    let in_sets = policy.sets.iter().flat_map(|s| s.ifnames());
     match in_rules.chain(in_sets).find(|n| bad(n)) {
         Some(n) => Err(NftError::BadInterfaceName(n.clone())),
         None => Ok(()),
@@ -813,27 +808,14 @@ unsafe impl NlMsg for FlushRules {
     }
 }
 
-/// The key of one set element, already encoded: nftnl's `Set` is typed by a key type with a
-/// fixed datatype and length, which concatenations do not have; the set's real key type and
-/// length are set on the libnftnl object afterwards (see [`new_set`]).
-struct ElementKey(Box<[u8]>);
-
-impl SetKey for ElementKey {
-    // Placeholders, overwritten in `new_set`.
-    const TYPE: u32 = 0;
-    const LEN: u32 = 0;
-
-    fn data(&self) -> Box<[u8]> {
-        self.0.clone()
-    }
-}
-
-/// A named set of netnat's table, with the concatenated key type of `kind` and no elements yet.
-/// `id` must be unique within the batch (the kernel uses it to find a set created in the same
-/// batch when the name does not).
-fn new_set<'a>(kind: SetKind, id: u32, table: &'a Table) -> Set<'a, ElementKey> {
+/// A named set of netnat's table, with the concatenated key type of `kind` and no elements:
+/// the elements go in [`ElementsMsg`]s. nftnl's `Set` is typed by a key type with a fixed
+/// datatype and length, which concatenations do not have; the set's real key type and length
+/// are set on the libnftnl object afterwards. `id` must be unique within the batch (the kernel
+/// uses it to find a set created in the same batch when the name does not).
+fn new_set<'a>(kind: SetKind, id: u32, table: &'a Table) -> Set<'a, NoKey> {
     let name = CString::new(kind.name()).expect("set name without NUL");
-    let set = Set::<ElementKey>::new_named(&name, id, table, ProtoFamily::Inet);
+    let set = Set::<NoKey>::new_named(&name, id, table, ProtoFamily::Inet);
     let key = kind.key();
     // SAFETY: `set` owns a live libnftnl set object; both attributes are u32 and copied.
     unsafe {
@@ -844,24 +826,160 @@ fn new_set<'a>(kind: SetKind, id: u32, table: &'a Table) -> Set<'a, ElementKey> 
     set
 }
 
-/// A set element's key as the lookup sees the registers: each component in the byte order its
-/// load produces (interface names zero-padded to IFNAMSIZ, addresses and ports in network
-/// order, the protocol as one byte), each padded with zeros to a multiple of 4 bytes.
-fn element_key(kind: SetKind, values: &[KeyValue]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key_len(kind.key()));
-    for (field, value) in kind.key().iter().zip(values) {
+/// The key type parameter of the libnftnl sets: never used for elements (see [`new_set`]).
+struct NoKey;
+
+impl SetKey for NoKey {
+    // Placeholders, overwritten in `new_set`.
+    const TYPE: u32 = 0;
+    const LEN: u32 = 0;
+
+    fn data(&self) -> Box<[u8]> {
+        Box::new([])
+    }
+}
+
+/// Appends a set element's key as the lookup sees the registers: each component in the byte
+/// order its load produces (interface names zero-padded to IFNAMSIZ, addresses and ports in
+/// network order, the protocol as one byte), each padded with zeros to a multiple of 4 bytes.
+fn push_element_key(out: &mut Vec<u8>, set: &SetSpec, e: &Element) {
+    for field in set.kind.key() {
         let start = out.len();
-        match value {
-            KeyValue::IfName(n) => out.extend_from_slice(&ifname_bytes(n)),
-            KeyValue::Addr(IpAddr::V4(a)) => out.extend_from_slice(&a.octets()),
-            KeyValue::Addr(IpAddr::V6(a)) => out.extend_from_slice(&a.octets()),
-            KeyValue::Proto(p) => out.push(*p),
-            KeyValue::Port(p) => out.extend_from_slice(&p.to_be_bytes()),
+        match field {
+            KeyField::IifName | KeyField::OifName => {
+                out.extend_from_slice(&ifname_bytes(set.ifname(e)))
+            }
+            KeyField::Daddr(_) | KeyField::Saddr(_) => match e.addr {
+                IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+                IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+            },
+            KeyField::L4Proto => out.push(e.proto),
+            KeyField::Dport | KeyField::Sport => out.extend_from_slice(&e.port.to_be_bytes()),
         }
-        debug_assert_eq!(out.len() - start, field.loaded_len(), "{field:?} {value:?}");
+        debug_assert_eq!(out.len() - start, field.loaded_len(), "{field:?} {e:?}");
         out.resize(start + field.padded_len(), 0);
     }
-    out
+}
+
+// nf_tables netlink attributes of a NEWSETELEM message (linux/netfilter/nf_tables.h).
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_DATA_VALUE: u16 = 1;
+const NLA_F_NESTED: u16 = 0x8000;
+/// Netlink attribute header length.
+const NLA_HDRLEN: usize = 4;
+/// Largest attribute: its length field is 16 bits.
+const NLA_MAX: usize = u16::MAX as usize;
+
+/// Bytes one element takes in the element list: its nest, the key nest, the value attribute.
+fn element_attr_len(kind: SetKind) -> usize {
+    3 * NLA_HDRLEN + key_len(kind.key()).next_multiple_of(4)
+}
+
+/// How many elements of `kind` fit in one NEWSETELEM message: the element list is one
+/// attribute, whose length field is 16 bits.
+fn elements_per_msg(kind: SetKind) -> usize {
+    (NLA_MAX - NLA_HDRLEN) / element_attr_len(kind)
+}
+
+/// Appends attribute `ty` with `payload`, padded to 4 bytes.
+fn put_attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+    let len = NLA_HDRLEN + payload.len();
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(payload);
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
+/// Starts a nested attribute; [`end_nest`] fills in its length.
+fn start_nest(out: &mut Vec<u8>, ty: u16) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&0u16.to_ne_bytes());
+    out.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+    at
+}
+
+fn end_nest(out: &mut [u8], at: usize) {
+    let len = u16::try_from(out.len() - at).expect("a nest fits its 16-bit length");
+    out[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// One NEWSETELEM message with a run of a set's elements, encoded straight from the policy's
+/// compact elements: no per-element libnftnl object or key buffer is made, which for 10,000
+/// services would take several MiB. The layout is libnftnl's (`nft --debug=netlink` shows the
+/// same): set name, batch id of the set and table, then the element list, each element a nest
+/// holding its key. A unit test checks the bytes against libnftnl's.
+struct ElementsMsg<'a> {
+    table: &'a CStr,
+    set: &'a SetSpec,
+    /// The elements of this message: at most [`elements_per_msg`].
+    elements: &'a [Element],
+    id: u32,
+}
+
+impl ElementsMsg<'_> {
+    /// The attributes after nfgenmsg.
+    fn payload(&self) -> Vec<u8> {
+        let kind = self.set.kind;
+        let mut out =
+            Vec::with_capacity(64 + self.elements.len() * element_attr_len(kind) + NLA_HDRLEN);
+        let mut name = kind.name().as_bytes().to_vec();
+        name.push(0);
+        put_attr(&mut out, NFTA_SET_ELEM_LIST_SET, &name);
+        put_attr(&mut out, NFTA_SET_ELEM_LIST_SET_ID, &self.id.to_be_bytes());
+        put_attr(
+            &mut out,
+            NFTA_SET_ELEM_LIST_TABLE,
+            self.table.to_bytes_with_nul(),
+        );
+        let list = start_nest(&mut out, NFTA_SET_ELEM_LIST_ELEMENTS);
+        for (i, e) in self.elements.iter().enumerate() {
+            // libnftnl numbers the element nests from 1 in each message (nft itself uses
+            // NFTA_LIST_ELEM); the kernel does not look at the type.
+            let elem = start_nest(&mut out, (i + 1) as u16);
+            let key = start_nest(&mut out, NFTA_SET_ELEM_KEY);
+            let value = start_nest(&mut out, NFTA_DATA_VALUE);
+            // A plain attribute, not a nest: clear the flag start_nest set.
+            out[value + 2..value + 4].copy_from_slice(&NFTA_DATA_VALUE.to_ne_bytes());
+            push_element_key(&mut out, self.set, e);
+            end_nest(&mut out, value);
+            end_nest(&mut out, key);
+            end_nest(&mut out, elem);
+        }
+        end_nest(&mut out, list);
+        out
+    }
+}
+
+// SAFETY: the element list is one attribute (at most 64 KiB, `elements_per_msg`), the rest a
+// header and three short attributes: within the maximum message size the batch reserves.
+unsafe impl NlMsg for ElementsMsg<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _msg_type: MsgType) {
+        let payload = self.payload();
+        assert!(payload.len() <= NLA_MAX + 256, "element message too long");
+        // SAFETY: the caller (nftnl's Batch) gives a buffer with room for a maximal message
+        // (64 KiB and a page); the header builder writes nlmsghdr and nfgenmsg at its start
+        // and the payload is copied right after them, within that room.
+        unsafe {
+            let hdr = sys::nftnl_nlmsg_build_hdr(
+                buf.cast::<c_char>(),
+                libc::NFT_MSG_NEWSETELEM as u16,
+                ProtoFamily::Inet as u16,
+                (libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK) as u16,
+                seq,
+            );
+            let at = (*hdr).nlmsg_len as usize;
+            std::ptr::copy_nonoverlapping(
+                payload.as_ptr(),
+                buf.cast::<u8>().add(at),
+                payload.len(),
+            );
+            (*hdr).nlmsg_len = (at + payload.len()) as u32;
+        }
+    }
 }
 
 /// The install batch and what each of its messages is.
@@ -875,7 +993,17 @@ fn element_key(kind: SetKind, values: &[KeyValue]) -> Vec<u8> {
 /// policy's order, so `nft list` shows them as `render` does. The chains are kept, so the
 /// hooks stay registered across a replacement; everything takes effect in one commit.
 fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch, Vec<Label>) {
-    let mut batch = Batch::new();
+    // One page for the whole batch where it is bigger than the default: the batch is written
+    // once, in order, and libnftnl moves a message that crosses a page's end to a new page, so
+    // smaller pages would leave up to a maximal message (64 KiB) of slack in each.
+    let estimate = policy
+        .sets
+        .iter()
+        .map(|s| s.len() * element_attr_len(s.kind) + 128)
+        .sum::<usize>()
+        + 64 * 1024;
+    let page = (default_batch_page_size() as usize).max(estimate);
+    let mut batch = Batch::with_page_size(u32::try_from(page).unwrap_or(u32::MAX / 2));
     let mut labels = Vec::new();
     let name = CString::new(policy.table).expect("table name without NUL");
 
@@ -907,15 +1035,19 @@ fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch,
     let mut sets = Vec::new();
     for spec in &policy.sets {
         let set_name = spec.kind.name();
-        let mut set = new_set(spec.kind, set_id(spec.kind, true), &table);
+        let id = set_id(spec.kind, true);
+        let set = new_set(spec.kind, id, &table);
         batch.add(&set, MsgType::Add);
         labels.push(Label::Set(set_name));
-        for e in &spec.elements {
-            set.add(&ElementKey(element_key(spec.kind, e).into_boxed_slice()));
-        }
-        // libnftnl packs as many elements into one message as its attribute nest can hold
-        // (64 KiB), so thousands of elements take a handful of messages.
-        for msg in set.elems_iter() {
+        // As many elements per message as the element list attribute can hold (64 KiB), so
+        // thousands of elements take a handful of messages.
+        for elements in spec.raw().chunks(elements_per_msg(spec.kind)) {
+            let msg = ElementsMsg {
+                table: &name,
+                set: spec,
+                elements,
+                id,
+            };
             batch.add(&msg, MsgType::Add);
             labels.push(Label::Elements(set_name));
         }
@@ -1024,7 +1156,7 @@ fn build_rule<'a>(
     r: &PolicyRule,
     q: &QueueSpec,
     kind: QueueExprKind,
-    sets: &[Set<'_, ElementKey>],
+    sets: &[Set<'_, NoKey>],
 ) -> Rule<'a> {
     let mut rule = Rule::new(chain);
     for m in &r.matches {
@@ -1120,6 +1252,7 @@ fn build_rule<'a>(
 mod tests {
     use super::*;
     use crate::config::{AppAddr, Flags, Protocol, Service};
+    use crate::nft::policy::KeyValue;
 
     // nf_tables netlink attribute numbers (linux/netfilter/nf_tables.h).
     const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -1385,6 +1518,14 @@ mod tests {
         assert_eq!(attr(&attrs(&chain), 4), None);
     }
 
+    /// The key of a one-element set, as the batch encodes it.
+    fn element_key(kind: SetKind, values: &[KeyValue]) -> Vec<u8> {
+        let set = SetSpec::from_values(kind, &[values.to_vec()]);
+        let mut out = Vec::new();
+        push_element_key(&mut out, &set, &set.raw()[0]);
+        out
+    }
+
     #[test]
     fn element_keys_are_padded_per_component() {
         let k = element_key(
@@ -1412,6 +1553,120 @@ mod tests {
         assert_eq!(k.len(), key_len(SetKind::Out6.key()));
         assert_eq!(&k[16..18], &[0xfd, 0]);
         assert_eq!(&k[32..40], &[17, 0, 0, 0, 0x11, 0x5b, 0, 0]);
+        let k = element_key(
+            SetKind::In4Local,
+            &[
+                KeyValue::IfName("ppp0".into()),
+                KeyValue::Proto(17),
+                KeyValue::Port(53),
+            ],
+        );
+        assert_eq!(&k[16..], &[17, 0, 0, 0, 0, 53, 0, 0]);
+    }
+
+    /// A raw key for libnftnl's own element encoding, the reference of the test below.
+    struct RawKey(Vec<u8>);
+
+    impl SetKey for RawKey {
+        const TYPE: u32 = 0;
+        const LEN: u32 = 0;
+
+        fn data(&self) -> Box<[u8]> {
+            self.0.clone().into_boxed_slice()
+        }
+    }
+
+    /// Zeroes the padding after each attribute in `b`, nested ones included (libmnl leaves
+    /// whatever the buffer held there).
+    fn zero_padding(b: &mut [u8]) {
+        let mut off = 0;
+        while off + 4 <= b.len() {
+            let len = u16_at(b, off).unwrap() as usize;
+            let ty = u16_at(b, off + 2).unwrap();
+            assert!(len >= 4 && off + len <= b.len(), "malformed attribute");
+            if ty & 0x8000 != 0 {
+                zero_padding(&mut b[off + 4..off + len]);
+            }
+            let end = (off + len.next_multiple_of(4)).min(b.len());
+            b[off + len..end].fill(0);
+            off += len.next_multiple_of(4);
+        }
+    }
+
+    /// Every message of a batch, whole (header included), padding zeroed.
+    fn raw_messages(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + 16 <= bytes.len() {
+            let len = u32_at(bytes, off).unwrap() as usize;
+            let mut m = bytes[off..off + len].to_vec();
+            zero_padding(&mut m[20..]);
+            out.push(m);
+            off += len.next_multiple_of(4);
+        }
+        out
+    }
+
+    #[test]
+    fn element_messages_are_byte_for_byte_libnftnl_s() {
+        // Enough elements for several messages, over every key layout.
+        for kind in SetKind::ALL {
+            let values: Vec<Vec<KeyValue>> = (0..4000u16)
+                .map(|i| {
+                    kind.key()
+                        .iter()
+                        .map(|f| match f {
+                            KeyField::IifName | KeyField::OifName => {
+                                KeyValue::IfName(format!("if{}", i % 3))
+                            }
+                            KeyField::Daddr(Family::Ipv4) | KeyField::Saddr(Family::Ipv4) => {
+                                KeyValue::Addr(IpAddr::from([10, 0, (i >> 8) as u8, i as u8]))
+                            }
+                            KeyField::Daddr(Family::Ipv6) | KeyField::Saddr(Family::Ipv6) => {
+                                KeyValue::Addr(IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 1, i]))
+                            }
+                            KeyField::L4Proto => KeyValue::Proto(if i % 2 == 0 { 6 } else { 17 }),
+                            KeyField::Dport | KeyField::Sport => KeyValue::Port(i),
+                        })
+                        .collect()
+                })
+                .collect();
+            let spec = SetSpec::from_values(kind, &values);
+            let table_name = CString::new("netnat").unwrap();
+            let table = Table::new(&table_name, ProtoFamily::Inet);
+
+            let mut ours = Batch::new();
+            for elements in spec.raw().chunks(elements_per_msg(kind)) {
+                let msg = ElementsMsg {
+                    table: &table_name,
+                    set: &spec,
+                    elements,
+                    id: 42,
+                };
+                ours.add(&msg, MsgType::Add);
+            }
+            let ours: Vec<u8> = ours.finalize().iter().flatten().copied().collect();
+
+            let name = CString::new(kind.name()).unwrap();
+            let mut set = Set::<RawKey>::new_named(&name, 42, &table, ProtoFamily::Inet);
+            for e in spec.raw() {
+                let mut key = Vec::new();
+                push_element_key(&mut key, &spec, e);
+                set.add(&RawKey(key));
+            }
+            let mut theirs = Batch::new();
+            for msg in set.elems_iter() {
+                theirs.add(&msg, MsgType::Add);
+            }
+            let theirs: Vec<u8> = theirs.finalize().iter().flatten().copied().collect();
+
+            let (ours, theirs) = (raw_messages(&ours), raw_messages(&theirs));
+            assert!(ours.len() > 3, "{kind:?}: {} messages", ours.len());
+            assert_eq!(ours.len(), theirs.len(), "{kind:?}: message count");
+            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                assert!(a == b, "{kind:?}: message {i} differs from libnftnl's");
+            }
+        }
     }
 
     #[test]
@@ -1497,7 +1752,8 @@ mod tests {
                 flags: Flags(0),
             })
             .collect();
-        let (_, labels) = build_install_batch(&Policy::new(&services, 1), QueueExprKind::Native);
+        let policy = Policy::new(&services, 1);
+        let (batch, labels) = build_install_batch(&policy, QueueExprKind::Native);
         let element_msgs = labels
             .iter()
             .filter(|l| matches!(l, Label::Elements(_)))
@@ -1508,6 +1764,66 @@ mod tests {
             "{element_msgs} element messages"
         );
         assert!(labels.len() < 100, "{} messages", labels.len());
+        assert_eq!(
+            batch.iter().count(),
+            1,
+            "the batch is sized to fit one page"
+        );
+
+        // Decoded, the element messages give back every key of every set, in order.
+        const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+        const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+        let mut got: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        for (ty, _, a) in messages(&batch) {
+            if ty != libc::NFT_MSG_NEWSETELEM as u16 {
+                continue;
+            }
+            assert!(a.len() <= u16::MAX as usize + 64, "{} bytes", a.len());
+            let a = attrs(&a);
+            let set = cstr(attr(&a, NFTA_SET_ELEM_LIST_SET).unwrap()).to_string();
+            let keys = attrs(attr(&a, NFTA_SET_ELEM_LIST_ELEMENTS).unwrap())
+                .into_iter()
+                .map(|(_, elem)| {
+                    let elem = attrs(elem);
+                    assert_eq!(elem.len(), 1, "the key alone");
+                    let key = attrs(attr(&elem, NFTA_SET_ELEM_KEY).unwrap());
+                    attr(&key, NFTA_DATA_VALUE).unwrap().to_vec()
+                })
+                .collect();
+            match got.last_mut() {
+                Some((name, all)) if *name == set => all.extend::<Vec<_>>(keys),
+                _ => got.push((set, keys)),
+            }
+        }
+        let want: Vec<(String, Vec<Vec<u8>>)> = policy
+            .sets
+            .iter()
+            .map(|s| {
+                let keys = s
+                    .raw()
+                    .iter()
+                    .map(|e| {
+                        let mut k = Vec::new();
+                        push_element_key(&mut k, s, e);
+                        k
+                    })
+                    .collect();
+                (s.kind.name().to_string(), keys)
+            })
+            .collect();
+        assert_eq!(
+            got.iter()
+                .map(|(n, k)| (n.as_str(), k.len()))
+                .collect::<Vec<_>>(),
+            [("in4", 10_000), ("out4", 10_000), ("icmp_in4", 1)]
+        );
+        assert!(got == want, "keys differ");
+        // The keys are the services' own, not just consistent with the policy.
+        let mut first = b"pub0".to_vec();
+        first.resize(16, 0);
+        first.extend([10, 99, 1, 1, 6, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(got[0].1[0], first);
+        assert_eq!(&got[0].1[9999][24..26], &9999u16.to_be_bytes());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! of addresses either; only the ICMP rules of `*` services and of replies are per interface,
 //! and interfaces are few.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::config::{AppAddr, Protocol, Service};
@@ -254,11 +254,99 @@ pub enum KeyValue {
 }
 
 /// A named set of netnat's table and its elements (no duplicates, first-seen order).
+///
+/// The elements are kept compact, since a policy may hold tens of thousands of them and a
+/// reload builds a second policy while the running service set is still in memory: each is a
+/// 24-byte [`Element`], interface names are stored once per set. [`SetSpec::elements`] gives
+/// them as [`KeyValue`] lists.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SetSpec {
     pub kind: SetKind,
-    pub elements: Vec<Vec<KeyValue>>,
+    ifnames: Vec<String>,
+    elements: Vec<Element>,
 }
+
+/// One set element, compactly: the components the set's key does not have are left at their
+/// defaults (unspecified address, protocol and port 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Element {
+    /// Index of the interface name in [`SetSpec::ifnames`].
+    pub ifname: u32,
+    pub addr: IpAddr,
+    pub proto: u8,
+    /// Host order here.
+    pub port: u16,
+}
+
+impl SetSpec {
+    /// A set of `kind` with these elements (each in key order), duplicates dropped.
+    pub fn from_values(kind: SetKind, elements: &[Vec<KeyValue>]) -> SetSpec {
+        let mut list = ElementList::new(kind, elements.len());
+        for e in elements {
+            assert_eq!(e.len(), kind.key().len(), "{kind:?} {e:?}");
+            let mut iface = "";
+            let (mut addr, mut proto, mut port) = (UNSPECIFIED, 0, 0);
+            for v in e {
+                match v {
+                    KeyValue::IfName(n) => iface = n,
+                    KeyValue::Addr(a) => addr = *a,
+                    KeyValue::Proto(p) => proto = *p,
+                    KeyValue::Port(p) => port = *p,
+                }
+            }
+            list.push(iface, addr, proto, port);
+        }
+        list.finish()
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.elements.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.elements.is_empty()
+    }
+
+    /// The interface names the elements use, each once.
+    pub fn ifnames(&self) -> &[String] {
+        &self.ifnames
+    }
+
+    /// The elements in compact form, in order.
+    pub fn raw(&self) -> &[Element] {
+        &self.elements
+    }
+
+    /// The interface name of an element of this set.
+    pub fn ifname(&self, e: &Element) -> &str {
+        &self.ifnames[e.ifname as usize]
+    }
+
+    /// An element's component values, in key order.
+    pub fn values(&self, e: &Element) -> Vec<KeyValue> {
+        self.kind
+            .key()
+            .iter()
+            .map(|f| match f {
+                KeyField::IifName | KeyField::OifName => {
+                    KeyValue::IfName(self.ifname(e).to_string())
+                }
+                KeyField::Daddr(_) | KeyField::Saddr(_) => KeyValue::Addr(e.addr),
+                KeyField::L4Proto => KeyValue::Proto(e.proto),
+                KeyField::Dport | KeyField::Sport => KeyValue::Port(e.port),
+            })
+            .collect()
+    }
+
+    /// Every element's component values, in order.
+    pub fn elements(&self) -> impl Iterator<Item = Vec<KeyValue>> + '_ {
+        self.elements.iter().map(|e| self.values(e))
+    }
+}
+
+/// The address of elements whose key has none.
+const UNSPECIFIED: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
 /// One match of a rule.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -400,30 +488,35 @@ impl Policy {
     /// The sets and rules steering exactly the services' packets (and the ICMP errors about
     /// them) to queue `queue`. Duplicate elements and rules appear once, in first-seen order.
     pub fn new(services: &[Service], queue: u16) -> Policy {
+        // Counted first, so that each set's elements are allocated once, at their size.
+        let mut counts = [0usize; SetKind::ALL.len()];
+        for s in services {
+            counts[inbound_element(s).0 as usize] += 1;
+            counts[reply_element(s).0 as usize] += 1;
+            if let AppAddr::Fixed(a) = s.app_addr {
+                counts[icmp_set(a) as usize] += 1;
+            }
+        }
         let mut sets: Vec<ElementList> = SetKind::ALL
             .iter()
-            .map(|&kind| ElementList::new(kind))
+            .map(|&kind| ElementList::new(kind, counts[kind as usize]))
             .collect();
         let mut pre = RuleList::default();
         let mut post = RuleList::default();
 
         for s in services {
-            let (kind, element) = inbound_element(s);
-            sets[kind as usize].push(element);
-            let (kind, element) = reply_element(s);
-            sets[kind as usize].push(element);
+            let (kind, addr, port) = inbound_element(s);
+            sets[kind as usize].push(&s.iface, addr, l4(s.protocol), port);
+            let (kind, addr, port) = reply_element(s);
+            sets[kind as usize].push(&s.iface, addr, l4(s.protocol), port);
             if let AppAddr::Fixed(a) = s.app_addr {
-                let kind = match Family::of(&a) {
-                    Family::Ipv4 => SetKind::IcmpIn4,
-                    Family::Ipv6 => SetKind::IcmpIn6,
-                };
-                sets[kind as usize]
-                    .push(vec![KeyValue::IfName(s.iface.clone()), KeyValue::Addr(a)]);
+                sets[icmp_set(a) as usize].push(&s.iface, a, 0, 0);
             }
         }
+        let sets: Vec<SetSpec> = sets.into_iter().map(ElementList::finish).collect();
         // One lookup rule per service set that has elements, inbound and replies apart.
         for set in &sets {
-            if set.elements.is_empty() {
+            if set.is_empty() {
                 continue;
             }
             let f = set.kind.family();
@@ -448,7 +541,7 @@ impl Policy {
         // ICMP errors after the service rules: they are rare, the service rules are hot.
         // Addressed to fixed apparent addresses: one rule per error type and family.
         for kind in [SetKind::IcmpIn4, SetKind::IcmpIn6] {
-            if sets[kind as usize].elements.is_empty() {
+            if sets[kind as usize].is_empty() {
                 continue;
             }
             let f = kind.family();
@@ -463,11 +556,19 @@ impl Policy {
             }
         }
         // Addressed to `*` services' interfaces: per interface and family.
+        // The ICMP rules below depend only on the interface and family (and for `*` services
+        // the way the destination is matched), not on the port: each combination is built once
+        // rather than once per service and deduplicated (10,000 services on one interface make
+        // a handful of rules either way, but building 80,000 first costs time and memory).
+        let mut done: HashSet<(&str, Family, bool)> = HashSet::new();
         for s in services {
             if let AppAddr::Fixed(_) = s.app_addr {
                 continue;
             }
             let (family, dst) = inbound_destination(s);
+            if !done.insert((&s.iface, family, true)) {
+                continue;
+            }
             let (proto, types) = family.icmp();
             for &t in types {
                 let mut m = vec![Match::IifName(s.iface.clone())];
@@ -479,6 +580,9 @@ impl Policy {
         }
         for s in services {
             let family = Family::of(&s.act_addr);
+            if !done.insert((&s.iface, family, false)) {
+                continue;
+            }
             let (proto, types) = family.icmp();
             for &t in types {
                 reply_icmp_rules(&mut post, &s.iface, family, proto, t);
@@ -489,14 +593,7 @@ impl Policy {
             table: TABLE_NAME,
             queue,
             queues_total: 1,
-            sets: sets
-                .into_iter()
-                .filter(|s| !s.elements.is_empty())
-                .map(|s| SetSpec {
-                    kind: s.kind,
-                    elements: s.elements,
-                })
-                .collect(),
+            sets: sets.into_iter().filter(|s| !s.is_empty()).collect(),
             prerouting: ChainSpec {
                 name: "prerouting",
                 hook: Some(Hook::Prerouting),
@@ -553,31 +650,110 @@ impl Policy {
 
     /// Number of set elements over all sets.
     pub fn element_count(&self) -> usize {
-        self.sets.iter().map(|s| s.elements.len()).sum()
+        self.sets.iter().map(|s| s.len()).sum()
     }
 }
 
-/// Elements of one set in order, without duplicates.
-struct ElementList {
+/// Elements of one set in order while they are collected; duplicates are dropped at the end.
+struct ElementList<'a> {
     kind: SetKind,
-    elements: Vec<Vec<KeyValue>>,
-    seen: HashSet<Vec<KeyValue>>,
+    ifnames: Vec<String>,
+    ifname_ids: HashMap<&'a str, u32>,
+    /// The interface name of the previous element and its id: services come in runs on the
+    /// same interface.
+    last: Option<(&'a str, u32)>,
+    elements: Vec<Element>,
 }
 
-impl ElementList {
-    fn new(kind: SetKind) -> ElementList {
+impl<'a> ElementList<'a> {
+    fn new(kind: SetKind, capacity: usize) -> ElementList<'a> {
         ElementList {
             kind,
-            elements: Vec::new(),
-            seen: HashSet::new(),
+            ifnames: Vec::new(),
+            ifname_ids: HashMap::new(),
+            last: None,
+            elements: Vec::with_capacity(capacity),
         }
     }
 
-    fn push(&mut self, e: Vec<KeyValue>) {
-        debug_assert_eq!(e.len(), self.kind.key().len());
-        if self.seen.insert(e.clone()) {
-            self.elements.push(e);
+    fn ifname_id(&mut self, iface: &'a str) -> u32 {
+        if let Some((name, id)) = self.last
+            && name == iface
+        {
+            return id;
         }
+        let id = match self.ifname_ids.get(iface) {
+            Some(&id) => id,
+            None => {
+                let id = self.ifnames.len() as u32;
+                self.ifnames.push(iface.to_string());
+                self.ifname_ids.insert(iface, id);
+                id
+            }
+        };
+        self.last = Some((iface, id));
+        id
+    }
+
+    /// Adds an element; the components the set's key lacks are ignored.
+    fn push(&mut self, iface: &'a str, addr: IpAddr, proto: u8, port: u16) {
+        let key = self.kind.key();
+        let has = |f: fn(&KeyField) -> bool| key.iter().any(f);
+        let e = Element {
+            ifname: self.ifname_id(iface),
+            addr: if has(|f| matches!(f, KeyField::Daddr(_) | KeyField::Saddr(_))) {
+                addr
+            } else {
+                UNSPECIFIED
+            },
+            proto: if has(|f| *f == KeyField::L4Proto) {
+                proto
+            } else {
+                0
+            },
+            port: if has(|f| matches!(f, KeyField::Dport | KeyField::Sport)) {
+                port
+            } else {
+                0
+            },
+        };
+        self.elements.push(e);
+    }
+
+    /// The set, each element once, where it first appeared. Duplicates are found by sorting
+    /// the positions by element (4 bytes each) rather than with a hash set of the elements,
+    /// which for 10,000 services would take ten times the memory while the policy is built.
+    fn finish(mut self) -> SetSpec {
+        let v = &self.elements;
+        if v.len() > 1 {
+            let mut order: Vec<u32> = (0..v.len() as u32).collect();
+            order.sort_unstable_by(|&a, &b| v[a as usize].cmp(&v[b as usize]).then(a.cmp(&b)));
+            let mut keep = vec![true; v.len()];
+            for w in order.windows(2) {
+                if v[w[0] as usize] == v[w[1] as usize] {
+                    keep[w[1] as usize] = false;
+                }
+            }
+            let mut i = 0;
+            self.elements.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+        }
+        self.elements.shrink_to_fit();
+        SetSpec {
+            kind: self.kind,
+            ifnames: self.ifnames,
+            elements: self.elements,
+        }
+    }
+}
+
+/// The set of ICMP errors addressed to a fixed apparent address.
+fn icmp_set(addr: IpAddr) -> SetKind {
+    match Family::of(&addr) {
+        Family::Ipv4 => SetKind::IcmpIn4,
+        Family::Ipv6 => SetKind::IcmpIn6,
     }
 }
 
@@ -624,44 +800,34 @@ fn l4(p: Protocol) -> u8 {
     p.number()
 }
 
-/// The inbound set a service belongs to and its element there.
-fn inbound_element(s: &Service) -> (SetKind, Vec<KeyValue>) {
-    let ifname = KeyValue::IfName(s.iface.clone());
-    let proto = KeyValue::Proto(l4(s.protocol));
-    let port = KeyValue::Port(s.app_port);
+/// The inbound set a service belongs to and its element's address and port there (the
+/// interface and protocol are the service's).
+fn inbound_element(s: &Service) -> (SetKind, IpAddr, u16) {
     match s.app_addr {
         AppAddr::Fixed(a) => {
             let kind = match Family::of(&a) {
                 Family::Ipv4 => SetKind::In4,
                 Family::Ipv6 => SetKind::In6,
             };
-            (kind, vec![ifname, KeyValue::Addr(a), proto, port])
+            (kind, a, s.app_port)
         }
         AppAddr::Interface => {
             let kind = match Family::of(&s.act_addr) {
                 Family::Ipv4 => SetKind::In4Local,
                 Family::Ipv6 => SetKind::In6Local,
             };
-            (kind, vec![ifname, proto, port])
+            (kind, UNSPECIFIED, s.app_port)
         }
     }
 }
 
-/// The reply set a service belongs to and its element there.
-fn reply_element(s: &Service) -> (SetKind, Vec<KeyValue>) {
+/// The reply set a service belongs to and its element's address and port there.
+fn reply_element(s: &Service) -> (SetKind, IpAddr, u16) {
     let kind = match Family::of(&s.act_addr) {
         Family::Ipv4 => SetKind::Out4,
         Family::Ipv6 => SetKind::Out6,
     };
-    (
-        kind,
-        vec![
-            KeyValue::IfName(s.iface.clone()),
-            KeyValue::Addr(s.act_addr),
-            KeyValue::Proto(l4(s.protocol)),
-            KeyValue::Port(s.act_port),
-        ],
-    )
+    (kind, s.act_addr, s.act_port)
 }
 
 /// ICMP errors leaving on a public interface that may quote a mapped flow: from the actual
@@ -839,28 +1005,28 @@ mod tests {
         assert_eq!(
             p.sets,
             vec![
-                SetSpec {
-                    kind: SetKind::In4,
-                    elements: vec![vec![
+                SetSpec::from_values(
+                    SetKind::In4,
+                    &[vec![
                         name("pub0"),
                         KeyValue::Addr(ip("10.99.1.1")),
                         KeyValue::Proto(6),
                         KeyValue::Port(80),
                     ]],
-                },
-                SetSpec {
-                    kind: SetKind::Out4,
-                    elements: vec![vec![
+                ),
+                SetSpec::from_values(
+                    SetKind::Out4,
+                    &[vec![
                         name("pub0"),
                         KeyValue::Addr(ip("192.168.77.10")),
                         KeyValue::Proto(6),
                         KeyValue::Port(8080),
                     ]],
-                },
-                SetSpec {
-                    kind: SetKind::IcmpIn4,
-                    elements: vec![vec![name("pub0"), KeyValue::Addr(ip("10.99.1.1"))]],
-                },
+                ),
+                SetSpec::from_values(
+                    SetKind::IcmpIn4,
+                    &[vec![name("pub0"), KeyValue::Addr(ip("10.99.1.1"))]],
+                ),
             ]
         );
         assert_eq!(
@@ -929,7 +1095,10 @@ mod tests {
         );
         let p = Policy::new(&[s], 1);
         assert_eq!(
-            p.set(SetKind::In6Local).unwrap().elements,
+            p.set(SetKind::In6Local)
+                .unwrap()
+                .elements()
+                .collect::<Vec<_>>(),
             vec![vec![name("ppp0"), KeyValue::Proto(17), KeyValue::Port(53)]]
         );
         assert_eq!(
@@ -954,7 +1123,7 @@ mod tests {
                 .all(|r| r.matches[3] == Match::L4Proto(58))
         );
         assert_eq!(
-            p.set(SetKind::Out6).unwrap().elements,
+            p.set(SetKind::Out6).unwrap().elements().collect::<Vec<_>>(),
             vec![vec![
                 name("ppp0"),
                 KeyValue::Addr(ip("fd00::10")),
@@ -1065,7 +1234,10 @@ mod tests {
         // Fixed IPv4 addresses, through the set: 3; pub0/fib v6: 4, pub1/fib v4: 3.
         assert_eq!(pre_icmp, 3 + 4 + 3);
         assert_eq!(
-            p.set(SetKind::IcmpIn4).unwrap().elements,
+            p.set(SetKind::IcmpIn4)
+                .unwrap()
+                .elements()
+                .collect::<Vec<_>>(),
             vec![
                 vec![name("pub0"), KeyValue::Addr(ip("10.99.1.1"))],
                 vec![name("pub0"), KeyValue::Addr(ip("10.99.1.2"))],
@@ -1110,10 +1282,10 @@ mod tests {
         ));
         assert_eq!(p.prerouting.rules.len(), 3 + 10);
         assert_eq!(p.postrouting.rules.len(), 2 + 7 + 10);
-        assert_eq!(p.set(SetKind::In4).unwrap().elements.len(), 3);
-        assert_eq!(p.set(SetKind::In6Local).unwrap().elements.len(), 2);
-        assert_eq!(p.set(SetKind::Out4).unwrap().elements.len(), 4);
-        assert_eq!(p.set(SetKind::Out6).unwrap().elements.len(), 2);
+        assert_eq!(p.set(SetKind::In4).unwrap().len(), 3);
+        assert_eq!(p.set(SetKind::In6Local).unwrap().len(), 2);
+        assert_eq!(p.set(SetKind::Out4).unwrap().len(), 4);
+        assert_eq!(p.set(SetKind::Out6).unwrap().len(), 2);
     }
 
     #[test]
@@ -1145,8 +1317,51 @@ mod tests {
         let p = Policy::new(&[s], 1);
         for set in &p.sets {
             if set.kind != SetKind::IcmpIn4 {
-                assert!(set.elements[0].contains(&KeyValue::Proto(17)));
+                assert!(
+                    set.elements()
+                        .next()
+                        .unwrap()
+                        .contains(&KeyValue::Proto(17))
+                );
             }
         }
+    }
+    #[test]
+    fn set_elements_keep_first_seen_order_without_duplicates() {
+        let e = |iface: &str, port: u16| {
+            vec![
+                name(iface),
+                KeyValue::Addr(ip("10.99.1.1")),
+                KeyValue::Proto(6),
+                KeyValue::Port(port),
+            ]
+        };
+        let set = SetSpec::from_values(
+            SetKind::In4,
+            &[
+                e("pub1", 90),
+                e("pub0", 80),
+                e("pub1", 90),
+                e("pub0", 70),
+                e("pub0", 80),
+                e("pub1", 80),
+                e("pub0", 70),
+            ],
+        );
+        assert_eq!(
+            set.elements().collect::<Vec<_>>(),
+            vec![e("pub1", 90), e("pub0", 80), e("pub0", 70), e("pub1", 80)]
+        );
+        assert_eq!(set.ifnames(), ["pub1", "pub0"]);
+        // Components outside the key do not make elements differ.
+        let local = |port: u16| (AppAddr::Interface, port);
+        let services: Vec<Service> = [local(53), local(53)]
+            .iter()
+            .zip(["192.168.77.10", "192.168.77.11"])
+            .map(|(&(app, port), act)| svc("pub0", app, port, Protocol::Udp, act, 53))
+            .collect();
+        let p = Policy::new(&services, 1);
+        assert_eq!(p.set(SetKind::In4Local).unwrap().len(), 1);
+        assert_eq!(p.set(SetKind::Out4).unwrap().len(), 2);
     }
 }

@@ -41,8 +41,8 @@ fn render_set(out: &mut String, set: &SetSpec) {
     let _ = writeln!(out, "\tset {} {{", set.kind.name());
     let types: Vec<&str> = set.kind.key().iter().map(|f| f.type_name()).collect();
     let _ = writeln!(out, "\t\ttype {}", types.join(" . "));
-    if !set.elements.is_empty() {
-        let elements: Vec<String> = set.elements.iter().map(|e| render_element(e)).collect();
+    if !set.is_empty() {
+        let elements: Vec<String> = set.elements().map(|e| render_element(&e)).collect();
         let _ = writeln!(
             out,
             "\t\telements = {{ {} }}",
