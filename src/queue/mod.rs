@@ -187,7 +187,7 @@ struct Pending {
 pub struct Queue {
     sock: mnl::Socket,
     num: u16,
-    bufs: Vec<Vec<u8>>,
+    bufs: sys::RecvArea,
     lens: Vec<usize>,
     trunc: Vec<bool>,
     /// Datagrams that arrived while `open` waited for its acknowledgement. They are handled by
@@ -237,7 +237,7 @@ impl Queue {
         let mut q = Queue {
             sock,
             num: opts.num,
-            bufs: (0..BATCH).map(|_| vec![0u8; DGRAM_BUF]).collect(),
+            bufs: sys::RecvArea::new(BATCH, DGRAM_BUF).map_err(io_err("receive buffers"))?,
             lens: vec![0; BATCH],
             trunc: vec![false; BATCH],
             stash: VecDeque::new(),
@@ -284,8 +284,7 @@ impl Queue {
             if !sys::poll_readable(fd, left).map_err(io_err("poll"))? {
                 continue;
             }
-            let got = match sys::recv_many(fd, &mut self.bufs[..1], &mut self.lens, &mut self.trunc)
-            {
+            let got = match self.bufs.recv(fd, 1, &mut self.lens, &mut self.trunc) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -297,7 +296,7 @@ impl Queue {
             if got == 0 {
                 continue;
             }
-            let data = &self.bufs[0][..self.lens[0]];
+            let data = &self.bufs.slot(0)[..self.lens[0]];
             let mut has_packet = false;
             let mut outcome = None;
             for m in msg::parse_datagram(data) {
@@ -399,7 +398,7 @@ impl Queue {
                 checksum_ready: pm.checksum_ready(),
                 gso: pm.gso(),
                 truncated,
-                payload: &mut bufs[*idx][pm.payload.clone()],
+                payload: &mut bufs.slot_mut(*idx)[pm.payload.clone()],
             };
             let d = handler(&mut pkt);
             let verdict = match d.verdict {
@@ -438,7 +437,7 @@ impl Queue {
                     break;
                 };
                 let len = d.len().min(DGRAM_BUF);
-                self.bufs[n][..len].copy_from_slice(&d[..len]);
+                self.bufs.slot_mut(n)[..len].copy_from_slice(&d[..len]);
                 self.lens[n] = len;
                 self.trunc[n] = false;
                 n += 1;
@@ -449,7 +448,7 @@ impl Queue {
         // ENOBUFS is reported once per overflow, ahead of the datagrams still queued: count it
         // and read on. Bounded so that a pathological error storm cannot spin here forever.
         for _ in 0..8 {
-            match sys::recv_many(fd, &mut self.bufs, &mut self.lens, &mut self.trunc) {
+            match self.bufs.recv(fd, BATCH, &mut self.lens, &mut self.trunc) {
                 Ok(n) => return Ok(n),
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => return Ok(0),
@@ -472,7 +471,7 @@ impl Queue {
         for i in 0..count {
             // A cut datagram's last message fails the length check in the parser, which is
             // counted below; the messages before it are still good.
-            let data = &self.bufs[i][..self.lens[i]];
+            let data = &self.bufs.slot(i)[..self.lens[i]];
             for m in msg::parse_datagram(data) {
                 match m {
                     Ok(Message::Packet(p)) => self.parsed.push((i, p)),
@@ -504,7 +503,7 @@ impl Queue {
             while let Some(p) = self.pending.get(end) {
                 let head = &self.heads[p.head.clone()];
                 let payload: &[u8] = match &p.payload {
-                    Some((idx, r)) => &self.bufs[*idx][r.clone()],
+                    Some((idx, r)) => &self.bufs.slot(*idx)[r.clone()],
                     None => &[],
                 };
                 let size = head.len() + payload.len() + p.pad;
