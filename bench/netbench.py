@@ -493,7 +493,9 @@ class Bench:
 
     def bulk(self, path, reverse):
         with self.activate(path, [("tcp", IPERF_APP, IPERF_ACT)]) as act:
-            j = self.iperf(act, IPERF_APP, ["-R"] if reverse else [], self.a.bulk_time)
+            extra = (["-R"] if reverse else []) + (["-P", str(self.a.streams)]
+                                                   if self.a.streams > 1 else [])
+            j = self.iperf(act, IPERF_APP, extra, self.a.bulk_time)
         e = j["end"]["sum_received"]
         res = {"gbps": e["bits_per_second"] / 1e9, "bytes": e["bytes"],
                "machine_busy_pct": act.machine_busy_pct}
@@ -843,6 +845,8 @@ def main():
                          "auto: one per CPU)")
     ap.add_argument("--busy-poll", type=int,
                     help="netnat's `busy-poll` setting in µs (default: not set, which is 50)")
+    ap.add_argument("--streams", type=int, default=1,
+                    help="parallel TCP streams of the bulk tests (iperf3 -P, default 1)")
     ap.add_argument("--tests", default=",".join(TESTS),
                     help="comma-separated subset of " + ",".join(TESTS))
     a = ap.parse_args()
