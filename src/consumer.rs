@@ -13,7 +13,7 @@
 //! of netnat's added latency on a virtual machine). An idle queue costs nothing: the thread
 //! only spins right after it had work.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -64,12 +64,16 @@ pub struct Consumer {
 impl Consumer {
     /// The thread's body: until stopped, wait for packets and handle them.
     pub fn run(mut self) {
-        let fd = self.queue.as_raw_fd();
         // Whatever arrived while the bind was acknowledged waits in the queue's stash, which
         // poll cannot see.
         self.drain(BATCHES_PER_ROUND);
         while !self.stop.load(Ordering::Relaxed) {
-            if !wait_readable(fd, self.wake, Duration::from_secs(1)) {
+            // An error here (EINTR aside, none is expected) shows in the next receive.
+            if !self
+                .queue
+                .wait_or(self.wake, Duration::from_secs(1))
+                .unwrap_or(true)
+            {
                 continue;
             }
             if self.drain(BATCHES_PER_ROUND) > 0 {
@@ -100,8 +104,7 @@ impl Consumer {
             } else {
                 // Polite polling: a runnable task on this CPU (a sender, a server, the other
                 // end of the exchange) goes first; the poll only uses time nobody wants.
-                // SAFETY: sched_yield has no arguments and no memory effects.
-                unsafe { libc::sched_yield() };
+                std::thread::yield_now();
             }
         }
     }
@@ -157,24 +160,4 @@ impl Consumer {
             *s = self.queue.stats();
         }
     }
-}
-
-/// Waits until `fd` is readable or `wake` signals (or `timeout` passes). True when `fd` is.
-fn wait_readable(fd: RawFd, wake: RawFd, timeout: Duration) -> bool {
-    let mut fds = [
-        libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: `fds` is a valid array of two pollfd structs for the duration of the call.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
-    n > 0 && fds[0].revents != 0
 }

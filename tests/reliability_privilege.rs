@@ -33,7 +33,7 @@ const NET_ADMIN_ONLY: &str = "0000000000001000";
 const UNSAFE_ALLOWED: [(&str, &str); 7] = [
     (
         "src/daemon.rs",
-        "poll(2) over the queue, signal pipe and control sockets",
+        "poll(2) over the signal pipe, watcher and control sockets; pipe2(2)",
     ),
     (
         "src/control.rs",

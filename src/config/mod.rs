@@ -116,8 +116,11 @@ pub struct ServiceLine {
 
 /// Default NFQUEUE number; `queue N` in the configuration changes it.
 pub const DEFAULT_QUEUE: u16 = 4747;
-/// Most queues (and consumer threads) `queues` accepts, and the most `auto` picks.
+/// Most queues (and consumer threads) `queues` accepts.
 pub const MAX_QUEUES: u16 = 64;
+/// Most queues `auto` picks: each queue holds 2.2 MiB of receive buffers, so a machine with
+/// many CPUs gets 16 (35 MiB) unless `queues` asks for more.
+pub const MAX_AUTO_QUEUES: u16 = 16;
 /// Default of `busy-poll`, in microseconds.
 pub const DEFAULT_BUSY_POLL_US: u32 = 50;
 /// Largest `busy-poll` accepted: beyond a millisecond spinning stops paying for itself.
@@ -162,11 +165,11 @@ impl Default for Settings {
 
 impl Settings {
     /// How many queues the daemon binds: `queues N`, or for `auto` the CPUs available to this
-    /// process, at most [`MAX_QUEUES`] and never past queue number 65535.
+    /// process, at most [`MAX_AUTO_QUEUES`]; never past queue number 65535.
     pub fn queue_count(&self) -> u16 {
         let n = self.queues.unwrap_or_else(|| {
             std::thread::available_parallelism()
-                .map_or(1, |n| n.get().min(usize::from(MAX_QUEUES)) as u16)
+                .map_or(1, |n| n.get().min(usize::from(MAX_AUTO_QUEUES)) as u16)
         });
         n.clamp(1, u16::MAX - self.queue + 1)
     }

@@ -546,10 +546,16 @@ impl Queue {
 
     /// Waits up to `timeout` for packets. True when `process_batch` has something to do.
     pub fn wait(&self, timeout: Duration) -> Result<bool, QueueError> {
+        self.wait_or(-1, timeout)
+    }
+
+    /// Like [`Queue::wait`], but also returns (false) once `wake` is readable or hung up: how
+    /// the daemon's main thread wakes a queue thread that should stop.
+    pub fn wait_or(&self, wake: RawFd, timeout: Duration) -> Result<bool, QueueError> {
         if !self.stash.is_empty() {
             return Ok(true);
         }
-        sys::poll_readable(self.sock.as_raw_fd(), timeout).map_err(io_err("poll"))
+        sys::poll_readable_or(self.sock.as_raw_fd(), wake, timeout).map_err(io_err("poll"))
     }
 
     pub fn stats(&self) -> QueueStats {

@@ -90,18 +90,31 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 
 /// Waits until `fd` is readable (or has a pending error). `Ok(false)` on timeout or EINTR.
 pub fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    poll_readable_or(fd, -1, timeout)
+}
+
+/// Like [`poll_readable`], but also returns (`Ok(false)`) as soon as `wake` is readable or
+/// hung up; a negative `wake` is ignored.
+pub fn poll_readable_or(fd: RawFd, wake: RawFd, timeout: Duration) -> io::Result<bool> {
+    let mut pfds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
     // Round up so that a sub-millisecond timeout still waits instead of spinning.
     let ms = timeout
         .as_micros()
         .div_ceil(1000)
         .min(libc::c_int::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd, count 1.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    // SAFETY: two valid pollfd structs (poll skips one with a negative fd).
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
@@ -110,16 +123,15 @@ pub fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
         return Err(e);
     }
     // POLLERR counts as ready: the pending error (e.g. ENOBUFS) is collected by the next recv.
-    Ok(rc > 0 && pfd.revents & (libc::POLLIN | libc::POLLERR) != 0)
+    Ok(rc > 0 && pfds[0].revents & (libc::POLLIN | libc::POLLERR) != 0)
 }
 
 /// The receive buffers of one queue: `count` slots of `slot` bytes in one anonymous mapping,
 /// with the `recvmmsg` headers that point at them, built once and reused by every receive.
 ///
-/// A mapping of its own rather than a heap allocation: its pages stay untouched, and so take
-/// no memory, until a datagram is written into them (a heap allocation may be recycled memory
-/// that calloc has to clear, making all of it resident at once). A quiet queue costs a page
-/// per slot; only bursts of large packets make the slots resident.
+/// A mapping of its own, populated at once: a queue's memory is all there from the start and
+/// does not grow with traffic (bursts reach the last slots only now and then, which would
+/// otherwise look like a slow leak), and it never shares pages with the heap.
 pub struct RecvArea {
     base: *mut u8,
     slot: usize,
@@ -142,7 +154,7 @@ impl RecvArea {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
                 -1,
                 0,
             )
