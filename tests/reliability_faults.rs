@@ -23,7 +23,10 @@ use common::scenario::{
     Active, AppAddr, Case, Netnat, Servers, Translator, UPLOAD, assert_http_ok, assert_udp_ok,
     random_file, sha256, transfer_both_ways,
 };
-use common::{CmdOutput, Family, Ns, PYTHON, Proc, Topology, heavy_lock, require_root};
+use common::{
+    CmdOutput, Family, KernelQueue, Ns, PYTHON, Proc, Topology, heavy_lock, kernel_queues,
+    require_root,
+};
 
 /// Size of the bulk transfers the faults hit.
 const BULK: u64 = 200 * 1024 * 1024;
@@ -56,38 +59,9 @@ fn flood_targets() -> Vec<SocketAddr> {
 // ---------------------------------------------------------------------------------------------
 // Helpers of this file
 
-/// A line of the router's /proc/net/netfilter/nfnetlink_queue for netnat's queue 4747.
-#[derive(Clone, Copy, Debug, Default)]
-struct KernelQueue {
-    waiting: u64,
-    queue_dropped: u64,
-    user_dropped: u64,
-    id_sequence: u64,
-}
-
-impl KernelQueue {
-    fn drops(&self) -> u64 {
-        self.queue_dropped + self.user_dropped
-    }
-}
-
+/// netnat's queues in the router, summed.
 fn kernel_queue(t: &Topology) -> Option<KernelQueue> {
-    let text = t
-        .rtr
-        .run(&["cat", "/proc/net/netfilter/nfnetlink_queue"])
-        .stdout;
-    text.lines().find_map(|l| {
-        let f: Vec<u64> = l
-            .split_whitespace()
-            .map(|w| w.parse().unwrap_or(u64::MAX))
-            .collect();
-        (f.len() >= 8 && f[0] == 4747).then(|| KernelQueue {
-            waiting: f[2],
-            queue_dropped: f[5],
-            user_dropped: f[6],
-            id_sequence: f[7],
-        })
-    })
+    kernel_queues(&t.rtr, 4747)
 }
 
 /// A UDP sender from the client to `targets` (round robin) for `duration`: as fast as it can
@@ -558,7 +532,7 @@ fn fault_sigstop_under_load_drops_never_leaks() {
     let Active::Netnat(n) = &active else {
         unreachable!()
     };
-    let before = kernel_queue(&t).expect("queue 4747 bound");
+    let before = kernel_queue(&t).expect("netnat's queues bound");
     n.proc.signal(libc::SIGSTOP);
     let stopped_at = Instant::now();
     let mut max_waiting = 0;
@@ -568,12 +542,12 @@ fn fault_sigstop_under_load_drops_never_leaks() {
         }
         thread::sleep(Duration::from_millis(200));
     }
-    let during = kernel_queue(&t).expect("queue 4747 bound");
+    let during = kernel_queue(&t).expect("netnat's queues bound");
     n.proc.signal(libc::SIGCONT);
     let resumed = Instant::now();
     // The backlog is handled within a moment.
     let drained = loop {
-        let q = kernel_queue(&t).expect("queue 4747 bound");
+        let q = kernel_queue(&t).expect("netnat's queues bound");
         if q.waiting < 100 || resumed.elapsed() > Duration::from_secs(5) {
             break resumed.elapsed();
         }
@@ -585,7 +559,7 @@ fn fault_sigstop_under_load_drops_never_leaks() {
         "curl loop did not end"
     );
     let curl_summary = curls.stdout();
-    let after = kernel_queue(&t).expect("queue 4747 bound");
+    let after = kernel_queue(&t).expect("netnat's queues bound");
     let status = netnat_status(&ctl);
 
     assert!(
@@ -640,7 +614,7 @@ fn fault_queue_overflow_under_udp_flood_drops_never_leaks() {
     let active = Active::Netnat(n);
     assert_flood_service_ok(&t, name);
     let cap = OutCapture::start(&t);
-    let before = kernel_queue(&t).expect("queue 4747 bound");
+    let before = kernel_queue(&t).expect("netnat's queues bound");
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     // Two senders: one per CPU of the test machines.
@@ -669,7 +643,7 @@ fn fault_queue_overflow_under_udp_flood_drops_never_leaks() {
         curls.wait_timeout(Duration::from_secs(30)).is_some(),
         "curl loop did not end"
     );
-    let during = kernel_queue(&t).expect("queue 4747 bound");
+    let during = kernel_queue(&t).expect("netnat's queues bound");
     assert!(
         during.drops() > before.drops(),
         "{name}: the flood of {sent} datagrams in {flood_time:?} did not overflow the queue \
@@ -685,7 +659,7 @@ fn fault_queue_overflow_under_udp_flood_drops_never_leaks() {
     assert_flood_service_ok(&t, name);
     let (pcap, captured) = cap.stop();
     assert_no_private_on_pub0(name, &pcap, captured);
-    let after = kernel_queue(&t).expect("queue 4747 bound");
+    let after = kernel_queue(&t).expect("netnat's queues bound");
     assert_eq!(after.waiting, 0, "{name}: packets left in the queue");
     let status = netnat_status(&ctl);
     eprintln!(

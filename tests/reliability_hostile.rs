@@ -23,8 +23,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::scenario::Netnat;
-use common::{PYTHON, Topology, require_root, script};
-use reliability::{FilteredCapture, Json, fields, kernel_queue, service, settle};
+use common::{PYTHON, Topology, kernel_queues, require_root, script};
+use reliability::{FilteredCapture, Json, fields, service, settle};
 
 /// Packets per class.
 const COUNT: u64 = 200;
@@ -441,7 +441,7 @@ fn hostile_packets_get_documented_verdicts_and_netnat_survives() {
         st.n("queue.verdicts"),
         "{name}: {st:?}"
     );
-    let kq = kernel_queue(&t.rtr, 4747).expect("queue 4747 bound");
+    let kq = kernel_queues(&t.rtr, 4747).expect("netnat's queues bound");
     assert_eq!(
         (kq.waiting, kq.queue_dropped, kq.user_dropped),
         (0, 0, 0),

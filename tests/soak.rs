@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::scenario::{AppAddr, Case, Netnat, Translator};
-use common::{Family, PYTHON, Proc, Topology, require_root, run_bounded, script};
+use common::{Family, PYTHON, Proc, Topology, kernel_queues, require_root, run_bounded, script};
 
 /// The UDP flow memory's documented size (src/record.rs, `UDP_FLOW_SLOTS`).
 const UDP_FLOW_SLOTS: u64 = 16384;
@@ -138,19 +138,9 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// (waiting, queue_dropped, user_dropped, id_sequence) of queue 4747 in the router.
+/// (waiting, queue_dropped, user_dropped, id_sequence) of netnat's queues in the router.
 fn kernel_queue(t: &Topology) -> Option<[u64; 4]> {
-    let text = t
-        .rtr
-        .run(&["cat", "/proc/net/netfilter/nfnetlink_queue"])
-        .stdout;
-    text.lines().find_map(|l| {
-        let f: Vec<u64> = l
-            .split_whitespace()
-            .map(|w| w.parse().unwrap_or(u64::MAX))
-            .collect();
-        (f.len() >= 8 && f[0] == 4747).then(|| [f[2], f[5], f[6], f[7]])
-    })
+    kernel_queues(&t.rtr, 4747).map(|k| [k.waiting, k.queue_dropped, k.user_dropped, k.id_sequence])
 }
 
 fn netnat_status(ctl: &Path) -> String {
@@ -276,11 +266,11 @@ fn soak_mixed_load_rss_flat_no_packet_left() {
     let stream_summary = streams.stdout().trim().to_string();
 
     // Nothing left in the kernel queue once the load is gone.
-    let mut q = kernel_queue(&t).expect("queue 4747 bound");
+    let mut q = kernel_queue(&t).expect("netnat's queues bound");
     let end = Instant::now() + Duration::from_secs(5);
     while q[0] > 0 && Instant::now() < end {
         thread::sleep(Duration::from_millis(100));
-        q = kernel_queue(&t).expect("queue 4747 bound");
+        q = kernel_queue(&t).expect("netnat's queues bound");
     }
     let status = netnat_status(&ctl);
     let final_rss = vm_rss_kib(pid).unwrap_or(0);

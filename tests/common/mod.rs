@@ -722,3 +722,53 @@ pub fn script(name: &str) -> String {
 
 /// The system Python, which has scapy (the `python3` on PATH may not).
 pub const PYTHON: &str = "/usr/bin/python3";
+
+// ---------------------------------------------------------------------------------------------
+// The kernel's view of netnat's queues
+
+/// netnat's queues in a namespace, as /proc/net/netfilter/nfnetlink_queue counts them, summed:
+/// queue `first` and the ones after it (one per CPU by default; the kernel hands a packet to
+/// the queue of the CPU that handles it, so which one saw a packet is the scheduler's choice).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelQueue {
+    /// How many queues are bound.
+    pub queues: u32,
+    /// Packets waiting for a verdict now.
+    pub waiting: u64,
+    /// Dropped because a queue was full.
+    pub queue_dropped: u64,
+    /// Dropped because netlink could not deliver them (socket buffer full).
+    pub user_dropped: u64,
+    /// Packets queued so far.
+    pub id_sequence: u64,
+}
+
+impl KernelQueue {
+    pub fn drops(&self) -> u64 {
+        self.queue_dropped + self.user_dropped
+    }
+}
+
+/// [`KernelQueue`] of queues `first..first+64` in `ns`; `None` when none is bound.
+pub fn kernel_queues(ns: &Ns, first: u32) -> Option<KernelQueue> {
+    let text = ns
+        .run(&["cat", "/proc/net/netfilter/nfnetlink_queue"])
+        .stdout;
+    let range = u64::from(first)..u64::from(first) + 64;
+    let mut sum: Option<KernelQueue> = None;
+    for l in text.lines() {
+        let f: Vec<u64> = l
+            .split_whitespace()
+            .map(|w| w.parse().unwrap_or(u64::MAX))
+            .collect();
+        if f.len() >= 8 && range.contains(&f[0]) {
+            let k = sum.get_or_insert_with(KernelQueue::default);
+            k.queues += 1;
+            k.waiting += f[2];
+            k.queue_dropped += f[5];
+            k.user_dropped += f[6];
+            k.id_sequence += f[7];
+        }
+    }
+    sum
+}

@@ -260,36 +260,6 @@ pub fn settle(t: &Topology, label: &str, n: &Netnat, quiet: Duration, timeout: D
 }
 
 // ---------------------------------------------------------------------------------------------
-// The kernel's view of the queue
-
-/// One line of /proc/net/netfilter/nfnetlink_queue in the router namespace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KernelQueue {
-    pub waiting: u64,
-    pub queue_dropped: u64,
-    pub user_dropped: u64,
-    pub id_sequence: u64,
-}
-
-pub fn kernel_queue(ns: &Ns, queue: u32) -> Option<KernelQueue> {
-    let text = ns
-        .run(&["cat", "/proc/net/netfilter/nfnetlink_queue"])
-        .stdout;
-    text.lines().find_map(|l| {
-        let f: Vec<u64> = l
-            .split_whitespace()
-            .map(|w| w.parse().unwrap_or(u64::MAX))
-            .collect();
-        (f.len() >= 8 && f[0] == u64::from(queue)).then(|| KernelQueue {
-            waiting: f[2],
-            queue_dropped: f[5],
-            user_dropped: f[6],
-            id_sequence: f[7],
-        })
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
 // Captures with a BPF filter (small pcaps beside bulk traffic)
 
 pub struct FilteredCapture {
