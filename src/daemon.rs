@@ -277,7 +277,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         format!("queue {queue_num}")
     } else {
         format!(
-            "queues {queue_num}-{} (one thread each)",
+            "queues {queue_num}-{}, one thread each",
             u32::from(queue_num) + u32::from(queue_count) - 1
         )
     };
