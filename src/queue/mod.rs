@@ -205,12 +205,16 @@ pub struct Queue {
     bound: bool,
     /// `sendmsg` calls that carried verdicts.
     sends: u64,
+    /// Reused by `send_verdicts`: the iovecs of one `sendmsg` (pointers into `heads` and the
+    /// receive slots, only valid during that call).
+    iov: Vec<libc::iovec>,
 }
 
 // SAFETY: `mnl::Socket` is only `!Send` because it holds a raw pointer to libmnl's
 // `struct mnl_socket { int fd; struct sockaddr_nl addr; }`, which has no thread affinity and is
 // owned exclusively by this Queue. Moving the Queue to another thread (e.g. the one that will
-// run its loop) is sound; it is not `Sync`, so no two threads use the socket at once.
+// run its loop) is sound; it is not `Sync`, so no two threads use the socket at once. The
+// iovecs in `iov` point only into this Queue's own buffers and are rebuilt before each use.
 unsafe impl Send for Queue {}
 
 impl Queue {
@@ -248,6 +252,7 @@ impl Queue {
             stats: QueueStats::default(),
             bound: false,
             sends: 0,
+            iov: Vec::with_capacity(BATCH * 3),
         };
 
         let gso_flag = if opts.gso { msg::NFQA_CFG_F_GSO } else { 0 };
@@ -492,12 +497,12 @@ impl Queue {
     ///
     /// The last third of [`Queue::process_batch`], after [`Queue::decide`].
     pub fn send_verdicts(&mut self) -> Result<(), QueueError> {
-        const PAD: [u8; 4] = [0; 4];
+        static PAD: [u8; 4] = [0; 4];
         let fd = self.sock.as_raw_fd();
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(self.pending.len() * 3);
         let mut next = 0;
         while next < self.pending.len() {
-            parts.clear();
+            let iov = &mut self.iov;
+            iov.clear();
             let mut bytes = 0usize;
             let mut end = next;
             while let Some(p) = self.pending.get(end) {
@@ -510,17 +515,19 @@ impl Queue {
                 if end > next && bytes + size > self.send_limit {
                     break;
                 }
-                parts.push(head);
+                iov.push(sys::iovec(head));
                 if !payload.is_empty() {
-                    parts.push(payload);
+                    iov.push(sys::iovec(payload));
                 }
                 if p.pad > 0 {
-                    parts.push(&PAD[..p.pad]);
+                    iov.push(sys::iovec(&PAD[..p.pad]));
                 }
                 bytes += size;
                 end += 1;
             }
-            match send_all(fd, &parts, bytes) {
+            // SAFETY: the iovecs describe `self.heads`, receive slots and `PAD`, none of which
+            // changes before the call returns.
+            match unsafe { send_all(fd, &self.iov, bytes) } {
                 Ok(()) => {
                     self.stats.verdicts += (end - next) as u64;
                     self.sends += 1;
@@ -566,10 +573,14 @@ impl Queue {
 /// One `sendmsg` of verdicts. Netlink takes a datagram whole or not at all; ENOBUFS/ENOMEM
 /// (no memory for the skb) are retried briefly, because a lost verdict leaves its packet in the
 /// kernel queue until the queue is unbound.
-fn send_all(fd: RawFd, parts: &[&[u8]], bytes: usize) -> io::Result<()> {
+///
+/// # Safety
+/// SAFETY: as [`sys::send_iov`], every iovec describes memory valid for reads during the call.
+unsafe fn send_all(fd: RawFd, iovs: &[libc::iovec], bytes: usize) -> io::Result<()> {
     let mut tries = 0;
     loop {
-        match sys::send_parts(fd, parts) {
+        // SAFETY: passed on from the caller.
+        match unsafe { sys::send_iov(fd, iovs) } {
             Ok(n) if n == bytes => return Ok(()),
             Ok(n) => return Err(io::Error::other(format!("sent {n} of {bytes} bytes"))),
             Err(e)

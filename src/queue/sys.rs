@@ -248,17 +248,29 @@ impl Drop for RecvArea {
     }
 }
 
+/// An iovec describing `part`, for [`send_iov`] (which only reads through it).
+pub fn iovec(part: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: part.as_ptr() as *mut libc::c_void,
+        iov_len: part.len(),
+    }
+}
+
 /// Sends the concatenation of `parts` as one datagram to the kernel (netlink port 0) with one
 /// `sendmsg`. Returns the number of bytes sent.
 pub fn send_parts(fd: RawFd, parts: &[&[u8]]) -> io::Result<usize> {
-    let mut iovs: Vec<libc::iovec> = parts
-        .iter()
-        .map(|p| libc::iovec {
-            // The kernel only reads through these pointers (sendmsg).
-            iov_base: p.as_ptr() as *mut libc::c_void,
-            iov_len: p.len(),
-        })
-        .collect();
+    let iovs: Vec<libc::iovec> = parts.iter().map(|p| iovec(p)).collect();
+    // SAFETY: the iovecs describe `parts`, borrowed for the call.
+    unsafe { send_iov(fd, &iovs) }
+}
+
+/// [`send_parts`] over iovecs the caller built (the verdict path reuses one vector of them,
+/// so that sending a batch allocates nothing).
+///
+/// # Safety
+/// SAFETY: every iovec must describe memory that is valid for reads for the duration of the
+/// call.
+pub unsafe fn send_iov(fd: RawFd, iovs: &[libc::iovec]) -> io::Result<usize> {
     // SAFETY: sockaddr_nl is plain data; all-zero plus the family is "the kernel, no groups".
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -266,11 +278,12 @@ pub fn send_parts(fd: RawFd, parts: &[&[u8]]) -> io::Result<usize> {
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = (&mut addr as *mut libc::sockaddr_nl).cast();
     msg.msg_namelen = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-    msg.msg_iov = iovs.as_mut_ptr();
+    // sendmsg only reads the iovec array; the pointer is mutable in the C type alone.
+    msg.msg_iov = iovs.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iovs.len() as _;
     loop {
-        // SAFETY: `msg` points at `addr` and at `iovs`, which describe slices borrowed for the
-        // duration of the call; the kernel only reads them.
+        // SAFETY: `msg` points at `addr` and at `iovs`, whose memory the caller vouches for;
+        // the kernel only reads them.
         let rc = unsafe { libc::sendmsg(fd, &msg, 0) };
         if rc >= 0 {
             return Ok(rc as usize);
