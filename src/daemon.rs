@@ -99,11 +99,6 @@ fn sys(context: &str, e: impl fmt::Display) -> DaemonError {
     DaemonError::System(format!("{context}: {e}"))
 }
 
-/// The number of queues a configuration asks for, as the daemon binds them.
-fn config_queues(config: &Config) -> u16 {
-    config.settings.queue_count()
-}
-
 /// The services of a configuration, without their line numbers.
 pub fn services_of(config: &Config) -> Vec<Service> {
     config.services.iter().map(|l| l.service.clone()).collect()
@@ -130,15 +125,7 @@ impl Active {
 
     /// The service interfaces' changes between the table's snapshot and `newer`.
     fn changes(&self, newer: &Snapshot) -> Vec<Change> {
-        let mut names: Vec<&str> = self
-            .config
-            .services
-            .iter()
-            .map(|l| l.service.iface.as_str())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        self.ifaces.diff(newer, &names)
+        self.ifaces.diff(newer, &self.config.interfaces())
     }
 
     /// Resolves the same services against `ifaces`: `*` follows the interface's new address,
@@ -175,8 +162,8 @@ struct Daemon<'a> {
     active: Active,
     nft: NftSession,
     kind: QueueExprKind,
-    /// First queue number and number of queues (one thread each).
-    queue: u16,
+    /// Number of queues bound, one thread each (from `queue` in the configuration on, which
+    /// a reload may not change).
     queues: u16,
     shared: Arc<Mutex<Shared>>,
     /// `busy-poll` of the running configuration, read by the queue threads after each batch.
@@ -306,7 +293,6 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         active,
         nft,
         kind,
-        queue: queue_num,
         queues: queue_count,
         shared,
         busy_poll,
@@ -497,7 +483,7 @@ impl Daemon<'_> {
             queue_stats.async_errors += q.async_errors;
         }
         Report {
-            queue: self.queue,
+            queue: self.active.config.settings.queue,
             queues: self.queues,
             expression: match self.kind {
                 QueueExprKind::Native => "native",
@@ -582,7 +568,7 @@ impl Daemon<'_> {
                 ),
             ));
         }
-        if config_queues(&next.config) != self.queues {
+        if next.config.settings.queue_count() != self.queues {
             return Err(Response::err(
                 Outcome::Config,
                 "changing the number of queues needs a restart",

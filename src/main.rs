@@ -219,14 +219,7 @@ fn check_system(c: &config::Config) -> ExitCode {
     let mut findings = prereq::check(c, &prereq::System::default());
     match iface::Snapshot::read() {
         Ok(snap) => {
-            let mut names: Vec<&str> = c
-                .services
-                .iter()
-                .map(|l| l.service.iface.as_str())
-                .collect();
-            names.sort_unstable();
-            names.dedup();
-            for name in names {
+            for name in c.interfaces() {
                 let present = snap.index(name).is_some();
                 findings.push(prereq::Finding {
                     severity: if present {

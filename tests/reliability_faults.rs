@@ -59,11 +59,6 @@ fn flood_targets() -> Vec<SocketAddr> {
 // ---------------------------------------------------------------------------------------------
 // Helpers of this file
 
-/// netnat's queues in the router, summed.
-fn kernel_queue(t: &Topology) -> Option<KernelQueue> {
-    kernel_queues(&t.rtr, 4747)
-}
-
 /// A UDP sender from the client to `targets` (round robin) for `duration`: as fast as it can
 /// (`pps` None) or paced to about `pps` datagrams per second. Stops early when `stop` is set.
 /// Returns the number of datagrams the kernel accepted.
@@ -532,22 +527,22 @@ fn fault_sigstop_under_load_drops_never_leaks() {
     let Active::Netnat(n) = &active else {
         unreachable!()
     };
-    let before = kernel_queue(&t).expect("netnat's queues bound");
+    let before = kernel_queues(&t.rtr, 4747).expect("netnat's queues bound");
     n.proc.signal(libc::SIGSTOP);
     let stopped_at = Instant::now();
     let mut max_waiting = 0;
     while stopped_at.elapsed() < Duration::from_secs(3) {
-        if let Some(q) = kernel_queue(&t) {
+        if let Some(q) = kernel_queues(&t.rtr, 4747) {
             max_waiting = max_waiting.max(q.waiting);
         }
         thread::sleep(Duration::from_millis(200));
     }
-    let during = kernel_queue(&t).expect("netnat's queues bound");
+    let during = kernel_queues(&t.rtr, 4747).expect("netnat's queues bound");
     n.proc.signal(libc::SIGCONT);
     let resumed = Instant::now();
     // The backlog is handled within a moment.
     let drained = loop {
-        let q = kernel_queue(&t).expect("netnat's queues bound");
+        let q = kernel_queues(&t.rtr, 4747).expect("netnat's queues bound");
         if q.waiting < 100 || resumed.elapsed() > Duration::from_secs(5) {
             break resumed.elapsed();
         }
@@ -559,7 +554,7 @@ fn fault_sigstop_under_load_drops_never_leaks() {
         "curl loop did not end"
     );
     let curl_summary = curls.stdout();
-    let after = kernel_queue(&t).expect("netnat's queues bound");
+    let after = kernel_queues(&t.rtr, 4747).expect("netnat's queues bound");
     let status = netnat_status(&ctl);
 
     assert!(
@@ -577,7 +572,7 @@ fn fault_sigstop_under_load_drops_never_leaks() {
     assert_flood_service_ok(&t, name);
     let (pcap, captured) = cap.stop();
     assert_no_private_on_pub0(name, &pcap, captured);
-    let waiting_end = kernel_queue(&t).map_or(u64::MAX, |q| q.waiting);
+    let waiting_end = kernel_queues(&t.rtr, 4747).map_or(u64::MAX, |q| q.waiting);
     assert_eq!(waiting_end, 0, "{name}: packets left in the queue");
     eprintln!(
         "{name}: flood sent {sent} datagrams, {}; while stopped 3 s: up to {max_waiting} \
@@ -614,7 +609,7 @@ fn fault_queue_overflow_under_udp_flood_drops_never_leaks() {
     let active = Active::Netnat(n);
     assert_flood_service_ok(&t, name);
     let cap = OutCapture::start(&t);
-    let before = kernel_queue(&t).expect("netnat's queues bound");
+    let before = kernel_queues(&t.rtr, 4747).expect("netnat's queues bound");
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     // Two senders: one per CPU of the test machines.
@@ -632,7 +627,7 @@ fn fault_queue_overflow_under_udp_flood_drops_never_leaks() {
     let mut curls = curl_loop(&t, 4);
     let mut peak = KernelQueue::default();
     while started.elapsed() < Duration::from_secs(4) {
-        if let Some(q) = kernel_queue(&t) {
+        if let Some(q) = kernel_queues(&t.rtr, 4747) {
             peak.waiting = peak.waiting.max(q.waiting);
         }
         thread::sleep(Duration::from_millis(100));
@@ -643,7 +638,7 @@ fn fault_queue_overflow_under_udp_flood_drops_never_leaks() {
         curls.wait_timeout(Duration::from_secs(30)).is_some(),
         "curl loop did not end"
     );
-    let during = kernel_queue(&t).expect("netnat's queues bound");
+    let during = kernel_queues(&t.rtr, 4747).expect("netnat's queues bound");
     assert!(
         during.drops() > before.drops(),
         "{name}: the flood of {sent} datagrams in {flood_time:?} did not overflow the queue \
@@ -651,7 +646,7 @@ fn fault_queue_overflow_under_udp_flood_drops_never_leaks() {
     );
     // The queue empties once the flood stops.
     let end = Instant::now() + Duration::from_secs(5);
-    while kernel_queue(&t).is_some_and(|q| q.waiting > 0) && Instant::now() < end {
+    while kernel_queues(&t.rtr, 4747).is_some_and(|q| q.waiting > 0) && Instant::now() < end {
         thread::sleep(Duration::from_millis(50));
     }
     assert_http_ok(&t, case(), &servers, &active);
@@ -659,7 +654,7 @@ fn fault_queue_overflow_under_udp_flood_drops_never_leaks() {
     assert_flood_service_ok(&t, name);
     let (pcap, captured) = cap.stop();
     assert_no_private_on_pub0(name, &pcap, captured);
-    let after = kernel_queue(&t).expect("netnat's queues bound");
+    let after = kernel_queues(&t.rtr, 4747).expect("netnat's queues bound");
     assert_eq!(after.waiting, 0, "{name}: packets left in the queue");
     let status = netnat_status(&ctl);
     eprintln!(

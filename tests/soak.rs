@@ -138,11 +138,6 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// (waiting, queue_dropped, user_dropped, id_sequence) of netnat's queues in the router.
-fn kernel_queue(t: &Topology) -> Option<[u64; 4]> {
-    kernel_queues(&t.rtr, 4747).map(|k| [k.waiting, k.queue_dropped, k.user_dropped, k.id_sequence])
-}
-
 fn netnat_status(ctl: &Path) -> String {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_netnat"));
     c.args(["status", "--control"]).arg(ctl);
@@ -266,11 +261,11 @@ fn soak_mixed_load_rss_flat_no_packet_left() {
     let stream_summary = streams.stdout().trim().to_string();
 
     // Nothing left in the kernel queue once the load is gone.
-    let mut q = kernel_queue(&t).expect("netnat's queues bound");
+    let mut q = kernel_queues(&t.rtr, 4747).expect("netnat's queues bound");
     let end = Instant::now() + Duration::from_secs(5);
-    while q[0] > 0 && Instant::now() < end {
+    while q.waiting > 0 && Instant::now() < end {
         thread::sleep(Duration::from_millis(100));
-        q = kernel_queue(&t).expect("netnat's queues bound");
+        q = kernel_queues(&t.rtr, 4747).expect("netnat's queues bound");
     }
     let status = netnat_status(&ctl);
     let final_rss = vm_rss_kib(pid).unwrap_or(0);
@@ -305,10 +300,10 @@ fn soak_mixed_load_rss_flat_no_packet_left() {
         (lo as f64 / base as f64 - 1.0) * 100.0,
         (hi as f64 / base as f64 - 1.0) * 100.0,
         udp_ok + udp_err + churn,
-        q[0],
-        q[1],
-        q[2],
-        q[3],
+        q.waiting,
+        q.queue_dropped,
+        q.user_dropped,
+        q.id_sequence,
         status
             .lines()
             .find(|l| l.starts_with("queue:"))
@@ -323,7 +318,7 @@ fn soak_mixed_load_rss_flat_no_packet_left() {
         n.proc.evidence()
     );
     assert_eq!(
-        q[0], 0,
+        q.waiting, 0,
         "{name}: packets left waiting in the kernel queue\n{report}"
     );
     let (received, verdicts) = received_verdicts(&status).expect("queue line in status");

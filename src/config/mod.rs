@@ -181,3 +181,17 @@ pub struct Config {
     pub services: Vec<ServiceLine>,
     pub settings: Settings,
 }
+
+impl Config {
+    /// The interfaces the services name, sorted, each once.
+    pub fn interfaces(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .services
+            .iter()
+            .map(|l| l.service.iface.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}

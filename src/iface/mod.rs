@@ -11,7 +11,7 @@
 
 pub mod msg;
 mod snapshot;
-mod sock;
+pub(crate) mod sock;
 mod watch;
 
 pub use snapshot::{Change, ChangeKind, Snapshot};

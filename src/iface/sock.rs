@@ -13,12 +13,19 @@ use std::time::{Duration, Instant};
 /// An rtnetlink socket, close-on-exec and non-blocking, bound to `groups` (RTMGRP_* bits) with
 /// a port id the kernel chooses.
 pub(crate) fn open(groups: u32) -> io::Result<OwnedFd> {
+    open_netlink(libc::NETLINK_ROUTE, libc::SOCK_NONBLOCK, groups)
+}
+
+/// A close-on-exec netlink socket of `protocol` (with extra `flags` such as SOCK_NONBLOCK),
+/// bound to `groups` with a port id the kernel chooses. Also the nft session's socket, for the
+/// same reason (libmnl's would leak into child processes).
+pub(crate) fn open_netlink(protocol: i32, flags: i32, groups: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            libc::NETLINK_ROUTE,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
+            protocol,
         )
     };
     if fd < 0 {
