@@ -483,13 +483,10 @@ impl Parser {
             self.settings.queues = None;
             return;
         }
-        let n = (w.text.len() <= 2 && w.text.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| w.text.parse::<u16>().ok())
-            .flatten()
-            .filter(|n| (1..=super::MAX_QUEUES).contains(n));
-        match n {
+        match decimal_in(w.text, 1..=u32::from(super::MAX_QUEUES)) {
             Some(n) => {
-                self.settings.queues = Some(n);
+                // Cannot fail: at most MAX_QUEUES.
+                self.settings.queues = u16::try_from(n).ok();
                 self.queues_at = Some((number, w.column));
             }
             None => self.error(
@@ -508,11 +505,7 @@ impl Parser {
         let Some(w) = self.setting(number, words, "busy-poll", "microseconds") else {
             return;
         };
-        let n = (w.text.len() <= 4 && w.text.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| w.text.parse::<u32>().ok())
-            .flatten()
-            .filter(|n| *n <= super::MAX_BUSY_POLL_US);
-        match n {
+        match decimal_in(w.text, 0..=super::MAX_BUSY_POLL_US) {
             Some(n) => self.settings.busy_poll_us = n,
             None => self.error(
                 number,
@@ -625,6 +618,16 @@ fn describe_app(k: &AppKey) -> String {
         k.protocol.name(),
         k.iface
     )
+}
+
+/// `text` as a plain decimal number (digits only, no more of them than `range`'s end has)
+/// within `range`.
+fn decimal_in(text: &str, range: std::ops::RangeInclusive<u32>) -> Option<u32> {
+    let max_digits = range.end().to_string().len();
+    (text.len() <= max_digits && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse::<u32>().ok())
+        .flatten()
+        .filter(|n| range.contains(n))
 }
 
 #[cfg(test)]
