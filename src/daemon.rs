@@ -99,6 +99,14 @@ fn sys(context: &str, e: impl fmt::Display) -> DaemonError {
     DaemonError::System(format!("{context}: {e}"))
 }
 
+/// The rules `config` asks for, spread over `queues` queues: what `run` installs and `rules`
+/// prints.
+pub fn policy_of(config: &Config, queues: u16) -> Policy {
+    Policy::new(&services_of(config), config.settings.queue)
+        .with_queues(queues)
+        .with_mark(config.settings.mark)
+}
+
 /// The services of a configuration, without their line numbers.
 pub fn services_of(config: &Config) -> Vec<Service> {
     config.services.iter().map(|l| l.service.clone()).collect()
@@ -248,7 +256,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         queues.push(q);
     }
     let mut nft = NftSession::open().map_err(|e| sys("opening netlink", e))?;
-    let policy = Policy::new(&services_of(&active.config), queue_num).with_queues(queue_count);
+    let policy = policy_of(&active.config, queue_count);
     let kind = nft
         .install(&policy)
         .map_err(|e| sys("installing rules", e))?;
@@ -574,8 +582,7 @@ impl Daemon<'_> {
                 "changing the number of queues needs a restart",
             ));
         }
-        let policy = Policy::new(&services_of(&next.config), next.config.settings.queue)
-            .with_queues(self.queues);
+        let policy = policy_of(&next.config, self.queues);
         self.nft.install(&policy).map_err(|e| {
             Response::err(Outcome::System, format!("refused, rules unchanged: {e}"))
         })?;

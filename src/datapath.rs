@@ -53,8 +53,10 @@ pub fn direction_of(hook: u8) -> Option<Direction> {
 
 /// Decides the fate of one queued packet, rewriting it in place when it is ours.
 ///
-/// `mark` is OR-ed into the packet mark of translated inbound packets, so that one firewall
-/// rule can let mapped traffic through a default-drop forward chain.
+/// `mark` is OR-ed into the packet mark of every packet netnat translates. Inbound, it lets one
+/// firewall rule pass mapped traffic through a default-drop forward chain, and it is what the
+/// leak guard labels the connection by; on replies it is the proof, checked by the guard after
+/// netnat's reply chain, that this reply was translated (see `nft::Guard`).
 pub fn handle(table: &ServiceTable, mark: u32, pkt: &mut Packet<'_>) -> (Decision, Event) {
     let Some(dir) = direction_of(pkt.hook) else {
         // Only our two chains queue to us; anything else is not ours to touch.
@@ -77,11 +79,10 @@ pub fn handle(table: &ServiceTable, mark: u32, pkt: &mut Packet<'_>) -> (Decisio
     });
     match outcome {
         Outcome::Rewritten { token, flow, kind } => {
-            let mark = (dir == Direction::Inbound).then_some(pkt.mark | mark);
             let decision = Decision {
                 verdict: Verdict::Accept,
                 modified: true,
-                mark,
+                mark: Some(pkt.mark | mark),
             };
             (
                 decision,
@@ -306,14 +307,14 @@ mod tests {
     }
 
     #[test]
-    fn reply_is_translated_without_mark() {
+    fn reply_is_translated_and_marked_for_the_guard() {
         let t = table();
         let mut bytes = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
         let mut pkt = packet(&mut bytes, HOOK_POSTROUTING, 0, 7);
         let (d, _) = handle(&t, 0x4e00, &mut pkt);
         assert_eq!(
             (d.verdict, d.modified, d.mark),
-            (Verdict::Accept, true, None)
+            (Verdict::Accept, true, Some(0x4e01))
         );
         assert_eq!(&bytes[12..16], &[10, 99, 1, 1]);
         assert_eq!(u16::from_be_bytes([bytes[20], bytes[21]]), 80);

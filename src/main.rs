@@ -171,8 +171,7 @@ fn main() -> ExitCode {
         },
         Command::Rules { config } => match config::load_config(&config) {
             Ok(c) => {
-                let policy = nft::Policy::new(&daemon::services_of(&c), c.settings.queue)
-                    .with_queues(c.settings.queue_count());
+                let policy = daemon::policy_of(&c, c.settings.queue_count());
                 print!("{}", nft::render(&policy));
                 ExitCode::SUCCESS
             }
@@ -180,11 +179,11 @@ fn main() -> ExitCode {
         },
         Command::Flush => match nft::flush_leftover() {
             Ok(true) => {
-                println!("removed table inet netnat");
+                println!("removed netnat's tables (inet netnat, inet netnat_guard)");
                 ExitCode::SUCCESS
             }
             Ok(false) => {
-                println!("no netnat table to remove");
+                println!("nothing of netnat's to remove");
                 ExitCode::SUCCESS
             }
             Err(e) => fail(EXIT_SYSTEM, e),

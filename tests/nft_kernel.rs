@@ -7,7 +7,9 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use netnat::config::{AppAddr, Flags, Protocol, Service};
-use netnat::nft::{NftError, NftSession, Policy, QueueExprKind, flush_leftover, render};
+use netnat::nft::{
+    NftError, NftSession, Policy, QueueExprKind, flush_leftover, render, render_guard, render_table,
+};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -84,6 +86,14 @@ impl Netns {
     /// `nft list table inet netnat`, or None if there is no such table.
     fn our_table(&self) -> Option<String> {
         let o = self.nft(&["list", "table", "inet", "netnat"]);
+        o.status
+            .success()
+            .then(|| String::from_utf8(o.stdout).unwrap())
+    }
+
+    /// `nft list table inet netnat_guard`, if the guard is there.
+    fn guard_table(&self) -> Option<String> {
+        let o = self.nft(&["list", "table", "inet", "netnat_guard"]);
         o.status
             .success()
             .then(|| String::from_utf8(o.stdout).unwrap())
@@ -172,17 +182,17 @@ fn comparable(listed: &str) -> String {
     sorted_elements(&without_progname(listed))
 }
 
-/// `render`'s text with set elements sorted.
+/// `render`'s text of netnat's own table with set elements sorted.
 fn rendered(p: &Policy) -> String {
-    sorted_elements(&render(p))
+    sorted_elements(&render_table(p))
 }
 
-/// The ruleset with table `inet netnat` cut out.
-fn without_our_table(ruleset: &str) -> String {
+/// The ruleset with netnat's tables (its own and the guard) cut out.
+fn without_our_tables(ruleset: &str) -> String {
     let mut out = String::new();
     let mut skipping = false;
     for l in ruleset.lines() {
-        if l.starts_with("table inet netnat {") {
+        if l.starts_with("table inet netnat {") || l.starts_with("table inet netnat_guard {") {
             skipping = true;
             continue;
         }
@@ -259,7 +269,7 @@ struct SessionThread {
 }
 
 enum Step {
-    Install(Policy),
+    Install(Box<Policy>),
     Remove,
 }
 
@@ -301,7 +311,7 @@ impl SessionThread {
     }
 
     fn install(&self, p: &Policy) -> QueueExprKind {
-        self.step(Step::Install(p.clone()))
+        self.step(Step::Install(Box::new(p.clone())))
             .expect("install")
             .unwrap()
     }
@@ -344,9 +354,18 @@ fn install_lists_what_render_prints_and_reports_the_queue_form() {
         "{listed}"
     );
     assert_eq!(comparable(&listed), rendered(&policy));
+    // The leak guard, in its own table, lists as render prints it.
+    assert_eq!(
+        ns.guard_table().as_deref(),
+        Some(render_guard(&policy).as_str())
+    );
     s.close();
-    // The owner's socket is closed: the kernel removed the table.
+    // The owner's socket is closed: the kernel removed the table; the guard stays, on purpose.
     assert!(ns.table_gone());
+    assert_eq!(
+        ns.guard_table().as_deref(),
+        Some(render_guard(&policy).as_str())
+    );
 }
 
 #[test]
@@ -428,9 +447,17 @@ table ip nat {
     s.remove();
     s.close();
     assert!(during.contains("table inet netnat {"));
-    assert_eq!(without_our_table(&during), before);
+    assert!(during.contains("table inet netnat_guard {"));
+    assert_eq!(without_our_tables(&during), before);
+    // A stopped netnat leaves its guard and nothing else; flush removes the guard too.
     let after = ns.nft_ok(&["list", "ruleset"]);
-    assert_eq!(after, before);
+    assert!(after.contains("table inet netnat_guard {"));
+    assert_eq!(without_our_tables(&after), before);
+    assert_eq!(
+        ns.run(|| flush_leftover().map_err(|e| e.to_string())),
+        Ok(true)
+    );
+    assert_eq!(ns.nft_ok(&["list", "ruleset"]), before);
 }
 
 #[test]
@@ -701,8 +728,9 @@ impl Pair {
 
 /// Reassembly needs conntrack (DESIGN §2), and conntrack runs in a namespace only while some
 /// rule holds a ct expression: netnat's table brings one. Without the table, a ping is not
-/// tracked; with it, it is (and the ping still passes: the rule changes no packet's fate);
-/// after the table is gone, tracking stops again.
+/// tracked; with it, it is (and the ping still passes: the rules change no packet's fate);
+/// after the table is gone its guard keeps tracking on (it needs conntrack to protect the
+/// connections netnat translated); after `netnat flush`, tracking stops again.
 #[test]
 fn the_table_activates_conntrack_and_nothing_else() {
     if !need_root() {
@@ -742,8 +770,19 @@ fn the_table_activates_conntrack_and_nothing_else() {
     pair.flush_a();
     pair.ping();
     assert!(
+        pair.tracked_in_a().contains(flow),
+        "the guard left behind must keep conntrack on:\n{}",
+        pair.tracked_in_a()
+    );
+    assert_eq!(
+        ns.run(|| flush_leftover().map_err(|e| e.to_string())),
+        Ok(true)
+    );
+    pair.flush_a();
+    pair.ping();
+    assert!(
         !pair.tracked_in_a().contains(flow),
-        "still tracked after the table went:\n{}",
+        "still tracked after netnat flush:\n{}",
         pair.tracked_in_a()
     );
 }

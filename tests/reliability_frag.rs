@@ -51,15 +51,16 @@ fn fragments(name: &str, fam: Family) {
     let conf = format!("{svc}\n");
     let n = Netnat::start(&t, &conf, "netnat").unwrap_or_else(|e| panic!("{name}: {e}"));
 
-    // Only netnat's table, and the ct expression in it is its own.
+    // Only netnat's tables (its own and the leak guard), and the ct expressions in them are
+    // their own.
     let ruleset = t.rtr.must(&["nft", "list", "ruleset"]);
     let tables: Vec<&str> = ruleset
         .lines()
         .filter(|l| l.starts_with("table "))
         .collect();
-    assert_eq!(tables.len(), 1, "{name}: {ruleset}");
+    assert_eq!(tables.len(), 2, "{name}: {ruleset}");
     assert!(
-        tables[0].starts_with("table inet netnat"),
+        tables[0].starts_with("table inet netnat {") && tables[1] == "table inet netnat_guard {",
         "{name}: {ruleset}"
     );
 

@@ -159,6 +159,65 @@ impl Expression for FibDaddrIifType {
     }
 }
 
+/// A conntrack key (`NFT_CT_*`) loaded into register 1 (`ct direction`, `ct label`): nftnl's
+/// own `ct` expression knows only state, status and mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtLoad {
+    pub key: u32,
+}
+
+impl Expression for CtLoad {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc(c"ct");
+        // SAFETY: `expr` is a live ct expression; key and dreg are u32 attributes.
+        unsafe {
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_CT_KEY as u16, self.key);
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_CT_DREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+        }
+        expr
+    }
+}
+
+/// `ct KEY set` from register 1 (`ct label set`: the kernel sets the label bits that are set in
+/// the register and leaves the others).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtSet {
+    pub key: u32,
+}
+
+impl Expression for CtSet {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc(c"ct");
+        // SAFETY: `expr` is a live ct expression; key and sreg are u32 attributes.
+        unsafe {
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_CT_KEY as u16, self.key);
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_CT_SREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+        }
+        expr
+    }
+}
+
+/// Label bit `bit` as the 16-byte value `ct label` loads and `ct label set` takes: the kernel's
+/// label bitmap, as four native-order 32-bit words with bit n in word n / 32 (what nft itself
+/// sends: `nft --debug=netlink` shows label 127 as `0x00000000 0x00000000 0x00000000 0x80000000`).
+pub fn ct_label_bytes(bit: u8) -> [u8; 16] {
+    let mut words = [0u32; 4];
+    words[usize::from(bit / 32)] = 1 << (bit % 32);
+    let mut out = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    out
+}
+
 /// Where a [`Load`] reads from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {

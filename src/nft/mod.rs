@@ -8,9 +8,14 @@
 //! - [`NftSession`]: one netlink socket for the session's life; [`NftSession::install`] sends
 //!   one atomic batch that replaces the table's content, [`NftSession::remove`] deletes it. The
 //!   table carries the owner flag, so it lives exactly as long as the socket.
-//! - [`flush_leftover`]: delete a table left by an earlier netnat.
+//! - [`flush_leftover`]: delete everything netnat installed: a table left by an earlier
+//!   netnat and the leak guard.
+//! - [`Guard`]: table `inet netnat_guard`, without the owner flag, installed and replaced in the
+//!   same batch as netnat's table but left in place when netnat stops: it drops replies of
+//!   translated connections that netnat did not translate, so that no private address leaks
+//!   when a service is removed or netnat is gone.
 //!
-//! Only table `inet netnat` is ever created, changed or deleted.
+//! Only tables `inet netnat` and `inet netnat_guard` are ever created, changed or deleted.
 
 pub mod expr;
 mod netlink;
@@ -19,7 +24,7 @@ mod render;
 
 pub use netlink::{NFT_TABLE_F_OWNER, NftError, NftSession, QueueExprKind, flush_leftover};
 pub use policy::{
-    ChainSpec, Family, Hook, KeyField, KeyValue, Match, Policy, QueueSpec, Rule, SetKind, SetSpec,
-    TABLE_NAME, Verdict,
+    ChainSpec, CtDirection, Family, GUARD_LABEL, GUARD_TABLE, Guard, Hook, KeyField, KeyValue,
+    Match, Policy, QueueSpec, Rule, SetKind, SetSpec, TABLE_NAME, Verdict,
 };
-pub use render::{render, render_rule};
+pub use render::{render, render_guard, render_rule, render_table};

@@ -16,8 +16,8 @@ use std::ptr::NonNull;
 use std::net::IpAddr;
 
 use nftnl::expr::{
-    Bitwise, Cmp, CmpOp, Conntrack, Expression, Ipv4HeaderField, Ipv6HeaderField, Lookup, Meta,
-    NetworkHeaderField, Payload, States, TransportHeaderField,
+    Bitwise, Cmp, CmpOp, Conntrack, Expression, Immediate, Ipv4HeaderField, Ipv6HeaderField,
+    Lookup, Meta, NetworkHeaderField, Payload, Register, States, TransportHeaderField,
 };
 use nftnl::nftnl_sys as sys;
 use nftnl::set::{Set, SetKey};
@@ -27,11 +27,12 @@ use nftnl::{
 };
 
 use super::expr::{
-    CompatNfqueue, FibDaddrIifType, Load, NativeQueue, RTN_LOCAL, Source, ifname_bytes, reg32_at,
+    CompatNfqueue, CtLoad, CtSet, FibDaddrIifType, Load, NativeQueue, RTN_LOCAL, Source,
+    ct_label_bytes, ifname_bytes, reg32_at,
 };
 use super::policy::{
-    ChainSpec, Element, Family, Hook, KeyField, Match, Policy, QueueSpec, Rule as PolicyRule,
-    SetKind, SetSpec, Verdict, concat_type, key_len,
+    ChainSpec, Element, Family, GUARD_TABLE, Hook, KeyField, Match, Policy, QueueSpec,
+    Rule as PolicyRule, SetKind, SetSpec, TABLE_NAME, Verdict, concat_type, key_len,
 };
 use super::render::render_rule;
 
@@ -327,27 +328,63 @@ fn check_names(policy: &Policy) -> Result<(), NftError> {
     }
 }
 
-/// Delete a table left by an earlier netnat (or loaded by hand), from a fresh socket. Returns
-/// whether a table existed. A table owned by a live netnat is refused with
-/// [`NftError::OwnedByOther`].
+/// Delete everything netnat installs, from a fresh socket: a table left by an earlier netnat
+/// (or loaded by hand) and the leak guard. Returns whether anything existed. While a live
+/// netnat owns its table this is refused with [`NftError::OwnedByOther`] and nothing is
+/// deleted: the guard protects that netnat's connections.
 pub fn flush_leftover() -> Result<bool, NftError> {
     let mut s = NftSession::open()?;
-    delete_table(&mut s)
+    // One batch: if the owned table cannot be deleted, the guard stays too.
+    match delete_tables(&mut s, &[TABLE_NAME, GUARD_TABLE]) {
+        Ok(()) => Ok(true),
+        // The first table absent: the batch was aborted; try the guard alone.
+        Err(Failure {
+            errno: libc::ENOENT,
+            label: Label::DelTable(TABLE_NAME),
+            ..
+        }) => match delete_tables(&mut s, &[GUARD_TABLE]) {
+            Ok(()) => Ok(true),
+            Err(Failure {
+                errno: libc::ENOENT,
+                label: Label::DelTable(_),
+                ..
+            }) => Ok(false),
+            Err(f) => Err(f.into_error()),
+        },
+        // netnat's table was there but the guard was not: the batch was aborted; again alone.
+        Err(Failure {
+            errno: libc::ENOENT,
+            label: Label::DelTable(GUARD_TABLE),
+            ..
+        }) => delete_tables(&mut s, &[TABLE_NAME])
+            .map(|()| true)
+            .map_err(Failure::into_error),
+        Err(f) => Err(f.into_error()),
+    }
 }
 
+/// Delete netnat's own table: what a stopping netnat does. The guard stays.
 fn delete_table(s: &mut NftSession) -> Result<bool, NftError> {
-    let mut batch = Batch::new();
-    let table = TableMsg::new(super::policy::TABLE_NAME, None);
-    batch.add(&table, MsgType::Del);
-    match s.run(&batch.finalize(), vec![Label::DelTable]) {
+    match delete_tables(s, &[TABLE_NAME]) {
         Ok(()) => Ok(true),
         Err(Failure {
             errno: libc::ENOENT,
-            label: Label::DelTable,
+            label: Label::DelTable(_),
             ..
         }) => Ok(false),
         Err(f) => Err(f.into_error()),
     }
+}
+
+/// Delete `tables` in one batch (all or none).
+fn delete_tables(s: &mut NftSession, tables: &[&'static str]) -> Result<(), Failure> {
+    let mut batch = Batch::new();
+    let msgs: Vec<TableMsg> = tables.iter().map(|t| TableMsg::new(t, None)).collect();
+    for m in &msgs {
+        batch.add(m, MsgType::Del);
+    }
+    let labels = tables.iter().map(|t| Label::DelTable(t)).collect();
+    s.run(&batch.finalize(), labels)
 }
 
 /// What each message of a batch was, to say which one the kernel refused.
@@ -355,9 +392,10 @@ fn delete_table(s: &mut NftSession) -> Result<bool, NftError> {
 enum Label {
     BatchBegin,
     BatchEnd,
-    Table,
+    /// Adding a table (netnat's or the guard's), by name.
+    Table(&'static str),
     Chain(&'static str),
-    FlushRules,
+    FlushRules(&'static str),
     Set(&'static str),
     Elements(&'static str),
     DelSet(&'static str),
@@ -368,7 +406,7 @@ enum Label {
         /// Whether the rule holds the queue verdict (only those may fall back to compat).
         queues: bool,
     },
-    DelTable,
+    DelTable(&'static str),
     Io,
 }
 
@@ -377,14 +415,14 @@ impl fmt::Display for Label {
         match self {
             Label::BatchBegin => f.write_str("the batch"),
             Label::BatchEnd => f.write_str("the commit of the batch"),
-            Label::Table => f.write_str("adding table inet netnat"),
+            Label::Table(t) => write!(f, "adding table inet {t}"),
             Label::Chain(c) => write!(f, "adding chain {c}"),
-            Label::FlushRules => f.write_str("flushing the rules of table inet netnat"),
+            Label::FlushRules(t) => write!(f, "flushing the rules of table inet {t}"),
             Label::Set(s) => write!(f, "adding set {s}"),
             Label::Elements(s) => write!(f, "adding elements to set {s}"),
             Label::DelSet(s) => write!(f, "deleting set {s} (to re-create it)"),
             Label::Rule { chain, text, .. } => write!(f, "rule `{text}` in chain {chain}"),
-            Label::DelTable => f.write_str("deleting table inet netnat"),
+            Label::DelTable(t) => write!(f, "deleting table inet {t}"),
             Label::Io => f.write_str("the netlink exchange"),
         }
     }
@@ -423,7 +461,7 @@ impl Failure {
             // nfnetlink checks CAP_NET_ADMIN before looking at the batch's content.
             (libc::EPERM, Label::BatchBegin) => NftError::NotPermitted,
             (libc::EPERM, _) => NftError::OwnedByOther,
-            (libc::EOPNOTSUPP, Label::Table) => NftError::UnownedTableExists,
+            (libc::EOPNOTSUPP, Label::Table(t)) if *t == TABLE_NAME => NftError::UnownedTableExists,
             (libc::ENOENT, Label::Rule { text, .. }) => NftError::MissingExpression {
                 rule: text.to_string(),
             },
@@ -984,7 +1022,7 @@ fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch,
         &TableMsg::new(policy.table, Some(NFT_TABLE_F_OWNER)),
         MsgType::Add,
     );
-    labels.push(Label::Table);
+    labels.push(Label::Table(policy.table));
 
     // Only used for its name and family by the chain, set and rule messages.
     let table = Table::new(&name, ProtoFamily::Inet);
@@ -996,7 +1034,7 @@ fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch,
     }
 
     batch.add(&FlushRules::new(&name), MsgType::Del);
-    labels.push(Label::FlushRules);
+    labels.push(Label::FlushRules(policy.table));
 
     for set_kind in SetKind::ALL {
         let set = new_set(set_kind, set_id(set_kind, false), &table);
@@ -1028,18 +1066,62 @@ fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch,
     }
 
     let queue = policy.queue_spec();
-    for (spec, chain) in specs.iter().zip(&chains) {
-        for r in &spec.rules {
-            let rule = build_rule(chain, r, &queue, kind, &sets);
-            batch.add(&rule, MsgType::Add);
-            labels.push(Label::Rule {
-                chain: spec.name,
-                text: render_rule(r, &queue).into(),
-                queues: r.verdict == Verdict::Queue,
-            });
+    let rules = Rules {
+        queue: &queue,
+        kind,
+        sets: &sets,
+    };
+    rules.add(&mut batch, &mut labels, &specs, &chains);
+
+    // The leak guard, in the same commit: there is no moment in which a connection is
+    // translated but not guarded, or the guard is keyed to a mark netnat no longer sets. Its
+    // table is not owned (it must outlive this process); its chains are kept and its rules
+    // replaced, like netnat's.
+    let guard = &policy.guard;
+    batch.add(&TableMsg::new(guard.table, None), MsgType::Add);
+    labels.push(Label::Table(guard.table));
+    let guard_name = CString::new(guard.table).expect("table name without NUL");
+    let guard_table = Table::new(&guard_name, ProtoFamily::Inet);
+    let guard_specs = guard.chains();
+    let guard_chains: Vec<Chain<'_>> = guard_specs.iter().map(|s| chain(s, &guard_table)).collect();
+    for (spec, chain) in guard_specs.iter().zip(&guard_chains) {
+        batch.add(chain, MsgType::Add);
+        labels.push(Label::Chain(spec.name));
+    }
+    batch.add(&FlushRules::new(&guard_name), MsgType::Del);
+    labels.push(Label::FlushRules(guard.table));
+    rules.add(&mut batch, &mut labels, &guard_specs, &guard_chains);
+    (batch.finalize(), labels)
+}
+
+/// What every rule of one install batch is built with.
+struct Rules<'a> {
+    queue: &'a QueueSpec,
+    kind: QueueExprKind,
+    sets: &'a [Set<'a, NoKey>],
+}
+
+impl Rules<'_> {
+    /// Adds the rules of `specs` to their `chains`, each labelled with its nft text.
+    fn add(
+        &self,
+        batch: &mut Batch,
+        labels: &mut Vec<Label>,
+        specs: &[&ChainSpec],
+        chains: &[Chain<'_>],
+    ) {
+        for (spec, chain) in specs.iter().zip(chains) {
+            for r in &spec.rules {
+                let rule = build_rule(chain, r, self.queue, self.kind, self.sets);
+                batch.add(&rule, MsgType::Add);
+                labels.push(Label::Rule {
+                    chain: spec.name,
+                    text: render_rule(r, self.queue).into(),
+                    queues: r.verdict == Verdict::Queue,
+                });
+            }
         }
     }
-    (batch.finalize(), labels)
 }
 
 /// Batch-unique set ids: the placeholder that is deleted, and the set that replaces it.
@@ -1196,6 +1278,32 @@ fn build_rule<'a>(
                 rule.add_expr(&Bitwise::new(new, 0u32));
                 rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
             }
+            Match::CtDirection(d) => add(
+                &mut rule,
+                &CtLoad {
+                    key: libc::NFT_CT_DIRECTION as u32,
+                },
+                &[d.value()],
+            ),
+            Match::CtLabel(bit) => {
+                // As nft does it: mask the 128 label bits with the one wanted, test non-zero.
+                let label = ct_label_bytes(*bit);
+                rule.add_expr(&CtLoad {
+                    key: libc::NFT_CT_LABELS as u32,
+                });
+                rule.add_expr(&Bitwise::new(&label[..], &[0u8; 16][..]));
+                rule.add_expr(&Cmp::new(CmpOp::Neq, &[0u8; 16][..]));
+            }
+            Match::MarkHas(bits) | Match::MarkLacks(bits) => {
+                let op = if matches!(m, Match::MarkHas(_)) {
+                    CmpOp::Eq
+                } else {
+                    CmpOp::Neq
+                };
+                rule.add_expr(&Meta::Mark { set: false });
+                rule.add_expr(&Bitwise::new(*bits, 0u32));
+                rule.add_expr(&Cmp::new(op, *bits));
+            }
         }
     }
     match r.verdict {
@@ -1212,6 +1320,18 @@ fn build_rule<'a>(
             }),
         },
         Verdict::Continue => {}
+        Verdict::Drop => rule.add_expr(&nftnl::expr::Verdict::Drop),
+        Verdict::SetCtLabel(bit) => {
+            rule.add_expr(&Immediate::new(ct_label_bytes(bit), Register::Reg1));
+            rule.add_expr(&CtSet {
+                key: libc::NFT_CT_LABELS as u32,
+            });
+        }
+        Verdict::ClearMark(bits) => {
+            rule.add_expr(&Meta::Mark { set: false });
+            rule.add_expr(&Bitwise::new(!bits, 0u32));
+            rule.add_expr(&Meta::Mark { set: true });
+        }
     }
     if let Some(c) = r.comment {
         let c = CString::new(c).expect("comment without NUL");
@@ -1345,7 +1465,11 @@ mod tests {
         assert_eq!(all.len(), rule_labels, "one label per rule message");
         let rules = queue_rules(&batch);
         assert_eq!(rules.len(), queue_rule_count(&sample()));
-        assert_eq!(all.len(), rules.len() + 1, "plus the conntrack rule");
+        assert_eq!(
+            all.len(),
+            rules.len() + 1 + 3,
+            "plus the conntrack rule and the guard's three"
+        );
         for r in &rules {
             let (name, data) = r.last().unwrap();
             assert_eq!(name, "queue");
@@ -1464,10 +1588,15 @@ mod tests {
     fn conntrack_rule_is_ct_state_new_without_verdict() {
         let (batch, labels) = build_install_batch(&sample(), QueueExprKind::Native);
         let all = rules(&batch);
-        let ct = all.last().unwrap();
+        // The table's last rule; the guard's three follow it.
+        let ct = &all[all.len() - 4];
         let names: Vec<&str> = ct.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["ct", "bitwise", "cmp"], "no verdict expression");
-        match labels.last().unwrap() {
+        let rule_labels: Vec<&Label> = labels
+            .iter()
+            .filter(|l| matches!(l, Label::Rule { .. }))
+            .collect();
+        match rule_labels[rule_labels.len() - 4] {
             Label::Rule {
                 chain,
                 text,
@@ -1489,6 +1618,81 @@ mod tests {
             .expect("conntrack chain");
         // NFTA_CHAIN_HOOK 4.
         assert_eq!(attr(&attrs(&chain), 4), None);
+    }
+
+    #[test]
+    fn guard_rules_in_their_own_unowned_table_in_the_same_batch() {
+        let p = sample().with_mark(0x4e00);
+        let (batch, labels) = build_install_batch(&p, QueueExprKind::Native);
+        let msgs = messages(&batch);
+        // Both tables are added; only netnat's carries the owner flag (NFTA_TABLE_FLAGS 2).
+        let tables: Vec<(String, Option<Vec<u8>>)> = msgs
+            .iter()
+            .filter(|(t, _, _)| *t == libc::NFT_MSG_NEWTABLE as u16)
+            .map(|(_, _, a)| {
+                let a = attrs(a);
+                (
+                    cstr(attr(&a, 1).unwrap()).to_string(),
+                    attr(&a, 2).map(<[u8]>::to_vec),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tables,
+            [
+                (
+                    "netnat".to_string(),
+                    Some(NFT_TABLE_F_OWNER.to_be_bytes().to_vec())
+                ),
+                ("netnat_guard".to_string(), None),
+            ]
+        );
+        assert!(labels.contains(&Label::FlushRules(GUARD_TABLE)));
+        let all = rules(&batch);
+        let guard = &all[all.len() - 3..];
+        let names =
+            |r: &[(String, Vec<u8>)]| -> Vec<String> { r.iter().map(|(n, _)| n.clone()).collect() };
+        // flows: mark & M == M, ct direction original, label bit 127 set.
+        assert_eq!(
+            names(&guard[0]),
+            ["meta", "bitwise", "cmp", "ct", "cmp", "immediate", "ct"]
+        );
+        assert_eq!(cmp_value(&guard[0][2]), 0x4e00u32.to_ne_bytes());
+        assert_eq!(cmp_value(&guard[0][4]), [0], "IP_CT_DIR_ORIGINAL");
+        // replies_clear: reply, label, then mark & ~M written back.
+        assert_eq!(
+            names(&guard[1]),
+            [
+                "ct", "cmp", "ct", "bitwise", "cmp", "meta", "bitwise", "meta"
+            ]
+        );
+        assert_eq!(cmp_value(&guard[1][1]), [1], "IP_CT_DIR_REPLY");
+        assert_eq!(cmp_value(&guard[1][4]), [0u8; 16], "label test: non-zero");
+        // replies_guard: reply, label, mark lacks M, drop.
+        assert_eq!(
+            names(&guard[2]),
+            [
+                "ct",
+                "cmp",
+                "ct",
+                "bitwise",
+                "cmp",
+                "meta",
+                "bitwise",
+                "cmp",
+                "immediate"
+            ]
+        );
+        assert_eq!(cmp_value(&guard[2][7]), 0x4e00u32.to_ne_bytes());
+    }
+
+    #[test]
+    fn label_127_is_the_top_bit_of_the_last_word() {
+        let b = super::super::expr::ct_label_bytes(127);
+        assert_eq!(&b[12..], &0x8000_0000u32.to_ne_bytes());
+        assert!(b[..12].iter().all(|&x| x == 0));
+        let b = super::super::expr::ct_label_bytes(0);
+        assert_eq!(&b[..4], &1u32.to_ne_bytes());
     }
 
     /// The key of a one-element set, as the batch encodes it.
@@ -1845,7 +2049,7 @@ mod tests {
 
     fn labels() -> Vec<Label> {
         vec![
-            Label::Table,
+            Label::Table(TABLE_NAME),
             Label::Chain("prerouting"),
             Label::Rule {
                 chain: "prerouting",
@@ -1868,7 +2072,7 @@ mod tests {
         // The earliest refusal is the cause.
         a[1].error = -libc::EPERM;
         let f = judge(1..6, labels(), &a).unwrap_err();
-        assert_eq!(f.label, Label::Table);
+        assert_eq!(f.label, Label::Table(TABLE_NAME));
         assert!(matches!(f.into_error(), NftError::OwnedByOther));
         // EPERM on the batch itself: no CAP_NET_ADMIN.
         let f = judge(1..6, labels(), &[ack(1, -libc::EPERM)]).unwrap_err();

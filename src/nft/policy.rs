@@ -30,6 +30,28 @@ pub const PREROUTING_PRIORITY: i32 = -300;
 /// routing and after any masquerade the host does.
 pub const POSTROUTING_PRIORITY: i32 = 300;
 
+/// Name of the leak guard's table (family `inet`). Unlike netnat's own table it has no owner
+/// flag, so it stays when netnat stops or dies: see [`Guard`].
+pub const GUARD_TABLE: &str = "netnat_guard";
+
+/// The conntrack label bit that marks a connection netnat translated. The highest of the 128
+/// bits, far from the low bits people number their own labels from.
+pub const GUARD_LABEL: u8 = 127;
+
+/// Priority of the guard chain that labels translated connections: after conntrack (-200) has
+/// attached the connection to the packet netnat translated at -300.
+pub const GUARD_LABEL_PRIORITY: i32 = -150;
+
+/// Priority of the guard chain that clears netnat's mark bits on replies before netnat's reply
+/// chain (300) sees them, so that only netnat's own verdict can put them back (a firewall that
+/// restores the connection mark into the packet mark must not make an untranslated reply look
+/// translated).
+pub const GUARD_CLEAR_PRIORITY: i32 = 290;
+
+/// Priority of the guard chain that drops replies netnat did not translate: after netnat's
+/// reply chain (300), whose verdict sets the mark bits on every reply it translates.
+pub const GUARD_DROP_PRIORITY: i32 = 310;
+
 /// Name of the regular chain holding the rule that activates conntrack (see
 /// [`Policy::conntrack`]).
 pub const CONNTRACK_CHAIN: &str = "conntrack";
@@ -385,15 +407,48 @@ pub enum Match {
     QuotedByteNot { offset: u8, value: u8 },
     /// `ct state new`: only there for its side effect (see [`Policy::conntrack`]).
     CtStateNew,
+    /// `ct direction original|reply`.
+    CtDirection(CtDirection),
+    /// `ct label N`: the connection carries label bit N.
+    CtLabel(u8),
+    /// `meta mark & M == M`: every bit of M is set.
+    MarkHas(u32),
+    /// `meta mark & M != M`: some bit of M is clear.
+    MarkLacks(u32),
 }
 
-/// What a rule does with a matching packet.
+/// Direction of a packet within its connection, as conntrack sees it: `Original` is the
+/// direction of the packet that created the connection (for netnat's: client → server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CtDirection {
+    Original,
+    Reply,
+}
+
+impl CtDirection {
+    /// `IP_CT_DIR_ORIGINAL` / `IP_CT_DIR_REPLY`, the byte `ct direction` loads.
+    pub fn value(self) -> u8 {
+        match self {
+            CtDirection::Original => 0,
+            CtDirection::Reply => 1,
+        }
+    }
+}
+
+/// What a rule does with a matching packet: its verdict, or the statement it applies before
+/// evaluation goes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {
     /// Queue verdict; number and spread come from the [`Policy`] so that every rule agrees.
     Queue,
     /// No verdict statement: evaluation goes on with the next rule.
     Continue,
+    /// `drop`.
+    Drop,
+    /// `ct label set N`, then on with the next rule.
+    SetCtLabel(u8),
+    /// `meta mark set meta mark & ~M`, then on with the next rule.
+    ClearMark(u32),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -420,8 +475,8 @@ impl Hook {
     }
 }
 
-/// A chain of netnat's table. With a hook it is a base chain of type filter with policy accept
-/// (netnat never drops by itself); without, a regular chain.
+/// A chain of netnat's tables. With a hook it is a base chain of type filter with policy accept
+/// (only the guard's one rule ever drops); without, a regular chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainSpec {
     pub name: &'static str,
@@ -482,6 +537,96 @@ pub struct Policy {
     /// the rule changes no packet's fate and costs nothing per packet; it goes away with the
     /// table.
     pub conntrack: ChainSpec,
+    /// The leak guard, installed in the same batch as the table, in a table of its own.
+    pub guard: Guard,
+}
+
+/// The leak guard: what makes sure that no reply ever leaves with the actual server's private
+/// address, also when netnat has stopped, died, is stopped (SIGSTOP) or has lost the service.
+///
+/// Replies are rewritten statelessly at postrouting 300 by netnat's own table, which the kernel
+/// removes with the process (owner flag), and only while a service's set element matches them.
+/// Without more, a reply of an established connection would leave untranslated the moment the
+/// service or the table is gone. The guard closes that gap with conntrack, in a table without
+/// the owner flag, which therefore outlives netnat:
+///
+/// 1. `flows` (prerouting, after conntrack): a packet netnat translated inbound carries the
+///    `mark` bits (netnat's verdict sets them); its connection gets conntrack label
+///    [`GUARD_LABEL`]. Only connections netnat translated ever carry it.
+/// 2. `replies_clear` (postrouting 290): replies of labelled connections lose the mark bits, so
+///    that nothing but netnat's verdict at 300 can set them.
+/// 3. `replies_guard` (postrouting 310): a reply of a labelled connection without the mark bits
+///    was not translated by netnat: dropped.
+///
+/// Traffic of connections netnat never translated is not looked at beyond the label test, so
+/// the guard black-holes nothing but replies that would leak. A netnat started again translates
+/// the replies of the labelled connections at once (the rewrite is stateless). `netnat flush`
+/// removes the guard with the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guard {
+    pub table: &'static str,
+    /// The `mark` bits netnat's verdicts set on every packet they translate.
+    pub mark: u32,
+    pub flows: ChainSpec,
+    pub replies_clear: ChainSpec,
+    pub replies_guard: ChainSpec,
+}
+
+impl Guard {
+    pub fn new(mark: u32) -> Guard {
+        let rule = |matches, verdict| Rule {
+            matches,
+            verdict,
+            comment: None,
+        };
+        let labelled_reply = || {
+            vec![
+                Match::CtDirection(CtDirection::Reply),
+                Match::CtLabel(GUARD_LABEL),
+            ]
+        };
+        let base = |name, hook, priority, r| ChainSpec {
+            name,
+            hook: Some(hook),
+            priority,
+            rules: vec![r],
+        };
+        let mut lacks = labelled_reply();
+        lacks.push(Match::MarkLacks(mark));
+        Guard {
+            table: GUARD_TABLE,
+            mark,
+            flows: base(
+                "flows",
+                Hook::Prerouting,
+                GUARD_LABEL_PRIORITY,
+                rule(
+                    vec![
+                        Match::MarkHas(mark),
+                        Match::CtDirection(CtDirection::Original),
+                    ],
+                    Verdict::SetCtLabel(GUARD_LABEL),
+                ),
+            ),
+            replies_clear: base(
+                "replies_clear",
+                Hook::Postrouting,
+                GUARD_CLEAR_PRIORITY,
+                rule(labelled_reply(), Verdict::ClearMark(mark)),
+            ),
+            replies_guard: base(
+                "replies_guard",
+                Hook::Postrouting,
+                GUARD_DROP_PRIORITY,
+                rule(lacks, Verdict::Drop),
+            ),
+        }
+    }
+
+    /// The chains, in the order they are created (and listed).
+    pub fn chains(&self) -> [&ChainSpec; 3] {
+        [&self.flows, &self.replies_clear, &self.replies_guard]
+    }
 }
 
 impl Policy {
@@ -616,7 +761,15 @@ impl Policy {
                     comment: Some(CONNTRACK_COMMENT),
                 }],
             },
+            guard: Guard::new(crate::config::DEFAULT_MARK),
         }
+    }
+
+    /// The same rules with the guard keyed to `mark`, the bits netnat's verdicts set (the
+    /// `mark` setting).
+    pub fn with_mark(mut self, mark: u32) -> Policy {
+        self.guard = Guard::new(mark);
+        self
     }
 
     /// The same rules sending to `total` queues from `queue` on, spread by CPU.

@@ -12,14 +12,36 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use super::policy::{
-    ChainSpec, Family, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, KeyField, KeyValue, Match, Policy,
-    QueueSpec, Rule, SetSpec, Verdict,
+    ChainSpec, CtDirection, Family, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, KeyField, KeyValue, Match,
+    Policy, QueueSpec, Rule, SetSpec, Verdict,
 };
 
-/// The whole table, ending in a newline. The table carries the owner flag when installed, which
-/// nft lists as `flags owner`; nft also appends `# progname <owner>` to the first line of an
-/// owned table, which depends on the running process and is left out here.
+/// Both tables, netnat's and the leak guard's, each ending in a newline, a blank line between.
 pub fn render(policy: &Policy) -> String {
+    let mut out = render_table(policy);
+    out.push('\n');
+    out.push_str(&render_guard(policy));
+    out
+}
+
+/// The leak guard's table, as `nft list table inet netnat_guard` prints it.
+pub fn render_guard(policy: &Policy) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "table inet {} {{", policy.guard.table);
+    for (i, chain) in policy.guard.chains().into_iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        render_chain(&mut out, chain, &policy.queue_spec());
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// netnat's own table, ending in a newline. The table carries the owner flag when installed,
+/// which nft lists as `flags owner`; nft also appends `# progname <owner>` to the first line of
+/// an owned table, which depends on the running process and is left out here.
+pub fn render_table(policy: &Policy) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "table inet {} {{", policy.table);
     let _ = writeln!(out, "\tflags owner");
@@ -156,11 +178,25 @@ pub fn render_rule(rule: &Rule, queue: &QueueSpec) -> String {
                 words.push(format!("@th,{},8 != {value:#x}", u32::from(*offset) * 8));
             }
             Match::CtStateNew => words.push("ct state new".into()),
+            Match::CtDirection(d) => words.push(format!(
+                "ct direction {}",
+                match d {
+                    CtDirection::Original => "original",
+                    CtDirection::Reply => "reply",
+                }
+            )),
+            Match::CtLabel(bit) => words.push(format!("ct label {bit}")),
+            // nft prints mark values of a masked compare at their full 32-bit width.
+            Match::MarkHas(m) => words.push(format!("meta mark & {m:#010x} == {m:#010x}")),
+            Match::MarkLacks(m) => words.push(format!("meta mark & {m:#010x} != {m:#010x}")),
         }
     }
     match rule.verdict {
         Verdict::Queue => words.push(render_queue(queue)),
         Verdict::Continue => {}
+        Verdict::Drop => words.push("drop".into()),
+        Verdict::SetCtLabel(bit) => words.push(format!("ct label set {bit}")),
+        Verdict::ClearMark(m) => words.push(format!("meta mark set meta mark & {:#010x}", !m)),
     }
     if let Some(c) = rule.comment {
         words.push(format!("comment \"{c}\""));
@@ -293,7 +329,7 @@ mod tests {
                 53,
             ),
         ];
-        let text = render(&Policy::new(&services, 4747));
+        let text = render_table(&Policy::new(&services, 4747));
         let expected = "\
 table inet netnat {
 \tflags owner
@@ -367,8 +403,38 @@ table inet netnat {
     }
 
     #[test]
+    fn guard_renders_as_nft_lists_it() {
+        // What nft 1.0.6 printed for the same rules loaded from text.
+        let expected = "\
+table inet netnat_guard {
+\tchain flows {
+\t\ttype filter hook prerouting priority mangle; policy accept;
+\t\tmeta mark & 0x00004e00 == 0x00004e00 ct direction original ct label set 127
+\t}
+
+\tchain replies_clear {
+\t\ttype filter hook postrouting priority 290; policy accept;
+\t\tct direction reply ct label 127 meta mark set meta mark & 0xffffb1ff
+\t}
+
+\tchain replies_guard {
+\t\ttype filter hook postrouting priority 310; policy accept;
+\t\tct direction reply ct label 127 meta mark & 0x00004e00 != 0x00004e00 drop
+\t}
+}
+";
+        let p = Policy::new(&[], 1).with_mark(0x4e00);
+        assert_eq!(render_guard(&p), expected);
+        let all = render(&p);
+        assert!(all.starts_with(&render_table(&p)));
+        assert!(all.ends_with(&format!("\n{expected}")));
+        // The guard follows the `mark` setting.
+        assert!(render_guard(&Policy::new(&[], 1).with_mark(0x10)).contains("& 0xffffffef"));
+    }
+
+    #[test]
     fn empty_policy_has_the_chains_and_no_set() {
-        let text = render(&Policy::new(&[], 1));
+        let text = render_table(&Policy::new(&[], 1));
         assert!(text.contains("chain prerouting {\n\t\ttype filter hook prerouting priority raw;"));
         assert!(
             text.contains("chain postrouting {\n\t\ttype filter hook postrouting priority 300;")

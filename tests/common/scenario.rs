@@ -915,8 +915,8 @@ pub fn scenario_firewall(name: &str, case: Case) {
     assert_udp_ok(&t, case, &servers, &active);
 }
 
-/// `nft list ruleset` with counters zeroed, whitespace normalized and netnat's table removed.
-/// Returns (the rest, whether a `table inet netnat` was present).
+/// `nft list ruleset` with counters zeroed, whitespace normalized and netnat's tables (its own
+/// and the leak guard) removed. Returns (the rest, whether a `table inet netnat` was present).
 pub fn ruleset_without_netnat(raw: &str) -> (String, bool) {
     let mut out = Vec::new();
     let mut in_netnat = false;
@@ -925,6 +925,10 @@ pub fn ruleset_without_netnat(raw: &str) -> (String, bool) {
         if line.starts_with("table inet netnat ") {
             in_netnat = true;
             found = true;
+            continue;
+        }
+        if line.starts_with("table inet netnat_guard ") {
+            in_netnat = true;
             continue;
         }
         if in_netnat {
