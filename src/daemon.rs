@@ -99,12 +99,76 @@ fn sys(context: &str, e: impl fmt::Display) -> DaemonError {
     DaemonError::System(format!("{context}: {e}"))
 }
 
-/// The rules `config` asks for, spread over `queues` queues: what `run` installs and `rules`
-/// prints.
+/// The rules `config` asks for, spread over `queues` queues: what `rules` prints and `run`
+/// installs (plus the draining services, see [`policy_with`]).
 pub fn policy_of(config: &Config, queues: u16) -> Policy {
-    Policy::new(&services_of(config), config.settings.queue)
+    policy_with(config, &[], queues)
+}
+
+/// The rules for `config`'s services and the `draining` ones, whose packets must still reach
+/// the queue.
+fn policy_with(config: &Config, draining: &[Drained], queues: u16) -> Policy {
+    let mut services = services_of(config);
+    services.extend(draining.iter().map(|d| d.service.clone()));
+    Policy::new(&services, config.settings.queue)
         .with_queues(queues)
         .with_mark(config.settings.mark)
+}
+
+/// A service removed from the configuration (by a reload or `service del`) whose established
+/// TCP connections are still translated, until none was seen for `drain-idle` seconds: what
+/// kernel NAT does for its connections, without keeping per-connection state. It takes no new
+/// connections (a SYN gets the router's own answer) and is forgotten when it has been idle
+/// that long, or when the configuration has it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Drained {
+    service: Service,
+    /// Wall-clock second it was removed.
+    since: u64,
+}
+
+/// Same endpoints (interface, apparent and actual endpoint, protocol): flags aside, the same
+/// service.
+fn same_endpoints(a: &Service, b: &Service) -> bool {
+    *a == Service {
+        flags: a.flags,
+        ..b.clone()
+    }
+}
+
+/// The draining services after the running `old` configuration (with `draining`) is replaced
+/// by `new` at wall-clock second `now`: the TCP services `new` no longer has (UDP has no
+/// connections to finish), and those already draining that `new` does not have again. None
+/// with `drain-idle 0`.
+fn next_draining(old: &Config, draining: &[Drained], new: &Config, now: u64) -> Vec<Drained> {
+    if new.settings.drain_idle_secs == 0 {
+        return Vec::new();
+    }
+    let configured = |s: &Service| new.services.iter().any(|l| same_endpoints(&l.service, s));
+    let mut out: Vec<Drained> = draining
+        .iter()
+        .filter(|d| !configured(&d.service))
+        .cloned()
+        .collect();
+    for l in &old.services {
+        let s = &l.service;
+        if s.protocol == crate::config::Protocol::Tcp
+            && !configured(s)
+            && !out.iter().any(|d| same_endpoints(&d.service, s))
+        {
+            out.push(Drained {
+                service: s.clone(),
+                since: now,
+            });
+        }
+    }
+    out
+}
+
+fn wall_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_secs())
 }
 
 /// The services of a configuration, without their line numbers.
@@ -115,20 +179,37 @@ pub fn services_of(config: &Config) -> Vec<Service> {
 /// The running service set: the configuration and its lookup table, replaced as a whole.
 struct Active {
     config: Config,
+    /// Removed services still translating their established connections; in the table after
+    /// the configuration's services (ids from `config.services.len()` on).
+    draining: Vec<Drained>,
     table: Arc<ServiceTable>,
     /// The interfaces the table was resolved against (`*` addresses, ifindexes).
     ifaces: Snapshot,
 }
 
 impl Active {
-    fn build(config: Config) -> Result<Active, DaemonError> {
+    fn build(config: Config, draining: Vec<Drained>) -> Result<Active, DaemonError> {
         let ifaces = Snapshot::read().map_err(|e| sys("reading interfaces", e))?;
-        let table = ServiceTable::build(&services_of(&config), &ifaces);
-        Ok(Active {
+        let mut active = Active {
             config,
-            table: Arc::new(table),
+            draining,
+            table: Arc::new(ServiceTable::empty()),
             ifaces,
-        })
+        };
+        active.table = Arc::new(active.resolve(&active.ifaces));
+        Ok(active)
+    }
+
+    /// The configuration's services, then the draining ones: the ids of the table and of the
+    /// monitor's counters.
+    fn services(&self) -> Vec<Service> {
+        let mut all = services_of(&self.config);
+        all.extend(self.draining.iter().map(|d| d.service.clone()));
+        all
+    }
+
+    fn resolve(&self, ifaces: &Snapshot) -> ServiceTable {
+        ServiceTable::build_draining(&self.services(), self.config.services.len(), ifaces)
     }
 
     /// The service interfaces' changes between the table's snapshot and `newer`.
@@ -140,21 +221,32 @@ impl Active {
     /// a re-created interface its new index. Rules do not change (they match by name, and `*`
     /// by `fib daddr . iif type local`), so only the lookup table is swapped.
     fn follow(&mut self, ifaces: Snapshot) {
-        self.table = Arc::new(ServiceTable::build(&services_of(&self.config), &ifaces));
+        self.table = Arc::new(self.resolve(&ifaces));
         self.ifaces = ifaces;
     }
 
-    /// Logs the services that wait for their interface and those left out by a conflict.
+    /// Logs the services that wait for their interface and those left out by a conflict
+    /// (draining services, which lose any endpoint to a configured one, are not reported).
     fn report(&self, log: &mut Logger) {
         let services = &self.config.services;
-        for &id in self.table.waiting() {
+        for &id in self
+            .table
+            .waiting()
+            .iter()
+            .filter(|&&id| id < services.len())
+        {
             log.warn(format_args!(
                 "service waits for its interface or address: {}",
                 services[id].service
             ));
         }
         // A `*` service can meet a fixed one on the same address only once `*` is resolved.
-        for c in self.table.conflicts() {
+        for c in self
+            .table
+            .conflicts()
+            .iter()
+            .filter(|c| c.id < services.len())
+        {
             log.warn(format_args!(
                 "service left out, its {:?} endpoint is taken by {}: {}",
                 c.direction, services[c.with].service, services[c.id].service
@@ -242,7 +334,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
             None
         }
     };
-    let active = Active::build(config)?;
+    let active = Active::build(config, Vec::new())?;
     let queue_num = active.config.settings.queue;
     let queue_count = active.config.settings.queue_count();
     // Every queue is bound before any rule can send packets to it.
@@ -355,6 +447,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
                 s.serve(&mut |req| d.handle(req));
             }
         }
+        d.expire_drained();
         let now = Instant::now();
         if now >= next_volume {
             let mut s = d.lock();
@@ -476,6 +569,7 @@ impl Daemon<'_> {
                 line: s.to_string(),
                 iface: s.iface.clone(),
                 state: match table.entry(id) {
+                    Some(e) if e.draining => ServiceState::Draining { apparent: e.app },
                     Some(e) => ServiceState::Active { apparent: e.app },
                     None if table.waiting().contains(&id) => ServiceState::Waiting,
                     None => ServiceState::Conflict,
@@ -554,16 +648,87 @@ impl Daemon<'_> {
     }
 
     /// Installs a new service set: rules and lookup table together, or nothing changes.
-    /// `new` is the id of an added service, which is refused if the table leaves it out.
+    /// `new` is the id of an added service, which is refused if the table leaves it out. The
+    /// TCP services the new set no longer has go on draining (see [`Drained`]).
     fn apply(&mut self, config: Config, new: Option<usize>) -> Result<(), Response> {
+        let draining = self.next_draining(&config);
+        self.install(config, draining, new)
+    }
+
+    fn next_draining(&self, config: &Config) -> Vec<Drained> {
+        next_draining(
+            &self.active.config,
+            &self.active.draining,
+            config,
+            wall_secs(),
+        )
+    }
+
+    /// Forgets the draining services that have been idle for `drain-idle` seconds (checked
+    /// about once a second by the main loop): their rules and table entries go.
+    fn expire_drained(&mut self) {
+        if self.active.draining.is_empty() {
+            return;
+        }
+        let idle_max = u64::from(self.active.config.settings.drain_idle_secs);
+        let now = wall_secs();
+        let first = self.active.config.services.len();
+        let idle: Vec<bool> = {
+            let shared = self.lock();
+            let stats = shared.monitor.stats();
+            self.active
+                .draining
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let seen = stats.service(first + i).last_seen;
+                    now.saturating_sub(d.since.max(seen)) >= idle_max
+                })
+                .collect()
+        };
+        if !idle.contains(&true) {
+            return;
+        }
+        let (mut gone, mut keep) = (Vec::new(), Vec::new());
+        for (d, &idle) in self.active.draining.iter().zip(&idle) {
+            if idle {
+                gone.push(d.clone());
+            } else {
+                keep.push(d.clone());
+            }
+        }
+        match self.install(self.active.config.clone(), keep, None) {
+            Ok(()) => {
+                let mut shared = self.lock();
+                for d in &gone {
+                    shared.log.info(format_args!(
+                        "service drained (idle {idle_max} s): {}",
+                        d.service
+                    ));
+                }
+            }
+            Err(r) => self
+                .lock()
+                .log
+                .error(format_args!("drained services stay: {}", r.body.trim())),
+        }
+    }
+
+    /// Installs `config` with `draining`: rules and lookup table together, or nothing changes.
+    fn install(
+        &mut self,
+        config: Config,
+        draining: Vec<Drained>,
+        new: Option<usize>,
+    ) -> Result<(), Response> {
         if config.settings.queue != self.active.config.settings.queue {
             return Err(Response::err(
                 Outcome::Config,
                 "changing the queue number needs a restart",
             ));
         }
-        let next =
-            Active::build(config).map_err(|e| Response::err(Outcome::System, e.to_string()))?;
+        let next = Active::build(config, draining)
+            .map_err(|e| Response::err(Outcome::System, e.to_string()))?;
         if let Some(id) = new
             && let Some(c) = next.table.conflicts().iter().find(|c| c.id == id)
         {
@@ -582,7 +747,7 @@ impl Daemon<'_> {
                 "changing the number of queues needs a restart",
             ));
         }
-        let policy = policy_of(&next.config, self.queues);
+        let policy = policy_with(&next.config, &next.draining, self.queues);
         self.nft.install(&policy).map_err(|e| {
             Response::err(Outcome::System, format!("refused, rules unchanged: {e}"))
         })?;
@@ -591,7 +756,17 @@ impl Daemon<'_> {
         // decide a batch under this lock, by one table or the other.
         let mut shared = consumer::lock(&self.shared);
         next.report(&mut shared.log);
-        shared.monitor.replace(services_of(&next.config));
+        for d in next
+            .draining
+            .iter()
+            .filter(|d| !self.active.draining.contains(d))
+        {
+            shared.log.info(format_args!(
+                "service removed, draining its established connections (until idle {} s): {}",
+                next.config.settings.drain_idle_secs, d.service
+            ));
+        }
+        shared.monitor.replace(next.services());
         shared.table = Arc::clone(&next.table);
         shared.mark = next.config.settings.mark;
         drop(shared);
@@ -853,5 +1028,74 @@ impl Signals {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_service;
+
+    fn config(lines: &[&str]) -> Config {
+        Config {
+            services: lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| ServiceLine {
+                    line: i + 1,
+                    service: parse_service(l).unwrap(),
+                })
+                .collect(),
+            settings: Default::default(),
+        }
+    }
+
+    const WEB: &str = "service pub0 port * 80 TCP 192.168.77.10 8080";
+    const DNS: &str = "service pub0 port * 53 UDP 192.168.77.10 53";
+    const SSH: &str = "service pub0 port * 22 TCP 192.168.77.11 22";
+
+    #[test]
+    fn removed_tcp_services_drain_udp_ones_do_not() {
+        let old = config(&[WEB, DNS, SSH]);
+        let d = next_draining(&old, &[], &config(&[SSH]), 100);
+        assert_eq!(
+            d,
+            [Drained {
+                service: parse_service(WEB).unwrap(),
+                since: 100
+            }]
+        );
+    }
+
+    #[test]
+    fn a_flags_change_is_not_a_removal_and_a_comeback_ends_the_drain() {
+        let old = config(&[WEB, SSH]);
+        let flagged = "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000";
+        assert!(next_draining(&old, &[], &config(&[flagged, SSH]), 5).is_empty());
+        let draining = next_draining(&old, &[], &config(&[SSH]), 5);
+        assert_eq!(draining.len(), 1);
+        // Removed again later: the drain started at the first removal goes on, once.
+        let again = next_draining(&config(&[SSH]), &draining, &config(&[]), 9);
+        assert_eq!(again.len(), 2);
+        assert_eq!(again[0], draining[0], "kept with its first removal time");
+        // Configured again: no longer draining.
+        assert!(next_draining(&config(&[SSH]), &draining, &config(&[WEB, SSH]), 9).is_empty());
+    }
+
+    #[test]
+    fn drain_idle_zero_drains_nothing() {
+        let old = config(&[WEB]);
+        let mut new = config(&[]);
+        new.settings.drain_idle_secs = 0;
+        assert!(next_draining(&old, &[], &new, 1).is_empty());
+    }
+
+    #[test]
+    fn a_changed_actual_server_drains_the_old_mapping() {
+        let old = config(&[WEB]);
+        let moved = "service pub0 port * 80 TCP 192.168.77.12 8080";
+        let d = next_draining(&old, &[], &config(&[moved]), 1);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].service, parse_service(WEB).unwrap());
     }
 }

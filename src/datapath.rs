@@ -67,6 +67,11 @@ pub fn handle(table: &ServiceTable, mark: u32, pkt: &mut Packet<'_>) -> (Decisio
         let reason = Refusal::Truncated;
         return (drop(), Event::Dropped { reason, id });
     }
+    if dir == Direction::Inbound && table.has_draining() && opens_draining(table, pkt) {
+        // A removed service keeps its established connections, not new ones: the host answers
+        // as if netnat were not there (the router's own stack refuses it).
+        return (pass(), Event::Passed);
+    }
     let csum = if pkt.checksum_ready {
         ChecksumState::Complete
     } else {
@@ -125,6 +130,22 @@ fn attribute(table: &ServiceTable, dir: Direction, pkt: &Packet<'_>) -> Option<u
     Some(e.id)
 }
 
+/// Whether an inbound packet opens a new TCP connection (SYN without ACK) to a draining service.
+fn opens_draining(table: &ServiceTable, pkt: &Packet<'_>) -> bool {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    let Some(p) = peek(pkt.payload) else {
+        return false;
+    };
+    let (Some(flags), Some((_, dport))) = (p.tcp_flags, p.ports) else {
+        return false;
+    };
+    flags & (SYN | ACK) == SYN
+        && table
+            .inbound(pkt.indev, Protocol::Tcp, SocketAddr::new(p.dst, dport))
+            .is_some_and(|e| e.draining)
+}
+
 /// What a quick look at a packet's headers shows, for drop records and for attributing drops.
 /// Lenient on purpose (the packet may be malformed): only what can be read is returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +157,8 @@ pub struct Peek {
     /// Source and destination port, when the transport header's first 4 bytes are present
     /// (TCP or UDP, IPv4 first fragment or IPv6 without extension headers).
     pub ports: Option<(u16, u16)>,
+    /// TCP flags (byte 13 of the TCP header), when the packet is TCP and they are present.
+    pub tcp_flags: Option<u8>,
 }
 
 /// Reads addresses, protocol and ports from the start of an IP packet; `None` when not even the
@@ -173,11 +196,16 @@ pub fn peek(pkt: &[u8]) -> Option<Peek> {
         }),
         _ => None,
     };
+    let tcp_flags = match (first, protocol) {
+        (true, 6) => pkt.get(l4 + 13).copied(),
+        _ => None,
+    };
     Some(Peek {
         protocol,
         src,
         dst,
         ports,
+        tcp_flags,
     })
 }
 
@@ -370,6 +398,63 @@ mod tests {
         );
     }
 
+    /// The service of [`table`], removed and draining (one other service configured).
+    fn draining_table() -> ServiceTable {
+        let other = parse_service("service pub0 port * 22 TCP 192.168.77.11 22").unwrap();
+        let gone = parse_service("service pub0 port * 80 TCP 192.168.77.10 8080").unwrap();
+        ServiceTable::build_draining(&[other, gone], 1, &OnePublic)
+    }
+
+    #[test]
+    fn a_draining_service_refuses_new_connections_and_keeps_established_ones() {
+        let t = draining_table();
+        assert!(t.has_draining() && !table().has_draining());
+        // A SYN: passed unchanged, for the router's own stack to refuse.
+        let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let before = syn.clone();
+        let mut pkt = packet(&mut syn, HOOK_PREROUTING, 7, 0);
+        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        assert_eq!(
+            (d.verdict, d.modified, e),
+            (Verdict::Accept, false, Event::Passed)
+        );
+        assert_eq!(syn, before);
+        // A segment of an established connection (ACK): translated as before the removal.
+        let mut ack = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        ack[33] = 0x10;
+        let mut pkt = packet(&mut ack, HOOK_PREROUTING, 7, 0);
+        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        assert!(d.modified, "{e:?}");
+        assert!(matches!(e, Event::Translated { id: 1, .. }), "{e:?}");
+        assert_eq!(&ack[16..20], &[192, 168, 77, 10]);
+        // Its replies too, marked for the guard.
+        let mut reply = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
+        reply[33] = 0x12; // SYN-ACK: a reply, not a new connection
+        let mut pkt = packet(&mut reply, HOOK_POSTROUTING, 0, 7);
+        let (d, _) = handle(&t, 0x4e00, &mut pkt);
+        assert_eq!((d.modified, d.mark), (true, Some(0x4e01)));
+        // The configured service is untouched: its SYN is translated.
+        let mut ssh = tcp_syn([10, 99, 1, 2], 40313, [10, 99, 1, 1], 22);
+        let mut pkt = packet(&mut ssh, HOOK_PREROUTING, 7, 0);
+        assert!(handle(&t, 0x4e00, &mut pkt).0.modified);
+    }
+
+    #[test]
+    fn a_configured_service_wins_an_endpoint_over_a_draining_one() {
+        let moved = parse_service("service pub0 port * 80 TCP 192.168.77.12 8080").unwrap();
+        let gone = parse_service("service pub0 port * 80 TCP 192.168.77.10 8080").unwrap();
+        let t = ServiceTable::build_draining(&[moved, gone], 1, &OnePublic);
+        let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let mut pkt = packet(&mut syn, HOOK_PREROUTING, 7, 0);
+        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        assert!(
+            d.modified && matches!(e, Event::Translated { id: 0, .. }),
+            "{e:?}"
+        );
+        assert_eq!(&syn[16..20], &[192, 168, 77, 12]);
+        assert_eq!(t.conflicts().len(), 1, "the draining one is left out");
+    }
+
     #[test]
     fn peek_reads_what_is_there() {
         let bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
@@ -377,7 +462,9 @@ mod tests {
         assert_eq!(p.protocol, 6);
         assert_eq!(p.src, IpAddr::from([10, 99, 1, 2]));
         assert_eq!(p.ports, Some((40312, 80)));
+        assert_eq!(p.tcp_flags, Some(0x02));
         assert_eq!(peek(&bytes[..22]).unwrap().ports, None);
+        assert_eq!(peek(&bytes[..33]).unwrap().tcp_flags, None);
         assert_eq!(peek(&bytes[..19]), None);
         assert_eq!(peek(&[]), None);
         let mut frag = bytes.clone();

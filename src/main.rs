@@ -76,7 +76,8 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Remove a table left behind by a netnat that is no longer running.
+    /// Remove everything netnat installs once it is stopped for good: the leak guard (table
+    /// inet netnat_guard) and a table left behind by a netnat that is no longer running.
     Flush,
     /// Show the running services with their counters, and the queue's statistics.
     Status {

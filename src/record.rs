@@ -515,6 +515,7 @@ mod tests {
             src: "10.99.1.2".parse().unwrap(),
             dst: "10.99.1.1".parse().unwrap(),
             ports: Some((1234, 80)),
+            tcp_flags: None,
         };
         let r = DropRecord {
             iface: "pub0",

@@ -37,6 +37,9 @@ pub struct Entry {
     pub app: SocketAddr,
     pub act: SocketAddr,
     pub flags: Flags,
+    /// A service removed from the configuration whose established TCP connections are still
+    /// translated until they end (see [`ServiceTable::build_draining`]); it takes no new ones.
+    pub draining: bool,
 }
 
 /// A service left out of the table because an earlier one already holds one of its keys.
@@ -70,12 +73,25 @@ pub struct ServiceTable {
     reply: HashMap<Key, u32, FoldBuild>,
     waiting: Vec<usize>,
     conflicts: Vec<Conflict>,
+    /// Whether any entry is draining: the packet path only looks closer when one is.
+    has_draining: bool,
 }
 
 impl ServiceTable {
     /// Resolves every service; those whose interface is absent or has no address of the family
     /// are left out of the lookups and listed by [`ServiceTable::waiting`].
     pub fn build(services: &[Service], ifaces: &impl Interfaces) -> ServiceTable {
+        ServiceTable::build_draining(services, services.len(), ifaces)
+    }
+
+    /// Like [`ServiceTable::build`], with the services from index `first_draining` on marked as
+    /// draining: removed from the configuration, kept so that their established connections
+    /// go on. They come last, so a configured service always wins a shared endpoint.
+    pub fn build_draining(
+        services: &[Service],
+        first_draining: usize,
+        ifaces: &impl Interfaces,
+    ) -> ServiceTable {
         // Sized once: growing by doubling would leave up to half of each unused and, while it
         // grows, hold the old and the new allocation at once (a reload builds this table while
         // the running one is still in use).
@@ -86,9 +102,10 @@ impl ServiceTable {
             reply: HashMap::with_capacity_and_hasher(n, FoldBuild),
             waiting: Vec::new(),
             conflicts: Vec::new(),
+            has_draining: false,
         };
         for (id, s) in services.iter().enumerate() {
-            let Some(entry) = resolve(id, s, ifaces) else {
+            let Some(mut entry) = resolve(id, s, ifaces) else {
                 table.waiting.push(id);
                 continue;
             };
@@ -110,6 +127,8 @@ impl ServiceTable {
                 });
                 continue;
             }
+            entry.draining = id >= first_draining;
+            table.has_draining |= entry.draining;
             let index = u32::try_from(table.entries.len()).expect("fewer than 2^32 services");
             table.inbound.insert(in_key, index);
             table.reply.insert(out_key, index);
@@ -128,7 +147,14 @@ impl ServiceTable {
             reply: HashMap::with_hasher(FoldBuild),
             waiting: Vec::new(),
             conflicts: Vec::new(),
+            has_draining: false,
         }
+    }
+
+    /// Whether some entry is draining.
+    #[inline]
+    pub fn has_draining(&self) -> bool {
+        self.has_draining
     }
 
     /// Inbound lookup: packet arrived on `ifindex` for `dst`.
@@ -193,6 +219,7 @@ fn resolve(id: usize, s: &Service, ifaces: &impl Interfaces) -> Option<Entry> {
         app: SocketAddr::new(app_ip, s.app_port),
         act: SocketAddr::new(s.act_addr, s.act_port),
         flags: s.flags,
+        draining: false,
     })
 }
 

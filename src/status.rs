@@ -32,7 +32,13 @@ use crate::stats::{Counters, DROP_REASONS, DropReason};
 /// Where a service stands in the lookup table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServiceState {
-    Active { apparent: SocketAddr },
+    Active {
+        apparent: SocketAddr,
+    },
+    /// Removed from the configuration; its established TCP connections are still translated.
+    Draining {
+        apparent: SocketAddr,
+    },
     Waiting,
     Conflict,
 }
@@ -94,6 +100,9 @@ impl Report {
             let _ = writeln!(o, "\n{}", s.line);
             let state = match s.state {
                 ServiceState::Active { apparent } => format!("apparent {apparent}"),
+                ServiceState::Draining { apparent } => {
+                    format!("removed, draining: apparent {apparent}, established connections only")
+                }
                 ServiceState::Waiting => format!("waiting for {}'s address", s.iface),
                 ServiceState::Conflict => {
                     "left out: its endpoint is taken by another service".to_string()
@@ -155,6 +164,9 @@ impl Report {
             let c = &s.counters;
             let (state, apparent) = match s.state {
                 ServiceState::Active { apparent } => ("active", json_str(&apparent.to_string())),
+                ServiceState::Draining { apparent } => {
+                    ("draining", json_str(&apparent.to_string()))
+                }
                 ServiceState::Waiting => ("waiting", "null".to_string()),
                 ServiceState::Conflict => ("conflict", "null".to_string()),
             };

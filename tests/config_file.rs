@@ -180,7 +180,7 @@ fn unknown_directive_lists_the_known_ones() {
     assert_eq!(
         e.message,
         "unknown directive \"servce\" (known directives: service, queue, queues, busy-poll, \
-         mark, \
+         drain-idle, mark, \
          syslog-facility, syslog-priority)"
     );
 }

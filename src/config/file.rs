@@ -6,6 +6,7 @@
 //! queue 4747                     NFQUEUE number 0-65535, at most once
 //! queues auto                    queues from `queue` on: 1-64 or auto (one per CPU), at most once
 //! busy-poll 50                   µs a queue thread polls after work before it sleeps, 0-1000
+//! drain-idle 300                 s a removed service's TCP connection may idle, 0-86400
 //! mark 0x4e00                    nonzero hex u32, at most once
 //! syslog-facility local2         kern|user|daemon|auth|local0..local7, at most once
 //! syslog-priority info           emerg|alert|crit|err|warning|notice|info|debug, at most once
@@ -38,11 +39,12 @@ pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_LINE_BYTES: usize = 4096;
 
 /// The directives, in the order error messages list them.
-pub const DIRECTIVES: [&str; 7] = [
+pub const DIRECTIVES: [&str; 8] = [
     "service",
     "queue",
     "queues",
     "busy-poll",
+    "drain-idle",
     "mark",
     "syslog-facility",
     "syslog-priority",
@@ -347,6 +349,7 @@ impl Parser {
             "queue" => self.queue(number, &words),
             "queues" => self.queues(number, &words),
             "busy-poll" => self.busy_poll(number, &words),
+            "drain-idle" => self.drain_idle(number, &words),
             "mark" => self.mark(number, &words),
             "syslog-facility" => self.facility(number, &words),
             "syslog-priority" => self.priority(number, &words),
@@ -513,6 +516,25 @@ impl Parser {
                 format!(
                     "expected microseconds 0-{} (0: never busy-poll), found {:?}",
                     super::MAX_BUSY_POLL_US,
+                    w.text
+                ),
+            ),
+        }
+    }
+
+    fn drain_idle(&mut self, number: usize, words: &[Word<'_>]) {
+        let Some(w) = self.setting(number, words, "drain-idle", "seconds") else {
+            return;
+        };
+        match decimal_in(w.text, 0..=super::MAX_DRAIN_IDLE_SECS) {
+            Some(n) => self.settings.drain_idle_secs = n,
+            None => self.error(
+                number,
+                w.column,
+                format!(
+                    "expected seconds 0-{} (0: cut a removed service's connections at once), \
+                     found {:?}",
+                    super::MAX_DRAIN_IDLE_SECS,
                     w.text
                 ),
             ),
@@ -800,6 +822,9 @@ mod tests {
         assert_eq!(q("").unwrap().busy_poll_us, 50);
         assert_eq!(q("busy-poll 0\n").unwrap().busy_poll_us, 0);
         assert_eq!(q("busy-poll 1000\n").unwrap().busy_poll_us, 1000);
+        assert_eq!(q("").unwrap().drain_idle_secs, 300);
+        assert_eq!(q("drain-idle 0\n").unwrap().drain_idle_secs, 0);
+        assert_eq!(q("Drain-Idle 86400\n").unwrap().drain_idle_secs, 86_400);
         for (text, column, says) in [
             ("queues 0\n", 8, "1-64 or \"auto\""),
             ("queues 65\n", 8, "1-64"),
@@ -809,6 +834,9 @@ mod tests {
             ("queues 1\nqueues 2\n", 1, "given twice"),
             ("busy-poll 1001\n", 11, "0-1000"),
             ("busy-poll 5us\n", 11, "found \"5us\""),
+            ("drain-idle 86401\n", 12, "0-86400"),
+            ("drain-idle 1m\n", 12, "found \"1m\""),
+            ("drain-idle 1\ndrain-idle 2\n", 1, "given twice"),
         ] {
             let e = q(text).unwrap_err();
             assert_eq!(e.len(), 1, "{text:?}: {e:?}");

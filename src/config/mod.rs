@@ -125,6 +125,11 @@ pub const MAX_AUTO_QUEUES: u16 = 16;
 pub const DEFAULT_BUSY_POLL_US: u32 = 50;
 /// Largest `busy-poll` accepted: beyond a millisecond spinning stops paying for itself.
 pub const MAX_BUSY_POLL_US: u32 = 1000;
+/// Default of `drain-idle`: seconds an established TCP connection of a removed service may be
+/// idle before netnat stops translating it.
+pub const DEFAULT_DRAIN_IDLE_SECS: u32 = 300;
+/// Largest `drain-idle`: a day.
+pub const MAX_DRAIN_IDLE_SECS: u32 = 86_400;
 /// Default packet mark bit set on translated inbound packets (`mark` directive).
 pub const DEFAULT_MARK: u32 = 0x0000_4e00;
 
@@ -141,6 +146,9 @@ pub struct Settings {
     /// (`busy-poll N`, 0 = never): the next packet of an exchange, caught awake, is not
     /// delayed by the wake-up of a sleeping thread. Costs CPU only right after traffic.
     pub busy_poll_us: u32,
+    /// Seconds an established TCP connection of a removed (or changed) service may be idle and
+    /// still be translated (`drain-idle N`); 0: removed services stop at once.
+    pub drain_idle_secs: u32,
     /// Bits OR-ed into the packet mark of translated inbound packets, so that one firewall rule
     /// (`meta mark & MARK == MARK accept`) lets mapped traffic through a default-drop forward chain.
     pub mark: u32,
@@ -156,6 +164,7 @@ impl Default for Settings {
             queue: DEFAULT_QUEUE,
             queues: None,
             busy_poll_us: DEFAULT_BUSY_POLL_US,
+            drain_idle_secs: DEFAULT_DRAIN_IDLE_SECS,
             mark: DEFAULT_MARK,
             syslog_facility: "local2".into(),
             syslog_priority: "info".into(),
