@@ -22,6 +22,9 @@ pub enum Refusal {
     Malformed(wire::Malformed),
     /// A reply that matches no service: passing it would leak the private address.
     UnmappedReply,
+    /// An inbound ICMP error that quotes no connection conntrack knows (unsolicited or forged,
+    /// as in CVE-2019-5598): handed back by the leak guard after netnat translated it.
+    UnrelatedIcmp,
 }
 
 /// What happened to one packet, for counters and logging.
@@ -62,6 +65,14 @@ pub fn handle(table: &ServiceTable, mark: u32, pkt: &mut Packet<'_>) -> (Decisio
         // Only our two chains queue to us; anything else is not ours to touch.
         return (pass(), Event::Passed);
     };
+    if dir == Direction::Inbound && mark != 0 && pkt.mark & mark == mark {
+        // Only netnat's verdict sets these bits, so this packet was translated already and is
+        // back from the guard's `flows` chain (after conntrack), which queues exactly the
+        // translated ICMP errors that conntrack relates to no connection.
+        let id = quoted_reply_owner(table, pkt);
+        let reason = Refusal::UnrelatedIcmp;
+        return (drop(), Event::Dropped { reason, id });
+    }
     if pkt.truncated {
         let id = attribute(table, dir, pkt);
         let reason = Refusal::Truncated;
@@ -128,6 +139,22 @@ fn attribute(table: &ServiceTable, dir: Direction, pkt: &Packet<'_>) -> Option<u
         Direction::Reply => table.reply(pkt.outdev, proto, SocketAddr::new(p.src, sport)),
     }?;
     Some(e.id)
+}
+
+/// The service whose actual endpoint an (already translated) inbound ICMP error quotes as its
+/// source, for counting its drop.
+fn quoted_reply_owner(table: &ServiceTable, pkt: &Packet<'_>) -> Option<usize> {
+    let outer = wire::ip::parse(pkt.payload).ok()?;
+    let quote = pkt.payload.get(outer.l4 + 8..outer.end)?;
+    let inner = wire::ip::parse_quoted(quote).ok()?;
+    let src: IpAddr = match inner.family {
+        wire::ip::Family::V4 => <[u8; 4]>::try_from(quote.get(12..16)?).ok()?.into(),
+        wire::ip::Family::V6 => <[u8; 16]>::try_from(quote.get(8..24)?).ok()?.into(),
+    };
+    let sport = quote.get(inner.l4..inner.l4 + 2)?;
+    let proto = Protocol::from_number(inner.protocol)?;
+    let endpoint = SocketAddr::new(src, u16::from_be_bytes([sport[0], sport[1]]));
+    Some(table.reply(pkt.indev, proto, endpoint)?.id)
 }
 
 /// Whether an inbound packet opens a new TCP connection (SYN without ACK) to a draining service.
@@ -437,6 +464,34 @@ mod tests {
         let mut ssh = tcp_syn([10, 99, 1, 2], 40313, [10, 99, 1, 1], 22);
         let mut pkt = packet(&mut ssh, HOOK_PREROUTING, 7, 0);
         assert!(handle(&t, 0x4e00, &mut pkt).0.modified);
+    }
+
+    #[test]
+    fn a_packet_back_with_netnats_mark_is_an_unrelated_icmp_error_and_dropped() {
+        let t = table();
+        // Port unreachable from the client quoting actual:8080 → client (as translated).
+        let quoted = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((28 + quoted.len()) as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 1;
+        p[12..16].copy_from_slice(&[10, 99, 1, 2]);
+        p[16..20].copy_from_slice(&[192, 168, 77, 10]);
+        p[20] = 3;
+        p[21] = 3;
+        p.extend_from_slice(&quoted);
+        let mut pkt = packet(&mut p, HOOK_PREROUTING, 7, 0);
+        pkt.mark = 0x4e00;
+        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        assert_eq!(d.verdict, Verdict::Drop);
+        assert_eq!(
+            e,
+            Event::Dropped {
+                reason: Refusal::UnrelatedIcmp,
+                id: Some(0)
+            }
+        );
     }
 
     #[test]

@@ -179,6 +179,7 @@ impl fmt::Display for DropRecord<'_> {
             None => f.write_str("not-ours")?,
             Some(Refusal::Truncated) => f.write_str("oversize")?,
             Some(Refusal::UnmappedReply) => f.write_str("unmapped-reply")?,
+            Some(Refusal::UnrelatedIcmp) => f.write_str("unrelated-icmp")?,
             Some(Refusal::Malformed(m)) => write!(f, "malformed-{}", malformed_name(m))?,
         }
         match self.peek {

@@ -33,16 +33,20 @@ pub enum DropReason {
     /// A reply leaving through a public interface that no service maps back: passing it would
     /// leak a private address.
     UnmappedReply = 2,
+    /// An inbound ICMP error quoting no connection: translating it would let anyone on the
+    /// public side send errors about made-up flows to the private servers.
+    UnrelatedIcmp = 3,
 }
 
 /// Number of [`DropReason`]s, the length of every drop array.
-pub const DROP_REASONS: usize = 3;
+pub const DROP_REASONS: usize = 4;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASONS] = [
         DropReason::Oversize,
         DropReason::Malformed,
         DropReason::UnmappedReply,
+        DropReason::UnrelatedIcmp,
     ];
 
     /// The name used in `status` output (text and JSON keys).
@@ -51,6 +55,7 @@ impl DropReason {
             DropReason::Oversize => "oversize",
             DropReason::Malformed => "malformed",
             DropReason::UnmappedReply => "unmapped_reply",
+            DropReason::UnrelatedIcmp => "unrelated_icmp",
         }
     }
 
@@ -59,6 +64,7 @@ impl DropReason {
             Refusal::Truncated => DropReason::Oversize,
             Refusal::Malformed(_) => DropReason::Malformed,
             Refusal::UnmappedReply => DropReason::UnmappedReply,
+            Refusal::UnrelatedIcmp => DropReason::UnrelatedIcmp,
         }
     }
 }
@@ -267,9 +273,12 @@ mod tests {
         );
         assert_eq!((c.new_connections, c.last_seen), (1, 1002));
         let d = s.service(1);
-        assert_eq!((d.icmp_errors, d.drops, d.drops_total()), (1, [0, 1, 0], 1));
+        assert_eq!(
+            (d.icmp_errors, d.drops, d.drops_total()),
+            (1, [0, 1, 0, 0], 1)
+        );
         assert_eq!(d.last_seen, 0);
-        assert_eq!(s.unattributed, [1, 0, 1]);
+        assert_eq!(s.unattributed, [1, 0, 1, 0]);
         assert_eq!(s.service(7), Counters::default());
     }
 

@@ -7,7 +7,9 @@
 //!   tuple, are translated on their way to the client, or the client would never learn the
 //!   path MTU and the upload would stall in a PMTU black hole.
 //! - Forged ICMP errors from the public side about flows that are no service's are passed to
-//!   the router unchanged and never reach the private side.
+//!   the router unchanged and never reach the private side; forged ones quoting a service's
+//!   endpoint but no connection are dropped and counted (CVE-2019-5598), while the same error
+//!   about a real connection reaches the server.
 //!
 //! Needs root and: iproute2 nftables socat tcpdump tshark python3 with scapy.
 
@@ -287,9 +289,18 @@ if which == "unrelated":
                   IPv6(src="fd99:1::80", dst="fd99:1::2")/UDP(sport=9999, dport=40000 + i)/Raw(b"x" * 8))
         pk.append(IPv6(src="fd99:1::2", dst="fd99:1::80")/ICMPv6DestUnreach(code=4)/
                   IPv6(src="2001:db8::7", dst="2001:db8::9")/UDP(sport=1234 + i, dport=5678)/Raw(b"x" * 8))
-else:
+elif which == "service":
+    # Quoting the service's apparent endpoint, about client ports no flow ever used.
     pk.append(IP(src="10.99.1.2", dst="10.99.1.80")/ICMP(type=3, code=3)/
               IP(src="10.99.1.80", dst="10.99.1.2")/UDP(sport=5300, dport=40001)/Raw(b"x" * 8))
+    pk.append(IP(src="10.99.1.2", dst="10.99.1.80")/ICMP(type=3, code=4)/
+              IP(src="10.99.1.80", dst="10.99.1.77")/UDP(sport=5300, dport=33333)/Raw(b"x" * 8))
+    pk.append(IPv6(src="fd99:1::2", dst="fd99:1::80")/ICMPv6DestUnreach(code=4)/
+              IPv6(src="fd99:1::80", dst="fd99:1::2")/UDP(sport=5300, dport=40002)/Raw(b"x" * 8))
+else:
+    # About the real flow from client port 47000 that the test opened before.
+    pk.append(IP(src="10.99.1.2", dst="10.99.1.80")/ICMP(type=3, code=3)/
+              IP(src="10.99.1.80", dst="10.99.1.2")/UDP(sport=5300, dport=47000)/Raw(b"x" * 8))
 send(pk, verbose=0)
 print("sent", len(pk))
 "#;
@@ -322,32 +333,77 @@ fn icmp_forged_errors_about_no_service_stay_on_the_public_side() {
         assert_eq!(service(&mid, s).n("in_packets"), 0, "{name}: {s} {mid:?}");
     }
 
-    // The documented limit of a stateless translator: an error quoting a service's apparent
-    // endpoint is translated whatever the client port, as netnat keeps no per-flow state.
+    // Quoting a service's endpoint but a flow that never existed: netnat translates it (it
+    // keeps no per-flow state), then conntrack relates it to no connection and the guard hands
+    // it back: dropped and counted, as kernel NAT forwards none of them.
     t.cli
         .run(&[PYTHON, "-c", FORGE, "service"])
-        .expect_ok("scapy forging an error about the service");
+        .expect_ok("scapy forging errors about no connection of the service");
+    let forged = settle(&t, "netnat", &n, quiet(), Duration::from_secs(10));
+    assert_eq!(
+        service(&forged, v4).n("drops.unrelated_icmp"),
+        2,
+        "{name}: {forged:?}"
+    );
+    assert_eq!(
+        service(&forged, v6).n("drops.unrelated_icmp"),
+        1,
+        "{name}: {forged:?}"
+    );
+
+    // The same error about a real flow (client port 47000, answered by the server) is
+    // related by conntrack and reaches the server.
+    let _echo = t.spawn(
+        &t.srv,
+        "udp-echo",
+        &[
+            PYTHON,
+            &common::script("udp_echo.py"),
+            "192.168.77.10",
+            "53",
+            "30",
+        ],
+    );
+    t.srv.wait_listening("udp", 53, Duration::from_secs(10));
+    let exchange = "import socket\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.bind(('10.99.1.2', 47000))\n\
+        s.settimeout(3)\n\
+        s.sendto(b'hello', ('10.99.1.80', 5300))\n\
+        print(s.recvfrom(100))\n";
+    t.cli
+        .run(&[PYTHON, "-c", exchange])
+        .expect_ok("a real UDP exchange through the service");
+    t.cli
+        .run(&[PYTHON, "-c", FORGE, "flow"])
+        .expect_ok("scapy sending an error about the real flow");
     let after = settle(&t, "netnat", &n, quiet(), Duration::from_secs(10));
-    assert_eq!(service(&after, v4).n("icmp_errors"), 1, "{name}: {after:?}");
+    assert_eq!(
+        service(&after, v4).n("drops.unrelated_icmp"),
+        2,
+        "{name}: the error about a real flow was dropped: {after:?}"
+    );
     let pcap = cap.stop();
 
-    // On the private side: exactly the one error about the service, quoting the actual
-    // endpoint; none of the 20 others.
+    // On the private side: exactly the one error about the real flow, quoting the actual
+    // endpoint; none of the 23 others.
     let errs = fields(
         &pcap,
         "icmp.type == 3 || icmpv6.type == 1",
-        &["ip.dst", "udp.srcport"],
+        &["ip.dst", "udp.srcport", "udp.dstport"],
     );
     assert_eq!(
         errs,
         vec![vec![
             "192.168.77.10,10.99.1.2".to_string(),
-            "53".to_string()
+            "53".to_string(),
+            "47000".to_string()
         ]],
-        "{name}: ICMP errors on priv0 other than the one about the service"
+        "{name}: ICMP errors on priv0 other than the one about the real flow"
     );
     eprintln!(
-        "{name}: 20 forged errors about no service: passed unchanged to the router, 0 on priv0; \
-         1 quoting the service's apparent endpoint: translated"
+        "{name}: 20 forged errors about no service: passed unchanged to the router; 3 quoting a \
+         service but no connection: dropped as unrelated; 1 about a real flow: translated; on \
+         priv0 only that one"
     );
 }

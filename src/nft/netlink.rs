@@ -1278,6 +1278,11 @@ fn build_rule<'a>(
                 rule.add_expr(&Bitwise::new(new, 0u32));
                 rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
             }
+            Match::CtStateInvalid => {
+                rule.add_expr(&Conntrack::State);
+                rule.add_expr(&Bitwise::new(States::INVALID.bits(), 0u32));
+                rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+            }
             Match::CtDirection(d) => add(
                 &mut rule,
                 &CtLoad {
@@ -1449,6 +1454,7 @@ mod tests {
     fn queue_rule_count(p: &Policy) -> usize {
         p.chains()
             .iter()
+            .chain(p.guard.chains().iter())
             .flat_map(|c| &c.rules)
             .filter(|r| r.verdict == Verdict::Queue)
             .count()
@@ -1468,7 +1474,7 @@ mod tests {
         assert_eq!(
             all.len(),
             rules.len() + 1 + 3,
-            "plus the conntrack rule and the guard's three"
+            "plus the conntrack rule and the guard's three without a queue verdict"
         );
         for r in &rules {
             let (name, data) = r.last().unwrap();
@@ -1588,15 +1594,15 @@ mod tests {
     fn conntrack_rule_is_ct_state_new_without_verdict() {
         let (batch, labels) = build_install_batch(&sample(), QueueExprKind::Native);
         let all = rules(&batch);
-        // The table's last rule; the guard's three follow it.
-        let ct = &all[all.len() - 4];
+        // The table's last rule; the guard's five follow it.
+        let ct = &all[all.len() - 6];
         let names: Vec<&str> = ct.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["ct", "bitwise", "cmp"], "no verdict expression");
         let rule_labels: Vec<&Label> = labels
             .iter()
             .filter(|l| matches!(l, Label::Rule { .. }))
             .collect();
-        match rule_labels[rule_labels.len() - 4] {
+        match rule_labels[rule_labels.len() - 6] {
             Label::Rule {
                 chain,
                 text,
@@ -1649,7 +1655,7 @@ mod tests {
         );
         assert!(labels.contains(&Label::FlushRules(GUARD_TABLE)));
         let all = rules(&batch);
-        let guard = &all[all.len() - 3..];
+        let guard = &all[all.len() - 5..];
         let names =
             |r: &[(String, Vec<u8>)]| -> Vec<String> { r.iter().map(|(n, _)| n.clone()).collect() };
         // flows: mark & M == M, ct direction original, label bit 127 set.
@@ -1659,31 +1665,35 @@ mod tests {
         );
         assert_eq!(cmp_value(&guard[0][2]), 0x4e00u32.to_ne_bytes());
         assert_eq!(cmp_value(&guard[0][4]), [0], "IP_CT_DIR_ORIGINAL");
+        // Translated ICMP errors that conntrack relates to nothing go back to the queue.
+        for (r, proto) in [(&guard[1], 1u8), (&guard[2], 58)] {
+            let queued = [
+                "meta", "bitwise", "cmp", "meta", "cmp", "ct", "bitwise", "cmp", "queue",
+            ];
+            assert_eq!(names(r), queued);
+            assert_eq!(cmp_value(&r[4]), [proto]);
+        }
         // replies_clear: reply, label, then mark & ~M written back.
-        assert_eq!(
-            names(&guard[1]),
-            [
-                "ct", "cmp", "ct", "bitwise", "cmp", "meta", "bitwise", "meta"
-            ]
-        );
-        assert_eq!(cmp_value(&guard[1][1]), [1], "IP_CT_DIR_REPLY");
-        assert_eq!(cmp_value(&guard[1][4]), [0u8; 16], "label test: non-zero");
+        let clear = [
+            "ct", "cmp", "ct", "bitwise", "cmp", "meta", "bitwise", "meta",
+        ];
+        assert_eq!(names(&guard[3]), clear);
+        assert_eq!(cmp_value(&guard[3][1]), [1], "IP_CT_DIR_REPLY");
+        assert_eq!(cmp_value(&guard[3][4]), [0u8; 16], "label test: non-zero");
         // replies_guard: reply, label, mark lacks M, drop.
-        assert_eq!(
-            names(&guard[2]),
-            [
-                "ct",
-                "cmp",
-                "ct",
-                "bitwise",
-                "cmp",
-                "meta",
-                "bitwise",
-                "cmp",
-                "immediate"
-            ]
-        );
-        assert_eq!(cmp_value(&guard[2][7]), 0x4e00u32.to_ne_bytes());
+        let drop = [
+            "ct",
+            "cmp",
+            "ct",
+            "bitwise",
+            "cmp",
+            "meta",
+            "bitwise",
+            "cmp",
+            "immediate",
+        ];
+        assert_eq!(names(&guard[4]), drop);
+        assert_eq!(cmp_value(&guard[4][7]), 0x4e00u32.to_ne_bytes());
     }
 
     #[test]

@@ -415,6 +415,8 @@ pub enum Match {
     MarkHas(u32),
     /// `meta mark & M != M`: some bit of M is clear.
     MarkLacks(u32),
+    /// `ct state invalid`: conntrack knows no connection the packet belongs or relates to.
+    CtStateInvalid,
 }
 
 /// Direction of a packet within its connection, as conntrack sees it: `Original` is the
@@ -552,7 +554,10 @@ pub struct Policy {
 ///
 /// 1. `flows` (prerouting, after conntrack): a packet netnat translated inbound carries the
 ///    `mark` bits (netnat's verdict sets them); its connection gets conntrack label
-///    [`GUARD_LABEL`]. Only connections netnat translated ever carry it.
+///    [`GUARD_LABEL`]. Only connections netnat translated ever carry it. An ICMP error netnat
+///    translated inbound that conntrack relates to no connection (`ct state invalid`: an
+///    unsolicited or forged error, CVE-2019-5598) goes back to the queue, where netnat sees
+///    its own mark at prerouting, drops it and counts it (see `datapath::handle`).
 /// 2. `replies_clear` (postrouting 290): replies of labelled connections lose the mark bits, so
 ///    that nothing but netnat's verdict at 300 can set them.
 /// 3. `replies_guard` (postrouting 310): a reply of a labelled connection without the mark bits
@@ -593,21 +598,34 @@ impl Guard {
         };
         let mut lacks = labelled_reply();
         lacks.push(Match::MarkLacks(mark));
+        let unrelated_icmp = |proto| {
+            rule(
+                vec![
+                    Match::MarkHas(mark),
+                    Match::L4Proto(proto),
+                    Match::CtStateInvalid,
+                ],
+                Verdict::Queue,
+            )
+        };
+        let mut flows = base(
+            "flows",
+            Hook::Prerouting,
+            GUARD_LABEL_PRIORITY,
+            rule(
+                vec![
+                    Match::MarkHas(mark),
+                    Match::CtDirection(CtDirection::Original),
+                ],
+                Verdict::SetCtLabel(GUARD_LABEL),
+            ),
+        );
+        flows.rules.push(unrelated_icmp(IPPROTO_ICMP));
+        flows.rules.push(unrelated_icmp(IPPROTO_ICMPV6));
         Guard {
             table: GUARD_TABLE,
             mark,
-            flows: base(
-                "flows",
-                Hook::Prerouting,
-                GUARD_LABEL_PRIORITY,
-                rule(
-                    vec![
-                        Match::MarkHas(mark),
-                        Match::CtDirection(CtDirection::Original),
-                    ],
-                    Verdict::SetCtLabel(GUARD_LABEL),
-                ),
-            ),
+            flows,
             replies_clear: base(
                 "replies_clear",
                 Hook::Postrouting,

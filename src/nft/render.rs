@@ -189,6 +189,7 @@ pub fn render_rule(rule: &Rule, queue: &QueueSpec) -> String {
             // nft prints mark values of a masked compare at their full 32-bit width.
             Match::MarkHas(m) => words.push(format!("meta mark & {m:#010x} == {m:#010x}")),
             Match::MarkLacks(m) => words.push(format!("meta mark & {m:#010x} != {m:#010x}")),
+            Match::CtStateInvalid => words.push("ct state invalid".into()),
         }
     }
     match rule.verdict {
@@ -410,6 +411,8 @@ table inet netnat_guard {
 \tchain flows {
 \t\ttype filter hook prerouting priority mangle; policy accept;
 \t\tmeta mark & 0x00004e00 == 0x00004e00 ct direction original ct label set 127
+\t\tmeta mark & 0x00004e00 == 0x00004e00 meta l4proto icmp ct state invalid queue num 1
+\t\tmeta mark & 0x00004e00 == 0x00004e00 meta l4proto ipv6-icmp ct state invalid queue num 1
 \t}
 
 \tchain replies_clear {
