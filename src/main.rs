@@ -260,8 +260,11 @@ fn check_system(c: &config::Config) -> ExitCode {
 fn check_words(words: &[String]) -> Result<(), ExitCode> {
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
     config::parse_service_words(&refs).map(|_| ()).map_err(|e| {
-        let at = refs
-            .get(e.column - 1)
+        // Columns are 1-based word numbers; a 0 would be a grammar bug, not a reason to panic.
+        let at = e
+            .column
+            .checked_sub(1)
+            .and_then(|i| refs.get(i))
             .map_or(String::from("the end"), |w| format!("{w:?}"));
         eprintln!("netnat: word {} ({at}): {}", e.column, e.message);
         ExitCode::from(EXIT_CONFIG)

@@ -181,3 +181,35 @@ fn run_without_cap_net_admin_is_refused_clearly() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("CAP_NET_ADMIN"), "{err}");
 }
+
+/// `queue 0` is valid (netnat.conf(5)): `rules` and `check` once panicked on it (an overflow in
+/// the queue range). A range past 65535 is refused at the `queues` value, located.
+#[test]
+fn queue_zero_works_and_a_range_past_65535_is_located() {
+    let svc = "service pub0 port * 80 TCP 192.168.1.10 8080\n";
+    let zero = scratch("queue0.conf", &format!("queue 0\nqueues 64\n{svc}"));
+    let out = netnat(&["rules", "--config", zero.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("queue num 0-63 fanout"), "{stdout}");
+    let auto = scratch("queue0-auto.conf", &format!("queue 0\n{svc}"));
+    for cmd in ["rules", "check"] {
+        let out = netnat(&[cmd, "--config", auto.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // check may find this host unfit (exit 1), but never panics (101).
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{cmd}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{cmd}: {stderr}");
+    }
+    let past = scratch("queue-past.conf", &format!("queue 65500\nqueues 64\n{svc}"));
+    let out = netnat(&["check", "--config", past.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:2:8: 64 queues from queue 65500",
+            past.display()
+        )),
+        "{stderr}"
+    );
+}
