@@ -208,3 +208,79 @@ fn queue_zero_works_and_a_range_past_65535_is_located() {
         "{stderr}"
     );
 }
+
+/// Runs netnat with stdout on a pipe whose reader is gone, as `netnat rules | head -1` leaves it
+/// once head has exited.
+fn into_closed_pipe(args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_netnat"))
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run netnat")
+}
+
+/// A control socket that answers one request with `body`, as the daemon would: enough for the
+/// client commands, which only print what comes back.
+fn fake_daemon(name: &str, body: String) -> (std::path::PathBuf, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, Write};
+    let path = scratch(name, "");
+    std::fs::remove_file(&path).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let serve = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&conn).read_line(&mut line).unwrap();
+        (&conn)
+            .write_all(&netnat::control::Response::ok(body).encode())
+            .unwrap();
+    });
+    (path, serve)
+}
+
+/// A closed stdout ends the command quietly with 141 (what a shell shows for SIGPIPE, as for
+/// `nft list ruleset | head -1`), never a panic with exit 101 and a backtrace.
+#[test]
+fn a_closed_stdout_ends_quietly_with_141() {
+    let conf = scratch(
+        "pipe.conf",
+        "service pub0 port * 80 TCP 192.168.1.10 8080\n",
+    );
+    let conf = conf.to_str().unwrap();
+    let mut runs: Vec<(String, std::process::Output)> = Vec::new();
+    for args in [
+        vec!["rules", "--config", conf],
+        vec!["check", "--config", conf],
+        vec!["--help"],
+        vec!["--version"],
+        vec!["rules", "--help"],
+    ] {
+        runs.push((args.join(" "), into_closed_pipe(&args)));
+    }
+    let listing: String = (0..200)
+        .map(|i| {
+            format!(
+                "service pub0 port * {} TCP 192.168.1.10 8080 0x0000\n",
+                i + 1
+            )
+        })
+        .collect();
+    for (cmd, args) in [
+        ("status", vec!["status"]),
+        ("service list", vec!["service", "list"]),
+    ] {
+        let (socket, serve) =
+            fake_daemon(&format!("{}.sock", cmd.replace(' ', "-")), listing.clone());
+        let mut full = args.clone();
+        full.extend(["--control", socket.to_str().unwrap()]);
+        runs.push((cmd.to_owned(), into_closed_pipe(&full)));
+        serve.join().unwrap();
+    }
+    for (cmd, out) in runs {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "netnat {cmd}: {stderr}");
+        assert!(stderr.is_empty(), "netnat {cmd}: {stderr}");
+    }
+}
