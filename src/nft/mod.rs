@@ -17,6 +17,8 @@ mod netlink;
 pub mod policy;
 mod render;
 
+#[doc(hidden)]
+pub use netlink::install_batch_bytes;
 pub use netlink::{NFT_TABLE_F_OWNER, NftError, NftSession, QueueExprKind, flush_leftover};
 pub use policy::{
     ChainSpec, Family, Hook, KeyField, KeyValue, Match, Policy, QueueSpec, Rule, SetKind, SetSpec,
