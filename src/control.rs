@@ -572,6 +572,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
     fn server_answers_one_request_and_cleans_up() {
         let path = scratch("serve");
         let mut server = Server::bind(&path).unwrap();

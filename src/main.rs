@@ -1,5 +1,7 @@
 //! The `netnat` command: parses arguments and calls one command function each.
 
+use std::fmt;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,6 +24,43 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_SYSTEM: u8 = 1;
 // Exit status 3: netnat is not running (no control socket); 4: the daemon refused the caller
 // (not root). Both come from `control`.
+
+/// Exit status when stdout is a pipe whose reader went away (`netnat rules | head -1`). Rust
+/// ignores SIGPIPE, so the write fails with EPIPE, and `print!` would panic (exit 101 with a
+/// backtrace). The rest of the output is no longer wanted, so netnat stops quietly, with the
+/// status a shell shows for a command that SIGPIPE killed (128 + 13), as `nft list ruleset |
+/// head -1` ends: under `set -o pipefail` the pipeline still learns that not all was written.
+const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// `print!` for the commands' output: see [`write_out`].
+macro_rules! out {
+    ($($arg:tt)*) => { write_out(format_args!($($arg)*)) };
+}
+
+/// `println!` for the commands' output: see [`write_out`].
+macro_rules! outln {
+    ($($arg:tt)*) => { write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `eprintln!` without its panic: a message that cannot be written (stderr closed or a broken
+/// pipe) is dropped, and the exit status still says what happened.
+macro_rules! errln {
+    ($($arg:tt)*) => {{ let _ = writeln!(io::stderr(), $($arg)*); }};
+}
+
+/// Writes to stdout, flushed at once so that a closed reader is noticed here, not in an
+/// unchecked flush at exit. A broken pipe ends the process quietly ([`EXIT_BROKEN_PIPE`]);
+/// any other failure (`> /dev/full`) is reported on stderr and ends it with exit 1.
+fn write_out(args: fmt::Arguments<'_>) {
+    let mut stdout = io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            std::process::exit(EXIT_BROKEN_PIPE);
+        }
+        errln!("netnat: cannot write the output: {e}");
+        std::process::exit(i32::from(EXIT_SYSTEM));
+    }
+}
 
 /// How long a client waits for the daemon's answer (a reload of a large file takes a while).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -137,7 +176,20 @@ enum ServiceCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // As `Cli::parse`, but `--help` or `--version` into a closed pipe ends like any other
+    // output (clap would exit 0 there, ignoring the error).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if let Err(io) = e.print().and_then(|()| io::stdout().flush())
+                && io.kind() == io::ErrorKind::BrokenPipe
+                && !e.use_stderr()
+            {
+                std::process::exit(EXIT_BROKEN_PIPE);
+            }
+            std::process::exit(e.exit_code());
+        }
+    };
     match cli.command {
         Command::Run {
             config,
@@ -161,7 +213,7 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match config::load_config(&config) {
             Ok(c) => {
-                println!(
+                outln!(
                     "{}: {} services, no errors",
                     config.display(),
                     c.services.len()
@@ -173,18 +225,18 @@ fn main() -> ExitCode {
         Command::Rules { config } => match config::load_config(&config) {
             Ok(c) => {
                 let policy = daemon::policy_of(&c, c.settings.queue_count());
-                print!("{}", nft::render(&policy));
+                out!("{}", nft::render(&policy));
                 ExitCode::SUCCESS
             }
             Err(errors) => config_errors(&errors),
         },
         Command::Flush => match nft::flush_leftover() {
             Ok(true) => {
-                println!("removed netnat's tables (inet netnat, inet netnat_guard)");
+                outln!("removed netnat's tables (inet netnat, inet netnat_guard)");
                 ExitCode::SUCCESS
             }
             Ok(false) => {
-                println!("nothing of netnat's to remove");
+                outln!("nothing of netnat's to remove");
                 ExitCode::SUCCESS
             }
             Err(e) => fail(EXIT_SYSTEM, e),
@@ -243,7 +295,7 @@ fn check_system(c: &config::Config) -> ExitCode {
         }),
     }
     for f in &findings {
-        println!("{f}");
+        outln!("{f}");
     }
     if findings
         .iter()
@@ -260,10 +312,13 @@ fn check_system(c: &config::Config) -> ExitCode {
 fn check_words(words: &[String]) -> Result<(), ExitCode> {
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
     config::parse_service_words(&refs).map(|_| ()).map_err(|e| {
-        let at = refs
-            .get(e.column - 1)
+        // Columns are 1-based word numbers; a 0 would be a grammar bug, not a reason to panic.
+        let at = e
+            .column
+            .checked_sub(1)
+            .and_then(|i| refs.get(i))
             .map_or(String::from("the end"), |w| format!("{w:?}"));
-        eprintln!("netnat: word {} ({at}): {}", e.column, e.message);
+        errln!("netnat: word {} ({at}): {}", e.column, e.message);
         ExitCode::from(EXIT_CONFIG)
     })
 }
@@ -273,10 +328,10 @@ fn client(path: &std::path::Path, req: Request) -> ExitCode {
     match control::request(path, &req, CLIENT_TIMEOUT) {
         Ok(resp) => {
             if resp.outcome == Outcome::Ok {
-                print!("{}", resp.body);
+                out!("{}", resp.body);
             } else {
                 for line in resp.body.lines() {
-                    eprintln!("netnat: {line}");
+                    errln!("netnat: {line}");
                 }
             }
             ExitCode::from(resp.outcome.exit_code())
@@ -287,14 +342,14 @@ fn client(path: &std::path::Path, req: Request) -> ExitCode {
 
 fn config_errors(errors: &[ConfigError]) -> ExitCode {
     for e in errors {
-        eprintln!("netnat: {e}");
+        errln!("netnat: {e}");
     }
     ExitCode::from(EXIT_CONFIG)
 }
 
 fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
     for line in e.to_string().lines() {
-        eprintln!("netnat: {line}");
+        errln!("netnat: {line}");
     }
     ExitCode::from(code)
 }

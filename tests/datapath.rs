@@ -20,6 +20,7 @@ macro_rules! matrix {
     ($scenario:ident: $($name:ident => $fam:ident, $app:ident;)*) => {
         $(
             #[test]
+            #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
             fn $name() {
                 $scenario(stringify!($name), Case::new(TR, Family::$fam, AppAddr::$app));
             }
@@ -59,6 +60,7 @@ macro_rules! bulk {
         $(
             /// 50 MiB each way, identical sha256.
             #[test]
+            #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
             fn $name() {
                 let case = Case::new(TR, Family::$fam, AppAddr::$app);
                 scenario_bulk(stringify!($name), case, $offload);
@@ -77,18 +79,21 @@ bulk! {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn netnat_leaves_the_rest_of_the_ruleset_alone_v4() {
     let name = "netnat_leaves_the_rest_of_the_ruleset_alone_v4";
     scenario_ruleset_untouched(name, Case::new(TR, Family::V4, AppAddr::Fixed));
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn netnat_leaves_the_rest_of_the_ruleset_alone_v6_star() {
     let name = "netnat_leaves_the_rest_of_the_ruleset_alone_v6_star";
     scenario_ruleset_untouched(name, Case::new(TR, Family::V6, AppAddr::Star));
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn netnat_sigterm_removes_table_exit_0() {
     let name = "netnat_sigterm_removes_table_exit_0";
     scenario_signal_cleanup(
@@ -99,6 +104,7 @@ fn netnat_sigterm_removes_table_exit_0() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn netnat_sigkill_table_gone_owner_flag() {
     let name = "netnat_sigkill_table_gone_owner_flag";
     scenario_signal_cleanup(
@@ -109,23 +115,27 @@ fn netnat_sigkill_table_gone_owner_flag() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn netnat_bad_config_refused_installs_nothing() {
     scenario_bad_config("netnat_bad_config_refused_installs_nothing");
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn netnat_second_instance_refused_first_unharmed() {
     let name = "netnat_second_instance_refused_first_unharmed";
     scenario_second_instance(name, Case::new(TR, Family::V4, AppAddr::Fixed));
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn netnat_observes_like_kernel_dnat_v4_fixed() {
     let name = "netnat_observes_like_kernel_dnat_v4_fixed";
     scenario_same_as_dnat(name, Family::V4, AppAddr::Fixed);
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn netnat_observes_like_kernel_dnat_v6_star() {
     let name = "netnat_observes_like_kernel_dnat_v6_star";
     scenario_same_as_dnat(name, Family::V6, AppAddr::Star);

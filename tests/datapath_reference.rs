@@ -23,6 +23,7 @@ macro_rules! matrix {
     ($scenario:ident: $($name:ident => $fam:ident, $app:ident;)*) => {
         $(
             #[test]
+            #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
             fn $name() {
                 $scenario(stringify!($name), Case::new(TR, Family::$fam, AppAddr::$app));
             }
@@ -50,18 +51,21 @@ matrix! { scenario_firewall:
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn dnat_bulk_50mib_v4_fixed() {
     let name = "dnat_bulk_50mib_v4_fixed";
     scenario_bulk(name, Case::new(TR, Family::V4, AppAddr::Fixed), true);
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn dnat_bulk_50mib_v6_fixed() {
     let name = "dnat_bulk_50mib_v6_fixed";
     scenario_bulk(name, Case::new(TR, Family::V6, AppAddr::Fixed), true);
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn dnat_bulk_50mib_offload_off_v4_star() {
     let name = "dnat_bulk_50mib_offload_off_v4_star";
     scenario_bulk(name, Case::new(TR, Family::V4, AppAddr::Star), false);
@@ -71,6 +75,7 @@ fn dnat_bulk_50mib_offload_off_v4_star() {
 /// forged IPv4 header, TCP and UDP checksums (v4 and v6) from the client; the capture on the
 /// router's pub0 must flag exactly those, each with the right kind.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn capture_filter_catches_forged_bad_checksums() {
     let name = "capture_filter_catches_forged_bad_checksums";
     if !require_root(name) {

@@ -26,6 +26,7 @@ fn curl(t: &Topology, addr: &str, max_time_s: &str) -> common::CmdOutput {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn star_follows_a_renumbered_public_address_without_restart() {
     if !require_root("star_follows_a_renumbered_public_address_without_restart") {
         return;
@@ -129,6 +130,7 @@ fn star_follows_a_renumbered_public_address_without_restart() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn star_service_waits_for_its_interface_and_starts_when_it_appears() {
     if !require_root("star_service_waits_for_its_interface_and_starts_when_it_appears") {
         return;

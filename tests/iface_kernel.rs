@@ -194,6 +194,7 @@ fn veth(ns: &str, a: &str, b: &str) {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn snapshot_shows_an_interface_with_its_index_and_address() {
     let Some(ns) = Netns::new() else { return };
     ns.run(|ns| {
@@ -222,6 +223,7 @@ fn snapshot_shows_an_interface_with_its_index_and_address() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn watcher_sees_address_add_and_del_link_down_and_del() {
     let Some(ns) = Netns::new() else { return };
     ns.run(|ns| {
@@ -280,6 +282,7 @@ fn watcher_sees_address_add_and_del_link_down_and_del() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn watcher_ignores_link_changes_that_do_not_matter_and_sees_a_rename() {
     let Some(ns) = Netns::new() else { return };
     ns.run(|ns| {
@@ -322,6 +325,7 @@ fn watcher_ignores_link_changes_that_do_not_matter_and_sees_a_rename() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn primary_not_secondary_ipv4_and_promotion() {
     let Some(ns) = Netns::new() else { return };
     ns.run(|ns| {
@@ -371,6 +375,7 @@ fn primary_not_secondary_ipv4_and_promotion() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn ipv6_nodad_counts_tentative_and_deprecated_do_not() {
     let Some(ns) = Netns::new() else { return };
     ns.run(|ns| {
@@ -445,6 +450,7 @@ fn ipv6_nodad_counts_tentative_and_deprecated_do_not() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn point_to_point_reports_the_local_address_not_the_peer() {
     let Some(ns) = Netns::new() else { return };
     ns.run(|ns| {
@@ -486,6 +492,7 @@ fn point_to_point_reports_the_local_address_not_the_peer() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn recreated_interface_gets_a_new_index_and_is_followed_by_name() {
     let Some(ns) = Netns::new() else { return };
     ns.run(|ns| {
@@ -530,6 +537,7 @@ fn recreated_interface_gets_a_new_index_and_is_followed_by_name() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn overrun_is_reported_as_a_change_and_is_not_fatal() {
     let Some(ns) = Netns::new() else { return };
     ns.run(|ns| {

@@ -336,6 +336,7 @@ fn check(name: &str, event: Event, completes: impl Fn(Flow) -> bool) {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn service_del_drains_tcp_and_never_leaks() {
     check(
         "service_del_drains_tcp_and_never_leaks",
@@ -345,6 +346,7 @@ fn service_del_drains_tcp_and_never_leaks() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn reload_without_the_service_drains_tcp_and_never_leaks() {
     check(
         "reload_without_the_service_drains_tcp_and_never_leaks",
@@ -354,16 +356,19 @@ fn reload_without_the_service_drains_tcp_and_never_leaks() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn sigterm_cuts_and_never_leaks() {
     check("sigterm_cuts_and_never_leaks", Event::Sigterm, |_| false);
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn sigkill_cuts_and_never_leaks() {
     check("sigkill_cuts_and_never_leaks", Event::Sigkill, |_| false);
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn sigstop_holds_and_never_leaks() {
     check("sigstop_holds_and_never_leaks", Event::Sigstop, |_| true);
 }
@@ -372,6 +377,7 @@ fn sigstop_holds_and_never_leaks() {
 /// service's (a connection routed straight to the server's private address works), a restart
 /// serves at once, and `netnat flush` removes everything.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn after_death_only_the_guard_stays_and_flush_removes_it() {
     let name = "after_death_only_the_guard_stays_and_flush_removes_it";
     if !require_root(name) {
@@ -464,6 +470,7 @@ except OSError as e:
 /// (by the router's own reset, never leaking) once the removed service was idle longer: then
 /// the service is forgotten, in the log, in `status` and in the rules.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn drain_ends_after_drain_idle_seconds_without_traffic() {
     let name = "drain_ends_after_drain_idle_seconds_without_traffic";
     if !require_root(name) {

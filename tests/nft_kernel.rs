@@ -328,6 +328,7 @@ impl SessionThread {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn install_lists_what_render_prints_and_reports_the_queue_form() {
     if !need_root() {
         return;
@@ -369,6 +370,7 @@ fn install_lists_what_render_prints_and_reports_the_queue_form() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn reinstall_replaces_atomically_and_remove_deletes() {
     if !need_root() {
         return;
@@ -417,6 +419,7 @@ fn reinstall_replaces_atomically_and_remove_deletes() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn other_tables_are_left_byte_identical() {
     if !need_root() {
         return;
@@ -461,6 +464,7 @@ table ip nat {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn owner_flag_ties_the_table_to_the_session() {
     if !need_root() {
         return;
@@ -512,6 +516,7 @@ fn owner_flag_ties_the_table_to_the_session() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn dropping_the_session_removes_the_table() {
     if !need_root() {
         return;
@@ -526,6 +531,7 @@ fn dropping_the_session_removes_the_table() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn leftover_table_is_flushed_and_blocks_install_until_then() {
     if !need_root() {
         return;
@@ -583,6 +589,7 @@ fn many_services(n: u32, port_base: u16) -> Vec<Service> {
 /// constant), the install is timed and printed, nft lists exactly what render prints, and a
 /// replacement by a different 10,000-service policy leaves nothing of the first.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn ten_thousand_services_in_one_batch() {
     if !need_root() {
         return;
@@ -732,6 +739,7 @@ impl Pair {
 /// after the table is gone its guard keeps tracking on (it needs conntrack to protect the
 /// connections netnat translated); after `netnat flush`, tracking stops again.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn the_table_activates_conntrack_and_nothing_else() {
     if !need_root() {
         return;
@@ -791,6 +799,7 @@ fn the_table_activates_conntrack_and_nothing_else() {
 /// the batch to the kernel and aborts it, so a kernel without nft_queue rejects every `queue`
 /// statement even in check mode. With the queue statements replaced, the text must pass.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn nft_check_of_rendered_text_is_truthful() {
     if !need_root() {
         return;
@@ -853,6 +862,7 @@ fn nft_check_of_rendered_text_is_truthful() {
 /// Without CAP_NET_ADMIN the kernel refuses the batch itself: a clear error, not "owned by
 /// another process". Capabilities are per thread, so only the test thread loses it.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn without_cap_net_admin_the_error_says_so() {
     if !need_root() {
         return;
@@ -898,6 +908,7 @@ fn without_cap_net_admin_the_error_says_so() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn overlong_interface_name_is_refused_before_sending() {
     if !need_root() {
         return;
@@ -925,6 +936,7 @@ fn overlong_interface_name_is_refused_before_sending() {
 /// A child process started while the session is open must not inherit its socket: it would keep
 /// the table alive (owned by a dead session) for as long as the child runs.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn a_child_process_does_not_keep_the_table() {
     if !need_root() {
         return;

@@ -319,6 +319,7 @@ fn udp_from(t: &Topology, sport: u16, dport: u16, count: u32) -> CmdOutput {
 /// 0x8000: the exact NetNAT mapping event, once per TCP connection and once per UDP flow,
 /// at LOCAL2.INFO, in an RFC 3164 line.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn ops_mapping_event_records_are_exact() {
     if !require_root("ops_mapping_event_records_are_exact") {
         return;
@@ -360,6 +361,7 @@ fn ops_mapping_event_records_are_exact() {
 /// 0x4000 volume records add up to the status counters; 0x1000 reports a malformed packet
 /// forged with scapy; 0x0800 reports the server's port unreachable, translated.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn ops_volume_drop_and_icmp_records() {
     if !require_root("ops_volume_drop_and_icmp_records") {
         return;
@@ -472,6 +474,7 @@ fn ops_volume_drop_and_icmp_records() {
 /// 0x2000: a record per translated packet, at most the burst plus the rate, and a `sup` record
 /// with the exact number held back when records resume. Nothing is lost uncounted.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn ops_every_packet_records_are_rate_limited() {
     if !require_root("ops_every_packet_records_are_rate_limited") {
         return;
@@ -567,6 +570,7 @@ fn ops_every_packet_records_are_rate_limited() {
 /// and changes nothing; a duplicate is refused with the reason (exit 2); `--save` edits the
 /// file keeping comments and mode.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn ops_service_add_del_over_the_control_socket() {
     if !require_root("ops_service_add_del_over_the_control_socket") {
         return;
@@ -680,6 +684,7 @@ fn ops_service_add_del_over_the_control_socket() {
 
 /// `status --json` numbers follow the traffic; the text form names the apparent address.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn ops_status_counters_move_with_traffic() {
     if !require_root("ops_status_counters_move_with_traffic") {
         return;
@@ -721,6 +726,7 @@ fn ops_status_counters_move_with_traffic() {
 /// counters and UDP flows. A broken file is refused and the running set stays; `netnat reload`
 /// reports the located errors.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
     if !require_root("ops_sighup_reload_keeps_counters_and_refuses_broken_files") {
         return;
@@ -793,6 +799,7 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
 
 /// SIGTERM while UDP traffic flows: exit 0, the table is gone, the control socket too.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn ops_sigterm_during_traffic_exits_cleanly() {
     if !require_root("ops_sigterm_during_traffic_exits_cleanly") {
         return;

@@ -252,6 +252,7 @@ const ACCEPT: Decision = Decision {
 };
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn verdicts_accept_drop_modify_mark_truncate() {
     if !have_root() {
         return;
@@ -418,6 +419,7 @@ fn verdicts_accept_drop_modify_mark_truncate() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn burst_of_3000_all_get_verdicts() {
     if !have_root() {
         return;
@@ -547,6 +549,7 @@ fn burst_of_3000_all_get_verdicts() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn second_bind_is_refused_clearly_and_unbind_releases() {
     if !have_root() {
         return;
@@ -588,6 +591,7 @@ fn second_bind_is_refused_clearly_and_unbind_releases() {
 /// the loss must be reported (ENOBUFS counted), every packet that did arrive must still get its
 /// verdict, and nothing may be left waiting. This is the contrast to the 8 MiB case above.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn small_buffer_burst_counts_enobufs() {
     if !have_root() {
         return;
@@ -654,6 +658,7 @@ fn small_buffer_burst_counts_enobufs() {
 /// after `open`), the first sendmsg fails with EMSGSIZE; the layer must learn the limit and
 /// send the batch in pieces, losing and duplicating nothing.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn verdicts_split_when_send_buffer_is_small() {
     if !have_root() {
         return;

@@ -23,6 +23,7 @@ fn cpus() -> usize {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn every_queue_is_served_and_fanout_spreads_by_cpu() {
     if !require_root("every_queue_is_served_and_fanout_spreads_by_cpu") {
         return;

@@ -168,11 +168,13 @@ fn fragments(name: &str, fam: Family) {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn frag_udp_3000_8000_cross_intact_v4() {
     fragments("frag_udp_3000_8000_cross_intact_v4", Family::V4);
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn frag_udp_3000_8000_cross_intact_v6() {
     fragments("frag_udp_3000_8000_cross_intact_v6", Family::V6);
 }

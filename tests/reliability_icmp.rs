@@ -137,6 +137,7 @@ fn port_unreachable(name: &str, fam: Family) {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn icmp_port_unreachable_quotes_apparent_endpoint_v4() {
     port_unreachable(
         "icmp_port_unreachable_quotes_apparent_endpoint_v4",
@@ -145,6 +146,7 @@ fn icmp_port_unreachable_quotes_apparent_endpoint_v4() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn icmp_port_unreachable_quotes_apparent_endpoint_v6() {
     port_unreachable(
         "icmp_port_unreachable_quotes_apparent_endpoint_v6",
@@ -259,11 +261,13 @@ fn pmtu_upload(name: &str, fam: Family) {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn icmp_frag_needed_translated_upload_50mib_v4() {
     pmtu_upload("icmp_frag_needed_translated_upload_50mib_v4", Family::V4);
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn icmp_packet_too_big_translated_upload_50mib_v6() {
     pmtu_upload("icmp_packet_too_big_translated_upload_50mib_v6", Family::V6);
 }
@@ -306,6 +310,7 @@ print("sent", len(pk))
 "#;
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn icmp_forged_errors_about_no_service_stay_on_the_public_side() {
     let name = "icmp_forged_errors_about_no_service_stay_on_the_public_side";
     if !require_root(name) {

@@ -199,6 +199,7 @@ fn privilege_unsafe_checker_sees_what_it_must() {
 /// world-writable directory without the sticky bit, naming the file; `run` installs nothing.
 /// The same file with safe modes is accepted.
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn privilege_world_writable_config_refused_with_exit_2() {
     if !require_root("privilege_world_writable_config_refused_with_exit_2") {
         return;
@@ -471,11 +472,13 @@ fn scenario_net_admin_only(name: &str, as_nobody: bool) {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn privilege_net_admin_only_as_root_bounding_set() {
     scenario_net_admin_only("privilege_net_admin_only_as_root_bounding_set", false);
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn privilege_net_admin_only_as_nobody_ambient() {
     scenario_net_admin_only("privilege_net_admin_only_as_nobody_ambient", true);
 }

@@ -17,6 +17,7 @@ fn ttl1_ping(t: &Topology, dst: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn router_time_exceeded_for_unmapped_traffic_reaches_the_client() {
     if !require_root("router_time_exceeded_for_unmapped_traffic_reaches_the_client") {
         return;

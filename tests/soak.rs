@@ -184,6 +184,7 @@ fn spawn_server(t: &Topology, which: &str, port: u16, lifetime: u64) -> Proc {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn soak_mixed_load_rss_flat_no_packet_left() {
     let name = "soak_mixed_load_rss_flat_no_packet_left";
     if !require_root(name) {

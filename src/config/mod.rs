@@ -174,13 +174,18 @@ impl Default for Settings {
 
 impl Settings {
     /// How many queues the daemon binds: `queues N`, or for `auto` the CPUs available to this
-    /// process, at most [`MAX_AUTO_QUEUES`]; never past queue number 65535.
+    /// process, at most [`MAX_AUTO_QUEUES`]; at least 1 and never past queue number 65535
+    /// (the file parser refuses an explicit `queues` that would go past it; `auto` is cut).
     pub fn queue_count(&self) -> u16 {
         let n = self.queues.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map_or(1, |n| n.get().min(usize::from(MAX_AUTO_QUEUES)) as u16)
         });
-        n.clamp(1, u16::MAX - self.queue + 1)
+        // Queues `queue ..= 65535` remain: 65536 of them from queue 0, which is one more than
+        // a u16 holds, so the room is counted in u32 (it is always at least 1).
+        let room = u32::from(u16::MAX) + 1 - u32::from(self.queue);
+        let n = u32::from(n.max(1)).min(room);
+        u16::try_from(n).unwrap_or(u16::MAX)
     }
 }
 
@@ -202,5 +207,49 @@ impl Config {
         names.sort_unstable();
         names.dedup();
         names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(queue: u16, queues: Option<u16>) -> Settings {
+        Settings {
+            queue,
+            queues,
+            ..Settings::default()
+        }
+    }
+
+    /// `queue 0` is valid (netnat.conf(5)); the range arithmetic once overflowed there and
+    /// `clamp` panicked with min > max.
+    #[test]
+    fn queue_count_stays_within_the_queue_numbers() {
+        assert_eq!(settings(0, Some(1)).queue_count(), 1);
+        assert_eq!(settings(0, Some(MAX_QUEUES)).queue_count(), MAX_QUEUES);
+        assert!((1..=MAX_AUTO_QUEUES).contains(&settings(0, None).queue_count()));
+        assert_eq!(settings(65535, None).queue_count(), 1);
+        assert_eq!(settings(65535, Some(64)).queue_count(), 1);
+        assert_eq!(settings(65534, Some(64)).queue_count(), 2);
+        assert_eq!(settings(7, Some(0)).queue_count(), 1);
+        // Every combination: at least one queue, the last one a valid queue number.
+        for queue in [0, 1, 4747, 65472, 65473, 65534, 65535] {
+            for queues in [
+                None,
+                Some(0),
+                Some(1),
+                Some(2),
+                Some(MAX_QUEUES),
+                Some(u16::MAX),
+            ] {
+                let n = settings(queue, queues).queue_count();
+                assert!(n >= 1, "queue {queue} queues {queues:?}");
+                assert!(
+                    u32::from(queue) + u32::from(n) - 1 <= u32::from(u16::MAX),
+                    "queue {queue} queues {queues:?}: {n}"
+                );
+            }
+        }
     }
 }

@@ -22,6 +22,8 @@ mod netlink;
 pub mod policy;
 mod render;
 
+#[doc(hidden)]
+pub use netlink::install_batch_bytes;
 pub use netlink::{NFT_TABLE_F_OWNER, NftError, NftSession, QueueExprKind, flush_leftover};
 pub use policy::{
     ChainSpec, CtDirection, Family, GUARD_LABEL, GUARD_TABLE, Guard, Hook, KeyField, KeyValue,

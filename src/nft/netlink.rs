@@ -993,6 +993,14 @@ unsafe impl NlMsg for ElementsMsg<'_> {
     }
 }
 
+/// The bytes of the batch [`NftSession::install`] sends for `policy`, built without a socket:
+/// for the `config_to_batch` fuzz target, not an interface.
+#[doc(hidden)]
+pub fn install_batch_bytes(policy: &Policy, kind: QueueExprKind) -> Vec<u8> {
+    let (batch, _) = build_install_batch(policy, kind);
+    batch.iter().flatten().copied().collect()
+}
+
 /// The install batch and what each of its messages is.
 ///
 /// Order: the table (owned by this socket), its chains, a flush of all its rules, then each set
