@@ -201,6 +201,11 @@ impl Threads {
 
 /// Runs until SIGINT or SIGTERM; returns after the table is removed and the queues drained.
 pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
+    // First of all: until the handlers are in place, SIGHUP and SIGTERM keep their default
+    // action and kill the process, which during start-up (rules installed, thread not yet
+    // serving) would take the table with it. A signal caught this early sets its flag and is
+    // acted on when the main loop starts: a reload, or an orderly stop.
+    let signals = Signals::register().map_err(|e| sys("registering signals", e))?;
     let config = config::load_config(&opts.config).map_err(DaemonError::Config)?;
     let mut log = if opts.log_stderr {
         Logger::stderr()
@@ -255,7 +260,6 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     drop(policy);
     active.report(&mut log);
 
-    let signals = Signals::register().map_err(|e| sys("registering signals", e))?;
     let control_note = match &server {
         Some(s) => format!(", control socket {}", s.path().display()),
         None => String::new(),
