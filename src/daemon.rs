@@ -279,7 +279,8 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     if opts.log_stderr {
         // Tests and scripts wait for this line; with syslog it is in the log above.
     } else {
-        eprintln!("netnat: ready");
+        // Through the logging thread: a stderr nobody reads must not hold up the start.
+        log.stderr_line("ready");
     }
 
     let started = Instant::now();

@@ -87,7 +87,11 @@ impl Report {
             drops_text(&self.unattributed)
         );
         if self.log_lost > 0 {
-            let _ = writeln!(o, "log lines lost (syslog socket full): {}", self.log_lost);
+            let _ = writeln!(
+                o,
+                "log lines lost (log queue full, or log socket full, stalled or gone): {}",
+                self.log_lost
+            );
         }
         for s in &self.services {
             let c = &s.counters;

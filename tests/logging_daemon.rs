@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::scenario::{
-    AppAddr, Case, HTTP, READY_TIMEOUT, Servers, Translator, UDP, http_get, netnat_bin, udp_request,
+    AppAddr, Case, READY_TIMEOUT, Servers, Translator, UDP, netnat_bin, udp_request,
 };
 use common::{Family, PYTHON, Proc, Topology, require_root, run_bounded};
 
@@ -159,32 +159,6 @@ fn status(t: &Topology, control: &Path, timeout: Duration) -> (bool, Duration, S
     (out.success(), started.elapsed(), out.to_string())
 }
 
-/// The resident set size of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Whether `pid` has a handler for signal `sig` (its bit in /proc/PID/status `SigCgt`).
-fn catches(pid: u32, sig: i32) -> bool {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
-}
-
-/// Whether `pid` runs the netnat binary yet (`ip netns exec` execs it in the same process).
-fn is_netnat(pid: u32) -> bool {
-    fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| {
-        p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("netnat"))
-    })
-}
-
 const V4_STAR: Case = Case {
     tr: Translator::Netnat,
     fam: Family::V4,
@@ -286,4 +260,235 @@ fn sighup_during_start_up_does_not_kill_netnat() {
     p.signal(libc::SIGTERM);
     let st = p.wait_timeout(Duration::from_secs(20));
     assert!(st.is_some_and(|s| s.success()), "{}", p.evidence());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traffic
+
+/// Sends `count` UDP datagrams to `dst:port` from the client, each from a socket of its own,
+/// so each from a new source port: each one is a new flow (and a 0x8000 record). Bounded by
+/// `secs`. Prints `sent N`.
+fn udp_new_flows(t: &Topology, dst: &str, port: u16, count: u32, secs: u32) -> String {
+    let prog = format!(
+        "import socket, time\n\
+         end = time.time() + {secs}\n\
+         n = 0\n\
+         while n < {count} and time.time() < end:\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   s.sendto(b'flood', ('{dst}', {port}))\n\
+         \x20   s.close()\n\
+         \x20   n += 1\n\
+         print('sent', n)\n"
+    );
+    let out = t.cli.run_timeout(
+        &[PYTHON, "-c", &prog],
+        Duration::from_secs(u64::from(secs) + 10),
+    );
+    assert!(out.success(), "udp sender: {out}");
+    out.stdout
+}
+
+const UDP_FLAGGED: &str = "queue 4812\nservice pub0 port * 5300 UDP 192.168.77.10 53 0x8000\n";
+
+// ---------------------------------------------------------------------------------------------
+// §4: a syslog daemon that restarts
+
+/// The syslog socket is removed and created again (a syslog daemon restarting): records reach
+/// the new socket, and the lines lost meanwhile are reported there.
+#[test]
+fn records_reach_a_syslog_socket_that_was_removed_and_recreated() {
+    if !require_root("records_reach_a_syslog_socket_that_was_removed_and_recreated") {
+        return;
+    }
+    let t = Topology::new();
+    let path = t.dir.file("log.sock");
+    let log = Syslog::bind(&t, &path);
+    let _servers = Servers::start(&t, Family::V4);
+    let (mut p, _control) = start_syslog_netnat(&t, UDP_FLAGGED, &path);
+    udp_new_flows(&t, "10.99.1.1", UDP.app_port, 5, 10);
+    let start = Instant::now();
+    while log.count("pr:pub0:") < 5 && start.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(log.count("pr:pub0:"), 5, "{:?}", log.messages());
+
+    // syslog stops: its socket goes; records meanwhile are lost.
+    log.close();
+    udp_new_flows(&t, "10.99.1.1", UDP.app_port, 20, 10);
+    thread::sleep(Duration::from_millis(300));
+    // syslog is back on the same path.
+    let log = Syslog::bind(&t, &path);
+    let back = Instant::now();
+    let mut rounds = 0;
+    while log.count("pr:pub0:") == 0 && back.elapsed() < Duration::from_secs(15) {
+        udp_new_flows(&t, "10.99.1.1", UDP.app_port, 5, 10);
+        rounds += 1;
+        thread::sleep(Duration::from_millis(200));
+    }
+    let after = log.count("pr:pub0:");
+    eprintln!(
+        "after re-creation: {after} records within {:?} ({rounds} rounds of 5 new flows)",
+        back.elapsed()
+    );
+    assert!(
+        after > 0,
+        "no record after the socket came back\n{}",
+        p.evidence()
+    );
+    let start = Instant::now();
+    while !log.messages().iter().any(|m| m.contains("log lines lost"))
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let lost: Vec<String> = log
+        .messages()
+        .into_iter()
+        .filter(|m| m.contains("log lines lost"))
+        .collect();
+    eprintln!("reported: {lost:?}");
+    assert!(!lost.is_empty(), "{:?}", log.messages());
+    assert!(p.try_status().is_none(), "{}", p.evidence());
+    p.signal(libc::SIGTERM);
+    assert!(
+        p.wait_timeout(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// §2: stderr that fails
+
+/// `--log-stderr` with stderr a pipe whose reader is gone: every line gets EPIPE. Records of
+/// new flows keep coming; netnat keeps translating and answering `status`.
+#[test]
+fn a_closed_stderr_does_not_stop_netnat() {
+    if !require_root("a_closed_stderr_does_not_stop_netnat") {
+        return;
+    }
+    use std::io::Read;
+    use std::process::Stdio;
+    let t = Topology::new();
+    let _servers = Servers::start(&t, Family::V4);
+    let conf = t.dir.file("netnat.conf");
+    fs::write(&conf, UDP_FLAGGED).expect("write config");
+    let control = t.dir.file("netnat.sock");
+    let mut cmd = t.rtr.command(&[
+        netnat_bin(),
+        "run",
+        "--config",
+        conf.to_str().unwrap(),
+        "--log-stderr",
+        "--control",
+        control.to_str().unwrap(),
+    ]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn netnat");
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        assert!(start.elapsed() < READY_TIMEOUT, "no ready line");
+        let n = err.read(&mut buf).expect("read netnat's stderr");
+        assert!(n > 0, "stderr closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(err); // from here on every write to stderr fails with EPIPE
+    udp_new_flows(&t, "10.99.1.1", UDP.app_port, 500, 20);
+    let out = udp_request(&t, V4_STAR, 2, 3);
+    let alive = child.try_wait().expect("try_wait").is_none();
+    let (answered, took, text) = status(&t, &control, Duration::from_secs(5));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(alive, "netnat stopped after EPIPE on stderr");
+    assert!(out.success() && out.stdout.contains("data="), "{out}");
+    assert!(answered, "status: {text} ({took:?})");
+    assert!(
+        text.contains("log lines lost"),
+        "the failed writes are counted: {text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 15, item 2: a stalled log reader
+
+/// The exact case of the report: a stream syslog socket that accepts and never reads, then
+/// 6,000 UDP datagrams from new source ports to a 0x8000 service. New clients still get
+/// answers, `status` answers, SIGTERM stops netnat within 2 s, and the kernel queue does not
+/// fill.
+#[test]
+fn a_stalled_stream_syslog_reader_stops_nothing() {
+    if !require_root("a_stalled_stream_syslog_reader_stops_nothing") {
+        return;
+    }
+    let t = Topology::new();
+    let path = t.dir.file("log.sock");
+    let p2 = path.clone();
+    let listener = in_router(&t, move || {
+        UnixListener::bind(&p2).expect("bind stream socket")
+    });
+    listener.set_nonblocking(true).unwrap();
+    let held: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (h, s) = (Arc::clone(&held), Arc::clone(&stop));
+    let acceptor = thread::spawn(move || {
+        // Accepts every connection and never reads from any; bounded by the test.
+        let end = Instant::now() + Duration::from_secs(120);
+        while !s.load(Ordering::Relaxed) && Instant::now() < end {
+            if let Ok((c, _)) = listener.accept() {
+                h.lock().unwrap().push(c);
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let _servers = Servers::start(&t, Family::V4);
+    let (mut p, control) = start_syslog_netnat(&t, UDP_FLAGGED, &path);
+
+    let sent = udp_new_flows(&t, "10.99.1.1", UDP.app_port, 6000, 60);
+    let during = common::kernel_queues(&t.rtr, 4812);
+    let out = udp_request(&t, V4_STAR, 1, 3);
+    let (answered, took, text) = status(&t, &control, Duration::from_secs(5));
+    let after = common::kernel_queues(&t.rtr, 4812);
+    eprintln!(
+        "{}; kernel queue after the flood {during:?}, later {after:?}; new client: {}; \
+         status in {took:?}; connections accepted: {}",
+        sent.trim(),
+        out.stdout.trim(),
+        held.lock().unwrap().len()
+    );
+    let lost_line = text
+        .lines()
+        .find(|l| l.contains("log lines lost"))
+        .unwrap_or("no log lines lost")
+        .to_string();
+    eprintln!("status: {lost_line}");
+    let stopping = Instant::now();
+    p.signal(libc::SIGTERM);
+    let st = p.wait_timeout(Duration::from_secs(2));
+    let stop_took = stopping.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = acceptor.join();
+    eprintln!("SIGTERM to exit: {stop_took:?}");
+    assert!(sent.contains("sent 6000"), "{sent}");
+    assert!(
+        out.success() && out.stdout.contains("data="),
+        "new client: {out}"
+    );
+    assert!(
+        answered && took < Duration::from_secs(1),
+        "status: {text} ({took:?})"
+    );
+    assert!(
+        after.is_some_and(|k| k.waiting == 0),
+        "packets pile up in the queue: {after:?}"
+    );
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "SIGTERM did not stop netnat within 2 s\n{}",
+        p.evidence()
+    );
+    assert!(!held.lock().unwrap().is_empty(), "netnat never connected");
 }
