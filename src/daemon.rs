@@ -36,6 +36,7 @@ use crate::nft::{NftSession, Policy, QueueExprKind};
 use crate::queue::{Queue, QueueOptions, QueueStats};
 use crate::save;
 use crate::service::ServiceTable;
+use crate::stats::Rate;
 use crate::status::{Report, ServiceReport, ServiceState};
 
 /// What `netnat run` was asked to do.
@@ -287,7 +288,11 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     let shared = Arc::new(Mutex::new(Shared {
         table: Arc::clone(&active.table),
         mark: active.config.settings.mark,
-        monitor: Monitor::new(services_of(&active.config)),
+        monitor: {
+            let mut m = Monitor::new(services_of(&active.config));
+            m.set_rate(Rate::of(&active.config.settings));
+            m
+        },
         log,
         queue_stats: vec![Default::default(); queues.len()],
     }));
@@ -590,6 +595,7 @@ impl Daemon<'_> {
         let mut shared = consumer::lock(&self.shared);
         next.report(&mut shared.log);
         shared.monitor.replace(services_of(&next.config));
+        shared.monitor.set_rate(Rate::of(&next.config.settings));
         shared.table = Arc::clone(&next.table);
         shared.mark = next.config.settings.mark;
         drop(shared);

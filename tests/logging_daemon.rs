@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::scenario::{
-    AppAddr, Case, READY_TIMEOUT, Servers, Translator, UDP, netnat_bin, udp_request,
+    AppAddr, Case, HTTP, READY_TIMEOUT, Servers, Translator, UDP, http_get, netnat_bin, udp_request,
 };
 use common::{Family, PYTHON, Proc, Topology, require_root, run_bounded};
 
@@ -157,6 +157,15 @@ fn status(t: &Topology, control: &Path, timeout: Duration) -> (bool, Duration, S
     cmd.env_remove("RUST_BACKTRACE");
     let out = run_bounded(cmd, timeout);
     (out.success(), started.elapsed(), out.to_string())
+}
+
+/// The resident set size of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 const V4_STAR: Case = Case {
@@ -491,4 +500,149 @@ fn a_stalled_stream_syslog_reader_stops_nothing() {
         p.evidence()
     );
     assert!(!held.lock().unwrap().is_empty(), "netnat never connected");
+}
+
+// ---------------------------------------------------------------------------------------------
+// §4: a flood against the rate limit of every record class
+
+/// Raw-socket SYN sender for the client namespace: `count` SYNs to `dst:dport` in `secs`
+/// seconds, paced in 10 ms slots, from 1,000 spoofed (source address, port) pairs of
+/// 10.99.1.100-199 (few enough tuples that the router's conntrack table stays small; every SYN
+/// is still a new connection attempt and, before the limit, a 0x8000 record). Prints
+/// `sent N in S s`.
+const SYN_FLOOD: &str = r#"
+import random, socket, struct, sys, time
+dst, dport, count, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+d = socket.inet_aton(dst)
+pkts = []
+for i in range(1000):
+    src = socket.inet_aton("10.99.1.%d" % (100 + i % 100))
+    sport = 20000 + i
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, random.getrandbits(32), 0, 5 << 4, 0x02, 64240, 0, 0)
+    c = csum(src + d + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
+    tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), i, 0, 64, 6, 0, src, d)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    pkts.append(ip + tcp)
+random.shuffle(pkts)
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+slots = int(secs * 100)
+per = count // slots
+start = time.time()
+sent = 0
+for k in range(slots):
+    for j in range(per):
+        try:
+            s.sendto(pkts[(k * per + j) % 1000], (dst, 0))
+            sent += 1
+        except (BlockingIOError, OSError):
+            pass
+    wait = start + (k + 1) * 0.01 - time.time()
+    if wait > 0: time.sleep(wait)
+print("sent %d in %.1f s" % (sent, time.time() - start), flush=True)
+"#;
+
+/// 100,000 spoofed SYNs in 10 s to a 0x8000 service with `log-rate 50`, `log-burst 100`: at
+/// most 100 + 50 × T mapping records reach syslog (T the seconds from the flood's start to the
+/// count), real clients are answered during the flood (curl every 250 ms), and netnat's
+/// resident memory stays flat.
+#[test]
+fn a_syn_flood_gets_at_most_the_configured_records() {
+    if !require_root("a_syn_flood_gets_at_most_the_configured_records") {
+        return;
+    }
+    let _heavy = common::heavy_lock();
+    let t = Topology::new();
+    let path = t.dir.file("log.sock");
+    let log = Syslog::bind(&t, &path);
+    let _servers = Servers::start(&t, Family::V4);
+    let config = format!(
+        "queue 4813\nlog-rate 50\nlog-burst 100\n\
+         service pub0 port * {} TCP 192.168.77.10 {} 0x8000\n",
+        HTTP.app_port, HTTP.act_port
+    );
+    let (mut p, control) = start_syslog_netnat(&t, &config, &path);
+    // Warm up (the first connections allocate what netnat keeps), then the baseline.
+    for _ in 0..3 {
+        let out = http_get(&t, V4_STAR, 5);
+        assert!(out.success(), "before the flood: {out}");
+    }
+    thread::sleep(Duration::from_millis(300));
+    let rss_before = rss_kib(p.pid());
+    let queued_before = common::kernel_queues(&t.rtr, 4813).map_or(0, |k| k.id_sequence);
+    let records_before = log.count("pr:pub0:");
+
+    let flood_start = Instant::now();
+    let cli = t.cli.name.clone();
+    let flood = thread::spawn(move || {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &cli, PYTHON, "-c", SYN_FLOOD, "10.99.1.1"])
+            .arg(HTTP.app_port.to_string())
+            .args(["100000", "10"]);
+        run_bounded(c, Duration::from_secs(40))
+    });
+    let (mut ok, mut failed, mut rss_max) = (0u32, Vec::new(), rss_before);
+    while !flood.is_finished() && flood_start.elapsed() < Duration::from_secs(40) {
+        let out = http_get(&t, V4_STAR, 5);
+        if out.success() && out.stdout.contains("REMOTE 10.99.1.1 8080") {
+            ok += 1;
+        } else {
+            failed.push(out.to_string());
+        }
+        rss_max = rss_max.max(rss_kib(p.pid()));
+        thread::sleep(Duration::from_millis(250));
+    }
+    let sent = flood.join().expect("flood thread");
+    thread::sleep(Duration::from_secs(1));
+    let secs = flood_start.elapsed().as_secs_f64();
+    let rss_after = rss_kib(p.pid());
+    let queued = common::kernel_queues(&t.rtr, 4813).map_or(0, |k| k.id_sequence) - queued_before;
+    let records = log.count("pr:pub0:") - records_before;
+    let sup: Vec<String> = log
+        .messages()
+        .into_iter()
+        .filter(|m| m.starts_with("sup:"))
+        .collect();
+    let suppressed: u64 = sup
+        .iter()
+        .filter_map(|m| m.rsplit(':').next()?.parse::<u64>().ok())
+        .sum();
+    let (answered, _, st) = status(&t, &control, Duration::from_secs(5));
+    let bound = 100 + (50.0 * secs).ceil() as usize;
+    eprintln!(
+        "flood: {}; {queued} packets queued to netnat; {records} mapping records in {secs:.1} s \
+         (bound {bound}), {} sup lines counting {suppressed} held back; real clients {ok} ok, \
+         {} failed; RSS {rss_before} KiB before, max {rss_max} during, {rss_after} after",
+        sent.stdout.trim(),
+        sup.len(),
+        failed.len()
+    );
+    eprintln!("status:\n{st}");
+    assert!(sent.success(), "flood: {sent}");
+    assert!(
+        queued >= 100_000,
+        "the flood did not reach netnat: {queued} queued"
+    );
+    assert!(records <= bound, "{records} records > {bound}");
+    assert!(records >= 100, "the burst at least: {records}");
+    assert!(
+        suppressed > 50_000,
+        "held-back records are summarised: {suppressed}"
+    );
+    assert!(
+        ok >= 10 && failed.is_empty(),
+        "real clients: {ok} ok, failed: {failed:#?}"
+    );
+    assert!(
+        rss_max < rss_before + 8 * 1024,
+        "RSS grew: {rss_before} KiB -> {rss_max} KiB"
+    );
+    assert!(answered, "{st}");
+    assert!(p.try_status().is_none(), "{}", p.evidence());
 }
