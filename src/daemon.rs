@@ -491,6 +491,9 @@ impl Daemon<'_> {
             queue_stats.verdicts += q.verdicts;
             queue_stats.enobufs += q.enobufs;
             queue_stats.async_errors += q.async_errors;
+            queue_stats.failed_closed += q.failed_closed;
+            queue_stats.send_failed_dropped += q.send_failed_dropped;
+            queue_stats.verdicts_lost += q.verdicts_lost;
         }
         Report {
             queue: self.active.config.settings.queue,
