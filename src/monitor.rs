@@ -490,6 +490,58 @@ mod tests {
         assert_eq!(l.len(), 11, "{l:?}");
     }
 
+    /// The actual server's port unreachable to the client about `quoted` (an inbound packet
+    /// as translated), as it leaves the router (postrouting).
+    fn port_unreachable(quoted: &[u8]) -> Vec<u8> {
+        let mut icmp = vec![3u8, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(quoted);
+        let c = pnet_packet::icmp::checksum(&pnet_packet::icmp::IcmpPacket::new(&icmp).unwrap());
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let mut p = udp([192, 168, 77, 10], 0, [10, 99, 1, 2], 0)[..20].to_vec();
+        p[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+        p[9] = 1;
+        p[10..12].copy_from_slice(&[0, 0]);
+        let ip = pnet_packet::ipv4::Ipv4Packet::new(&p).unwrap();
+        let c = pnet_packet::ipv4::checksum(&ip);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p.extend_from_slice(&icmp);
+        p
+    }
+
+    #[test]
+    fn icmp_records_are_rate_limited_too() {
+        let svcs =
+            vec![parse_service("service pub0 port * 53 UDP 192.168.77.10 5353 0x0800").unwrap()];
+        let table = ServiceTable::build(&svcs, &OnePublic);
+        let mut mon = Monitor::new(svcs);
+        mon.set_rate(Rate {
+            per_sec: 1,
+            burst: 3,
+        });
+        let mut log = Logger::memory();
+        let quoted = udp([10, 99, 1, 2], 41000, [192, 168, 77, 10], 5353);
+        for _ in 0..50 {
+            let mut e = port_unreachable(&quoted);
+            run(&mut mon, &table, &mut e, 4, Clock::default(), &mut log);
+        }
+        let l = lines(&mut log);
+        assert_eq!(l.len(), 3, "{l:?}");
+        assert!(l[0].starts_with("ic:pub0:out:3:3:"), "{l:?}");
+        assert_eq!(mon.stats().service(0).icmp_errors, 50, "all counted");
+        let mut e = port_unreachable(&quoted);
+        run(
+            &mut mon,
+            &table,
+            &mut e,
+            4,
+            Clock { ms: 1000, wall: 0 },
+            &mut log,
+        );
+        let l = lines(&mut log);
+        assert_eq!(l[0], "sup:pub0:*:53:17:ic:47");
+        assert_eq!(l.len(), 2, "{l:?}");
+    }
+
     #[test]
     fn drops_are_attributed_and_logged_with_flag_0x1000() {
         let svcs =
