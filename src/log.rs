@@ -14,8 +14,6 @@
 
 use std::fmt::Display;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -510,72 +508,41 @@ enum Sent {
     Broken,
 }
 
-/// A non-blocking, close-on-exec connection to the Unix socket `path`: datagram first, stream
-/// when the socket is a stream one (EPROTOTYPE). A stream listener whose backlog is full
-/// refuses at once (EAGAIN) rather than making the logging thread wait.
+/// A non-blocking (close-on-exec, as std makes every socket) connection to the Unix socket
+/// `path`: datagram first, stream when the socket is a stream one (EPROTOTYPE).
+///
+/// std offers no non-blocking connect: a stream listener whose backlog is full makes this
+/// call wait until it accepts. Only the logging thread connects after start-up, so such a
+/// listener stalls the log (lines are then lost and counted), never the packets.
 fn connect_unix(path: &Path) -> io::Result<Conn> {
-    match connect_raw(path, libc::SOCK_DGRAM) {
-        Ok(fd) => Ok(Conn::Dgram(UnixDatagram::from(fd))),
+    let d = UnixDatagram::unbound()?;
+    match d.connect(path) {
+        Ok(()) => {
+            d.set_nonblocking(true)?;
+            Ok(Conn::Dgram(d))
+        }
         Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => {
-            connect_raw(path, libc::SOCK_STREAM).map(|fd| Conn::Stream(UnixStream::from(fd)))
+            let s = UnixStream::connect(path)?;
+            s.set_nonblocking(true)?;
+            Ok(Conn::Stream(s))
         }
         Err(e) => Err(e),
     }
 }
 
-fn connect_raw(path: &Path, kind: libc::c_int) -> io::Result<OwnedFd> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "socket path too long",
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes for the call.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&raw const addr).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
+/// How often a send that found the socket full looks again, until its deadline. Polling
+/// rather than poll(2): it only happens while syslog lags, and keeps this module free of
+/// unsafe code.
+const RETRY_EVERY: Duration = Duration::from_millis(2);
 
-/// Waits until `fd` can take data, at most `timeout`. False on timeout.
-fn wait_writable(fd: RawFd, timeout: Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut p, 1, ms) };
-    n > 0
+/// Sleeps a retry step if `deadline` leaves time for one; false when it does not.
+fn wait_before(deadline: Instant) -> bool {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return false;
+    }
+    std::thread::sleep(left.min(RETRY_EVERY));
+    true
 }
 
 fn send_dgram(s: &UnixDatagram, buf: &[u8], timeout: Duration) -> Sent {
@@ -584,8 +551,7 @@ fn send_dgram(s: &UnixDatagram, buf: &[u8], timeout: Duration) -> Sent {
         match s.send(buf) {
             Ok(_) => return Sent::Yes,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() || !wait_writable(s.as_raw_fd(), left) {
+                if !wait_before(deadline) {
                     return Sent::Full;
                 }
             }
@@ -597,35 +563,23 @@ fn send_dgram(s: &UnixDatagram, buf: &[u8], timeout: Duration) -> Sent {
     }
 }
 
-fn send_stream(s: &UnixStream, buf: &[u8], timeout: Duration) -> Sent {
+/// Writes all of `buf`. A reader that went away is an EPIPE error here, not a signal: the Rust
+/// runtime ignores SIGPIPE in netnat's process.
+fn send_stream(mut s: &UnixStream, buf: &[u8], timeout: Duration) -> Sent {
     let deadline = Instant::now() + timeout;
     let mut at = 0;
     while at < buf.len() {
-        // MSG_NOSIGNAL: a reader that went away is an EPIPE error here, not a SIGPIPE.
-        // SAFETY: `buf[at..]` is valid for reads of its length during the call.
-        let n = unsafe {
-            libc::send(
-                s.as_raw_fd(),
-                buf[at..].as_ptr().cast(),
-                buf.len() - at,
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            at += n as usize;
-            continue;
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() || !wait_writable(s.as_raw_fd(), left) {
+        match s.write(&buf[at..]) {
+            Ok(0) => return Sent::Broken,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !wait_before(deadline) {
                     // A line cut in the middle would leave the stream unusable anyway.
                     return Sent::Stalled;
                 }
             }
-            _ => return Sent::Broken,
+            Err(_) => return Sent::Broken,
         }
     }
     Sent::Yes

@@ -425,7 +425,7 @@ fn a_closed_stderr_does_not_stop_netnat() {
 // Issue 15, item 2: a stalled log reader
 
 /// The exact case of the report: a stream syslog socket that accepts and never reads, then
-/// 6,000 UDP datagrams from new source ports to a 0x8000 service. New clients still get
+/// 6,000 UDP datagrams from new source ports to a 0x8000 service (its records not limited). New clients still get
 /// answers, `status` answers, SIGTERM stops netnat within 2 s, and the kernel queue does not
 /// fill.
 #[test]
@@ -454,7 +454,10 @@ fn a_stalled_stream_syslog_reader_stops_nothing() {
         }
     });
     let _servers = Servers::start(&t, Family::V4);
-    let (mut p, control) = start_syslog_netnat(&t, UDP_FLAGGED, &path);
+    // The rate limit of records would keep most of the 6,000 records from the log; lifted
+    // here, so that the log really stalls, as in the report (one record per new flow).
+    let config = format!("log-rate 100000\nlog-burst 100000\n{UDP_FLAGGED}");
+    let (mut p, control) = start_syslog_netnat(&t, &config, &path);
 
     let sent = udp_new_flows(&t, "10.99.1.1", UDP.app_port, 6000, 60);
     let during = common::kernel_queues(&t.rtr, 4812);
@@ -500,6 +503,10 @@ fn a_stalled_stream_syslog_reader_stops_nothing() {
         p.evidence()
     );
     assert!(!held.lock().unwrap().is_empty(), "netnat never connected");
+    assert!(
+        lost_line.contains("log lines lost (") && !lost_line.ends_with(": 0"),
+        "the log did not stall, nothing was tested: {text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
