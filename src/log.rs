@@ -359,8 +359,8 @@ fn writer_loop(out: &mut Output, rx: &Receiver<Line>, counters: &Counters) {
             if out.write(Level::Warning, &msg, closing) {
                 reported = lost;
             } else {
+                // Itself lost: the next summary, a second later at the earliest, counts it.
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                reported = counters.lost();
             }
         }
         let Some(line) = line else { continue };
