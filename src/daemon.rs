@@ -36,6 +36,7 @@ use crate::nft::{NftSession, Policy, QueueExprKind};
 use crate::queue::{Queue, QueueOptions, QueueStats};
 use crate::save;
 use crate::service::ServiceTable;
+use crate::stats::Rate;
 use crate::status::{Report, ServiceReport, ServiceState};
 
 /// What `netnat run` was asked to do.
@@ -301,6 +302,11 @@ impl Threads {
 
 /// Runs until SIGINT or SIGTERM; returns after the table is removed and the queues drained.
 pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
+    // First of all: until the handlers are in place, SIGHUP and SIGTERM keep their default
+    // action and kill the process, which during start-up (rules installed, thread not yet
+    // serving) would take the table with it. A signal caught this early sets its flag and is
+    // acted on when the main loop starts: a reload, or an orderly stop.
+    let signals = Signals::register().map_err(|e| sys("registering signals", e))?;
     let config = config::load_config(&opts.config).map_err(DaemonError::Config)?;
     let mut log = if opts.log_stderr {
         Logger::stderr()
@@ -355,7 +361,6 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     drop(policy);
     active.report(&mut log);
 
-    let signals = Signals::register().map_err(|e| sys("registering signals", e))?;
     let control_note = match &server {
         Some(s) => format!(", control socket {}", s.path().display()),
         None => String::new(),
@@ -375,14 +380,19 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     if opts.log_stderr {
         // Tests and scripts wait for this line; with syslog it is in the log above.
     } else {
-        eprintln!("netnat: ready");
+        // Through the logging thread: a stderr nobody reads must not hold up the start.
+        log.stderr_line("ready");
     }
 
     let started = Instant::now();
     let shared = Arc::new(Mutex::new(Shared {
         table: Arc::clone(&active.table),
         mark: active.config.settings.mark,
-        monitor: Monitor::new(services_of(&active.config)),
+        monitor: {
+            let mut m = Monitor::new(services_of(&active.config));
+            m.set_rate(Rate::of(&active.config.settings));
+            m
+        },
         log,
         queue_stats: vec![Default::default(); queues.len()],
     }));
@@ -583,6 +593,9 @@ impl Daemon<'_> {
             queue_stats.verdicts += q.verdicts;
             queue_stats.enobufs += q.enobufs;
             queue_stats.async_errors += q.async_errors;
+            queue_stats.failed_closed += q.failed_closed;
+            queue_stats.send_failed_dropped += q.send_failed_dropped;
+            queue_stats.verdicts_lost += q.verdicts_lost;
         }
         Report {
             queue: self.active.config.settings.queue,
@@ -767,6 +780,7 @@ impl Daemon<'_> {
             ));
         }
         shared.monitor.replace(next.services());
+        shared.monitor.set_rate(Rate::of(&next.config.settings));
         shared.table = Arc::clone(&next.table);
         shared.mark = next.config.settings.mark;
         drop(shared);

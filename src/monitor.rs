@@ -1,8 +1,10 @@
 //! What the daemon learns from each packet's fate: counters ([`crate::stats`]) and the records
 //! the services' flags ask for ([`crate::record`]).
 //!
-//! Owned by the consumer thread. Per packet it does integer increments; it formats a record
-//! only when a flag asks for one and the rate limit admits it.
+//! Shared by the queue threads (under their lock). Per packet it does integer increments; it
+//! formats a record only when a flag asks for one and the rate limit of that service and record
+//! class admits it (every class is limited: a flood of spoofed sources gets `log-rate` records
+//! per second per service, and one `sup` line for the rest).
 
 use std::net::IpAddr;
 
@@ -14,7 +16,7 @@ use crate::record::{
     DropAction, DropRecord, FlowMemory, IcmpRecord, MappingEvent, PacketRecord, RecordKind,
     SuppressedRecord, VolumeRecord, icmp_type_code,
 };
-use crate::stats::{Counters, DropReason, Stats, TokenBucket, carry_map};
+use crate::stats::{Counters, DropReason, Rate, Stats, TokenBucket, carry_map};
 use crate::wire::{Direction, Kind};
 
 /// The clocks of one batch, read once per batch rather than per packet.
@@ -35,6 +37,8 @@ impl Clock {
 /// Per-service state beside the counters.
 #[derive(Clone, Copy, Default)]
 struct Limits {
+    mappings: TokenBucket,
+    icmp: TokenBucket,
     packets: TokenBucket,
     drops: TokenBucket,
     /// Counters at the service's previous volume record.
@@ -55,6 +59,8 @@ pub struct Monitor {
     shared_drops: TokenBucket,
     /// Some service has flag 0x1000, so packets of no service are reported too.
     any_drops: bool,
+    /// The limit of every bucket (`log-rate`, `log-burst`).
+    rate: Rate,
 }
 
 impl Monitor {
@@ -70,7 +76,14 @@ impl Monitor {
             limit_of,
             limits,
             shared_drops: TokenBucket::default(),
+            rate: Rate::default(),
         }
+    }
+
+    /// The limit of every record class, from the configuration; running buckets keep their
+    /// tokens (capped at the new burst).
+    pub fn set_rate(&mut self, rate: Rate) {
+        self.rate = rate;
     }
 
     /// A new set of services (reload, `service add/del`): a service equal to a running one
@@ -130,7 +143,12 @@ impl Monitor {
                             };
                             if new {
                                 self.stats.new_connection(id);
-                                if flags.has(Flags::MAPPING_EVENT) {
+                                if flags.has(Flags::MAPPING_EVENT)
+                                    && let Some(limits) =
+                                        limits_of(&self.limit_of, &mut self.limits, id)
+                                    && let Some(held) = limits.mappings.admit(now.ms, self.rate)
+                                {
+                                    suppressed(log, Some(service), RecordKind::Mapping, held);
                                     log.record(MappingEvent {
                                         iface: &service.iface,
                                         flow: &flow,
@@ -140,7 +158,7 @@ impl Monitor {
                         }
                         if flags.has(Flags::EVERY_PACKET)
                             && let Some(limits) = limits_of(&self.limit_of, &mut self.limits, id)
-                            && let Some(held) = limits.packets.admit(now.ms)
+                            && let Some(held) = limits.packets.admit(now.ms, self.rate)
                         {
                             suppressed(log, Some(service), RecordKind::Packet, held);
                             log.record(PacketRecord {
@@ -153,7 +171,11 @@ impl Monitor {
                     }
                     Kind::IcmpError => {
                         self.stats.icmp_error(id);
-                        if flags.has(Flags::ICMP) {
+                        if flags.has(Flags::ICMP)
+                            && let Some(limits) = limits_of(&self.limit_of, &mut self.limits, id)
+                            && let Some(held) = limits.icmp.admit(now.ms, self.rate)
+                        {
+                            suppressed(log, Some(service), RecordKind::Icmp, held);
                             log.record(IcmpRecord {
                                 iface: &service.iface,
                                 dir,
@@ -186,7 +208,7 @@ impl Monitor {
                         let Some(limits) = limits_of(&self.limit_of, &mut self.limits, id) else {
                             return;
                         };
-                        if let Some(held) = limits.drops.admit(now.ms) {
+                        if let Some(held) = limits.drops.admit(now.ms, self.rate) {
                             suppressed(log, Some(service), RecordKind::Drop, held);
                             log.record(DropRecord {
                                 iface: &service.iface,
@@ -218,7 +240,7 @@ impl Monitor {
         let Some(dir) = datapath::direction_of(pkt.hook) else {
             return;
         };
-        let Some(held) = self.shared_drops.admit(now.ms) else {
+        let Some(held) = self.shared_drops.admit(now.ms, self.rate) else {
             return;
         };
         suppressed(log, None, RecordKind::Drop, held);
@@ -263,10 +285,14 @@ impl Monitor {
 /// Index of a service without [`Limits`].
 const NO_LIMITS: u32 = u32::MAX;
 
-/// Whether a service's flags ask for records that need [`Limits`]: rate-limited packet and
-/// drop records, volume records.
+/// Whether a service's flags ask for records that need [`Limits`]: rate-limited mapping,
+/// packet, drop and ICMP records, volume records.
 fn needs_limits(flags: Flags) -> bool {
-    flags.has(Flags::EVERY_PACKET) || flags.has(Flags::DROPS) || flags.has(Flags::VOLUME)
+    flags.has(Flags::MAPPING_EVENT)
+        || flags.has(Flags::EVERY_PACKET)
+        || flags.has(Flags::DROPS)
+        || flags.has(Flags::ICMP)
+        || flags.has(Flags::VOLUME)
 }
 
 /// Fresh limits for the services that need them, and each service's index among them.
@@ -425,6 +451,95 @@ mod tests {
         let l = lines(&mut log);
         assert_eq!(l[0], "sup:pub0:*:53:17:pk:50");
         assert!(l[1].starts_with("pk:pub0:in:"), "{l:?}");
+    }
+
+    #[test]
+    fn mapping_events_of_a_flood_are_rate_limited_by_the_configured_rate() {
+        let svcs =
+            vec![parse_service("service pub0 port * 53 UDP 192.168.77.10 5353 0x8000").unwrap()];
+        let table = ServiceTable::build(&svcs, &OnePublic);
+        let mut mon = Monitor::new(svcs);
+        mon.set_rate(Rate {
+            per_sec: 10,
+            burst: 20,
+        });
+        let mut log = Logger::memory();
+        // 1000 new flows (new source ports) at once: 20 records, the rest held back.
+        for port in 0..1000u16 {
+            let mut p = udp([10, 99, 1, 2], 20000 + port, [10, 99, 1, 1], 53);
+            run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+        }
+        let l = lines(&mut log);
+        assert_eq!(l.len(), 20);
+        assert!(l.iter().all(|r| r.starts_with("pr:pub0:")), "{l:?}");
+        assert_eq!(mon.stats().service(0).new_connections, 1000, "all counted");
+        // One second later: 10 more, the first preceded by the count of those held back.
+        for port in 0..100u16 {
+            let mut p = udp([10, 99, 1, 3], 20000 + port, [10, 99, 1, 1], 53);
+            run(
+                &mut mon,
+                &table,
+                &mut p,
+                0,
+                Clock { ms: 1000, wall: 0 },
+                &mut log,
+            );
+        }
+        let l = lines(&mut log);
+        assert_eq!(l[0], "sup:pub0:*:53:17:pr:980");
+        assert_eq!(l.len(), 11, "{l:?}");
+    }
+
+    /// The actual server's port unreachable to the client about `quoted` (an inbound packet
+    /// as translated), as it leaves the router (postrouting).
+    fn port_unreachable(quoted: &[u8]) -> Vec<u8> {
+        let mut icmp = vec![3u8, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(quoted);
+        let c = pnet_packet::icmp::checksum(&pnet_packet::icmp::IcmpPacket::new(&icmp).unwrap());
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let mut p = udp([192, 168, 77, 10], 0, [10, 99, 1, 2], 0)[..20].to_vec();
+        p[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+        p[9] = 1;
+        p[10..12].copy_from_slice(&[0, 0]);
+        let ip = pnet_packet::ipv4::Ipv4Packet::new(&p).unwrap();
+        let c = pnet_packet::ipv4::checksum(&ip);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p.extend_from_slice(&icmp);
+        p
+    }
+
+    #[test]
+    fn icmp_records_are_rate_limited_too() {
+        let svcs =
+            vec![parse_service("service pub0 port * 53 UDP 192.168.77.10 5353 0x0800").unwrap()];
+        let table = ServiceTable::build(&svcs, &OnePublic);
+        let mut mon = Monitor::new(svcs);
+        mon.set_rate(Rate {
+            per_sec: 1,
+            burst: 3,
+        });
+        let mut log = Logger::memory();
+        let quoted = udp([10, 99, 1, 2], 41000, [192, 168, 77, 10], 5353);
+        for _ in 0..50 {
+            let mut e = port_unreachable(&quoted);
+            run(&mut mon, &table, &mut e, 4, Clock::default(), &mut log);
+        }
+        let l = lines(&mut log);
+        assert_eq!(l.len(), 3, "{l:?}");
+        assert!(l[0].starts_with("ic:pub0:out:3:3:"), "{l:?}");
+        assert_eq!(mon.stats().service(0).icmp_errors, 50, "all counted");
+        let mut e = port_unreachable(&quoted);
+        run(
+            &mut mon,
+            &table,
+            &mut e,
+            4,
+            Clock { ms: 1000, wall: 0 },
+            &mut log,
+        );
+        let l = lines(&mut log);
+        assert_eq!(l[0], "sup:pub0:*:53:17:ic:47");
+        assert_eq!(l.len(), 2, "{l:?}");
     }
 
     #[test]

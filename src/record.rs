@@ -16,12 +16,14 @@
 //! | 0x2000 | [`PacketRecord`]: `pk:int:dir:srcip:srcport:dstip:dstport:prot:len` |
 //! | 0x1000 | [`DropRecord`]: `dr:int:dir:action:reason:srcip:srcport:dstip:dstport:prot` |
 //! | 0x0800 | [`IcmpRecord`]: `ic:int:dir:type:code:srcip:srcport:dstip:dstport:prot` |
-//! | 0x2000, 0x1000 | [`SuppressedRecord`]: `sup:int:app:appport:prot:kind:count` |
+//! | 0x8000, 0x2000, 0x1000, 0x0800 | [`SuppressedRecord`]: `sup:int:app:appport:prot:kind:count` |
 //!
-//! Records of 0x2000 and 0x1000 are rate-limited per service and per flag by a token bucket
-//! ([`crate::stats::RECORD_RATE`] records per second, bursts of
-//! [`crate::stats::RECORD_BURST`]); when records were held back, the next record written is
-//! preceded by a `sup` record counting them.
+//! Records of 0x8000, 0x2000, 0x1000 and 0x0800 are rate-limited per service and per flag by a
+//! token bucket (`log-rate` records per second, bursts of `log-burst`; 100 and 200 by default,
+//! [`crate::stats::Rate`]): spoofed SYNs or UDP from random sources must not write one line per
+//! packet. When records were held back, the next record of that kind written is preceded by a
+//! `sup` record counting them. Volume records (0x4000) come once per interval and need no
+//! limit.
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
@@ -216,8 +218,9 @@ fn malformed_name(m: wire::Malformed) -> &'static str {
     }
 }
 
-/// Flag 0x0800, for every ICMP/ICMPv6 error translated for the service (not rate-limited: the
-/// kernel limits the errors it sends): `ic:int:dir:type:code:srcip:srcport:dstip:dstport:prot`.
+/// Flag 0x0800, for every ICMP/ICMPv6 error translated for the service (rate-limited: errors
+/// from the public side can be forged at any rate):
+/// `ic:int:dir:type:code:srcip:srcport:dstip:dstport:prot`.
 ///
 /// `dir` is the direction the error travels: `out` for an error from the private side to the
 /// client (e.g. the actual server's port unreachable), `in` for one from the public side about
@@ -257,17 +260,21 @@ pub fn icmp_type_code(pkt: &[u8]) -> Option<(u8, u8)> {
 /// Which rate-limited record kind a [`SuppressedRecord`] counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
+    /// `pr` records (0x8000).
+    Mapping,
+    /// `ic` records (0x0800).
+    Icmp,
     /// `pk` records (0x2000).
     Packet,
     /// `dr` records (0x1000).
     Drop,
 }
 
-/// Written before the next admitted 0x2000 or 0x1000 record when the rate limit held records
-/// back: `sup:int:app:appport:prot:kind:count`.
+/// Written before the next admitted record of a kind when the rate limit held records of that
+/// kind back: `sup:int:app:appport:prot:kind:count`.
 ///
 /// `int:app:appport:prot` name the service as in [`VolumeRecord`]; for the shared limit of
-/// packets of no service it is `-:-:-:-`. `kind` is `pk` or `dr`, `count` the number of records
+/// packets of no service it is `-:-:-:-`. `kind` is `pr`, `pk`, `dr` or `ic`, `count` the number of records
 /// not written since the last one of that kind. Example: `sup:pub0:*:53:17:pk:1187`.
 pub struct SuppressedRecord<'a> {
     pub service: Option<&'a Service>,
@@ -283,6 +290,8 @@ impl fmt::Display for SuppressedRecord<'_> {
             None => f.write_str("-:-:-:-")?,
         }
         let kind = match self.kind {
+            RecordKind::Mapping => "pr",
+            RecordKind::Icmp => "ic",
             RecordKind::Packet => "pk",
             RecordKind::Drop => "dr",
         };

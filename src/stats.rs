@@ -199,13 +199,41 @@ pub fn carry_map(old: &[Service], new: &[Service]) -> Vec<Option<usize>> {
         .collect()
 }
 
-/// Records per second a [`TokenBucket`] lets through in the long run.
-pub const RECORD_RATE: u64 = 100;
-/// Records a [`TokenBucket`] lets through at once after a quiet time.
-pub const RECORD_BURST: u64 = 200;
+/// Default records per second a [`TokenBucket`] lets through in the long run (`log-rate`).
+pub const RECORD_RATE: u64 = crate::config::DEFAULT_LOG_RATE as u64;
+/// Default records a [`TokenBucket`] lets through at once after a quiet time (`log-burst`).
+pub const RECORD_BURST: u64 = crate::config::DEFAULT_LOG_BURST as u64;
 
-/// A token bucket limiting per-packet log records (flags 0x2000 and 0x1000): [`RECORD_RATE`]
-/// per second, bursts of [`RECORD_BURST`]. Integer arithmetic in thousandths of a token.
+/// The limit of a [`TokenBucket`]: `per_sec` records per second, bursts of `burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub per_sec: u64,
+    pub burst: u64,
+}
+
+impl Default for Rate {
+    fn default() -> Self {
+        Rate {
+            per_sec: RECORD_RATE,
+            burst: RECORD_BURST,
+        }
+    }
+}
+
+impl Rate {
+    /// The `log-rate` and `log-burst` settings (each at least 1).
+    pub fn of(settings: &crate::config::Settings) -> Rate {
+        Rate {
+            per_sec: u64::from(settings.log_rate.max(1)),
+            burst: u64::from(settings.log_burst.max(1)),
+        }
+    }
+}
+
+/// A token bucket limiting one class of log records of one service (every flag's records:
+/// 0x8000, 0x2000, 0x1000, 0x0800): [`Rate::per_sec`] per second, bursts of [`Rate::burst`].
+/// Integer arithmetic in thousandths of a token. The rate is passed on each call rather than
+/// kept, so that a reload's new limit applies to running buckets.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenBucket {
     milli_tokens: u64,
@@ -214,9 +242,10 @@ pub struct TokenBucket {
 }
 
 impl Default for TokenBucket {
+    /// Full: the first call caps the tokens at its burst.
     fn default() -> Self {
         TokenBucket {
-            milli_tokens: RECORD_BURST * 1000,
+            milli_tokens: u64::MAX,
             last_ms: 0,
             suppressed: 0,
         }
@@ -224,18 +253,19 @@ impl Default for TokenBucket {
 }
 
 impl TokenBucket {
-    /// Asks for one record at `now_ms` (milliseconds, any monotonic origin). `None`: over the
-    /// limit, the record is counted as suppressed. `Some(n)`: write it, after a record saying
-    /// that `n` records were suppressed since the last one written (when `n > 0`).
+    /// Asks for one record at `now_ms` (milliseconds, any monotonic origin) under `rate`.
+    /// `None`: over the limit, the record is counted as suppressed. `Some(n)`: write it, after
+    /// a record saying that `n` records were suppressed since the last one written (when
+    /// `n > 0`).
     #[inline]
-    pub fn admit(&mut self, now_ms: u64) -> Option<u64> {
+    pub fn admit(&mut self, now_ms: u64, rate: Rate) -> Option<u64> {
         let elapsed = now_ms.saturating_sub(self.last_ms);
         self.last_ms = self.last_ms.max(now_ms);
-        // RECORD_RATE per second is RECORD_RATE thousandths of a token per millisecond.
+        // N per second is N thousandths of a token per millisecond.
         self.milli_tokens = self
             .milli_tokens
-            .saturating_add(elapsed.saturating_mul(RECORD_RATE))
-            .min(RECORD_BURST * 1000);
+            .saturating_add(elapsed.saturating_mul(rate.per_sec))
+            .min(rate.burst.saturating_mul(1000));
         if self.milli_tokens < 1000 {
             self.suppressed += 1;
             return None;
@@ -322,25 +352,52 @@ mod tests {
         );
     }
 
+    impl TokenBucket {
+        fn admit_default(&mut self, now_ms: u64) -> Option<u64> {
+            self.admit(now_ms, Rate::default())
+        }
+    }
+
+    #[test]
+    fn a_configured_rate_and_burst_apply() {
+        let r = Rate {
+            per_sec: 5,
+            burst: 2,
+        };
+        let mut b = TokenBucket::default();
+        assert!(b.admit(0, r).is_some() && b.admit(0, r).is_some());
+        assert_eq!(b.admit(0, r), None);
+        // 5 per second: one token per 200 ms.
+        assert_eq!(b.admit(199, r), None);
+        assert_eq!(b.admit(200, r), Some(2));
+        // A reload with a larger burst refills up to it, no more.
+        let big = Rate {
+            per_sec: 5,
+            burst: 10,
+        };
+        let n = (0..100).filter(|_| b.admit(100_000, big).is_some()).count();
+        assert_eq!(n, 10);
+    }
+
     #[test]
     fn bucket_allows_burst_then_rate_and_reports_suppressed() {
         let mut b = TokenBucket::default();
         let mut admitted = 0;
         for _ in 0..500 {
-            if b.admit(0).is_some() {
+            if b.admit_default(0).is_some() {
                 admitted += 1;
             }
         }
         assert_eq!(admitted, RECORD_BURST);
         assert_eq!(b.suppressed(), 300);
         // 10 ms later: one token (100/s); the first admitted record reports the 300.
-        assert_eq!(b.admit(10), Some(300));
-        assert_eq!(b.admit(10), None);
+        assert_eq!(b.admit_default(10), Some(300));
+        assert_eq!(b.admit_default(10), None);
         assert_eq!(b.suppressed(), 1);
         // One second of 100/s: exactly 100 more.
         let mut admitted = 0;
         for _ in 0..1000 {
-            if b.admit(1010).is_some() {
+            if b.admit_default(1010).is_some() {
                 admitted += 1;
             }
         }
@@ -348,7 +405,7 @@ mod tests {
         // A long quiet time refills only up to the burst.
         let mut admitted = 0;
         for _ in 0..1000 {
-            if b.admit(1_000_000).is_some() {
+            if b.admit_default(1_000_000).is_some() {
                 admitted += 1;
             }
         }
@@ -359,10 +416,14 @@ mod tests {
     fn bucket_tolerates_time_going_backwards() {
         let mut b = TokenBucket::default();
         for _ in 0..RECORD_BURST {
-            b.admit(5000);
+            b.admit_default(5000);
         }
-        assert_eq!(b.admit(4000), None, "no refill from an earlier clock");
-        assert_eq!(b.admit(5000), None);
-        assert!(b.admit(5010).is_some());
+        assert_eq!(
+            b.admit_default(4000),
+            None,
+            "no refill from an earlier clock"
+        );
+        assert_eq!(b.admit_default(5000), None);
+        assert!(b.admit_default(5010).is_some());
     }
 }

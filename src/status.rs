@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! {"queue": {"num": 4747, "count": 2, "expression": "native", "received": 0,
-//!            "verdicts": 0, "enobufs": 0, "async_errors": 0},
+//!            "verdicts": 0, "enobufs": 0, "async_errors": 0, "failed_closed": 0,
+//!            "send_failed_dropped": 0, "verdicts_lost": 0},
 //!  "uptime_secs": 12, "passed": 0, "log_lost": 0,
 //!  "unattributed_drops": {"oversize": 0, "malformed": 0, "unmapped_reply": 0},
 //!  "services": [{"service": "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000",
@@ -21,7 +22,10 @@
 //! turned out to equal another service's endpoint; left out). `last_seen` is Unix seconds or
 //! null. `expression` is how the rules reach the queue: `native` (nft `queue`) or `compat`
 //! (the xtables NFQUEUE target). The rules use queues `num` to `num + count - 1`, one
-//! consumer thread each; the counters are their sums.
+//! consumer thread each; the counters are their sums. `failed_closed`: packets netnat had
+//! rewritten whose payload could not be returned, dropped; `send_failed_dropped`: packets whose
+//! verdict could not be sent, dropped by a second, small verdict; `verdicts_lost`: packets whose
+//! verdict could not be sent at all (held by the kernel until the queue is unbound).
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -88,12 +92,22 @@ impl Report {
         );
         let _ = writeln!(
             o,
+            "fail closed: {} dropped (payload could not be returned), {} dropped after a failed \
+             verdict send, {} verdicts lost",
+            q.failed_closed, q.send_failed_dropped, q.verdicts_lost
+        );
+        let _ = writeln!(
+            o,
             "not a service's: {} passed, drops {}",
             self.passed,
             drops_text(&self.unattributed)
         );
         if self.log_lost > 0 {
-            let _ = writeln!(o, "log lines lost (syslog socket full): {}", self.log_lost);
+            let _ = writeln!(
+                o,
+                "log lines lost (log queue full, or log socket full, stalled or gone): {}",
+                self.log_lost
+            );
         }
         for s in &self.services {
             let c = &s.counters;
@@ -146,7 +160,8 @@ impl Report {
         let _ = write!(
             o,
             "{{\"queue\":{{\"num\":{},\"count\":{},\"expression\":{},\"received\":{},\"verdicts\":{},\
-             \"enobufs\":{},\"async_errors\":{}}},\"uptime_secs\":{},\"passed\":{},\
+             \"enobufs\":{},\"async_errors\":{},\"failed_closed\":{},\"send_failed_dropped\":{},\
+             \"verdicts_lost\":{}}},\"uptime_secs\":{},\"passed\":{},\
              \"log_lost\":{},\"unattributed_drops\":{},\"services\":[",
             self.queue,
             self.queues,
@@ -155,6 +170,9 @@ impl Report {
             q.verdicts,
             q.enobufs,
             q.async_errors,
+            q.failed_closed,
+            q.send_failed_dropped,
+            q.verdicts_lost,
             self.uptime_secs,
             self.passed,
             self.log_lost,
@@ -294,6 +312,9 @@ mod tests {
                 verdicts: 5,
                 enobufs: 0,
                 async_errors: 1,
+                failed_closed: 2,
+                send_failed_dropped: 3,
+                verdicts_lost: 0,
             },
             unattributed: [0, 0, 4, 0],
             passed: 7,
@@ -320,7 +341,7 @@ mod tests {
     #[test]
     fn json_has_every_number_and_state() {
         let j = report().json();
-        assert!(j.starts_with("{\"queue\":{\"num\":4747,\"count\":1,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4,\"unrelated_icmp\":0},\"services\":[{"), "{j}");
+        assert!(j.starts_with("{\"queue\":{\"num\":4747,\"count\":1,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1,\"failed_closed\":2,\"send_failed_dropped\":3,\"verdicts_lost\":0},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4,\"unrelated_icmp\":0},\"services\":[{"), "{j}");
         assert!(j.contains("{\"service\":\"service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\",\"iface\":\"pub0\",\"state\":\"active\",\"apparent\":\"10.99.1.1:80\",\"in_packets\":3,\"in_bytes\":180,\"out_packets\":2,\"out_bytes\":1500,\"new_connections\":1,\"icmp_errors\":0,\"drops\":{\"oversize\":0,\"malformed\":2,\"unmapped_reply\":0,\"unrelated_icmp\":0},\"last_seen\":1700000000}"), "{j}");
         assert!(
             j.contains("\"state\":\"waiting\",\"apparent\":null,") && j.ends_with("null}]}\n"),

@@ -10,6 +10,8 @@
 //! mark 0x4e00                    nonzero hex u32, at most once
 //! syslog-facility local2         kern|user|daemon|auth|local0..local7, at most once
 //! syslog-priority info           emerg|alert|crit|err|warning|notice|info|debug, at most once
+//! log-rate 100                   records/s per service and record class, 1-100000, at most once
+//! log-burst 200                  records at once per service and record class, 1-100000
 //! ```
 //!
 //! A `#` starts a comment only at the start of a word (start of line or after whitespace):
@@ -39,7 +41,7 @@ pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_LINE_BYTES: usize = 4096;
 
 /// The directives, in the order error messages list them.
-pub const DIRECTIVES: [&str; 8] = [
+pub const DIRECTIVES: [&str; 10] = [
     "service",
     "queue",
     "queues",
@@ -48,6 +50,8 @@ pub const DIRECTIVES: [&str; 8] = [
     "mark",
     "syslog-facility",
     "syslog-priority",
+    "log-rate",
+    "log-burst",
 ];
 /// Facilities accepted by `syslog-facility`.
 pub const FACILITIES: [&str; 12] = [
@@ -353,6 +357,7 @@ impl Parser {
             "mark" => self.mark(number, &words),
             "syslog-facility" => self.facility(number, &words),
             "syslog-priority" => self.priority(number, &words),
+            "log-rate" | "log-burst" => self.log_limit(number, &words, directive == "log-rate"),
             _ => self.error(
                 number,
                 first.column,
@@ -535,6 +540,31 @@ impl Parser {
                     "expected seconds 0-{} (0: cut a removed service's connections at once), \
                      found {:?}",
                     super::MAX_DRAIN_IDLE_SECS,
+                    w.text
+                ),
+            ),
+        }
+    }
+
+    /// `log-rate N` (`rate`) or `log-burst N`: the token bucket of every record class.
+    fn log_limit(&mut self, number: usize, words: &[Word<'_>], rate: bool) {
+        let (name, what) = if rate {
+            ("log-rate", "records per second")
+        } else {
+            ("log-burst", "records")
+        };
+        let Some(w) = self.setting(number, words, name, what) else {
+            return;
+        };
+        match decimal_in(w.text, 1..=super::MAX_LOG_RATE) {
+            Some(n) if rate => self.settings.log_rate = n,
+            Some(n) => self.settings.log_burst = n,
+            None => self.error(
+                number,
+                w.column,
+                format!(
+                    "expected {what} 1-{}, found {:?}",
+                    super::MAX_LOG_RATE,
                     w.text
                 ),
             ),
@@ -810,6 +840,28 @@ mod tests {
         let link = safe.0.join("good-link.conf");
         std::os::unix::fs::symlink(&good, &link).unwrap();
         assert!(load_config(&link).is_ok());
+    }
+
+    #[test]
+    fn log_rate_and_burst_directives() {
+        let q = |text: &str| parse_config(text, "f").map(|c| c.settings);
+        let d = q("").unwrap();
+        assert_eq!((d.log_rate, d.log_burst), (100, 200));
+        let s = q("log-rate 5\nLOG-BURST 7\n").unwrap();
+        assert_eq!((s.log_rate, s.log_burst), (5, 7));
+        assert_eq!(q("log-rate 100000\n").unwrap().log_rate, 100_000);
+        for (text, column, part) in [
+            ("log-rate 0\n", 10, "1-100000, found \"0\""),
+            ("log-burst 100001\n", 11, "1-100000"),
+            ("log-rate 10/s\n", 10, "found \"10/s\""),
+            ("log-rate\n", 9, "missing field: records per second"),
+            ("log-burst 5\nlog-burst 6\n", 1, "given twice"),
+        ] {
+            let e = q(text).unwrap_err();
+            assert_eq!(e.len(), 1, "{text:?}: {e:?}");
+            assert_eq!(e[0].column, column, "{text:?}: {e:?}");
+            assert!(e[0].message.contains(part), "{text:?}: {}", e[0].message);
+        }
     }
 
     #[test]

@@ -130,6 +130,12 @@ pub const MAX_BUSY_POLL_US: u32 = 1000;
 pub const DEFAULT_DRAIN_IDLE_SECS: u32 = 300;
 /// Largest `drain-idle`: a day.
 pub const MAX_DRAIN_IDLE_SECS: u32 = 86_400;
+/// Default of `log-rate`: records per second per service and record class.
+pub const DEFAULT_LOG_RATE: u32 = 100;
+/// Default of `log-burst`: records at once per service and record class.
+pub const DEFAULT_LOG_BURST: u32 = 200;
+/// Largest `log-rate` and `log-burst` accepted.
+pub const MAX_LOG_RATE: u32 = 100_000;
 /// Default packet mark bit set on translated inbound packets (`mark` directive).
 pub const DEFAULT_MARK: u32 = 0x0000_4e00;
 
@@ -156,6 +162,11 @@ pub struct Settings {
     pub syslog_facility: String,
     /// Syslog priority name (e.g. "info").
     pub syslog_priority: String,
+    /// Records per second each service may write per record class, in the long run
+    /// (`log-rate N`); beyond it records are counted and summarised (`sup`).
+    pub log_rate: u32,
+    /// Records a service may write per class at once after a quiet time (`log-burst N`).
+    pub log_burst: u32,
 }
 
 impl Default for Settings {
@@ -168,6 +179,8 @@ impl Default for Settings {
             mark: DEFAULT_MARK,
             syslog_facility: "local2".into(),
             syslog_priority: "info".into(),
+            log_rate: DEFAULT_LOG_RATE,
+            log_burst: DEFAULT_LOG_BURST,
         }
     }
 }

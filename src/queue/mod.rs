@@ -121,6 +121,16 @@ pub struct QueueStats {
     /// `NLMSG_ERROR`s for earlier requests (e.g. a verdict for an id the kernel no longer
     /// has), plus received messages that could not be decoded.
     pub async_errors: u64,
+    /// Packets the handler modified whose payload cannot go back (truncated, longer than the
+    /// copy range): dropped. Accepting the original instead would pass, for a reply, the
+    /// private address it was to hide.
+    pub failed_closed: u64,
+    /// Packets whose verdict `sendmsg` failed (after its retries): sent again as DROP without
+    /// payload, rather than left in the kernel queue until unbind.
+    pub send_failed_dropped: u64,
+    /// Packets whose verdict could not be sent at all, not even that DROP; the kernel holds
+    /// them until the queue is unbound (then drops them, or passes them with `bypass`).
+    pub verdicts_lost: u64,
 }
 
 #[derive(Debug)]
@@ -178,6 +188,8 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> QueueError {
 /// A verdict waiting to be sent: its header bytes in `Queue::heads`, and the payload (if any)
 /// as a range of one receive buffer.
 struct Pending {
+    /// Packet id, for a DROP verdict should this one fail to go out.
+    id: u32,
     head: std::ops::Range<usize>,
     payload: Option<(usize, std::ops::Range<usize>)>,
     pad: usize,
@@ -208,6 +220,8 @@ pub struct Queue {
     /// Reused by `send_verdicts`: the iovecs of one `sendmsg` (pointers into `heads` and the
     /// receive slots, only valid during that call).
     iov: Vec<libc::iovec>,
+    /// Reused: DROP verdicts for packets whose verdicts failed to go out.
+    drop_heads: Vec<u8>,
 }
 
 // SAFETY: `mnl::Socket` is only `!Send` because it holds a raw pointer to libmnl's
@@ -218,10 +232,9 @@ pub struct Queue {
 unsafe impl Send for Queue {}
 
 impl Queue {
-    /// Opens a netlink socket, sizes its buffers and binds + configures queue `opts.num` in one
-    /// atomic request: copy mode PACKET with range 0xffff, GSO flag as asked, max length.
-    /// Call it before any rule sends packets to the queue.
-    pub fn open(opts: &QueueOptions) -> Result<Queue, QueueError> {
+    /// The socket, sized and non-blocking, and the buffers: everything of a queue but the bind.
+    /// Kernel-free parts (decide, the verdict bookkeeping) are tested on such a queue.
+    fn unbound(opts: &QueueOptions) -> Result<Queue, QueueError> {
         let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(io_err("netlink socket"))?;
         let fd = sock.as_raw_fd();
         sys::set_buffer(fd, true, opts.rcvbuf).map_err(io_err("SO_RCVBUF"))?;
@@ -238,7 +251,7 @@ impl Queue {
         let _ = sys::setsockopt_int(fd, libc::SOL_NETLINK, sys::NETLINK_CAP_ACK, 1);
         sys::set_nonblocking(fd).map_err(io_err("O_NONBLOCK"))?;
 
-        let mut q = Queue {
+        Ok(Queue {
             sock,
             num: opts.num,
             bufs: sys::RecvArea::new(BATCH, DGRAM_BUF).map_err(io_err("receive buffers"))?,
@@ -253,8 +266,16 @@ impl Queue {
             bound: false,
             sends: 0,
             iov: Vec::with_capacity(BATCH * 3),
-        };
+            drop_heads: Vec::with_capacity(BATCH * msg::VERDICT_HEAD_MAX),
+        })
+    }
 
+    /// Opens a netlink socket, sizes its buffers and binds + configures queue `opts.num` in one
+    /// atomic request: copy mode PACKET with range 0xffff, GSO flag as asked, max length.
+    /// Call it before any rule sends packets to the queue.
+    pub fn open(opts: &QueueOptions) -> Result<Queue, QueueError> {
+        let mut q = Queue::unbound(opts)?;
+        let fd = q.sock.as_raw_fd();
         let gso_flag = if opts.gso { msg::NFQA_CFG_F_GSO } else { 0 };
         let mut req = Vec::new();
         msg::encode_config(
@@ -350,7 +371,8 @@ impl Queue {
     /// Returns the number of packets handled; 0 when nothing was waiting.
     ///
     /// A packet whose payload is `truncated` never gets its payload back, whatever the
-    /// handler says: the verdict goes without payload (the handler is expected to Drop).
+    /// handler says: a decision to accept it modified becomes DROP (fail closed, counted in
+    /// [`QueueStats::failed_closed`]), never an accept of the unmodified original.
     /// Asynchronous netlink errors and ENOBUFS are counted in [`QueueStats`], not returned.
     pub fn process_batch(
         &mut self,
@@ -406,11 +428,10 @@ impl Queue {
                 payload: &mut bufs.slot_mut(*idx)[pm.payload.clone()],
             };
             let d = handler(&mut pkt);
-            let verdict = match d.verdict {
-                Verdict::Accept => msg::NF_ACCEPT,
-                Verdict::Drop => msg::NF_DROP,
-            };
-            let with_payload = d.modified && !truncated && pm.payload.len() <= msg::MAX_PAYLOAD;
+            let (verdict, with_payload) = verdict_of(d, truncated, pm.payload.len());
+            if d.verdict == Verdict::Accept && verdict == msg::NF_DROP {
+                stats.failed_closed += 1;
+            }
             let start = heads.len();
             let pad = msg::encode_verdict_head(
                 heads,
@@ -423,6 +444,7 @@ impl Queue {
             // Cannot fail: the length was checked just above.
             .unwrap_or(0);
             pending.push(Pending {
+                id: pm.id,
                 head: start..heads.len(),
                 payload: with_payload.then(|| (*idx, pm.payload.clone())),
                 pad,
@@ -495,10 +517,30 @@ impl Queue {
     /// `open`), the limit is learned again, at most half of what failed so that every retry
     /// makes progress, and the unsent rest goes out in smaller pieces.
     ///
+    /// A `sendmsg` that still fails (after the brief retries of [`send_all`]) would leave its
+    /// packets in the kernel queue until unbind: they are dropped explicitly instead, by DROP
+    /// verdicts without payload (small, so they go out where the payloads could not), counted
+    /// in [`QueueStats::send_failed_dropped`]; what cannot even be dropped is counted in
+    /// [`QueueStats::verdicts_lost`]. The rest of the batch is still sent, and the first error
+    /// is returned afterwards.
+    ///
     /// The last third of [`Queue::process_batch`], after [`Queue::decide`].
     pub fn send_verdicts(&mut self) -> Result<(), QueueError> {
+        let fd = self.sock.as_raw_fd();
+        // SAFETY: `send_verdicts_with` passes only iovecs describing its own buffers, valid
+        // for the duration of each call.
+        self.send_verdicts_with(&mut |iov, bytes| unsafe { send_all(fd, iov, bytes) })
+    }
+
+    /// [`Queue::send_verdicts`] through `send`, which sends one datagram described by iovecs
+    /// of `bytes` bytes in total (the socket in the daemon; a stand-in in tests).
+    fn send_verdicts_with(
+        &mut self,
+        send: &mut dyn FnMut(&[libc::iovec], usize) -> io::Result<()>,
+    ) -> Result<(), QueueError> {
         static PAD: [u8; 4] = [0; 4];
         let fd = self.sock.as_raw_fd();
+        let mut first_error = None;
         let mut next = 0;
         while next < self.pending.len() {
             let iov = &mut self.iov;
@@ -525,9 +567,7 @@ impl Queue {
                 bytes += size;
                 end += 1;
             }
-            // SAFETY: the iovecs describe `self.heads`, receive slots and `PAD`, none of which
-            // changes before the call returns.
-            match unsafe { send_all(fd, &self.iov, bytes) } {
+            match send(&self.iov, bytes) {
                 Ok(()) => {
                     self.stats.verdicts += (end - next) as u64;
                     self.sends += 1;
@@ -539,10 +579,48 @@ impl Queue {
                         .max(0) as usize;
                     self.send_limit = now.saturating_sub(SNDBUF_SLACK).min(bytes / 2).max(1);
                 }
-                Err(e) => return Err(io_err("sendmsg verdicts")(e)),
+                Err(e) => {
+                    self.drop_unsent(next..end, send);
+                    first_error.get_or_insert(e);
+                    next = end;
+                }
             }
         }
-        Ok(())
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(io_err("sendmsg verdicts")(e)),
+        }
+    }
+
+    /// DROP verdicts, without payload or mark, for `self.pending[range]`, whose verdicts did
+    /// not go out. Tried twice; counted either way.
+    fn drop_unsent(
+        &mut self,
+        range: std::ops::Range<usize>,
+        send: &mut dyn FnMut(&[libc::iovec], usize) -> io::Result<()>,
+    ) {
+        let n = range.len() as u64;
+        self.drop_heads.clear();
+        for p in &self.pending[range] {
+            // Cannot fail: there is no payload whose length could be refused.
+            let _ = msg::encode_verdict_head(
+                &mut self.drop_heads,
+                self.num,
+                p.id,
+                msg::NF_DROP,
+                None,
+                None,
+            );
+        }
+        let iov = [sys::iovec(&self.drop_heads)];
+        let bytes = self.drop_heads.len();
+        if send(&iov, bytes).is_ok() || send(&iov, bytes).is_ok() {
+            self.stats.send_failed_dropped += n;
+            self.stats.verdicts += n;
+            self.sends += 1;
+        } else {
+            self.stats.verdicts_lost += n;
+        }
     }
 
     /// Number of `sendmsg` calls that carried verdicts so far (for tests and tuning: with
@@ -567,6 +645,20 @@ impl Queue {
 
     pub fn stats(&self) -> QueueStats {
         self.stats.clone()
+    }
+}
+
+/// The verdict code for decision `d` of a packet whose payload is `len` bytes (`truncated`:
+/// shorter than the packet), and whether the payload goes with it. A decision to send a
+/// modified payload that cannot be sent (a truncated packet, whose payload would cut it; one
+/// beyond the copy range) becomes DROP: the unmodified packet must not pass in its place.
+fn verdict_of(d: Decision, truncated: bool, len: usize) -> (u32, bool) {
+    let sendable = !truncated && len <= msg::MAX_PAYLOAD;
+    match (d.verdict, d.modified) {
+        (Verdict::Accept, true) if !sendable => (msg::NF_DROP, false),
+        (Verdict::Accept, modified) => (msg::NF_ACCEPT, modified),
+        // A dropped packet's payload is of no use to anyone.
+        (Verdict::Drop, _) => (msg::NF_DROP, false),
     }
 }
 
@@ -698,6 +790,152 @@ mod tests {
     fn defaults() {
         let o = QueueOptions::default();
         assert_eq!((o.rcvbuf, o.max_len, o.gso), (8 << 20, 8192, true));
+    }
+
+    fn accept(modified: bool) -> Decision {
+        Decision {
+            verdict: Verdict::Accept,
+            modified,
+            mark: None,
+        }
+    }
+
+    #[test]
+    fn a_modified_payload_that_cannot_go_back_is_dropped() {
+        assert_eq!(
+            verdict_of(accept(true), false, 1500),
+            (msg::NF_ACCEPT, true)
+        );
+        assert_eq!(
+            verdict_of(accept(false), true, 1500),
+            (msg::NF_ACCEPT, false)
+        );
+        assert_eq!(verdict_of(accept(true), true, 1500), (msg::NF_DROP, false));
+        let big = msg::MAX_PAYLOAD + 1;
+        assert_eq!(verdict_of(accept(true), false, big), (msg::NF_DROP, false));
+        let drop = Decision {
+            verdict: Verdict::Drop,
+            modified: true,
+            mark: None,
+        };
+        assert_eq!(verdict_of(drop, false, 60), (msg::NF_DROP, false));
+    }
+
+    /// A queue with `packets` (id, truncated) waiting in its stash, as if received.
+    fn queue_with(packets: &[(u32, bool)]) -> Queue {
+        let mut q = Queue::unbound(&QueueOptions {
+            num: 7,
+            rcvbuf: 1 << 20,
+            ..QueueOptions::default()
+        })
+        .expect("netlink socket");
+        let payload = [0x45u8; 60];
+        for &(id, truncated) in packets {
+            let mut d = Vec::new();
+            msg::encode_packet(
+                &mut d,
+                &msg::PacketSpec {
+                    queue: 7,
+                    id,
+                    hw_protocol: 0x0800,
+                    cap_len: truncated.then_some(9000),
+                    payload: Some(&payload),
+                    ..Default::default()
+                },
+            );
+            q.stash.push_back(d);
+        }
+        assert_eq!(q.receive_batch().unwrap(), packets.len());
+        q
+    }
+
+    /// The verdicts in the datagram that `iov` describes.
+    fn verdicts_in(iov: &[libc::iovec]) -> Vec<msg::VerdictMsg> {
+        let mut bytes = Vec::new();
+        for v in iov {
+            // SAFETY: the queue hands only iovecs of its own live buffers to the sender.
+            bytes.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+            });
+        }
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let m = msg::parse_verdict(&bytes[at..]).expect("verdict");
+            at += m.next;
+            out.push(m);
+        }
+        out
+    }
+
+    #[test]
+    fn decide_fails_closed_on_a_truncated_packet_it_was_told_to_modify() {
+        let mut q = queue_with(&[(1, false), (2, true), (3, false)]);
+        assert_eq!(q.decide(&mut |_| accept(true)), 3);
+        let mut sent = Vec::new();
+        q.send_verdicts_with(&mut |iov, _| {
+            sent.extend(verdicts_in(iov));
+            Ok(())
+        })
+        .unwrap();
+        let v: Vec<(u32, u32, bool)> = sent
+            .iter()
+            .map(|m| (m.id, m.verdict, m.payload.is_some()))
+            .collect();
+        assert_eq!(
+            v,
+            vec![
+                (1, msg::NF_ACCEPT, true),
+                (2, msg::NF_DROP, false),
+                (3, msg::NF_ACCEPT, true)
+            ]
+        );
+        assert_eq!((q.stats().failed_closed, q.stats().verdicts), (1, 3));
+    }
+
+    #[test]
+    fn a_failed_verdict_send_drops_its_packets_explicitly() {
+        let mut q = queue_with(&[(10, false), (11, false)]);
+        q.decide(&mut |_| accept(true));
+        // The payload-bearing datagram fails (ENOMEM after its retries); small ones go.
+        let mut sent = Vec::new();
+        let r = q.send_verdicts_with(&mut |iov, bytes| {
+            if bytes > 150 {
+                return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            }
+            sent.extend(verdicts_in(iov));
+            Ok(())
+        });
+        assert!(r.is_err(), "the failure is still reported");
+        let v: Vec<(u32, u32, bool)> = sent
+            .iter()
+            .map(|m| (m.id, m.verdict, m.payload.is_some()))
+            .collect();
+        assert_eq!(
+            v,
+            vec![(10, msg::NF_DROP, false), (11, msg::NF_DROP, false)]
+        );
+        let st = q.stats();
+        assert_eq!(
+            (st.send_failed_dropped, st.verdicts_lost, st.verdicts),
+            (2, 0, 2)
+        );
+
+        // Nothing goes at all: counted as lost, not as sent.
+        let mut q = queue_with(&[(20, false)]);
+        q.decide(&mut |_| accept(true));
+        let mut tries = 0;
+        let r = q.send_verdicts_with(&mut |_, _| {
+            tries += 1;
+            Err(io::Error::from_raw_os_error(libc::EPERM))
+        });
+        assert!(r.is_err());
+        assert_eq!(tries, 3, "the batch once, its DROP twice");
+        let st = q.stats();
+        assert_eq!(
+            (st.send_failed_dropped, st.verdicts_lost, st.verdicts),
+            (0, 1, 0)
+        );
     }
 
     fn assert_send<T: Send>() {}
