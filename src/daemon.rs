@@ -33,6 +33,7 @@ use crate::iface::{Change, Snapshot, Watcher};
 use crate::log::Logger;
 use crate::monitor::Monitor;
 use crate::nft::{NftSession, Policy, QueueExprKind};
+use crate::prereq;
 use crate::queue::{Queue, QueueOptions, QueueStats};
 use crate::save;
 use crate::service::ServiceTable;
@@ -136,21 +137,12 @@ impl Active {
         self.ifaces = ifaces;
     }
 
-    /// Logs the services that wait for their interface and those left out by a conflict.
-    fn report(&self, log: &mut Logger) {
-        let services = &self.config.services;
-        for &id in self.table.waiting() {
-            log.warn(format_args!(
-                "service waits for its interface or address: {}",
-                services[id].service
-            ));
-        }
-        // A `*` service can meet a fixed one on the same address only once `*` is resolved.
-        for c in self.table.conflicts() {
-            log.warn(format_args!(
-                "service left out, its {:?} endpoint is taken by {}: {}",
-                c.direction, services[c.with].service, services[c.id].service
-            ));
+    /// Logs the services that wait for their interface, those left out by a conflict and
+    /// those that cannot work: the same findings `netnat check` prints.
+    fn report(&self, log: &mut Logger, file: &Path) {
+        let file = file.display().to_string();
+        for f in prereq::service_findings(&self.config.services, &self.table, &file) {
+            log.warn(format_args!("{}", f.detail));
         }
     }
 }
@@ -253,7 +245,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         .install(&policy)
         .map_err(|e| sys("installing rules", e))?;
     drop(policy);
-    active.report(&mut log);
+    active.report(&mut log, &opts.config);
 
     let signals = Signals::register().map_err(|e| sys("registering signals", e))?;
     let control_note = match &server {
@@ -529,7 +521,7 @@ impl Daemon<'_> {
         for c in &changes {
             shared.log.info(format_args!("interface change: {c}"));
         }
-        self.active.report(&mut shared.log);
+        self.active.report(&mut shared.log, &self.opts.config);
     }
 
     /// SIGHUP and `netnat reload`: the configuration file again, all or nothing.
@@ -583,7 +575,7 @@ impl Daemon<'_> {
         // Rules and lookup table change together, as far as the queue threads can tell: they
         // decide a batch under this lock, by one table or the other.
         let mut shared = consumer::lock(&self.shared);
-        next.report(&mut shared.log);
+        next.report(&mut shared.log, &self.opts.config);
         shared.monitor.replace(services_of(&next.config));
         shared.table = Arc::clone(&next.table);
         shared.mark = next.config.settings.mark;

@@ -10,7 +10,7 @@ use netnat::config::{self, ConfigError};
 use netnat::control::{self, Outcome, Request};
 use netnat::daemon::{self, DaemonError, RunOptions};
 use netnat::nft;
-use netnat::service::Interfaces;
+use netnat::service::{Interfaces, ServiceTable};
 use netnat::{iface, prereq};
 
 /// Default configuration file.
@@ -165,7 +165,7 @@ fn main() -> ExitCode {
                     config.display(),
                     c.services.len()
                 );
-                check_system(&c)
+                check_system(&c, &config)
             }
             Err(errors) => config_errors(&errors),
         },
@@ -213,9 +213,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// The system half of `netnat check`: prerequisites and the services' interfaces. Exit 1 when
+/// The system half of `netnat check`: prerequisites, the services' interfaces and what `run`
+/// would say about the services resolved against them. Exit 1 when `run` would fail or
 /// something would stop netnat's data path from working.
-fn check_system(c: &config::Config) -> ExitCode {
+fn check_system(c: &config::Config, file: &std::path::Path) -> ExitCode {
     let mut findings = prereq::check(c, &prereq::System::default());
     match iface::Snapshot::read() {
         Ok(snap) => {
@@ -235,6 +236,9 @@ fn check_system(c: &config::Config) -> ExitCode {
                     },
                 });
             }
+            let table = ServiceTable::build(&daemon::services_of(c), &snap);
+            let file = file.display().to_string();
+            findings.extend(prereq::service_findings(&c.services, &table, &file));
         }
         Err(e) => findings.push(prereq::Finding {
             severity: prereq::Severity::Warning,
