@@ -20,7 +20,8 @@
 //! Answers: a first line `ok` or `err <kind>`, then the body (text, lines), then end of stream.
 //! Kinds: `denied` (the peer is not uid 0), `usage` (the request is not understood), `config`
 //! (the change or the file was refused: duplicate endpoint, syntax, ...), `system` (the
-//! kernel or the file system refused). The client turns them into its exit status.
+//! kernel or the file system refused), `unsaved` (the change is live in the daemon, but
+//! `--save` could not write the file). The client turns them into its exit status.
 //!
 //! Only uid 0 may use the socket. The daemon judges the peer's credentials (SO_PEERCRED) the
 //! moment it accepts a connection: any other peer gets a one-line refusal (`err denied`, if
@@ -118,6 +119,8 @@ pub enum Outcome {
     Usage,
     Config,
     System,
+    /// The change is applied in the running daemon, the file was not saved.
+    Unsaved,
 }
 
 impl Outcome {
@@ -128,16 +131,19 @@ impl Outcome {
             Outcome::Usage => "usage",
             Outcome::Config => "config",
             Outcome::System => "system",
+            Outcome::Unsaved => "unsaved",
         }
     }
 
-    /// The client's exit status: 0 ok, 1 system refused, 2 usage/config error, 4 denied.
+    /// The client's exit status: 0 ok, 1 system refused, 2 usage/config error, 4 denied,
+    /// 5 applied live but not saved (3, not running, comes from [`ClientError`]).
     pub fn exit_code(self) -> u8 {
         match self {
             Outcome::Ok => 0,
             Outcome::System => 1,
             Outcome::Usage | Outcome::Config => 2,
             Outcome::Denied => 4,
+            Outcome::Unsaved => 5,
         }
     }
 }
@@ -184,6 +190,7 @@ impl Response {
             "err usage" => Outcome::Usage,
             "err config" => Outcome::Config,
             "err system" => Outcome::System,
+            "err unsaved" => Outcome::Unsaved,
             other => return Err(format!("unexpected answer from netnat: {other:?}")),
         };
         Ok(Response {
@@ -618,6 +625,7 @@ mod tests {
             Response::err(Outcome::Config, "line 3: dup\n"),
             Response::err(Outcome::System, "netlink\n"),
             Response::err(Outcome::Usage, "what\n"),
+            Response::err(Outcome::Unsaved, "added: x\nnot saved\n"),
         ] {
             let text = String::from_utf8(r.encode()).unwrap();
             assert_eq!(Response::parse(&text), Ok(r));
@@ -635,6 +643,7 @@ mod tests {
         assert_eq!(Outcome::Config.exit_code(), 2);
         assert_eq!(Outcome::Usage.exit_code(), 2);
         assert_eq!(Outcome::Denied.exit_code(), 4);
+        assert_eq!(Outcome::Unsaved.exit_code(), 5);
     }
 
     fn scratch(name: &str) -> PathBuf {

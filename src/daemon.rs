@@ -318,15 +318,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
             break;
         }
         if signals.reload.swap(false, Ordering::Relaxed) {
-            match d.reload() {
-                Ok(msg) => d.lock().log.info(msg),
-                Err(r) => {
-                    let mut s = d.lock();
-                    for line in r.body.lines() {
-                        s.log.error(format_args!("reload refused: {line}"));
-                    }
-                }
-            }
+            let _ = d.logged_reload("SIGHUP");
         }
         if fds[1].revents != 0
             && let Some(w) = &mut watcher
@@ -436,7 +428,7 @@ impl Daemon<'_> {
                 .iter()
                 .map(|l| format!("{}\n", l.service))
                 .collect()),
-            Request::Reload => self.reload(),
+            Request::Reload => self.logged_reload("netnat reload"),
             Request::Add { save, words } => self.add(&words, save),
             Request::Del { save, words } => self.del(&words, save),
         };
@@ -522,6 +514,21 @@ impl Daemon<'_> {
             shared.log.info(format_args!("interface change: {c}"));
         }
         self.active.report(&mut shared.log, &self.opts.config);
+    }
+
+    /// [`Daemon::reload`], logged the same way whoever asked (`via`: SIGHUP, `netnat reload`).
+    fn logged_reload(&mut self, via: &str) -> Result<String, Response> {
+        let result = self.reload();
+        let mut s = self.lock();
+        match &result {
+            Ok(msg) => s.log.info(format_args!("{msg} ({via})")),
+            Err(r) => {
+                for line in r.body.lines() {
+                    s.log.error(format_args!("reload refused ({via}): {line}"));
+                }
+            }
+        }
+        result
     }
 
     /// SIGHUP and `netnat reload`: the configuration file again, all or nothing.
@@ -713,9 +720,10 @@ impl Daemon<'_> {
             Err(e) => {
                 self.lock().log.error(format_args!("saving {file}: {e}"));
                 Err(Response::err(
-                    Outcome::System,
+                    Outcome::Unsaved,
                     format!(
-                        "{msg}the service is {what} in the running netnat, but {file} was not saved: {e}"
+                        "{msg}applied live, NOT saved: the service is {what} in the running \
+                         netnat, but {file} was not saved ({e}); a reload or restart undoes it"
                     ),
                 ))
             }

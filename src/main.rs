@@ -198,16 +198,16 @@ fn main() -> ExitCode {
             words,
             save,
             control,
-        }) => match check_words(&words) {
-            Ok(()) => client(&control.control, Request::Add { save, words }),
+        }) => match check_words(words) {
+            Ok(words) => client(&control.control, Request::Add { save, words }),
             Err(code) => code,
         },
         Command::Service(ServiceCommand::Del {
             words,
             save,
             control,
-        }) => match check_words(&words) {
-            Ok(()) => client(&control.control, Request::Del { save, words }),
+        }) => match check_words(words) {
+            Ok(words) => client(&control.control, Request::Del { save, words }),
             Err(code) => code,
         },
     }
@@ -260,16 +260,24 @@ fn check_system(c: &config::Config, file: &std::path::Path) -> ExitCode {
 }
 
 /// Checks the service words here first, so that a typo is reported (exit 2) even when the
-/// daemon is not running; the daemon checks them again.
-fn check_words(words: &[String]) -> Result<(), ExitCode> {
+/// daemon is not running; the daemon checks them again. A whole line given as one quoted word
+/// (`'pub0 port * 91 TCP ...'`) is the same words: each argument is split at whitespace.
+fn check_words(words: Vec<String>) -> Result<Vec<String>, ExitCode> {
+    let words: Vec<String> = words
+        .iter()
+        .flat_map(|w| w.split_whitespace())
+        .map(String::from)
+        .collect();
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-    config::parse_service_words(&refs).map(|_| ()).map_err(|e| {
-        let at = refs
-            .get(e.column - 1)
-            .map_or(String::from("the end"), |w| format!("{w:?}"));
-        eprintln!("netnat: word {} ({at}): {}", e.column, e.message);
-        ExitCode::from(EXIT_CONFIG)
-    })
+    config::parse_service_words(&refs)
+        .map(|_| words.clone())
+        .map_err(|e| {
+            let at = refs
+                .get(e.column - 1)
+                .map_or(String::from("the end"), |w| format!("{w:?}"));
+            eprintln!("netnat: word {} ({at}): {}", e.column, e.message);
+            ExitCode::from(EXIT_CONFIG)
+        })
 }
 
 /// Sends one request to the daemon and prints its answer.
