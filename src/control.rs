@@ -20,15 +20,22 @@
 //! Answers: a first line `ok` or `err <kind>`, then the body (text, lines), then end of stream.
 //! Kinds: `denied` (the peer is not uid 0), `usage` (the request is not understood), `config`
 //! (the change or the file was refused: duplicate endpoint, syntax, ...), `system` (the
-//! kernel or the file system refused). The client turns them into its exit status.
+//! kernel or the file system refused), `unsaved` (the change is live in the daemon, but
+//! `--save` could not write the file). The client turns them into its exit status.
 //!
-//! Only uid 0 may use the socket: the daemon checks the peer's credentials (SO_PEERCRED) of
-//! every connection. The socket file itself is mode 0666 so that other users reach that check
-//! and get a clear refusal; the default directory `/run/netnat` is created mode 0700.
+//! Only uid 0 may use the socket. The daemon judges the peer's credentials (SO_PEERCRED) the
+//! moment it accepts a connection: any other peer gets a one-line refusal (`err denied`, if
+//! its socket buffer takes it) and is closed at once, before it can send anything, so no other
+//! user can hold a connection slot. The default directory `/run/netnat` is netnat's own and
+//! kept mode 0700, owner root: other users cannot even reach the socket. The socket file itself
+//! is mode 0666, so that where the administrator chose a directory others may enter
+//! (`--control`), they reach the daemon's check and get a clear refusal instead of EACCES.
 //!
-//! The daemon serves the socket from its packet loop, without blocking: at most
-//! [`ACCEPT_PER_WAKE`] new connections per wake-up, at most [`MAX_CONNECTIONS`] open at once,
-//! and every connection must finish within [`CONNECTION_DEADLINE`] or is closed.
+//! The daemon serves the socket from its packet loop, without blocking: every wake-up accepts
+//! all pending connections (up to [`ACCEPT_PER_WAKE`], the loop comes back at once for more),
+//! so refused peers leave the backlog as fast as they come; at most [`MAX_CONNECTIONS`] root
+//! connections are open at once (one more evicts the oldest), and every connection must finish
+//! within [`CONNECTION_DEADLINE`] or is closed.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -41,10 +48,14 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_PATH: &str = "/run/netnat/control.sock";
 /// Longest request line accepted, newline included.
 pub const MAX_REQUEST: usize = 8192;
-/// Connections open at once; more wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 16;
-/// New connections taken per wake-up of the packet loop.
-pub const ACCEPT_PER_WAKE: usize = 8;
+/// Root connections open at once; one more closes the oldest (only root can make them, and a
+/// stuck one must not lock out the next).
+pub const MAX_CONNECTIONS: usize = 64;
+/// New connections taken per wake-up of the packet loop: enough to empty the backlog of a
+/// flood in a few wake-ups, few enough that signals are still seen between them.
+pub const ACCEPT_PER_WAKE: usize = 1024;
+/// The listen backlog: a flood of refused peers waits here, not in front of root's connect.
+const BACKLOG: libc::c_int = 1024;
 /// Time a client has to send its request and read the answer.
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -108,6 +119,8 @@ pub enum Outcome {
     Usage,
     Config,
     System,
+    /// The change is applied in the running daemon, the file was not saved.
+    Unsaved,
 }
 
 impl Outcome {
@@ -118,16 +131,19 @@ impl Outcome {
             Outcome::Usage => "usage",
             Outcome::Config => "config",
             Outcome::System => "system",
+            Outcome::Unsaved => "unsaved",
         }
     }
 
-    /// The client's exit status: 0 ok, 1 system refused, 2 usage/config error, 4 denied.
+    /// The client's exit status: 0 ok, 1 system refused, 2 usage/config error, 4 denied,
+    /// 5 applied live but not saved (3, not running, comes from [`ClientError`]).
     pub fn exit_code(self) -> u8 {
         match self {
             Outcome::Ok => 0,
             Outcome::System => 1,
             Outcome::Usage | Outcome::Config => 2,
             Outcome::Denied => 4,
+            Outcome::Unsaved => 5,
         }
     }
 }
@@ -174,6 +190,7 @@ impl Response {
             "err usage" => Outcome::Usage,
             "err config" => Outcome::Config,
             "err system" => Outcome::System,
+            "err unsaved" => Outcome::Unsaved,
             other => return Err(format!("unexpected answer from netnat: {other:?}")),
         };
         Ok(Response {
@@ -208,10 +225,9 @@ pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
-/// One client connection in the daemon.
+/// One client connection in the daemon; only root's are kept.
 struct Conn {
     stream: UnixStream,
-    uid: Option<u32>,
     input: Vec<u8>,
     /// The answer, once the request is complete; `written` bytes of it are sent.
     output: Option<Vec<u8>>,
@@ -225,7 +241,10 @@ pub struct Server {
     path: PathBuf,
     /// Device and inode of the socket file we created, so that we remove only our own.
     identity: (u64, u64),
+    /// Oldest first.
     conns: Vec<Conn>,
+    /// Peers refused at accept since the start (not root, or credentials unreadable).
+    refused: u64,
 }
 
 /// Why the control socket could not be set up.
@@ -251,16 +270,19 @@ impl std::fmt::Display for BindError {
 
 impl Server {
     /// Binds the socket at `path`: creates the parent directory (mode 0700) if it is missing,
-    /// removes a stale socket file that nobody answers on, refuses one a live daemon holds.
+    /// keeps the default directory root-only, removes a stale socket file that nobody answers
+    /// on, refuses one a live daemon holds.
     pub fn bind(path: &Path) -> Result<Server, BindError> {
         let ctx =
             |what: &str, e: io::Error| BindError::Io(format!("{what} {}: {e}", path.display()));
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && !dir.exists()
-        {
-            std::fs::create_dir_all(dir).map_err(|e| ctx("creating the directory of", e))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| ctx("setting the mode of the directory of", e))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(|e| ctx("creating the directory of", e))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| ctx("setting the mode of the directory of", e))?;
+            } else if path == Path::new(DEFAULT_PATH) {
+                private_dir(dir).map_err(|e| ctx("the directory of", e))?;
+            }
         }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
@@ -276,6 +298,11 @@ impl Server {
             std::fs::remove_file(path).map_err(|e| ctx("removing the stale socket", e))?;
         }
         let listener = UnixListener::bind(path).map_err(|e| ctx("binding", e))?;
+        // A second listen() only raises the backlog std chose (128).
+        // SAFETY: plain syscall on the listening socket we own.
+        if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
+            return Err(ctx("listen on", io::Error::last_os_error()));
+        }
         // Everyone may connect, so that the uid check answers with a clear refusal.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
             .map_err(|e| ctx("setting the mode of", e))?;
@@ -288,6 +315,7 @@ impl Server {
             path: path.to_owned(),
             identity: (meta.dev(), meta.ino()),
             conns: Vec::new(),
+            refused: 0,
         })
     }
 
@@ -300,11 +328,15 @@ impl Server {
         !self.conns.is_empty()
     }
 
-    /// The descriptors the packet loop polls, with the events wanted.
+    /// Peers refused at accept so far.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// The descriptors the packet loop polls, with the events wanted. The listener is always
+    /// among them: a refused peer must leave the backlog at once, whatever root has open.
     pub fn poll_fds(&self, out: &mut Vec<libc::pollfd>) {
-        if self.conns.len() < MAX_CONNECTIONS {
-            out.push(pollfd(self.listener.as_raw_fd(), libc::POLLIN));
-        }
+        out.push(pollfd(self.listener.as_raw_fd(), libc::POLLIN));
         for c in &self.conns {
             let events = if c.output.is_some() {
                 libc::POLLOUT
@@ -319,31 +351,74 @@ impl Server {
     /// complete request of a uid-0 peer.
     pub fn serve(&mut self, handle: &mut dyn FnMut(Request) -> Response) {
         for _ in 0..ACCEPT_PER_WAKE {
-            if self.conns.len() >= MAX_CONNECTIONS {
-                break;
-            }
             match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let uid = peer_uid(stream.as_raw_fd()).ok();
-                    self.conns.push(Conn {
-                        stream,
-                        uid,
-                        input: Vec::new(),
-                        output: None,
-                        written: 0,
-                        deadline: Instant::now() + CONNECTION_DEADLINE,
-                    });
-                }
-                Err(_) => break,
+                Ok((stream, _)) => self.admit(stream),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break, // WouldBlock: the backlog is empty
             }
         }
         let now = Instant::now();
         self.conns
             .retain_mut(|c| now < c.deadline && step(c, &mut *handle));
     }
+}
+
+impl Server {
+    /// Judges a new peer by its credentials: root's connection is kept, anyone else's is
+    /// refused and closed before it can occupy anything.
+    fn admit(&mut self, stream: UnixStream) {
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        match peer_uid(stream.as_raw_fd()) {
+            Ok(0) => {}
+            other => {
+                self.refused += 1;
+                let body = match other {
+                    Ok(uid) => {
+                        format!(
+                            "permission denied: only root may control netnat (you are uid {uid})"
+                        )
+                    }
+                    Err(_) => "permission denied: the peer's credentials could not be read".into(),
+                };
+                // One write into an empty socket buffer: it fits, or the peer gets no reason.
+                let _ = (&stream).write(&Response::err(Outcome::Denied, body).encode());
+                return;
+            }
+        }
+        if self.conns.len() >= MAX_CONNECTIONS {
+            self.conns.remove(0);
+        }
+        self.conns.push(Conn {
+            stream,
+            input: Vec::new(),
+            output: None,
+            written: 0,
+            deadline: Instant::now() + CONNECTION_DEADLINE,
+        });
+    }
+}
+
+/// Makes the default socket directory root-only: it must be a real directory owned by root;
+/// its mode is set to 0700 whatever it was (an administrator's `chmod` or an older netnat).
+fn private_dir(dir: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.file_type().is_dir() {
+        return Err(io::Error::other("exists and is not a directory"));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(io::Error::other(format!(
+            "is owned by uid {}, not by netnat (uid {me}): refusing to listen there",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Advances one connection; false when it is finished (or broken) and can be closed.
@@ -385,22 +460,8 @@ fn step(c: &mut Conn, handle: &mut dyn FnMut(Request) -> Response) -> bool {
     false
 }
 
+/// The answer to a complete request; the peer is root (judged at accept).
 fn answer(c: &Conn, handle: &mut dyn FnMut(Request) -> Response) -> Response {
-    match c.uid {
-        Some(0) => {}
-        Some(uid) => {
-            return Response::err(
-                Outcome::Denied,
-                format!("permission denied: only root may control netnat (you are uid {uid})"),
-            );
-        }
-        None => {
-            return Response::err(
-                Outcome::Denied,
-                "permission denied: the peer's credentials could not be read",
-            );
-        }
-    }
     if c.input.len() > MAX_REQUEST {
         return Response::err(
             Outcome::Usage,
@@ -484,10 +545,28 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut line = req.encode();
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(io)?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).map_err(io)?;
-    Response::parse(&text).map_err(ClientError::Io)
+    // A daemon that refuses the caller writes its answer at accept and closes: the request
+    // then meets EPIPE (or ECONNRESET), and the answer is still there to read.
+    let sent = stream.write_all(line.as_bytes());
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The daemon closed with our request unread (it refused us at accept): what it
+            // wrote before is complete.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && !raw.is_empty() => break,
+            Err(e) => return Err(io(e)),
+        }
+    }
+    if raw.is_empty()
+        && let Err(e) = sent
+    {
+        return Err(io(e));
+    }
+    Response::parse(&String::from_utf8_lossy(&raw)).map_err(ClientError::Io)
 }
 
 #[cfg(test)]
@@ -546,6 +625,7 @@ mod tests {
             Response::err(Outcome::Config, "line 3: dup\n"),
             Response::err(Outcome::System, "netlink\n"),
             Response::err(Outcome::Usage, "what\n"),
+            Response::err(Outcome::Unsaved, "added: x\nnot saved\n"),
         ] {
             let text = String::from_utf8(r.encode()).unwrap();
             assert_eq!(Response::parse(&text), Ok(r));
@@ -563,6 +643,7 @@ mod tests {
         assert_eq!(Outcome::Config.exit_code(), 2);
         assert_eq!(Outcome::Usage.exit_code(), 2);
         assert_eq!(Outcome::Denied.exit_code(), 4);
+        assert_eq!(Outcome::Unsaved.exit_code(), 5);
     }
 
     fn scratch(name: &str) -> PathBuf {
@@ -635,6 +716,92 @@ mod tests {
         server.conns[0].deadline = Instant::now();
         server.serve(&mut |_| Response::ok(""));
         assert!(server.conns.is_empty());
+        drop(server);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
+    }
+
+    /// Serves until `done` or 5 s pass.
+    fn serve_until(server: &mut Server, done: &dyn Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !done() && Instant::now() < end {
+            server.serve(&mut |_| Response::ok("served\n"));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_non_root_peer_is_refused_and_closed_at_accept() {
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            eprintln!("a_non_root_peer_is_refused_and_closed_at_accept: needs root, not run");
+            return;
+        }
+        let path = scratch("nonroot");
+        let mut server = Server::bind(&path).unwrap();
+        std::fs::set_permissions(
+            path.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            path.parent().unwrap().parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let p = path.clone();
+        // The raw system call changes the credentials of this one thread only (glibc's
+        // setuid would change the whole test process); its connect carries uid 65534.
+        let idle = std::thread::spawn(move || {
+            // SAFETY: plain syscall; it affects only the calling thread, which exits after.
+            let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+            assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+            let idle = UnixStream::connect(&p).unwrap();
+            let answer = request(&p, &Request::Status { json: false }, Duration::from_secs(5));
+            (idle, answer)
+        });
+        serve_until(&mut server, &|| idle.is_finished());
+        let (mut idle, answer) = idle.join().unwrap();
+        assert_eq!(server.conns.len(), 0, "no slot is held for a non-root peer");
+        assert_eq!(server.refused(), 2);
+        let answer = answer.expect("the refusal is read even though the daemon closed first");
+        assert_eq!(answer.outcome, Outcome::Denied);
+        assert!(
+            answer
+                .body
+                .contains("only root may control netnat (you are uid 65534)"),
+            "{answer:?}"
+        );
+        // The idle peer, which never wrote, was told the same and is at end of stream.
+        let mut text = String::new();
+        idle.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        idle.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("err denied\n"), "{text:?}");
+        drop(server);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn idle_root_connections_beyond_the_limit_evict_the_oldest() {
+        let path = scratch("evict");
+        let mut server = Server::bind(&path).unwrap();
+        let idle: Vec<UnixStream> = (0..MAX_CONNECTIONS + 10)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        server.serve(&mut |_| Response::ok(""));
+        assert_eq!(server.conns.len(), MAX_CONNECTIONS, "bounded");
+        let p = path.clone();
+        let client =
+            std::thread::spawn(move || request(&p, &Request::List, Duration::from_secs(5)));
+        serve_until(&mut server, &|| client.is_finished());
+        let t = Instant::now();
+        assert_eq!(client.join().unwrap().unwrap(), Response::ok("served\n"));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // The first ones were closed to make room.
+        let mut first = &idle[0];
+        first
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(first.read(&mut [0u8; 8]).unwrap(), 0);
         drop(server);
         let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
     }

@@ -33,6 +33,7 @@ use crate::iface::{Change, Snapshot, Watcher};
 use crate::log::Logger;
 use crate::monitor::Monitor;
 use crate::nft::{NftSession, Policy, QueueExprKind};
+use crate::prereq;
 use crate::queue::{Queue, QueueOptions, QueueStats};
 use crate::save;
 use crate::service::ServiceTable;
@@ -226,32 +227,12 @@ impl Active {
         self.ifaces = ifaces;
     }
 
-    /// Logs the services that wait for their interface and those left out by a conflict
-    /// (draining services, which lose any endpoint to a configured one, are not reported).
-    fn report(&self, log: &mut Logger) {
-        let services = &self.config.services;
-        for &id in self
-            .table
-            .waiting()
-            .iter()
-            .filter(|&&id| id < services.len())
-        {
-            log.warn(format_args!(
-                "service waits for its interface or address: {}",
-                services[id].service
-            ));
-        }
-        // A `*` service can meet a fixed one on the same address only once `*` is resolved.
-        for c in self
-            .table
-            .conflicts()
-            .iter()
-            .filter(|c| c.id < services.len())
-        {
-            log.warn(format_args!(
-                "service left out, its {:?} endpoint is taken by {}: {}",
-                c.direction, services[c.with].service, services[c.id].service
-            ));
+    /// Logs the services that wait for their interface, those left out by a conflict and
+    /// those that cannot work: the same findings `netnat check` prints.
+    fn report(&self, log: &mut Logger, file: &Path) {
+        let file = file.display().to_string();
+        for f in prereq::service_findings(&self.config.services, &self.table, &file) {
+            log.warn(format_args!("{}", f.detail));
         }
     }
 }
@@ -359,7 +340,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         .install(&policy)
         .map_err(|e| sys("installing rules", e))?;
     drop(policy);
-    active.report(&mut log);
+    active.report(&mut log, &opts.config);
 
     let control_note = match &server {
         Some(s) => format!(", control socket {}", s.path().display()),
@@ -436,15 +417,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
             break;
         }
         if signals.reload.swap(false, Ordering::Relaxed) {
-            match d.reload() {
-                Ok(msg) => d.lock().log.info(msg),
-                Err(r) => {
-                    let mut s = d.lock();
-                    for line in r.body.lines() {
-                        s.log.error(format_args!("reload refused: {line}"));
-                    }
-                }
-            }
+            let _ = d.logged_reload("SIGHUP");
         }
         if fds[1].revents != 0
             && let Some(w) = &mut watcher
@@ -555,7 +528,7 @@ impl Daemon<'_> {
                 .iter()
                 .map(|l| format!("{}\n", l.service))
                 .collect()),
-            Request::Reload => self.reload(),
+            Request::Reload => self.logged_reload("netnat reload"),
             Request::Add { save, words } => self.add(&words, save),
             Request::Del { save, words } => self.del(&words, save),
         };
@@ -644,7 +617,22 @@ impl Daemon<'_> {
         for c in &changes {
             shared.log.info(format_args!("interface change: {c}"));
         }
-        self.active.report(&mut shared.log);
+        self.active.report(&mut shared.log, &self.opts.config);
+    }
+
+    /// [`Daemon::reload`], logged the same way whoever asked (`via`: SIGHUP, `netnat reload`).
+    fn logged_reload(&mut self, via: &str) -> Result<String, Response> {
+        let result = self.reload();
+        let mut s = self.lock();
+        match &result {
+            Ok(msg) => s.log.info(format_args!("{msg} ({via})")),
+            Err(r) => {
+                for line in r.body.lines() {
+                    s.log.error(format_args!("reload refused ({via}): {line}"));
+                }
+            }
+        }
+        result
     }
 
     /// SIGHUP and `netnat reload`: the configuration file again, all or nothing.
@@ -768,7 +756,7 @@ impl Daemon<'_> {
         // Rules and lookup table change together, as far as the queue threads can tell: they
         // decide a batch under this lock, by one table or the other.
         let mut shared = consumer::lock(&self.shared);
-        next.report(&mut shared.log);
+        next.report(&mut shared.log, &self.opts.config);
         for d in next
             .draining
             .iter()
@@ -917,9 +905,10 @@ impl Daemon<'_> {
             Err(e) => {
                 self.lock().log.error(format_args!("saving {file}: {e}"));
                 Err(Response::err(
-                    Outcome::System,
+                    Outcome::Unsaved,
                     format!(
-                        "{msg}the service is {what} in the running netnat, but {file} was not saved: {e}"
+                        "{msg}applied live, NOT saved: the service is {what} in the running \
+                         netnat, but {file} was not saved ({e}); a reload or restart undoes it"
                     ),
                 ))
             }

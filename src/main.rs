@@ -12,7 +12,7 @@ use netnat::config::{self, ConfigError};
 use netnat::control::{self, Outcome, Request};
 use netnat::daemon::{self, DaemonError, RunOptions};
 use netnat::nft;
-use netnat::service::Interfaces;
+use netnat::service::{Interfaces, ServiceTable};
 use netnat::{iface, prereq};
 
 /// Default configuration file.
@@ -218,7 +218,7 @@ fn main() -> ExitCode {
                     config.display(),
                     c.services.len()
                 );
-                check_system(&c)
+                check_system(&c, &config)
             }
             Err(errors) => config_errors(&errors),
         },
@@ -250,24 +250,25 @@ fn main() -> ExitCode {
             words,
             save,
             control,
-        }) => match check_words(&words) {
-            Ok(()) => client(&control.control, Request::Add { save, words }),
+        }) => match check_words(words) {
+            Ok(words) => client(&control.control, Request::Add { save, words }),
             Err(code) => code,
         },
         Command::Service(ServiceCommand::Del {
             words,
             save,
             control,
-        }) => match check_words(&words) {
-            Ok(()) => client(&control.control, Request::Del { save, words }),
+        }) => match check_words(words) {
+            Ok(words) => client(&control.control, Request::Del { save, words }),
             Err(code) => code,
         },
     }
 }
 
-/// The system half of `netnat check`: prerequisites and the services' interfaces. Exit 1 when
+/// The system half of `netnat check`: prerequisites, the services' interfaces and what `run`
+/// would say about the services resolved against them. Exit 1 when `run` would fail or
 /// something would stop netnat's data path from working.
-fn check_system(c: &config::Config) -> ExitCode {
+fn check_system(c: &config::Config, file: &std::path::Path) -> ExitCode {
     let mut findings = prereq::check(c, &prereq::System::default());
     match iface::Snapshot::read() {
         Ok(snap) => {
@@ -287,6 +288,9 @@ fn check_system(c: &config::Config) -> ExitCode {
                     },
                 });
             }
+            let table = ServiceTable::build(&daemon::services_of(c), &snap);
+            let file = file.display().to_string();
+            findings.extend(prereq::service_findings(&c.services, &table, &file));
         }
         Err(e) => findings.push(prereq::Finding {
             severity: prereq::Severity::Warning,
@@ -308,19 +312,28 @@ fn check_system(c: &config::Config) -> ExitCode {
 }
 
 /// Checks the service words here first, so that a typo is reported (exit 2) even when the
-/// daemon is not running; the daemon checks them again.
-fn check_words(words: &[String]) -> Result<(), ExitCode> {
+/// daemon is not running; the daemon checks them again. A whole line given as one quoted word
+/// (`'pub0 port * 91 TCP ...'`) is the same words: each argument is split at whitespace.
+fn check_words(words: Vec<String>) -> Result<Vec<String>, ExitCode> {
+    let words: Vec<String> = words
+        .iter()
+        .flat_map(|w| w.split_whitespace())
+        .map(String::from)
+        .collect();
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-    config::parse_service_words(&refs).map(|_| ()).map_err(|e| {
-        // Columns are 1-based word numbers; a 0 would be a grammar bug, not a reason to panic.
-        let at = e
-            .column
-            .checked_sub(1)
-            .and_then(|i| refs.get(i))
-            .map_or(String::from("the end"), |w| format!("{w:?}"));
-        errln!("netnat: word {} ({at}): {}", e.column, e.message);
-        ExitCode::from(EXIT_CONFIG)
-    })
+    config::parse_service_words(&refs)
+        .map(|_| words.clone())
+        .map_err(|e| {
+            // Columns are 1-based word numbers; a 0 would be a grammar bug, not a reason to
+            // panic.
+            let at = e
+                .column
+                .checked_sub(1)
+                .and_then(|i| refs.get(i))
+                .map_or(String::from("the end"), |w| format!("{w:?}"));
+            errln!("netnat: word {} ({at}): {}", e.column, e.message);
+            ExitCode::from(EXIT_CONFIG)
+        })
 }
 
 /// Sends one request to the daemon and prints its answer.

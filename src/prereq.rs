@@ -1,11 +1,17 @@
 //! `netnat check`'s look at the system: what a router needs for netnat's data path, read from
-//! /proc and /sys without changing anything (so it needs no privilege).
+//! /proc and /sys without changing anything. It runs without privilege, but then says that
+//! `netnat run` would be refused (no CAP_NET_ADMIN) and which facts it could not read.
+//!
+//! [`service_findings`] is shared with `netnat run`: what run logs about a resolved service
+//! set (waiting, left out, cannot work) is exactly what check prints.
 
 use std::fmt;
 use std::io::Read;
+use std::net::IpAddr;
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{AppAddr, Config, ServiceLine};
+use crate::service::{Lookup, ServiceTable};
 
 /// How serious a finding is: an `Error` makes `netnat check` exit 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,11 +55,16 @@ impl Default for System<'_> {
 
 impl System<'_> {
     fn read(&self, path: &str) -> Option<String> {
+        self.read_result(path).ok()
+    }
+
+    /// The file's text, or why it could not be read (a missing file and a refused one mean
+    /// different things).
+    fn read_result(&self, path: &str) -> std::io::Result<String> {
         let mut s = String::new();
         std::fs::File::open(self.root.join(path.trim_start_matches('/')))
-            .and_then(|f| f.take(1 << 20).read_to_string(&mut s))
-            .ok()?;
-        Some(s)
+            .and_then(|f| f.take(1 << 20).read_to_string(&mut s))?;
+        Ok(s)
     }
 
     fn exists(&self, path: &str) -> bool {
@@ -88,7 +99,7 @@ impl System<'_> {
 
 /// Every finding for `config` on `sys`.
 pub fn check(config: &Config, sys: &System<'_>) -> Vec<Finding> {
-    let mut out = Vec::new();
+    let mut out = vec![privilege(sys)];
     let has_v4 = config.services.iter().any(|l| !l.service.is_ipv6());
     let has_v6 = config.services.iter().any(|l| l.service.is_ipv6());
     if has_v4 || config.services.is_empty() {
@@ -113,6 +124,38 @@ pub fn check(config: &Config, sys: &System<'_>) -> Vec<Finding> {
         config.settings.queue_count(),
     ));
     out
+}
+
+/// CAP_NET_ADMIN, which `run` needs for netlink (rules) and the queue: without it, run fails.
+fn privilege(sys: &System<'_>) -> Finding {
+    const CAP_NET_ADMIN: u32 = 12;
+    let what = "privilege";
+    let eff = sys.read("/proc/self/status").and_then(|st| {
+        st.lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    });
+    match eff {
+        Some(caps) if caps & (1 << CAP_NET_ADMIN) != 0 => Finding {
+            severity: Severity::Ok,
+            what,
+            detail: "CAP_NET_ADMIN".into(),
+        },
+        Some(_) => Finding {
+            severity: Severity::Error,
+            what,
+            detail: "no CAP_NET_ADMIN: `netnat run` would be refused (run it as root); \
+                     facts only root may read are reported as unknown"
+                .into(),
+        },
+        None => Finding {
+            severity: Severity::Warning,
+            what,
+            detail: "capabilities unreadable (/proc/self/status): whether `netnat run` may \
+                     change rules and bind the queue is unknown"
+                .into(),
+        },
+    }
 }
 
 fn forwarding(sys: &System<'_>, path: &str, what: &'static str) -> Finding {
@@ -209,9 +252,22 @@ fn queue_free(sys: &System<'_>, first: u16, count: u16) -> Finding {
     } else {
         format!("queues {first}-{last}")
     };
-    let table = sys
-        .read("/proc/net/netfilter/nfnetlink_queue")
-        .unwrap_or_default();
+    let path = "/proc/net/netfilter/nfnetlink_queue";
+    let table = match sys.read_result(path) {
+        Ok(t) => t,
+        // Not loaded: nothing can be bound to any queue; run loads it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        // The file is root-only (0440): unreadable is not free.
+        Err(e) => {
+            return Finding {
+                severity: Severity::Warning,
+                what,
+                detail: format!(
+                    "{queues}: unknown, {path} unreadable ({e}); run `netnat check` as root to know"
+                ),
+            };
+        }
+    };
     // Columns: queue number, peer portid, queue total, copy mode, copy range, drops, ...
     let holder = table.lines().find_map(|l| {
         let mut cols = l.split_whitespace();
@@ -227,14 +283,94 @@ fn queue_free(sys: &System<'_>, first: u16, count: u16) -> Finding {
             detail: format!("{queues} free"),
         },
         Some((num, portid)) => Finding {
-            severity: Severity::Warning,
+            severity: Severity::Error,
             what,
             detail: format!(
                 "queue {num} (of {queues}) is bound by netlink port {portid} (a running netnat, \
-                 or another NFQUEUE consumer: `netnat run` would be refused)"
+                 or another NFQUEUE consumer): `netnat run` would be refused"
             ),
         },
     }
+}
+
+/// What `netnat run` reports about its services once they are resolved against the
+/// interfaces (`table`), and what `netnat check` prints: services that wait for their
+/// interface, services left out because another holds their endpoint (a `*` service and a
+/// literal address of the interface on the same port), and services that are accepted but
+/// cannot work. All are warnings: run starts without those services, as it always has, and so
+/// check does not fail on them. `file` names the place of lines that came from it.
+pub fn service_findings(lines: &[ServiceLine], table: &ServiceTable, file: &str) -> Vec<Finding> {
+    let what = "service";
+    let place = |l: &ServiceLine| {
+        if l.line > 0 {
+            format!("{file}:{}: ", l.line)
+        } else {
+            String::new()
+        }
+    };
+    let warn = |detail: String| Finding {
+        severity: Severity::Warning,
+        what,
+        detail,
+    };
+    let mut out = Vec::new();
+    // Ids past the lines are draining services (removed ones, see the daemon), which are not
+    // the configuration's to report.
+    for &id in table.waiting().iter().filter(|&&id| id < lines.len()) {
+        let l = &lines[id];
+        out.push(warn(format!(
+            "{}service waits for its interface or address: {}",
+            place(l),
+            l.service
+        )));
+    }
+    for c in table.conflicts().iter().filter(|c| c.id < lines.len()) {
+        let l = &lines[c.id];
+        let endpoint = match c.direction {
+            Lookup::Inbound => "apparent",
+            Lookup::Reply => "actual",
+        };
+        out.push(warn(format!(
+            "{}service left out, its {endpoint} endpoint is taken by {}: {}",
+            place(l),
+            lines[c.with].service,
+            l.service
+        )));
+    }
+    for (id, l) in lines.iter().enumerate() {
+        let s = &l.service;
+        let at = place(l);
+        if s.act_addr.is_loopback() {
+            out.push(warn(format!(
+                "{at}the actual address {} is a loopback address: the kernel drops packets \
+                 arriving on {} for it (martian destination), the service cannot work: {s}",
+                s.act_addr, s.iface
+            )));
+        }
+        if let AppAddr::Fixed(IpAddr::V6(a)) = s.app_addr
+            && a.is_unicast_link_local()
+        {
+            out.push(warn(format!(
+                "{at}the apparent address {a} is link-local: clients reach it from link-local \
+                 sources, which the kernel does not forward to another link, the service \
+                 cannot work: {s}"
+            )));
+        }
+        // `*` is compared as it resolves now; a waiting one by its literal address only.
+        let app = match (table.entry(id), s.app_addr) {
+            (Some(e), _) => Some(e.app.ip()),
+            (None, AppAddr::Fixed(a)) => Some(a),
+            (None, AppAddr::Interface) => None,
+        };
+        if app == Some(s.act_addr) && s.app_port == s.act_port {
+            out.push(warn(format!(
+                "{at}the actual endpoint is the apparent one ({}): the service translates \
+                 nothing: {s}",
+                std::net::SocketAddr::new(s.act_addr, s.act_port)
+            )));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -275,6 +411,10 @@ mod tests {
     #[test]
     fn a_ready_router() {
         let root = Root::new(&[
+            (
+                "/proc/self/status",
+                "Name:\tnetnat\nCapEff:\t000001ffffffffff\n",
+            ),
             ("/proc/sys/net/ipv4/ip_forward", "1\n"),
             ("/proc/sys/kernel/osrelease", "6.18.0\n"),
             ("/boot/config-6.18.0", KCONFIG),
@@ -291,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarding_off_is_an_error_and_a_busy_queue_a_warning() {
+    fn forwarding_off_and_a_busy_queue_are_errors() {
         let root = Root::new(&[
             ("/proc/sys/net/ipv4/ip_forward", "0\n"),
             ("/proc/sys/net/ipv6/conf/all/forwarding", "0\n"),
@@ -308,10 +448,108 @@ mod tests {
             "no v4 service: {f:#?}"
         );
         let q = find(&f, "queue number");
-        assert_eq!(q.severity, Severity::Warning);
+        assert_eq!(q.severity, Severity::Error, "run would be refused");
         assert!(q.detail.contains("port 999"), "{q}");
         assert_eq!(find(&f, "conntrack").severity, Severity::Warning);
         assert_eq!(find(&f, "NFQUEUE").severity, Severity::Warning);
+    }
+
+    #[test]
+    fn without_cap_net_admin_run_would_fail_and_an_unreadable_queue_table_is_unknown() {
+        let root = Root::new(&[
+            // CAP_NET_ADMIN is bit 12; everything but it.
+            ("/proc/self/status", "CapEff:\t000001ffffffefff\n"),
+            ("/proc/sys/net/ipv4/ip_forward", "1\n"),
+        ]);
+        // A directory where the file should be: it exists but cannot be read as one.
+        std::fs::create_dir_all(root.0.join("proc/net/netfilter/nfnetlink_queue")).unwrap();
+        let cfg = parse_config("service eth0 port * 80 TCP 10.0.0.1 80\n", "t").unwrap();
+        let f = check(&cfg, &System { root: &root.0 });
+        let p = find(&f, "privilege");
+        assert_eq!(p.severity, Severity::Error, "{p}");
+        assert!(p.detail.contains("no CAP_NET_ADMIN"), "{p}");
+        let q = find(&f, "queue number");
+        assert_eq!(q.severity, Severity::Warning, "{q}");
+        assert!(q.detail.contains("unknown"), "{q}");
+        assert!(!q.detail.contains("free"), "{q}");
+        // Without the module nobody can hold the queue.
+        let root = Root::new(&[("/proc/self/status", "CapEff:\t0000000000001000\n")]);
+        let f = check(&cfg, &System { root: &root.0 });
+        assert_eq!(find(&f, "privilege").severity, Severity::Ok);
+        assert_eq!(find(&f, "queue number").detail, "queues 4747-4748 free");
+    }
+
+    /// Interfaces for [`service_findings`]: eth0 (index 2) with 10.0.0.1 and fd00::1.
+    struct Eth0;
+    impl crate::service::Interfaces for Eth0 {
+        fn index(&self, name: &str) -> Option<u32> {
+            (name == "eth0").then_some(2)
+        }
+        fn address(&self, name: &str, v6: bool) -> Option<IpAddr> {
+            (name == "eth0").then(|| {
+                if v6 {
+                    "fd00::1".parse().unwrap()
+                } else {
+                    "10.0.0.1".parse().unwrap()
+                }
+            })
+        }
+    }
+
+    fn service_warnings(text: &str) -> Vec<String> {
+        let cfg = parse_config(text, "t.conf").unwrap();
+        let services: Vec<_> = cfg.services.iter().map(|l| l.service.clone()).collect();
+        let table = ServiceTable::build(&services, &Eth0);
+        service_findings(&cfg.services, &table, "t.conf")
+            .into_iter()
+            .map(|f| {
+                assert_eq!(f.severity, Severity::Warning);
+                f.detail
+            })
+            .collect()
+    }
+
+    #[test]
+    fn services_that_run_leaves_out_or_that_cannot_work_are_named() {
+        assert!(service_warnings("service eth0 port * 80 TCP 10.9.0.5 80\n").is_empty());
+        let w = service_warnings(
+            "service eth0 port * 80 TCP 10.9.0.5 80\nservice eth0 port 10.0.0.1 80 TCP 10.9.0.6 80\n",
+        );
+        assert_eq!(
+            w,
+            [
+                "t.conf:2: service left out, its apparent endpoint is taken by \
+              service eth0 port * 80 TCP 10.9.0.5 80 0x0000: \
+              service eth0 port 10.0.0.1 80 TCP 10.9.0.6 80 0x0000"
+            ]
+        );
+        let w = service_warnings("service eth0 port * 80 TCP 127.0.0.1 8080\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("t.conf:1: the actual address 127.0.0.1 is a loopback address"),
+            "{w:?}"
+        );
+        let w = service_warnings("service eth0 port fe80::1 80 TCP fd00::5 80\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("the apparent address fe80::1 is link-local"),
+            "{w:?}"
+        );
+        let w = service_warnings("service eth0 port 10.0.0.7 80 TCP 10.0.0.7 80\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("the actual endpoint is the apparent one (10.0.0.7:80)"),
+            "{w:?}"
+        );
+        // `*` as it resolves now: 10.0.0.1.
+        let w = service_warnings("service eth0 port * 80 TCP 10.0.0.1 80\n");
+        assert!(w[0].contains("apparent one (10.0.0.1:80)"), "{w:?}");
+        let w = service_warnings("service ppp9 port * 80 TCP 10.9.0.5 80\n");
+        assert_eq!(
+            w,
+            ["t.conf:1: service waits for its interface or address: \
+              service ppp9 port * 80 TCP 10.9.0.5 80 0x0000"]
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `service add/del --save`: the daemon edits its own configuration file so that the change
 //! survives a restart, without disturbing anything else in it.
 //!
-//! - `add` appends the service's canonical line at the end of the file.
+//! - `add` appends the service's canonical line at the end of the file, with the file's own
+//!   line ending (that of its last line: a CRLF file stays CRLF).
 //! - `del` comments out every line that declares the deleted service (equal after parsing, so
 //!   spelling, spacing and case do not matter), prefixing it with [`DELETED_PREFIX`]: the
 //!   original text, trailing comment included, stays in the file and is easy to restore.
@@ -23,14 +24,24 @@ pub const DELETED_PREFIX: &str = "# deleted by netnat service del: ";
 
 /// The file with `service` appended as its last line.
 pub fn with_added(text: &str, service: &Service) -> String {
+    let eol = line_ending(text);
     let mut out = String::with_capacity(text.len() + 80);
     out.push_str(text);
     if !text.is_empty() && !text.ends_with('\n') {
-        out.push('\n');
+        out.push_str(eol);
     }
     out.push_str(&service.to_string());
-    out.push('\n');
+    out.push_str(eol);
     out
+}
+
+/// The line ending of the file's last ended line; `\n` for a file without any. An editor
+/// that writes CRLF would otherwise meet a file with mixed endings after a save.
+fn line_ending(text: &str) -> &'static str {
+    match text.rfind('\n') {
+        Some(i) if text[..i].ends_with('\r') => "\r\n",
+        _ => "\n",
+    }
 }
 
 /// The file with every line that declares `service` commented out, and how many there were.
@@ -53,18 +64,11 @@ pub fn with_deleted(text: &str, service: &Service) -> (String, usize) {
 /// Whether one line of the file is a `service` line equal to `service`.
 fn declares(line: &str, service: &Service) -> bool {
     let line = line.strip_suffix('\r').unwrap_or(line);
-    // A comment starts at a word beginning with `#`, as in the configuration file.
-    let mut code = String::new();
-    for word in line.split_whitespace() {
-        if word.starts_with('#') {
-            break;
-        }
-        code.push_str(word);
-        code.push(' ');
-    }
+    // A `#` anywhere starts a comment, as in the configuration file.
+    let code = line.split('#').next().unwrap_or("");
     let first = code.split_whitespace().next().unwrap_or("");
     first.eq_ignore_ascii_case("service")
-        && config::parse_service(&code).is_ok_and(|s| &s == service)
+        && config::parse_service(code).is_ok_and(|s| &s == service)
 }
 
 /// Why the file could not be saved.
@@ -200,6 +204,31 @@ mod tests {
             with_added("", &s),
             "service pub0 port * 81 TCP 192.168.77.10 8081 0x8000\n"
         );
+    }
+
+    #[test]
+    fn add_to_a_crlf_file_keeps_crlf() {
+        let s = svc("service pub0 port * 81 TCP 192.168.77.10 8081");
+        let line = "service pub0 port * 81 TCP 192.168.77.10 8081 0x0000";
+        let crlf = "# edited elsewhere\r\nqueue 4747\r\n";
+        assert_eq!(with_added(crlf, &s), format!("{crlf}{line}\r\n"));
+        // An unended last line gets the file's ending too.
+        assert_eq!(
+            with_added("queue 1\r\nqueue 2", &s),
+            format!("queue 1\r\nqueue 2\r\n{line}\r\n")
+        );
+        let out = with_added(crlf, &s);
+        assert_eq!(out.matches('\n').count(), out.matches("\r\n").count());
+        assert_eq!(config::parse_config(&out, "t").unwrap().services.len(), 1);
+    }
+
+    #[test]
+    fn del_finds_a_line_whose_comment_follows_a_value_directly() {
+        let web = svc("service pub0 port * 81 TCP 192.168.77.10 8081");
+        let text = "service pub0 port * 81 TCP 192.168.77.10 8081#web\n";
+        let (out, n) = with_deleted(text, &web);
+        assert_eq!(n, 1);
+        assert_eq!(out, format!("{DELETED_PREFIX}{text}"));
     }
 
     #[test]

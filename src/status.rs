@@ -4,18 +4,27 @@
 //! The JSON document (one object, keys always present, numbers are integers):
 //!
 //! ```text
-//! {"queue": {"num": 4747, "count": 2, "expression": "native", "received": 0,
+//! {"format": 1,
+//!  "queue": {"num": 4747, "count": 2, "expression": "native", "received": 0,
 //!            "verdicts": 0, "enobufs": 0, "async_errors": 0, "failed_closed": 0,
 //!            "send_failed_dropped": 0, "verdicts_lost": 0},
 //!  "uptime_secs": 12, "passed": 0, "log_lost": 0,
 //!  "unattributed_drops": {"oversize": 0, "malformed": 0, "unmapped_reply": 0},
 //!  "services": [{"service": "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000",
-//!                "iface": "pub0", "state": "active", "apparent": "10.99.1.1:80",
+//!                "iface": "pub0", "protocol": "TCP",
+//!                "apparent_addr": "*", "apparent_port": 80,
+//!                "actual_addr": "192.168.77.10", "actual_port": 8080, "flags": 32768,
+//!                "state": "active", "apparent": "10.99.1.1:80",
 //!                "in_packets": 0, "in_bytes": 0, "out_packets": 0, "out_bytes": 0,
 //!                "new_connections": 0, "icmp_errors": 0,
 //!                "drops": {"oversize": 0, "malformed": 0, "unmapped_reply": 0},
 //!                "last_seen": null}]}
 //! ```
+//!
+//! `format` is the version of this layout: it grows when a key changes meaning or goes away,
+//! not when keys are added. Per service, `service` is the canonical line and the keys after it
+//! are its fields as configured (`apparent_addr` is `*` or an address, `flags` the bitmask as
+//! a number); `apparent` is the endpoint `*` resolves to now.
 //!
 //! `state` is `active` (in the lookup table), `waiting` (its interface is absent or has no
 //! address of the family yet; `apparent` is null) or `conflict` (a `*` service whose address
@@ -30,6 +39,7 @@
 use std::fmt::Write;
 use std::net::SocketAddr;
 
+use crate::config::{self, AppAddr};
 use crate::queue::QueueStats;
 use crate::stats::{Counters, DROP_REASONS, DropReason};
 
@@ -153,16 +163,20 @@ impl Report {
         }
     }
 
+    /// The version of the JSON layout, `"format"` in the document.
+    pub const JSON_FORMAT: u32 = 1;
+
     /// The JSON `netnat status --json` prints (see the module comment).
     pub fn json(&self) -> String {
         let q = &self.queue_stats;
         let mut o = String::new();
         let _ = write!(
             o,
-            "{{\"queue\":{{\"num\":{},\"count\":{},\"expression\":{},\"received\":{},\"verdicts\":{},\
-             \"enobufs\":{},\"async_errors\":{},\"failed_closed\":{},\"send_failed_dropped\":{},\
-             \"verdicts_lost\":{}}},\"uptime_secs\":{},\"passed\":{},\
+            "{{\"format\":{},\"queue\":{{\"num\":{},\"count\":{},\"expression\":{},\"received\":{},\
+             \"verdicts\":{},\"enobufs\":{},\"async_errors\":{},\"failed_closed\":{},\
+             \"send_failed_dropped\":{},\"verdicts_lost\":{}}},\"uptime_secs\":{},\"passed\":{},\
              \"log_lost\":{},\"unattributed_drops\":{},\"services\":[",
+            Self::JSON_FORMAT,
             self.queue,
             self.queues,
             json_str(&self.expression),
@@ -194,12 +208,13 @@ impl Report {
             };
             let _ = write!(
                 o,
-                "{}{{\"service\":{},\"iface\":{},\"state\":\"{state}\",\"apparent\":{apparent},\
+                "{}{{\"service\":{},\"iface\":{},{}\"state\":\"{state}\",\"apparent\":{apparent},\
                  \"in_packets\":{},\"in_bytes\":{},\"out_packets\":{},\"out_bytes\":{},\
                  \"new_connections\":{},\"icmp_errors\":{},\"drops\":{},\"last_seen\":{last}}}",
                 if i > 0 { "," } else { "" },
                 json_str(&s.line),
                 json_str(&s.iface),
+                fields_json(&s.line),
                 c.in_packets,
                 c.in_bytes,
                 c.out_packets,
@@ -212,6 +227,32 @@ impl Report {
         o.push_str("]}\n");
         o
     }
+}
+
+/// The configured fields of a service, each followed by a comma. Read back from the canonical
+/// line, which parses to the very service it was written from (`config::format`'s promise):
+/// the report then needs nothing but the line.
+fn fields_json(line: &str) -> String {
+    let Ok(s) = config::parse_service(line) else {
+        // Cannot happen for a canonical line; the document keeps its keys all the same.
+        return "\"protocol\":null,\"apparent_addr\":null,\"apparent_port\":null,\
+                \"actual_addr\":null,\"actual_port\":null,\"flags\":null,"
+            .into();
+    };
+    let app = match s.app_addr {
+        AppAddr::Interface => "*".to_string(),
+        AppAddr::Fixed(a) => a.to_string(),
+    };
+    format!(
+        "\"protocol\":{},\"apparent_addr\":{},\"apparent_port\":{},\"actual_addr\":{},\
+         \"actual_port\":{},\"flags\":{},",
+        json_str(s.protocol.name()),
+        json_str(&app),
+        s.app_port,
+        json_str(&s.act_addr.to_string()),
+        s.act_port,
+        s.flags.0
+    )
 }
 
 fn drops_text(d: &[u64; DROP_REASONS]) -> String {
@@ -341,8 +382,12 @@ mod tests {
     #[test]
     fn json_has_every_number_and_state() {
         let j = report().json();
-        assert!(j.starts_with("{\"queue\":{\"num\":4747,\"count\":1,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1,\"failed_closed\":2,\"send_failed_dropped\":3,\"verdicts_lost\":0},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4,\"unrelated_icmp\":0},\"services\":[{"), "{j}");
-        assert!(j.contains("{\"service\":\"service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\",\"iface\":\"pub0\",\"state\":\"active\",\"apparent\":\"10.99.1.1:80\",\"in_packets\":3,\"in_bytes\":180,\"out_packets\":2,\"out_bytes\":1500,\"new_connections\":1,\"icmp_errors\":0,\"drops\":{\"oversize\":0,\"malformed\":2,\"unmapped_reply\":0,\"unrelated_icmp\":0},\"last_seen\":1700000000}"), "{j}");
+        assert!(j.starts_with("{\"format\":1,\"queue\":{\"num\":4747,\"count\":1,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1,\"failed_closed\":2,\"send_failed_dropped\":3,\"verdicts_lost\":0},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4,\"unrelated_icmp\":0},\"services\":[{"), "{j}");
+        assert!(j.contains("{\"service\":\"service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\",\"iface\":\"pub0\",\"protocol\":\"TCP\",\"apparent_addr\":\"*\",\"apparent_port\":80,\"actual_addr\":\"192.168.77.10\",\"actual_port\":8080,\"flags\":32768,\"state\":\"active\",\"apparent\":\"10.99.1.1:80\",\"in_packets\":3,\"in_bytes\":180,\"out_packets\":2,\"out_bytes\":1500,\"new_connections\":1,\"icmp_errors\":0,\"drops\":{\"oversize\":0,\"malformed\":2,\"unmapped_reply\":0,\"unrelated_icmp\":0},\"last_seen\":1700000000}"), "{j}");
+        assert!(
+            j.contains("\"iface\":\"ppp0\",\"protocol\":\"TCP\",\"apparent_addr\":\"*\",\"apparent_port\":25,\"actual_addr\":\"192.168.77.25\",\"actual_port\":25,\"flags\":0,"),
+            "{j}"
+        );
         assert!(
             j.contains("\"state\":\"waiting\",\"apparent\":null,") && j.ends_with("null}]}\n"),
             "{j}"
@@ -365,7 +410,7 @@ mod tests {
         );
         assert!(
             r.json()
-                .starts_with("{\"queue\":{\"num\":4747,\"count\":2,")
+                .starts_with("{\"format\":1,\"queue\":{\"num\":4747,\"count\":2,")
         );
     }
 

@@ -83,13 +83,25 @@ fn empty_and_comment_only_files() {
     );
 }
 
+/// netnat.conf(5): `#` starts a comment that runs to the end of the line, wherever it is.
 #[test]
-fn hash_inside_a_word_is_not_a_comment() {
-    let c = ok("service eth#1 port * 80 TCP 10.0.0.1 80 #comment\n");
-    assert_eq!(c.services[0].service.iface, "eth#1");
+fn hash_anywhere_starts_a_comment() {
+    let c = ok("service eth0 port * 81 TCP 192.168.77.10 8081#web\n");
+    assert_eq!(c.services[0].service.act_port, 8081);
+    assert_eq!(c.services[0].service.flags, Flags(0));
+    let c = ok("service eth0 port * 80 TCP 10.0.0.1 80 0x8000#web\nqueue 7#q\n");
+    assert_eq!(c.services[0].service.flags, Flags(0x8000));
+    assert_eq!(c.settings.queue, 7);
     // A `#` word right after the flags ends the line.
     let c = ok("service eth0 port * 80 TCP 10.0.0.1 80 0x8000 # web\n");
     assert_eq!(c.services[0].service.flags, Flags(0x8000));
+    // Inside a word too: what follows it is no part of the service.
+    one_error(
+        "service eth#1 port * 80 TCP 10.0.0.1 80\n",
+        1,
+        12,
+        "missing field",
+    );
 }
 
 #[test]
@@ -417,9 +429,11 @@ fn load_missing_file() {
     let errs = load_config(&path).unwrap_err();
     assert_eq!(errs.len(), 1);
     assert_eq!((errs[0].line, errs[0].column), (0, 0));
+    assert_eq!(errs[0].message, "cannot read: file not found");
+    // No `:0:0:`: the file as a whole is the place.
     assert_eq!(
-        errs[0].message,
-        "cannot read the configuration: file not found"
+        errs[0].to_string(),
+        format!("{}: cannot read: file not found", path.display())
     );
 }
 
@@ -450,8 +464,8 @@ fn load_permission_denied() {
     .join()
     .unwrap();
     assert_eq!(
-        errs[0].message,
-        "cannot read the configuration: permission denied"
+        errs[0].to_string(),
+        format!("{}: cannot read: permission denied", f.0.display())
     );
 }
 

@@ -682,6 +682,94 @@ fn ops_service_add_del_over_the_control_socket() {
     assert!(!n.ctl.exists(), "control socket removed at exit");
 }
 
+/// `service add --save` with the line as one quoted word; on a CRLF file the saved line ends in
+/// CRLF too; `#` right after a value is a comment in the file the daemon loads. On a file the
+/// daemon cannot write (a read-only bind mount of its directory, in the daemon's own mount
+/// namespace), the change is live but not saved: exit 5, and the message says both.
+#[test]
+fn ops_save_keeps_crlf_and_says_live_but_not_saved() {
+    if !require_root("ops_save_keeps_crlf_and_says_live_but_not_saved") {
+        return;
+    }
+    let t = Topology::new();
+    let _h0 = http_server(&t, 8080);
+    let _h1 = http_server(&t, 8081);
+    let _h2 = http_server(&t, 8082);
+    let conf = "# edited on another system\r\nqueue 4817\r\nservice pub0 port * 80 TCP 192.168.77.10 8080#web\r\n";
+    let mut n = Netnat::start(&t, conf, &["--log-stderr"]);
+    assert!(curl(&t, 80, None).success(), "{}", n.proc.evidence());
+    let line81 = "pub0 port * 81 TCP 192.168.77.10 8081";
+    let out = n.ctl(&["service", "add", line81, "--save"]);
+    assert!(out.success(), "one quoted line is accepted\n{out}");
+    assert!(curl(&t, 81, None).success(), "{}", n.proc.evidence());
+    let saved = fs::read_to_string(&n.conf).unwrap();
+    assert_eq!(
+        saved,
+        format!("{conf}service {line81} 0x0000\r\n"),
+        "CRLF kept"
+    );
+    // status --json: a format version, and each service's fields beside its line.
+    let json = n.status_json();
+    assert!(json.starts_with("{\"format\":1,"), "{json}");
+    assert!(
+        json.contains(&format!(
+            "{{\"service\":\"service {line81} 0x0000\",\"iface\":\"pub0\",\"protocol\":\"TCP\",\
+             \"apparent_addr\":\"*\",\"apparent_port\":81,\"actual_addr\":\"192.168.77.10\",\
+             \"actual_port\":8081,\"flags\":0,\"state\":\"active\",\"apparent\":\"10.99.1.1:81\","
+        )),
+        "{json}"
+    );
+    assert!(n.terminate().is_some_and(|s| s.success()));
+
+    // The same file in a directory mounted read-only for the daemon only.
+    let etc = t.dir.file("etc");
+    fs::create_dir_all(&etc).unwrap();
+    let ro_conf = etc.join("netnat.conf");
+    fs::write(
+        &ro_conf,
+        "queue 4817\nservice pub0 port * 80 TCP 192.168.77.10 8080\n",
+    )
+    .unwrap();
+    let ctl = t.dir.file("ro.sock");
+    let e = etc.to_str().unwrap();
+    let script = format!(
+        "mount --bind {e} {e} && mount -o remount,bind,ro {e} && exec {BIN} run --config {} \
+         --log-stderr --control {}",
+        ro_conf.display(),
+        ctl.display()
+    );
+    let mut ro = t.spawn(&t.rtr, "netnat-ro", &["sh", "-c", &script]);
+    ro.wait_stderr("ready", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("netnat did not start: {e}"));
+    let mut c = Command::new(BIN);
+    c.args(["service", "add", "pub0", "port", "*", "82", "TCP"])
+        .args(["192.168.77.10", "8082", "--save", "--control"])
+        .arg(&ctl);
+    let out = run_bounded(c, Duration::from_secs(30));
+    assert_eq!(out.status.and_then(|s| s.code()), Some(5), "{out}");
+    assert!(
+        out.stderr
+            .contains("added: service pub0 port * 82 TCP 192.168.77.10 8082 0x0000")
+            && out.stderr.contains("applied live, NOT saved")
+            && out.stderr.contains(&ro_conf.display().to_string())
+            && out.stderr.contains("Read-only file system"),
+        "{out}"
+    );
+    assert!(
+        curl(&t, 82, None).success(),
+        "the change is live\n{}",
+        ro.evidence()
+    );
+    assert_eq!(
+        fs::read_to_string(&ro_conf).unwrap(),
+        "queue 4817\nservice pub0 port * 80 TCP 192.168.77.10 8080\n",
+        "the file is unchanged"
+    );
+    ro.signal(libc::SIGTERM);
+    let st = ro.wait_timeout(Duration::from_secs(10));
+    assert_eq!(st.and_then(|s| s.code()), Some(0), "{}", ro.evidence());
+}
+
 /// `status --json` numbers follow the traffic; the text form names the apparent address.
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
@@ -785,6 +873,18 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
         r.stderr.contains(&located) && r.stderr.contains("SCTP"),
         "{r}"
     );
+    // `netnat reload` is logged as SIGHUP is, naming who asked.
+    let refused = format!("netnat: error: reload refused (netnat reload): {located}");
+    n.proc
+        .wait_stderr(&refused, Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        n.proc
+            .stderr()
+            .contains("netnat: error: reload refused (SIGHUP): "),
+        "{}",
+        n.proc.evidence()
+    );
     assert!(curl(&t, 82, None).success());
 
     fs::write(&n.conf, format!("queue 4816\n{web}\n")).unwrap();
@@ -792,6 +892,19 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
     assert!(
         r.success() && r.stdout.contains("reloaded: 1 services"),
         "{r}"
+    );
+    n.proc
+        .wait_stderr(
+            "netnat: info: reloaded: 1 services (netnat reload)\n",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(
+        n.proc
+            .stderr()
+            .contains("netnat: info: reloaded: 3 services (SIGHUP)\n"),
+        "{}",
+        n.proc.evidence()
     );
     assert!(!curl(&t, 82, None).success());
     assert!(curl(&t, 80, None).success());

@@ -243,7 +243,7 @@ fn privilege_world_writable_config_refused_with_exit_2() {
             );
             assert!(
                 out.stderr
-                    .contains(&format!("{p}:0:0: refusing the configuration file {p}"))
+                    .contains(&format!("{p}: refusing the configuration file {p}"))
                     && out.stderr.contains(why),
                 "`netnat {cmd}`: the message does not name {p} and say why ({why})\n{out}"
             );

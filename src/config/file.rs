@@ -1,7 +1,7 @@
 //! The configuration file: one directive per line.
 //!
 //! ```text
-//! # comment                      whole-line, or trailing after whitespace
+//! # comment                      whole-line, or trailing: `#` anywhere starts one
 //! service ppp0 port * 80 TCP 192.168.1.10 8080 0x8000
 //! queue 4747                     NFQUEUE number 0-65535, at most once
 //! queues auto                    queues from `queue` on: 1-64 or auto (one per CPU), at most once
@@ -14,8 +14,9 @@
 //! log-burst 200                  records at once per service and record class, 1-100000
 //! ```
 //!
-//! A `#` starts a comment only at the start of a word (start of line or after whitespace):
-//! `eth#1` is a valid interface name and stays one. Directive names are case-insensitive.
+//! A `#` starts a comment wherever it stands, also right after a value (`8081#web`), as
+//! netnat.conf(5) says; no value of the file can contain one (interface names with `#` are
+//! refused by the grammar). Directive names are case-insensitive.
 //!
 //! Every error of the file is reported, each located as `file:line:column: message`, and any
 //! error rejects the whole file: a half-loaded configuration would silently drop services.
@@ -66,7 +67,8 @@ pub const PRIORITIES: [&str; 8] = [
 /// An error located in a configuration file: `file:line:column: message`.
 ///
 /// Lines and columns are 1-based; columns count characters. Errors about the file as a whole
-/// (cannot be read, too large) are at line 0, column 0.
+/// (cannot be read, too large) are at line 0, column 0, and shown as `file: message`: there
+/// is no place in the file to point at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: String,
@@ -77,6 +79,9 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}: {}", self.file, self.message);
+        }
         write!(
             f,
             "{}:{}:{}: {}",
@@ -128,7 +133,7 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
             std::io::ErrorKind::IsADirectory => "it is a directory".to_owned(),
             _ => e.to_string(),
         };
-        format!("cannot read the configuration: {what}")
+        format!("cannot read: {what}")
     };
     let file = std::fs::File::open(path).map_err(describe)?;
     if let Ok(meta) = file.metadata() {
@@ -342,10 +347,9 @@ impl Parser {
         } else {
             text
         };
-        let mut words = grammar::split_words(text);
-        if let Some(comment) = words.iter().position(|w| w.text.starts_with('#')) {
-            words.truncate(comment);
-        }
+        // The comment is cut before the words are split, so columns stay those of the line.
+        let code = text.split('#').next().unwrap_or("");
+        let words = grammar::split_words(code);
         let Some(first) = words.first() else { return };
         let directive = first.text.to_ascii_lowercase();
         match directive.as_str() {
@@ -739,7 +743,12 @@ mod tests {
                 && e.message.contains(&format!("chmod o-w {shown}")),
             "{e}"
         );
-        assert!(e.to_string().starts_with(&format!("{shown}:0:0: ")), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!(
+                "{shown}: refusing the configuration file {shown}: "
+            )),
+            "{e}"
+        );
         // o+w alone is enough; group write is the administrator's business.
         fs::set_permissions(&f, fs::Permissions::from_mode(0o602)).unwrap();
         assert!(refused(&f).message.contains("mode 0602"));
