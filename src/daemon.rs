@@ -358,9 +358,8 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         "ready: {} services on {queue_note} ({kind}){control_note}",
         active.config.services.len()
     ));
-    if opts.log_stderr {
-        // Tests and scripts wait for this line; with syslog it is in the log above.
-    } else {
+    if !log.on_stderr() {
+        // Scripts wait for `ready` on stderr; logging there, they have it from the line above.
         // Through the logging thread: a stderr nobody reads must not hold up the start.
         log.stderr_line("ready");
     }

@@ -124,6 +124,8 @@ enum Sink {
 pub struct Logger {
     sink: Sink,
     records: Level,
+    /// The sink is stderr (asked for, or syslog was not there).
+    on_stderr: bool,
 }
 
 impl Logger {
@@ -137,6 +139,7 @@ impl Logger {
         Logger {
             sink: Sink::Memory(Vec::new()),
             records: Level::Info,
+            on_stderr: false,
         }
     }
 
@@ -193,7 +196,13 @@ impl Logger {
         }
     }
 
+    /// Whether the lines go to stderr: then the `ready` line scripts wait for is there already.
+    pub fn on_stderr(&self) -> bool {
+        self.on_stderr
+    }
+
     fn spawn(mut out: Output, records: Level) -> Logger {
+        let on_stderr = matches!(out, Output::Stderr);
         let (tx, rx) = mpsc::sync_channel::<Line>(LINE_QUEUE);
         let (done_tx, done) = mpsc::sync_channel::<()>(1);
         let counters = Arc::new(Counters::default());
@@ -213,6 +222,7 @@ impl Logger {
                     thread: Some(h),
                 },
                 records,
+                on_stderr,
             },
             // No thread, no log: counted as lost (the channel is closed), nothing else fails.
             Err(_) => Logger {
@@ -223,6 +233,7 @@ impl Logger {
                     thread: None,
                 },
                 records,
+                on_stderr,
             },
         }
     }
@@ -414,7 +425,18 @@ impl SyslogOut {
                     self.connected_at = Instant::now();
                     return Ok(());
                 }
-                Err(e) => last = io::Error::new(e.kind(), format!("{}: {e}", p.display())),
+                Err(e) => {
+                    // Say what it means: a socket file nobody listens on is a syslog daemon
+                    // that is not running.
+                    let why = match e.kind() {
+                        io::ErrorKind::NotFound => "no such socket".to_string(),
+                        io::ErrorKind::ConnectionRefused => {
+                            "no syslog daemon listens on it".to_string()
+                        }
+                        _ => e.to_string(),
+                    };
+                    last = io::Error::new(e.kind(), format!("{}: {why}", p.display()))
+                }
             }
         }
         Err(last)

@@ -658,3 +658,54 @@ fn a_syn_flood_gets_at_most_the_configured_records() {
     assert!(answered, "{st}");
     assert!(p.try_status().is_none(), "{}", p.evidence());
 }
+
+/// No syslog where netnat looks, once with no socket file and once with a socket file nobody
+/// listens on (a syslog daemon that is not running): the warning says so in those words, the
+/// records go to stderr, and `ready` appears there once, not twice.
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn without_syslog_the_warning_says_why_and_ready_comes_once() {
+    let name = "without_syslog_the_warning_says_why_and_ready_comes_once";
+    require_root(name);
+    let t = Topology::new();
+    let conf = t.dir.file("netnat.conf");
+    fs::write(&conf, "service pub0 port * 8080 TCP 192.168.77.10 80\n").unwrap();
+    let dead = t.dir.file("dead.sock");
+    // A socket file whose listener is gone: what a stopped syslog daemon leaves behind.
+    drop(in_router(&t, {
+        let p = dead.clone();
+        move || UnixDatagram::bind(&p).expect("bind")
+    }));
+    for (socket, why) in [
+        (t.dir.file("absent.sock"), "no such socket"),
+        (dead, "no syslog daemon listens on it"),
+    ] {
+        let ctl = t.dir.file("ctl.sock");
+        let mut p = t.spawn(
+            &t.rtr,
+            "netnat-nosyslog",
+            &[
+                netnat_bin(),
+                "run",
+                "--config",
+                conf.to_str().unwrap(),
+                "--syslog-socket",
+                socket.to_str().unwrap(),
+                "--control",
+                ctl.to_str().unwrap(),
+            ],
+        );
+        p.wait_stderr("ready", READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Whatever else would come, comes within this.
+        thread::sleep(Duration::from_millis(300));
+        p.signal(libc::SIGTERM);
+        assert!(p.wait_timeout(Duration::from_secs(5)).is_some());
+        let err = p.stderr();
+        let warning = format!("no syslog socket ({}: {why})", socket.display());
+        assert!(err.contains(&warning), "{name}: no {warning:?} in\n{err}");
+        let ready = err.lines().filter(|l| l.contains("ready")).count();
+        assert_eq!(ready, 1, "{name}: `ready` {ready} times on stderr:\n{err}");
+        eprintln!("{name}: {}", err.lines().next().unwrap_or(""));
+    }
+}
