@@ -159,47 +159,28 @@ impl Expression for FibDaddrIifType {
     }
 }
 
-/// A conntrack key (`NFT_CT_*`) loaded into register 1 (`ct direction`, `ct label`): nftnl's
-/// own `ct` expression knows only state, status and mark.
+/// A conntrack key (`NFT_CT_*`: `ct direction`, `ct label`) loaded into register 1, or with
+/// `set`, set from it (`ct label set`: the kernel sets the label bits that are set in the
+/// register and leaves the others). nftnl's own `ct` expression knows only state, status and
+/// mark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CtLoad {
+pub struct Ct {
     pub key: u32,
+    pub set: bool,
 }
 
-impl Expression for CtLoad {
+impl Expression for Ct {
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
         let expr = alloc(c"ct");
-        // SAFETY: `expr` is a live ct expression; key and dreg are u32 attributes.
+        let reg = if self.set {
+            sys::NFTNL_EXPR_CT_SREG
+        } else {
+            sys::NFTNL_EXPR_CT_DREG
+        };
+        // SAFETY: `expr` is a live ct expression; key and register are u32 attributes.
         unsafe {
             sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_CT_KEY as u16, self.key);
-            sys::nftnl_expr_set_u32(
-                expr.as_ptr(),
-                sys::NFTNL_EXPR_CT_DREG as u16,
-                libc::NFT_REG_1 as u32,
-            );
-        }
-        expr
-    }
-}
-
-/// `ct KEY set` from register 1 (`ct label set`: the kernel sets the label bits that are set in
-/// the register and leaves the others).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CtSet {
-    pub key: u32,
-}
-
-impl Expression for CtSet {
-    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
-        let expr = alloc(c"ct");
-        // SAFETY: `expr` is a live ct expression; key and sreg are u32 attributes.
-        unsafe {
-            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_CT_KEY as u16, self.key);
-            sys::nftnl_expr_set_u32(
-                expr.as_ptr(),
-                sys::NFTNL_EXPR_CT_SREG as u16,
-                libc::NFT_REG_1 as u32,
-            );
+            sys::nftnl_expr_set_u32(expr.as_ptr(), reg as u16, libc::NFT_REG_1 as u32);
         }
         expr
     }

@@ -27,8 +27,8 @@ use nftnl::{
 };
 
 use super::expr::{
-    CompatNfqueue, CtLoad, CtSet, FibDaddrIifType, Load, NativeQueue, RTN_LOCAL, Source,
-    ct_label_bytes, ifname_bytes, reg32_at,
+    CompatNfqueue, Ct, FibDaddrIifType, Load, NativeQueue, RTN_LOCAL, Source, ct_label_bytes,
+    ifname_bytes, reg32_at,
 };
 use super::policy::{
     ChainSpec, Element, Family, GUARD_TABLE, Hook, KeyField, Match, Policy, QueueSpec,
@@ -1025,24 +1025,16 @@ fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch,
     let mut batch = Batch::with_page_size(u32::try_from(page).unwrap_or(u32::MAX / 2));
     let mut labels = Vec::new();
     let name = CString::new(policy.table).expect("table name without NUL");
-
-    batch.add(
-        &TableMsg::new(policy.table, Some(NFT_TABLE_F_OWNER)),
-        MsgType::Add,
-    );
-    labels.push(Label::Table(policy.table));
-
     // Only used for its name and family by the chain, set and rule messages.
     let table = Table::new(&name, ProtoFamily::Inet);
     let specs = policy.chains();
-    let chains: Vec<Chain<'_>> = specs.iter().map(|s| chain(s, &table)).collect();
-    for (spec, chain) in specs.iter().zip(&chains) {
-        batch.add(chain, MsgType::Add);
-        labels.push(Label::Chain(spec.name));
-    }
-
-    batch.add(&FlushRules::new(&name), MsgType::Del);
-    labels.push(Label::FlushRules(policy.table));
+    let chains = add_table(
+        &mut batch,
+        &mut labels,
+        (policy.table, &table),
+        Some(NFT_TABLE_F_OWNER),
+        &specs,
+    );
 
     for set_kind in SetKind::ALL {
         let set = new_set(set_kind, set_id(set_kind, false), &table);
@@ -1086,20 +1078,40 @@ fn build_install_batch(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch,
     // table is not owned (it must outlive this process); its chains are kept and its rules
     // replaced, like netnat's.
     let guard = &policy.guard;
-    batch.add(&TableMsg::new(guard.table, None), MsgType::Add);
-    labels.push(Label::Table(guard.table));
     let guard_name = CString::new(guard.table).expect("table name without NUL");
     let guard_table = Table::new(&guard_name, ProtoFamily::Inet);
     let guard_specs = guard.chains();
-    let guard_chains: Vec<Chain<'_>> = guard_specs.iter().map(|s| chain(s, &guard_table)).collect();
-    for (spec, chain) in guard_specs.iter().zip(&guard_chains) {
+    let guard_chains = add_table(
+        &mut batch,
+        &mut labels,
+        (guard.table, &guard_table),
+        None,
+        &guard_specs,
+    );
+    rules.add(&mut batch, &mut labels, &guard_specs, &guard_chains);
+    (batch.finalize(), labels)
+}
+
+/// Adds table `name` (with `flags`), its chains and a flush of all its rules to the batch;
+/// returns the chains, for the rules that follow. Chains are kept across installs (their
+/// hooks stay registered), rules replaced.
+fn add_table<'a>(
+    batch: &mut Batch,
+    labels: &mut Vec<Label>,
+    (name, table): (&'static str, &'a Table),
+    flags: Option<u32>,
+    specs: &[&ChainSpec],
+) -> Vec<Chain<'a>> {
+    batch.add(&TableMsg::new(name, flags), MsgType::Add);
+    labels.push(Label::Table(name));
+    let chains: Vec<Chain<'a>> = specs.iter().map(|s| chain(s, table)).collect();
+    for (spec, chain) in specs.iter().zip(&chains) {
         batch.add(chain, MsgType::Add);
         labels.push(Label::Chain(spec.name));
     }
-    batch.add(&FlushRules::new(&guard_name), MsgType::Del);
-    labels.push(Label::FlushRules(guard.table));
-    rules.add(&mut batch, &mut labels, &guard_specs, &guard_chains);
-    (batch.finalize(), labels)
+    batch.add(&FlushRules::new(table.get_name()), MsgType::Del);
+    labels.push(Label::FlushRules(name));
+    chains
 }
 
 /// What every rule of one install batch is built with.
@@ -1293,16 +1305,18 @@ fn build_rule<'a>(
             }
             Match::CtDirection(d) => add(
                 &mut rule,
-                &CtLoad {
+                &Ct {
                     key: libc::NFT_CT_DIRECTION as u32,
+                    set: false,
                 },
                 &[d.value()],
             ),
             Match::CtLabel(bit) => {
                 // As nft does it: mask the 128 label bits with the one wanted, test non-zero.
                 let label = ct_label_bytes(*bit);
-                rule.add_expr(&CtLoad {
+                rule.add_expr(&Ct {
                     key: libc::NFT_CT_LABELS as u32,
+                    set: false,
                 });
                 rule.add_expr(&Bitwise::new(&label[..], &[0u8; 16][..]));
                 rule.add_expr(&Cmp::new(CmpOp::Neq, &[0u8; 16][..]));
@@ -1336,8 +1350,9 @@ fn build_rule<'a>(
         Verdict::Drop => rule.add_expr(&nftnl::expr::Verdict::Drop),
         Verdict::SetCtLabel(bit) => {
             rule.add_expr(&Immediate::new(ct_label_bytes(bit), Register::Reg1));
-            rule.add_expr(&CtSet {
+            rule.add_expr(&Ct {
                 key: libc::NFT_CT_LABELS as u32,
+                set: true,
             });
         }
         Verdict::ClearMark(bits) => {
