@@ -507,7 +507,22 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(&syn[16..20], &[192, 168, 77, 12]);
-        assert_eq!(t.conflicts().len(), 1, "the draining one is left out");
+        assert_eq!(
+            t.conflicts().len(),
+            1,
+            "the draining one lost its apparent endpoint"
+        );
+        // What the old server still sends is translated (and the client's answer goes to the
+        // new server, which resets the old connection).
+        let mut reply = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
+        reply[33] = 0x10;
+        let mut pkt = packet(&mut reply, HOOK_POSTROUTING, 0, 7);
+        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        assert!(
+            d.modified && matches!(e, Event::Translated { id: 1, .. }),
+            "{e:?}"
+        );
+        assert_eq!(&reply[12..16], &[10, 99, 1, 1]);
     }
 
     #[test]

@@ -111,6 +111,7 @@ impl ServiceTable {
             };
             let in_key = Key::new(entry.ifindex, entry.protocol, entry.app);
             let out_key = Key::new(entry.ifindex, entry.protocol, entry.act);
+            entry.draining = id >= first_draining;
             // Check both keys before inserting either: an entry is in both maps or in neither,
             // so that every translated request has its reply translated too.
             let clash = match (table.inbound.get(&in_key), table.reply.get(&out_key)) {
@@ -118,6 +119,25 @@ impl ServiceTable {
                 (None, Some(&i)) => Some((i, Lookup::Reply)),
                 (None, None) => None,
             };
+            // One exception: a draining service whose apparent endpoint a configured one took
+            // (its actual server changed) keeps translating what its old server still sends.
+            // The client answers that, and its answer goes to the new server, which resets the
+            // old connection: a clean cut where dropping would leave the client waiting.
+            if let (true, Some((i, Lookup::Inbound)), None) =
+                (entry.draining, clash, table.reply.get(&out_key))
+            {
+                let with = table.entries[i as usize].id;
+                table.conflicts.push(Conflict {
+                    id,
+                    with,
+                    direction: Lookup::Inbound,
+                });
+                table.has_draining = true;
+                let index = u32::try_from(table.entries.len()).expect("fewer than 2^32 services");
+                table.reply.insert(out_key, index);
+                table.entries.push(entry);
+                continue;
+            }
             if let Some((index, direction)) = clash {
                 let with = table.entries[index as usize].id;
                 table.conflicts.push(Conflict {
@@ -127,7 +147,6 @@ impl ServiceTable {
                 });
                 continue;
             }
-            entry.draining = id >= first_draining;
             table.has_draining |= entry.draining;
             let index = u32::try_from(table.entries.len()).expect("fewer than 2^32 services");
             table.inbound.insert(in_key, index);

@@ -13,6 +13,9 @@
 //! - `service del`, and a reload whose configuration no longer has the service: the established
 //!   TCP connection is translated until it ends (drain) and completes byte-exact; new
 //!   connections are not served. A UDP flow stops at once.
+//! - a reload that moves the service to another actual port: the client's next packets go to
+//!   the new endpoint, which refuses them; the flow is cut cleanly (a reset or a port
+//!   unreachable reaches the client, translated), nothing of the old one leaks.
 //! - SIGTERM, SIGKILL: the flow is cut; the guard drops what the server still sends.
 //! - SIGSTOP for 2 s, then SIGCONT: the flow resumes and completes.
 //!
@@ -46,6 +49,8 @@ const UDP_SECONDS: u32 = 7;
 enum Event {
     ServiceDel,
     ReloadWithout,
+    /// A reload that moves the service to another actual port (where nothing listens).
+    ReloadChanged,
     Sigterm,
     Sigkill,
     Sigstop,
@@ -105,9 +110,18 @@ impl Flow {
 /// Every flow's service plus one that no flow uses, so that a reload without the flow's
 /// service still leaves netnat with work.
 fn config(without: Option<Flow>) -> String {
+    config_with(without, None)
+}
+
+/// [`config`], with `changed`'s service moved to actual port 83 instead.
+fn config_with(without: Option<Flow>, changed: Option<Flow>) -> String {
     let mut c = String::new();
     for f in [Flow::TcpV4, Flow::TcpV6, Flow::UdpV4] {
-        if Some(f) != without {
+        if Some(f) == changed {
+            let mut w = f.words().to_vec();
+            w[6] = "83";
+            c.push_str(&format!("service {}\n", w.join(" ")));
+        } else if Some(f) != without {
             c.push_str(&format!("service {}\n", f.words().join(" ")));
         }
     }
@@ -122,6 +136,8 @@ struct Seen {
     translated: usize,
     /// TCP: the download completed byte-exact. UDP: replies still came at the end.
     completed: bool,
+    /// The client ended by itself (TCP: completed or reset), rather than waiting to be killed.
+    ended: bool,
     detail: String,
     evidence: String,
 }
@@ -145,6 +161,10 @@ fn hit(t: &Topology, n: &mut Netnat, event: Event, flow: Flow) {
             fs::write(&n.config, config(Some(flow))).expect("rewrite config");
             netnat_ctl(&ctl, &["reload"]).expect_ok("netnat reload");
         }
+        Event::ReloadChanged => {
+            fs::write(&n.config, config_with(None, Some(flow))).expect("rewrite config");
+            netnat_ctl(&ctl, &["reload"]).expect_ok("netnat reload");
+        }
         Event::Sigterm => {
             n.proc.signal(libc::SIGTERM);
             assert!(
@@ -165,7 +185,7 @@ fn hit(t: &Topology, n: &mut Netnat, event: Event, flow: Flow) {
     }
 }
 
-fn run_tcp(t: &Topology, n: &mut Netnat, event: Event, flow: Flow) -> (bool, String, Proc) {
+fn run_tcp(t: &Topology, n: &mut Netnat, event: Event, flow: Flow) -> (bool, bool, String, Proc) {
     let file = random_file(t, "bulk.bin", BULK);
     let (listen, connect) = match flow {
         Flow::TcpV4 => ("TCP4-LISTEN:82,reuseaddr", "TCP4:10.99.1.80:8082"),
@@ -224,10 +244,10 @@ fn run_tcp(t: &Topology, n: &mut Netnat, event: Event, flow: Flow) -> (bool, Str
         }
     );
     drop(server);
-    (completed, detail, client)
+    (completed, exit.is_some(), detail, client)
 }
 
-fn run_udp(t: &Topology, n: &mut Netnat, event: Event, flow: Flow) -> (bool, String, Proc) {
+fn run_udp(t: &Topology, n: &mut Netnat, event: Event, flow: Flow) -> (bool, bool, String, Proc) {
     let server = t.spawn(
         &t.srv,
         "udp-echo",
@@ -263,7 +283,7 @@ fn run_udp(t: &Topology, n: &mut Netnat, event: Event, flow: Flow) -> (bool, Str
     // Replies until the last second: the flow went on (or resumed).
     let completed = field("last_reply_s=") > f64::from(UDP_SECONDS) - 1.0;
     drop(server);
-    (completed, line.trim().to_string(), client)
+    (completed, true, line.trim().to_string(), client)
 }
 
 fn run_case(event: Event, flow: Flow) -> Seen {
@@ -274,7 +294,7 @@ fn run_case(event: Event, flow: Flow) -> Seen {
         "latency", "200ms",
     ]);
     let cap = Capture::start(&t, &t.cli, "eth0");
-    let (completed, detail, client) = match flow {
+    let (completed, ended, detail, client) = match flow {
         Flow::UdpV4 => run_udp(&t, &mut n, event, flow),
         _ => run_tcp(&t, &mut n, event, flow),
     };
@@ -291,6 +311,7 @@ fn run_case(event: Event, flow: Flow) -> Seen {
         private,
         translated,
         completed,
+        ended,
         detail,
         evidence,
     }
@@ -332,6 +353,13 @@ fn check(name: &str, event: Event, completes: impl Fn(Flow) -> bool) {
             seen.detail,
             seen.evidence
         );
+        if event == Event::ReloadChanged {
+            assert!(
+                seen.ended,
+                "{name} {flow:?}: cut, but not cleanly: the client was left waiting ({})\n{}",
+                seen.detail, seen.evidence
+            );
+        }
     }
 }
 
@@ -352,6 +380,16 @@ fn reload_without_the_service_drains_tcp_and_never_leaks() {
         "reload_without_the_service_drains_tcp_and_never_leaks",
         Event::ReloadWithout,
         |f| f != Flow::UdpV4,
+    );
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn reload_that_changes_the_actual_server_cuts_cleanly_and_never_leaks() {
+    check(
+        "reload_that_changes_the_actual_server_cuts_cleanly_and_never_leaks",
+        Event::ReloadChanged,
+        |_| false,
     );
 }
 

@@ -453,7 +453,9 @@ fn ops_volume_drop_and_icmp_records() {
     );
     let at = json.find(&format!("{{\"service\":\"{drops}\"")).unwrap();
     assert!(
-        json[at..].contains("\"drops\":{\"oversize\":0,\"malformed\":1,\"unmapped_reply\":0}"),
+        json[at..].contains(
+            "\"drops\":{\"oversize\":0,\"malformed\":1,\"unmapped_reply\":0,\"unrelated_icmp\":0}"
+        ),
         "{json}"
     );
 
@@ -854,7 +856,15 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
     assert_eq!(json_num(&after, web, "in_packets"), Some(web_in), "{after}");
     assert_eq!(json_num(&after, dns, "new_connections"), Some(1), "{after}");
     assert_eq!(json_num(&after, dns, "in_packets"), Some(2), "{after}");
-    assert!(!after.contains(old), "{after}");
+    // The removed TCP service stays only as draining (its established connections go on).
+    let removed = after
+        .find(&format!("{{\"service\":\"{old}\""))
+        .map(|at| &after[at..]);
+    assert!(
+        removed
+            .is_none_or(|r| r[..r.find('}').unwrap_or(r.len())].contains("\"state\":\"draining\"")),
+        "{after}"
+    );
 
     fs::write(
         &n.conf,

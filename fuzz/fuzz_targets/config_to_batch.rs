@@ -43,14 +43,19 @@ fuzz_target!(|data: &[u8]| {
     let rendered = nft::render(&policy);
     assert!(rendered.starts_with("table inet netnat {\n"), "{rendered}");
     assert!(rendered.ends_with("}\n"), "{rendered}");
-    let rules: usize = policy.chains().iter().map(|c| c.rules.len()).sum();
+    // netnat's table and the leak guard go in the same batch.
+    let chains: Vec<&nft::ChainSpec> = policy
+        .chains()
+        .into_iter()
+        .chain(policy.guard.chains())
+        .collect();
+    let rules: usize = chains.iter().map(|c| c.rules.len()).sum();
     let queue_words = if q.total > 1 {
         format!("queue num {}-{last} ", q.num)
     } else {
         format!("queue num {}", q.num)
     };
-    let queues = policy
-        .chains()
+    let queues = chains
         .iter()
         .any(|c| c.rules.iter().any(|r| r.verdict == nft::Verdict::Queue));
     assert_eq!(
@@ -68,8 +73,7 @@ fuzz_target!(|data: &[u8]| {
 
 /// The policy exactly as `netnat rules` and `netnat run` build it.
 fn policy_of(config: &Config) -> Policy {
-    let services: Vec<_> = config.services.iter().map(|l| l.service.clone()).collect();
-    Policy::new(&services, config.settings.queue).with_queues(config.settings.queue_count())
+    netnat::daemon::policy_of(config, config.settings.queue_count())
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
