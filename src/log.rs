@@ -42,6 +42,11 @@ const DEFAULT_SOCKETS: [&str; 3] = ["/dev/log", "/var/run/syslog", "/var/run/log
 /// Severity of one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
+    /// Only as the priority of service records (`syslog-priority`): netnat's own messages
+    /// are never this severe.
+    Emerg,
+    Alert,
+    Crit,
     Err,
     Warning,
     Notice,
@@ -52,7 +57,10 @@ pub enum Level {
 impl Level {
     pub fn from_name(name: &str) -> Option<Level> {
         Some(match name {
-            "emerg" | "alert" | "crit" | "err" => Level::Err,
+            "emerg" => Level::Emerg,
+            "alert" => Level::Alert,
+            "crit" => Level::Crit,
+            "err" => Level::Err,
             "warning" => Level::Warning,
             "notice" => Level::Notice,
             "info" => Level::Info,
@@ -63,6 +71,9 @@ impl Level {
 
     fn tag(self) -> &'static str {
         match self {
+            Level::Emerg => "emerg",
+            Level::Alert => "alert",
+            Level::Crit => "crit",
             Level::Err => "error",
             Level::Warning => "warning",
             Level::Notice => "notice",
@@ -73,6 +84,9 @@ impl Level {
 
     fn severity(self) -> Severity {
         match self {
+            Level::Emerg => Severity::LOG_EMERG,
+            Level::Alert => Severity::LOG_ALERT,
+            Level::Crit => Severity::LOG_CRIT,
             Level::Err => Severity::LOG_ERR,
             Level::Warning => Severity::LOG_WARNING,
             Level::Notice => Severity::LOG_NOTICE,
@@ -605,6 +619,33 @@ fn send_stream(mut s: &UnixStream, buf: &[u8], timeout: Duration) -> Sent {
         }
     }
     Sent::Yes
+}
+
+#[cfg(test)]
+mod level_tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_priority_is_its_own_severity() {
+        let all: Vec<Severity> = crate::config::PRIORITIES
+            .iter()
+            .map(|n| Level::from_name(n).expect(n).severity())
+            .collect();
+        let want = [
+            Severity::LOG_EMERG,
+            Severity::LOG_ALERT,
+            Severity::LOG_CRIT,
+            Severity::LOG_ERR,
+            Severity::LOG_WARNING,
+            Severity::LOG_NOTICE,
+            Severity::LOG_INFO,
+            Severity::LOG_DEBUG,
+        ];
+        assert_eq!(all.len(), want.len());
+        for (a, w) in all.iter().zip(want) {
+            assert_eq!(*a as i32, w as i32);
+        }
+    }
 }
 
 #[cfg(test)]

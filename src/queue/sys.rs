@@ -88,6 +88,21 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets close-on-exec: libmnl's `mnl_socket_open` does not, and a child process (a hook
+/// script, an `nft` run by anyone in the process) would otherwise keep the queue bound.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with F_GETFD/F_SETFD takes and returns plain integers.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Waits until `fd` is readable (or has a pending error). `Ok(false)` on timeout or EINTR.
 pub fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     poll_readable_or(fd, -1, timeout)
