@@ -104,15 +104,13 @@ fn sys(context: &str, e: impl fmt::Display) -> DaemonError {
 /// The rules `config` asks for, spread over `queues` queues: what `rules` prints and `run`
 /// installs (plus the draining services, see [`policy_with`]).
 pub fn policy_of(config: &Config, queues: u16) -> Policy {
-    policy_with(config, &[], queues)
+    policy_with(config, &services_of(config), queues)
 }
 
-/// The rules for `config`'s services and the `draining` ones, whose packets must still reach
-/// the queue.
-fn policy_with(config: &Config, draining: &[Drained], queues: u16) -> Policy {
-    let mut services = services_of(config);
-    services.extend(draining.iter().map(|d| d.service.clone()));
-    Policy::new(&services, config.settings.queue)
+/// The rules for `services` (the configuration's and the draining ones, whose packets must
+/// still reach the queue) with `config`'s settings.
+fn policy_with(config: &Config, services: &[Service], queues: u16) -> Policy {
+    Policy::new(services, config.settings.queue)
         .with_queues(queues)
         .with_mark(config.settings.mark)
 }
@@ -747,7 +745,7 @@ impl Daemon<'_> {
                 "changing the number of queues needs a restart",
             ));
         }
-        let policy = policy_with(&next.config, &next.draining, self.queues);
+        let policy = policy_with(&next.config, &next.services(), self.queues);
         self.nft.install(&policy).map_err(|e| {
             Response::err(Outcome::System, format!("refused, rules unchanged: {e}"))
         })?;
