@@ -101,6 +101,9 @@ fn sys(context: &str, e: impl fmt::Display) -> DaemonError {
     DaemonError::System(format!("{context}: {e}"))
 }
 
+/// How often the main loop makes sure the leak guard is still there.
+const GUARD_CHECK: Duration = Duration::from_secs(2);
+
 /// The rules `config` asks for, spread over `queues` queues: what `rules` prints and `run`
 /// installs (plus the draining services, see [`policy_with`]).
 pub fn policy_of(config: &Config, queues: u16) -> Policy {
@@ -389,6 +392,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     let mut server = server;
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4 + control::MAX_CONNECTIONS);
     let mut next_volume = Instant::now() + opts.volume_interval;
+    let mut next_guard_check = Instant::now() + GUARD_CHECK;
     let mut failed = None;
 
     loop {
@@ -428,6 +432,10 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
             }
         }
         d.expire_drained();
+        if Instant::now() >= next_guard_check {
+            d.keep_guard();
+            next_guard_check = Instant::now() + GUARD_CHECK;
+        }
         let now = Instant::now();
         if now >= next_volume {
             let mut s = d.lock();
@@ -660,6 +668,35 @@ impl Daemon<'_> {
             config,
             wall_secs(),
         )
+    }
+
+    /// Installs the rules again when the leak guard's table is gone (an `nft flush ruleset`
+    /// removes it while netnat's own table, which the kernel protects, stays): without it, the
+    /// replies of a service removed later, or of connections when netnat stops, would leak.
+    fn keep_guard(&mut self) {
+        match self.nft.guard_present() {
+            Ok(true) => {}
+            Ok(false) => {
+                let draining = self.active.draining.clone();
+                let result = self.install(self.active.config.clone(), draining, None);
+                let mut shared = self.lock();
+                match result {
+                    Ok(()) => shared.log.warn(
+                        "the leak guard (table inet netnat_guard) was deleted from outside \
+                         (nft flush ruleset?): installed again",
+                    ),
+                    Err(r) => shared.log.error(format_args!(
+                        "the leak guard (table inet netnat_guard) is gone and could not be \
+                         installed again: {}",
+                        r.body.trim()
+                    )),
+                }
+            }
+            Err(e) => self
+                .lock()
+                .log
+                .error(format_args!("looking for the leak guard: {e}")),
+        }
     }
 
     /// Forgets the draining services that have been idle for `drain-idle` seconds (checked

@@ -587,3 +587,45 @@ fn drain_ends_after_drain_idle_seconds_without_traffic() {
         );
     }
 }
+
+/// `nft flush ruleset` (what many ruleset files start with) deletes the guard, which has no
+/// owner flag, while netnat's own table stays: netnat notices within seconds and installs it
+/// again.
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn a_flushed_ruleset_gets_its_guard_back() {
+    let name = "a_flushed_ruleset_gets_its_guard_back";
+    if !require_root(name) {
+        return;
+    }
+    let t = Topology::new();
+    let mut n = Netnat::start(&t, &config(None), "netnat").unwrap_or_else(|e| panic!("{e}"));
+    let guard = |t: &Topology| t.rtr.run(&["nft", "list", "table", "inet", "netnat_guard"]);
+    assert!(guard(&t).success(), "no guard while netnat runs");
+    t.rtr.must(&["nft", "flush", "ruleset"]);
+    let flushed = Instant::now();
+    assert!(
+        t.rtr
+            .run(&["nft", "list", "table", "inet", "netnat"])
+            .success(),
+        "the kernel keeps the owned table through a flush"
+    );
+    while !guard(&t).success() {
+        assert!(
+            flushed.elapsed() < Duration::from_secs(6),
+            "{name}: the guard did not come back\n{}",
+            n.proc.evidence()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{name}: guard back after {:?}", flushed.elapsed());
+    n.proc
+        .wait_stderr("installed again", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        guard(&t).stdout.matches("drop").count(),
+        1,
+        "{}",
+        guard(&t).stdout
+    );
+}

@@ -270,6 +270,29 @@ impl NftSession {
         }
     }
 
+    /// Whether the leak guard's table is there. It has no owner flag, so anyone can delete it:
+    /// `nft flush ruleset`, at the top of many ruleset files (nftables.service reload), removes
+    /// it while netnat's own table stays. The daemon asks every few seconds and installs again.
+    pub fn guard_present(&mut self) -> Result<bool, NftError> {
+        let fd = self.sock.as_raw_fd();
+        drain(fd).map_err(|(op, source)| NftError::Io { op, source })?;
+        let msg = get_table_msg(GUARD_TABLE, 1);
+        send_pages(fd, &[&msg], msg.len()).map_err(|(op, source)| NftError::Io { op, source })?;
+        let answers = receive_answers(fd).map_err(|(op, source)| NftError::Io { op, source })?;
+        match answers.iter().find(|a| a.seq == 1).map(|a| -a.error) {
+            Some(0) => Ok(true),
+            Some(libc::ENOENT) => Ok(false),
+            Some(errno) => Err(NftError::Kernel {
+                what: format!("looking for table inet {GUARD_TABLE}"),
+                errno,
+                message: None,
+            }),
+            None => Err(NftError::Protocol(format!(
+                "no answer when looking for table inet {GUARD_TABLE}"
+            ))),
+        }
+    }
+
     /// Delete table `inet netnat` (and with it everything netnat installed). An absent table is
     /// fine.
     pub fn remove(&mut self) -> Result<(), NftError> {
@@ -326,6 +349,33 @@ fn check_names(policy: &Policy) -> Result<(), NftError> {
         Some(n) => Err(NftError::BadInterfaceName(n.clone())),
         None => Ok(()),
     }
+}
+
+/// NFT_MSG_GETTABLE for `inet <name>`, acknowledged: the answer is the table and an ACK, or an
+/// error (ENOENT when it does not exist). Not part of a batch: requests are not batched.
+fn get_table_msg(name: &str, seq: u32) -> Vec<u8> {
+    const NLMSG_HDRLEN: usize = 16;
+    const NFGENMSG_LEN: usize = 4;
+    const NFTA_TABLE_NAME: u16 = 1;
+    let mut attrs = Vec::new();
+    let mut n = name.as_bytes().to_vec();
+    n.push(0);
+    put_attr(&mut attrs, NFTA_TABLE_NAME, &n);
+    let len = NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len();
+    let ty = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | libc::NFT_MSG_GETTABLE as u16;
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&ty.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    // nfgenmsg: family, version, resource id (network order).
+    m.push(ProtoFamily::Inet as u8);
+    m.push(libc::NFNETLINK_V0 as u8);
+    m.extend_from_slice(&0u16.to_be_bytes());
+    m.extend_from_slice(&attrs);
+    m
 }
 
 /// Delete everything netnat installs, from a fresh socket: a table left by an earlier netnat
