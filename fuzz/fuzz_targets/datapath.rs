@@ -30,7 +30,7 @@ use netnat::queue::{Packet, Verdict};
 use netnat::record::{
     DropAction, DropRecord, IcmpRecord, MappingEvent, PacketRecord, icmp_type_code,
 };
-use netnat::service::{Interfaces, ServiceTable};
+use netnat::service::{FlowMemory, Interfaces, ServiceTable};
 use netnat::wire::{Direction, Kind};
 
 /// netnat's default mark bits.
@@ -201,7 +201,7 @@ fuzz_target!(|data: &[u8]| {
         truncated: meta.truncated,
         payload: &mut buf,
     };
-    let (decision, event) = datapath::handle(&table, MARK, &mut pkt);
+    let (decision, event) = datapath::handle(&table, &mut FlowMemory::default(), MARK, &mut pkt);
     let dir = datapath::direction_of(meta.hook);
 
     match event {
