@@ -22,7 +22,7 @@ use crate::datapath;
 use crate::log::Logger;
 use crate::monitor::{Clock, Monitor};
 use crate::queue::{Queue, QueueStats};
-use crate::service::ServiceTable;
+use crate::service::{FlowMemory, ServiceTable};
 
 /// Batches handled before the thread looks at the stop flag again.
 const BATCHES_PER_ROUND: usize = 64;
@@ -31,6 +31,8 @@ const BATCHES_PER_ROUND: usize = 64;
 pub struct Shared {
     /// The lookup table the packets are decided by; swapped whole on reload.
     pub table: Arc<ServiceTable>,
+    /// Which address the flows of `*` services keep; outlives table swaps.
+    pub flows: FlowMemory,
     /// Mark bits for translated inbound packets.
     pub mark: u32,
     pub monitor: Monitor,
@@ -133,13 +135,15 @@ impl Consumer {
                 let mut guard = lock(&self.shared);
                 let Shared {
                     table,
+                    flows,
                     mark,
                     monitor,
                     log,
                     ..
                 } = &mut *guard;
+                flows.set_now(now.ms);
                 handled += self.queue.decide(&mut |pkt| {
-                    let (decision, event) = datapath::handle(table, *mark, pkt);
+                    let (decision, event) = datapath::handle(table, flows, *mark, pkt);
                     monitor.observe(event, pkt, now, log);
                     decision
                 });

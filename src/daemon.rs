@@ -36,7 +36,7 @@ use crate::nft::{NftSession, Policy, QueueExprKind};
 use crate::prereq;
 use crate::queue::{Queue, QueueOptions, QueueStats};
 use crate::save;
-use crate::service::ServiceTable;
+use crate::service::{FlowMemory, ServiceTable};
 use crate::stats::Rate;
 use crate::status::{Report, ServiceReport, ServiceState};
 
@@ -191,7 +191,12 @@ struct Active {
 }
 
 impl Active {
-    fn build(config: Config, draining: Vec<Drained>) -> Result<Active, DaemonError> {
+    /// `previous`: the running table, whose `*` addresses held for older flows carry over.
+    fn build(
+        config: Config,
+        draining: Vec<Drained>,
+        previous: Option<&ServiceTable>,
+    ) -> Result<Active, DaemonError> {
         let ifaces = Snapshot::read().map_err(|e| sys("reading interfaces", e))?;
         let mut active = Active {
             config,
@@ -199,7 +204,11 @@ impl Active {
             table: Arc::new(ServiceTable::empty()),
             ifaces,
         };
-        active.table = Arc::new(active.resolve(&active.ifaces));
+        let table = active.resolve(&active.ifaces);
+        active.table = Arc::new(match previous {
+            Some(p) => table.carry_over(p),
+            None => table,
+        });
         Ok(active)
     }
 
@@ -223,8 +232,9 @@ impl Active {
     /// Resolves the same services against `ifaces`: `*` follows the interface's new address,
     /// a re-created interface its new index. Rules do not change (they match by name, and `*`
     /// by `fib daddr . iif type local`), so only the lookup table is swapped.
+    /// Flows made before `*` moved keep its old address while it stays valid (`carry_over`).
     fn follow(&mut self, ifaces: Snapshot) {
-        self.table = Arc::new(self.resolve(&ifaces));
+        self.table = Arc::new(self.resolve(&ifaces).carry_over(&self.table));
         self.ifaces = ifaces;
     }
 
@@ -322,7 +332,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
             None
         }
     };
-    let active = Active::build(config, Vec::new())?;
+    let active = Active::build(config, Vec::new(), None)?;
     let queue_num = active.config.settings.queue;
     let queue_count = active.config.settings.queue_count();
     // Every queue is bound before any rule can send packets to it.
@@ -368,6 +378,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     let started = Instant::now();
     let shared = Arc::new(Mutex::new(Shared {
         table: Arc::clone(&active.table),
+        flows: FlowMemory::default(),
         mark: active.config.settings.mark,
         monitor: {
             let mut m = Monitor::new(services_of(&active.config));
@@ -762,7 +773,7 @@ impl Daemon<'_> {
                 "changing the queue number needs a restart",
             ));
         }
-        let next = Active::build(config, draining)
+        let next = Active::build(config, draining, Some(&self.active.table))
             .map_err(|e| Response::err(Outcome::System, e.to_string()))?;
         if let Some(id) = new
             && let Some(c) = next.table.conflicts().iter().find(|c| c.id == id)

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Protocol;
 use crate::queue::{Decision, Packet, Verdict};
-use crate::service::ServiceTable;
+use crate::service::{Entry, FlowMemory, ServiceTable};
 use crate::wire::{self, ChecksumState, Direction, Flow, Kind, Outcome};
 
 /// Netfilter hook numbers as the queue reports them (NF_INET_PRE_ROUTING, NF_INET_POST_ROUTING).
@@ -60,7 +60,16 @@ pub fn direction_of(hook: u8) -> Option<Direction> {
 /// firewall rule pass mapped traffic through a default-drop forward chain, and it is what the
 /// leak guard labels the connection by; on replies it is the proof, checked by the guard after
 /// netnat's reply chain, that this reply was translated (see `nft::Guard`).
-pub fn handle(table: &ServiceTable, mark: u32, pkt: &mut Packet<'_>) -> (Decision, Event) {
+///
+/// `flows` remembers which address each flow of a `*` service came to when that is not the
+/// address its replies leave from by default (see [`FlowMemory`]); it is only written when the
+/// service's interface has more than one address, and only read when it holds something.
+pub fn handle(
+    table: &ServiceTable,
+    flows: &mut FlowMemory,
+    mark: u32,
+    pkt: &mut Packet<'_>,
+) -> (Decision, Event) {
     let Some(dir) = direction_of(pkt.hook) else {
         // Only our two chains queue to us; anything else is not ours to touch.
         return (pass(), Event::Passed);
@@ -89,12 +98,29 @@ pub fn handle(table: &ServiceTable, mark: u32, pkt: &mut Packet<'_>) -> (Decisio
         ChecksumState::NotReady
     };
     let (indev, outdev) = (pkt.indev, pkt.outdev);
+    // The client a reply goes to, needed only when a flow may keep another address.
+    let peer = match dir {
+        Direction::Reply if table.has_others() && !flows.is_empty() => reply_peer(pkt.payload),
+        _ => None,
+    };
+    let memory = &*flows;
     let outcome = wire::rewrite(pkt.payload, dir, csum, |proto, endpoint| match dir {
-        Direction::Inbound => table.inbound(indev, proto, endpoint).map(|e| (e.act, e.id)),
-        Direction::Reply => table.reply(outdev, proto, endpoint).map(|e| (e.app, e.id)),
+        Direction::Inbound => table.inbound(indev, proto, endpoint).map(|e| (e.act, e)),
+        Direction::Reply => table.reply(outdev, proto, endpoint).map(|e| {
+            let app = match peer {
+                Some(client) => memory.reply(e, client),
+                None => SocketAddr::new(e.reply_default(), e.app.port()),
+            };
+            (app, e)
+        }),
     });
     match outcome {
         Outcome::Rewritten { token, flow, kind } => {
+            let token: &Entry = token;
+            if let (Direction::Inbound, Kind::Plain { syn }) = (dir, kind) {
+                flows.inbound(token, flow.src, flow.dst.ip(), syn);
+            }
+            let token = token.id;
             let decision = Decision {
                 verdict: Verdict::Accept,
                 modified: true,
@@ -126,6 +152,33 @@ pub fn handle(table: &ServiceTable, mark: u32, pkt: &mut Packet<'_>) -> (Decisio
             (drop(), Event::Dropped { reason, id })
         }
     }
+}
+
+/// The client endpoint of a reply: the destination of a TCP or UDP packet, the source of the
+/// packet an ICMP error quotes. None when it cannot be read (the reply then leaves from the
+/// service's default address).
+fn reply_peer(payload: &[u8]) -> Option<SocketAddr> {
+    let outer = wire::ip::parse(payload).ok()?;
+    let quoted = matches!(outer.protocol, 1 | 58);
+    let (addrs, l4, protocol) = if quoted {
+        let quote = payload.get(outer.l4 + 8..outer.end)?;
+        let inner = wire::ip::parse_quoted(quote).ok()?;
+        (quote, inner.l4, inner.protocol)
+    } else {
+        (payload, outer.l4, outer.protocol)
+    };
+    Protocol::from_number(protocol)?;
+    let ip: IpAddr = match (addrs.first()? >> 4, quoted) {
+        // A packet's destination; a quoted packet's source.
+        (4, false) => <[u8; 4]>::try_from(addrs.get(16..20)?).ok()?.into(),
+        (4, true) => <[u8; 4]>::try_from(addrs.get(12..16)?).ok()?.into(),
+        (6, false) => <[u8; 16]>::try_from(addrs.get(24..40)?).ok()?.into(),
+        (6, true) => <[u8; 16]>::try_from(addrs.get(8..24)?).ok()?.into(),
+        _ => return None,
+    };
+    let at = if quoted { l4 } else { l4 + 2 };
+    let port = addrs.get(at..at + 2)?;
+    Some(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])))
 }
 
 /// The service a dropped packet belongs to, if its headers still name a service's endpoint:
@@ -307,7 +360,7 @@ mod tests {
         let t = table();
         let mut bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!(d.verdict, Verdict::Accept);
         assert!(d.modified);
         assert_eq!(
@@ -336,7 +389,7 @@ mod tests {
         let mut bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let before = bytes.clone();
         let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 8, 0);
-        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!(
             (d.verdict, d.modified, e),
             (Verdict::Accept, false, Event::Passed)
@@ -350,7 +403,7 @@ mod tests {
         // From the right server but the wrong port: no service, so no translation.
         let mut bytes = tcp_syn([192, 168, 77, 10], 9999, [10, 99, 1, 2], 40312);
         let mut pkt = packet(&mut bytes, HOOK_POSTROUTING, 0, 7);
-        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!(d.verdict, Verdict::Drop);
         assert_eq!(
             e,
@@ -366,7 +419,7 @@ mod tests {
         let t = table();
         let mut bytes = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
         let mut pkt = packet(&mut bytes, HOOK_POSTROUTING, 0, 7);
-        let (d, _) = handle(&t, 0x4e00, &mut pkt);
+        let (d, _) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!(
             (d.verdict, d.modified, d.mark),
             (Verdict::Accept, true, Some(0x4e01))
@@ -381,7 +434,7 @@ mod tests {
         let mut bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 7, 0);
         pkt.truncated = true;
-        let (d, e) = handle(&t, 0, &mut pkt);
+        let (d, e) = handle(&t, &mut FlowMemory::default(), 0, &mut pkt);
         // The headers still name service 0's apparent endpoint: the drop is its.
         assert_eq!(
             (d.verdict, e),
@@ -396,7 +449,7 @@ mod tests {
 
         let mut short = bytes[..30].to_vec();
         let mut pkt = packet(&mut short, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, 0, &mut pkt);
+        let (d, e) = handle(&t, &mut FlowMemory::default(), 0, &mut pkt);
         assert_eq!(d.verdict, Verdict::Drop);
         assert!(
             matches!(
@@ -412,7 +465,7 @@ mod tests {
         // Too short even for the ports: dropped, but nobody's.
         let mut shorter = bytes[..22].to_vec();
         let mut pkt = packet(&mut shorter, HOOK_PREROUTING, 7, 0);
-        let (_, e) = handle(&t, 0, &mut pkt);
+        let (_, e) = handle(&t, &mut FlowMemory::default(), 0, &mut pkt);
         assert!(
             matches!(
                 e,
@@ -440,7 +493,7 @@ mod tests {
         let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let before = syn.clone();
         let mut pkt = packet(&mut syn, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!(
             (d.verdict, d.modified, e),
             (Verdict::Accept, false, Event::Passed)
@@ -450,7 +503,7 @@ mod tests {
         let mut ack = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         ack[33] = 0x10;
         let mut pkt = packet(&mut ack, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
         assert!(d.modified, "{e:?}");
         assert!(matches!(e, Event::Translated { id: 1, .. }), "{e:?}");
         assert_eq!(&ack[16..20], &[192, 168, 77, 10]);
@@ -458,12 +511,16 @@ mod tests {
         let mut reply = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
         reply[33] = 0x12; // SYN-ACK: a reply, not a new connection
         let mut pkt = packet(&mut reply, HOOK_POSTROUTING, 0, 7);
-        let (d, _) = handle(&t, 0x4e00, &mut pkt);
+        let (d, _) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!((d.modified, d.mark), (true, Some(0x4e01)));
         // The configured service is untouched: its SYN is translated.
         let mut ssh = tcp_syn([10, 99, 1, 2], 40313, [10, 99, 1, 1], 22);
         let mut pkt = packet(&mut ssh, HOOK_PREROUTING, 7, 0);
-        assert!(handle(&t, 0x4e00, &mut pkt).0.modified);
+        assert!(
+            handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt)
+                .0
+                .modified
+        );
     }
 
     #[test]
@@ -483,7 +540,7 @@ mod tests {
         p.extend_from_slice(&quoted);
         let mut pkt = packet(&mut p, HOOK_PREROUTING, 7, 0);
         pkt.mark = 0x4e00;
-        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!(d.verdict, Verdict::Drop);
         assert_eq!(
             e,
@@ -501,7 +558,7 @@ mod tests {
         let t = ServiceTable::build_draining(&[moved, gone], 1, &OnePublic);
         let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let mut pkt = packet(&mut syn, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
         assert!(
             d.modified && matches!(e, Event::Translated { id: 0, .. }),
             "{e:?}"
@@ -517,12 +574,153 @@ mod tests {
         let mut reply = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
         reply[33] = 0x10;
         let mut pkt = packet(&mut reply, HOOK_POSTROUTING, 0, 7);
-        let (d, e) = handle(&t, 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
         assert!(
             d.modified && matches!(e, Event::Translated { id: 1, .. }),
             "{e:?}"
         );
         assert_eq!(&reply[12..16], &[10, 99, 1, 1]);
+    }
+
+    /// pub0 (ifindex 7) with `*` at `v4` and the other valid IPv4 addresses `others`.
+    struct Pub0(&'static str, &'static [&'static str]);
+
+    impl crate::service::Interfaces for Pub0 {
+        fn index(&self, name: &str) -> Option<u32> {
+            (name == "pub0").then_some(7)
+        }
+        fn address(&self, name: &str, v6: bool) -> Option<IpAddr> {
+            (name == "pub0" && !v6).then(|| self.0.parse().unwrap())
+        }
+        fn others(&self, _: &str, _: bool) -> Vec<IpAddr> {
+            self.1.iter().map(|a| a.parse().unwrap()).collect()
+        }
+    }
+
+    /// Port unreachable from the server about a segment it got from the client (as
+    /// translated), as it leaves towards the client.
+    fn port_unreachable(client_port: u16) -> Vec<u8> {
+        let quoted = tcp_syn([10, 99, 1, 2], client_port, [192, 168, 77, 10], 8080);
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((28 + quoted.len()) as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 1;
+        p[12..16].copy_from_slice(&[192, 168, 77, 10]);
+        p[16..20].copy_from_slice(&[10, 99, 1, 2]);
+        p[20] = 3;
+        p[21] = 3;
+        p.extend_from_slice(&quoted);
+        p
+    }
+
+    /// Sends one packet through `handle`, returns the source address it leaves with (the
+    /// quoted destination for an ICMP error) or None when not translated.
+    fn through(
+        t: &ServiceTable,
+        m: &mut FlowMemory,
+        mut bytes: Vec<u8>,
+        hook: u8,
+    ) -> Option<[u8; 4]> {
+        let (indev, outdev) = if hook == HOOK_PREROUTING {
+            (7, 0)
+        } else {
+            (0, 7)
+        };
+        let mut pkt = packet(&mut bytes, hook, indev, outdev);
+        let (d, e) = handle(t, m, 0x4e00, &mut pkt);
+        if !d.modified {
+            return None;
+        }
+        assert!(matches!(e, Event::Translated { .. }), "{e:?}");
+        let at = match (hook, bytes[9]) {
+            (HOOK_PREROUTING, _) => 16,
+            (_, 1) => 28 + 16, // the quoted destination
+            _ => 12,
+        };
+        Some(bytes[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn flows_keep_their_address_when_star_moves_until_it_is_removed() {
+        let svcs = [parse_service("service pub0 port * 80 TCP 192.168.77.10 8080").unwrap()];
+        let before = ServiceTable::build(&svcs, &Pub0("10.99.1.1", &["10.99.1.80"]));
+        let mut m = FlowMemory::default();
+        let syn = |port, to| tcp_syn([10, 99, 1, 2], port, to, 80);
+        let reply = |port| tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], port);
+        let (a, b) = ([10, 99, 1, 1], [10, 99, 1, 80]);
+        // A connection to `*` and one to the secondary; only the second is remembered.
+        assert!(through(&before, &mut m, syn(1000, a), HOOK_PREROUTING).is_some());
+        assert!(m.is_empty());
+        assert!(through(&before, &mut m, syn(1001, b), HOOK_PREROUTING).is_some());
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            through(&before, &mut m, reply(1000), HOOK_POSTROUTING),
+            Some(a)
+        );
+        assert_eq!(
+            through(&before, &mut m, reply(1001), HOOK_POSTROUTING),
+            Some(b)
+        );
+
+        // `*` moves to .80 while .1 stays valid: each flow keeps its address, its ICMP
+        // errors too; a new connection to .80 is answered from .80.
+        let moved =
+            ServiceTable::build(&svcs, &Pub0("10.99.1.80", &["10.99.1.1"])).carry_over(&before);
+        assert_eq!(
+            through(&moved, &mut m, reply(1000), HOOK_POSTROUTING),
+            Some(a)
+        );
+        assert_eq!(
+            through(&moved, &mut m, reply(1001), HOOK_POSTROUTING),
+            Some(b)
+        );
+        assert_eq!(
+            through(&moved, &mut m, port_unreachable(1001), HOOK_POSTROUTING),
+            Some(b)
+        );
+        assert_eq!(
+            through(&moved, &mut m, port_unreachable(1000), HOOK_POSTROUTING),
+            Some(a)
+        );
+        assert!(through(&moved, &mut m, syn(1002, b), HOOK_PREROUTING).is_some());
+        assert_eq!(
+            through(&moved, &mut m, reply(1002), HOOK_POSTROUTING),
+            Some(b)
+        );
+        assert!(through(&moved, &mut m, syn(1003, a), HOOK_PREROUTING).is_some());
+        assert_eq!(
+            through(&moved, &mut m, reply(1003), HOOK_POSTROUTING),
+            Some(a)
+        );
+
+        // .1 removed: everything leaves from `*`, and .1 is no longer served.
+        let removed = ServiceTable::build(&svcs, &Pub0("10.99.1.80", &[])).carry_over(&moved);
+        for port in 1000..1004 {
+            assert_eq!(
+                through(&removed, &mut m, reply(port), HOOK_POSTROUTING),
+                Some(b)
+            );
+        }
+        assert_eq!(
+            through(&removed, &mut m, syn(1004, a), HOOK_PREROUTING),
+            None
+        );
+    }
+
+    #[test]
+    fn with_one_address_the_flow_memory_stays_empty() {
+        let t = table();
+        assert!(!t.has_others());
+        let mut m = FlowMemory::default();
+        let syn = tcp_syn([10, 99, 1, 2], 1000, [10, 99, 1, 1], 80);
+        assert!(through(&t, &mut m, syn, HOOK_PREROUTING).is_some());
+        let reply = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 1000);
+        assert_eq!(
+            through(&t, &mut m, reply, HOOK_POSTROUTING),
+            Some([10, 99, 1, 1])
+        );
+        assert!(m.is_empty());
     }
 
     #[test]

@@ -376,7 +376,12 @@ mod tests {
             truncated: false,
             payload: bytes,
         };
-        let (_, e) = datapath::handle(table, 0, &mut pkt);
+        let (_, e) = datapath::handle(
+            table,
+            &mut crate::service::FlowMemory::default(),
+            0,
+            &mut pkt,
+        );
         mon.observe(e, &pkt, now, log);
         e
     }

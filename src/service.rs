@@ -12,8 +12,20 @@
 //!
 //! The table never changes after [`ServiceTable::build`]; a reload or an address change builds
 //! a new one and swaps an `Arc`, so the packet path needs no lock.
+//!
+//! An interface can have more than one address that receives packets: IPv4 secondaries, IPv6
+//! addresses beside the one `*` takes, deprecated IPv6 addresses. A `*` service answers at all
+//! of them (the inbound map holds each), and a connection keeps the address it was made to
+//! until it ends or the address is removed, as kernel NAT does, also when `*` moves on
+//! (deprecation, a promoted secondary). Which address that was, the table cannot know alone:
+//! a [`FlowMemory`] remembers the flows that came to another address than the one replies
+//! leave from by default ([`Entry::reply_default`]), and that default stays on the address `*`
+//! had while it remains valid ([`ServiceTable::carry_over`]), because every connection made
+//! before `*` moved went there. With one address per interface the memory stays empty and is
+//! never looked at.
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
@@ -25,6 +37,12 @@ pub trait Interfaces {
     fn index(&self, name: &str) -> Option<u32>;
     /// The interface's own primary address of the family (`v6`), for `*` services.
     fn address(&self, name: &str, v6: bool) -> Option<IpAddr>;
+    /// The interface's other addresses of the family that still receive packets (IPv4
+    /// secondaries, IPv6 addresses beside the primary, deprecated IPv6): a `*` service keeps
+    /// the connections made to them. None by default.
+    fn others(&self, _name: &str, _v6: bool) -> Vec<IpAddr> {
+        Vec::new()
+    }
 }
 
 /// One service resolved against the current interfaces.
@@ -40,6 +58,28 @@ pub struct Entry {
     /// A service removed from the configuration whose established TCP connections are still
     /// translated until they end (see [`ServiceTable::build_draining`]); it takes no new ones.
     pub draining: bool,
+    /// A `*` service's other addresses on its interface (see [`Interfaces::others`]): mapped
+    /// inbound too, and the addresses a flow may keep. Empty for fixed services and for
+    /// interfaces with one address of the family.
+    pub others: Box<[IpAddr]>,
+    /// The address `*` resolved to before it moved to `app`, while it is still one of
+    /// `others`: the connections made before the move went there, so replies of flows the
+    /// [`FlowMemory`] does not hold leave from it (see [`ServiceTable::carry_over`]).
+    pub held: Option<IpAddr>,
+}
+
+impl Entry {
+    /// The address replies leave from unless the flow memory says otherwise.
+    #[inline]
+    pub fn reply_default(&self) -> IpAddr {
+        self.held.unwrap_or(self.app.ip())
+    }
+
+    /// Whether `ip` is one of the service's apparent addresses now.
+    #[inline]
+    pub fn answers_at(&self, ip: IpAddr) -> bool {
+        self.app.ip() == ip || self.others.contains(&ip)
+    }
 }
 
 /// A service left out of the table because an earlier one already holds one of its keys.
@@ -75,6 +115,8 @@ pub struct ServiceTable {
     conflicts: Vec<Conflict>,
     /// Whether any entry is draining: the packet path only looks closer when one is.
     has_draining: bool,
+    /// Whether any entry has other addresses: only then may the flow memory matter.
+    has_others: bool,
 }
 
 impl ServiceTable {
@@ -103,6 +145,7 @@ impl ServiceTable {
             waiting: Vec::new(),
             conflicts: Vec::new(),
             has_draining: false,
+            has_others: false,
         };
         for (id, s) in services.iter().enumerate() {
             let Some(mut entry) = resolve(id, s, ifaces) else {
@@ -153,9 +196,38 @@ impl ServiceTable {
             table.reply.insert(out_key, index);
             table.entries.push(entry);
         }
+        // The other addresses last and only where free: a service on the address itself, or a
+        // `*` service whose address it is, owns the endpoint; the rest is a courtesy to the
+        // connections made there, not a conflict.
+        for (index, e) in table.entries.iter().enumerate() {
+            for &ip in &e.others {
+                let key = Key::new(e.ifindex, e.protocol, SocketAddr::new(ip, e.app.port()));
+                table.inbound.entry(key).or_insert(index as u32);
+                table.has_others = true;
+            }
+        }
         // Waiting or conflicting services take no entry.
         table.entries.shrink_to_fit();
         table
+    }
+
+    /// Carries over from the table this one replaces, for each `*` entry, the address its
+    /// replies leave from by default, while that address is still one of the entry's: `*`
+    /// moved (the address was deprecated, or another became primary), but the connections
+    /// made before the move were made to the old address and must keep it. Entries are
+    /// matched by interface index, protocol, actual endpoint and apparent port; an interface
+    /// with a new index (re-created, PPP reconnected) carries nothing.
+    pub fn carry_over(mut self, previous: &ServiceTable) -> ServiceTable {
+        for e in self.entries.iter_mut().filter(|e| !e.others.is_empty()) {
+            let Some(old) = previous.reply(e.ifindex, e.protocol, e.act) else {
+                continue;
+            };
+            let default = old.reply_default();
+            if old.app.port() == e.app.port() && default != e.app.ip() && e.answers_at(default) {
+                e.held = Some(default);
+            }
+        }
+        self
     }
 
     /// A table without services.
@@ -167,7 +239,14 @@ impl ServiceTable {
             waiting: Vec::new(),
             conflicts: Vec::new(),
             has_draining: false,
+            has_others: false,
         }
+    }
+
+    /// Whether some entry has other addresses (so that a flow may keep one of them).
+    #[inline]
+    pub fn has_others(&self) -> bool {
+        self.has_others
     }
 
     /// Whether some entry is draining.
@@ -223,13 +302,18 @@ impl Default for ServiceTable {
 
 fn resolve(id: usize, s: &Service, ifaces: &impl Interfaces) -> Option<Entry> {
     let ifindex = ifaces.index(&s.iface)?;
-    let app_ip = match s.app_addr {
-        AppAddr::Fixed(a) => a,
+    let v6 = s.is_ipv6();
+    let (app_ip, others) = match s.app_addr {
+        AppAddr::Fixed(a) => (a, Box::default()),
         // An address of the other family would make a service that no packet can match (and a
         // reply rewritten across families): treat it as not there yet.
-        AppAddr::Interface => ifaces
-            .address(&s.iface, s.is_ipv6())
-            .filter(|a| a.is_ipv6() == s.is_ipv6())?,
+        AppAddr::Interface => {
+            let app = ifaces.address(&s.iface, v6).filter(|a| a.is_ipv6() == v6)?;
+            let mut others = ifaces.others(&s.iface, v6);
+            others.retain(|a| a.is_ipv6() == v6 && *a != app);
+            others.dedup();
+            (app, others.into_boxed_slice())
+        }
     };
     Some(Entry {
         id,
@@ -239,7 +323,172 @@ fn resolve(id: usize, s: &Service, ifaces: &impl Interfaces) -> Option<Entry> {
         act: SocketAddr::new(s.act_addr, s.act_port),
         flags: s.flags,
         draining: false,
+        others,
+        held: None,
     })
+}
+
+/// Which apparent address each flow of a `*` service came to, for the flows that came to
+/// another address than their entry's [`Entry::reply_default`]: their replies must leave from
+/// it. Shared by the queue threads (behind the lock they already take per batch) and kept
+/// across table swaps, so that a flow keeps its address when `*` moves.
+///
+/// Bounded: at most `limit` flows. A flow is forgotten when it has been idle for its
+/// protocol's time (a TCP SYN alone: [`SYN_IDLE_MS`], so that a flood of spoofed SYNs does not
+/// fill the memory for long) and the memory is full; when it is full of live flows, new ones
+/// are not remembered (their replies leave from the default address, as without the memory)
+/// and [`FlowMemory::refused`] counts them. Keyed with a random seed: the keys come from
+/// packets, which could otherwise be chosen to collide.
+#[derive(Debug)]
+pub struct FlowMemory {
+    flows: HashMap<FlowKey, Remembered, RandomState>,
+    limit: usize,
+    /// The caller's clock in milliseconds, set once per batch ([`FlowMemory::set_now`]).
+    now_ms: u64,
+    /// When the memory was last swept for idle flows.
+    swept_ms: Option<u64>,
+    refused: u64,
+}
+
+/// Flows remembered at most, by default. A slot takes 104 bytes and the map holds up to twice
+/// as many slots as flows, so a full memory takes at most about 14 MB; it grows only as flows
+/// to other addresses come.
+pub const FLOW_LIMIT: usize = 65_536;
+/// How long a TCP flow is remembered after its last packet: longer than the usual 2 h
+/// keepalive interval, so an idle but open connection keeps its address.
+pub const TCP_IDLE_MS: u64 = 7_500_000;
+/// How long a TCP flow that has only sent a SYN is remembered.
+pub const SYN_IDLE_MS: u64 = 30_000;
+/// How long a UDP flow is remembered after its last packet (the kernel's conntrack keeps an
+/// answered UDP flow for 120 s).
+pub const UDP_IDLE_MS: u64 = 180_000;
+/// A full memory is swept for idle flows at most this often (a sweep walks every flow).
+const SWEEP_EVERY_MS: u64 = 1_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowKey {
+    ifindex: u32,
+    protocol: u8,
+    /// The actual endpoint (which service) and the client's endpoint (which flow).
+    act: SocketAddr,
+    client: SocketAddr,
+}
+
+impl FlowKey {
+    fn new(e: &Entry, client: SocketAddr) -> FlowKey {
+        // Flow label and scope id are no part of an endpoint.
+        let plain = |sa: SocketAddr| SocketAddr::new(sa.ip(), sa.port());
+        FlowKey {
+            ifindex: e.ifindex,
+            protocol: e.protocol.number(),
+            act: plain(e.act),
+            client: plain(client),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Remembered {
+    app: IpAddr,
+    expires_ms: u64,
+}
+
+impl Default for FlowMemory {
+    fn default() -> Self {
+        FlowMemory::new(FLOW_LIMIT)
+    }
+}
+
+impl FlowMemory {
+    /// An empty memory for at most `limit` flows; allocates nothing until a flow comes.
+    pub fn new(limit: usize) -> FlowMemory {
+        FlowMemory {
+            flows: HashMap::default(),
+            limit,
+            now_ms: 0,
+            swept_ms: None,
+            refused: 0,
+        }
+    }
+
+    /// Sets the clock (milliseconds, monotonic) that idle times are measured by.
+    #[inline]
+    pub fn set_now(&mut self, ms: u64) {
+        self.now_ms = ms;
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// New flows not remembered because the memory was full of live ones.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// An inbound packet from `client` to `arrived` was translated for `e`; `syn`: a TCP SYN
+    /// without ACK. Remembers (or refreshes) the flow when it came to another address than the
+    /// one replies leave from by default; otherwise nothing happens.
+    #[inline]
+    pub fn inbound(&mut self, e: &Entry, client: SocketAddr, arrived: IpAddr, syn: bool) {
+        if e.others.is_empty() || arrived == e.reply_default() {
+            return;
+        }
+        let idle = match e.protocol {
+            Protocol::Tcp if syn => SYN_IDLE_MS,
+            Protocol::Tcp => TCP_IDLE_MS,
+            Protocol::Udp => UDP_IDLE_MS,
+        };
+        let expires_ms = self.now_ms.saturating_add(idle);
+        let key = FlowKey::new(e, client);
+        if let Some(r) = self.flows.get_mut(&key) {
+            // A SYN again (a retransmission, a reused port) does not shorten a live flow.
+            *r = Remembered {
+                app: arrived,
+                expires_ms: expires_ms.max(r.expires_ms),
+            };
+            return;
+        }
+        if self.flows.len() >= self.limit && !self.sweep() {
+            self.refused += 1;
+            return;
+        }
+        let app = arrived;
+        self.flows.insert(key, Remembered { app, expires_ms });
+    }
+
+    /// The apparent endpoint for a reply of `e` to `client`: the address the flow came to
+    /// while that is still one of the entry's, else the entry's default.
+    #[inline]
+    pub fn reply(&self, e: &Entry, client: SocketAddr) -> SocketAddr {
+        let port = e.app.port();
+        if e.others.is_empty() || self.flows.is_empty() {
+            return SocketAddr::new(e.reply_default(), port);
+        }
+        match self.flows.get(&FlowKey::new(e, client)) {
+            Some(r) if e.answers_at(r.app) => SocketAddr::new(r.app, port),
+            _ => SocketAddr::new(e.reply_default(), port),
+        }
+    }
+
+    /// Forgets the flows idle past their time, at most once per [`SWEEP_EVERY_MS`]; returns
+    /// whether there is room now.
+    fn sweep(&mut self) -> bool {
+        let now = self.now_ms;
+        if self
+            .swept_ms
+            .is_none_or(|t| now.saturating_sub(t) >= SWEEP_EVERY_MS)
+        {
+            self.swept_ms = Some(now);
+            self.flows.retain(|_, r| r.expires_ms > now);
+        }
+        self.flows.len() < self.limit
+    }
 }
 
 /// The lookup key, packed into three machine words. Only address and port count: an IPv6
@@ -637,6 +886,203 @@ mod tests {
         }
         assert!(low.len() > 140, "low bits poorly spread: {}", low.len());
         assert!(high.len() > 90, "high bits poorly spread: {}", high.len());
+    }
+
+    /// pub0 (ifindex 2) with its `*` address of each family and the other valid ones.
+    struct Multi {
+        index: u32,
+        v4: &'static str,
+        v6: &'static str,
+        others: &'static [&'static str],
+    }
+
+    impl Interfaces for Multi {
+        fn index(&self, name: &str) -> Option<u32> {
+            (name == "pub0").then_some(self.index)
+        }
+        fn address(&self, name: &str, v6: bool) -> Option<IpAddr> {
+            (name == "pub0").then(|| if v6 { self.v6 } else { self.v4 }.parse().unwrap())
+        }
+        fn others(&self, name: &str, _v6: bool) -> Vec<IpAddr> {
+            // Both families on purpose: the table keeps only the service's.
+            let all = self.others.iter().map(|a| a.parse().unwrap());
+            if name == "pub0" {
+                all.collect()
+            } else {
+                Vec::new()
+            }
+        }
+    }
+
+    const BEFORE: Multi = Multi {
+        index: 2,
+        v4: "10.99.1.1",
+        v6: "fd99:1::1",
+        others: &["10.99.1.80", "fd99:1::80"],
+    };
+    /// fd99:1::1 deprecated, 10.99.1.1 deleted and 10.99.1.80 promoted.
+    const MOVED: Multi = Multi {
+        index: 2,
+        v4: "10.99.1.80",
+        v6: "fd99:1::80",
+        others: &["fd99:1::1"],
+    };
+    /// fd99:1::1 removed too.
+    const REMOVED: Multi = Multi {
+        index: 2,
+        v4: "10.99.1.80",
+        v6: "fd99:1::80",
+        others: &[],
+    };
+
+    #[test]
+    fn other_addresses_map_to_the_star_service_and_a_fixed_one_keeps_its_own() {
+        let svcs = services(&[
+            "service pub0 port * 80 TCP fd00::10 8080",
+            "service pub0 port * 80 TCP 192.168.1.10 8080",
+            "service pub0 port * 22 TCP 192.168.1.22 22",
+            "service pub0 port 10.99.1.80 22 TCP 192.168.1.23 22", // a secondary's own service
+        ]);
+        let t = ServiceTable::build(&svcs, &BEFORE);
+        assert!(t.conflicts().is_empty(), "{:?}", t.conflicts());
+        assert!(t.has_others() && !ServiceTable::build(&svcs, &ifaces()).has_others());
+        let at = |a: &str| t.inbound(2, Protocol::Tcp, sa(a)).map(|e| e.id);
+        assert_eq!(at("[fd99:1::1]:80"), Some(0));
+        assert_eq!(at("[fd99:1::80]:80"), Some(0));
+        assert_eq!(at("10.99.1.1:80"), Some(1));
+        assert_eq!(at("10.99.1.80:80"), Some(1));
+        assert_eq!(at("10.99.1.1:22"), Some(2));
+        assert_eq!(
+            at("10.99.1.80:22"),
+            Some(3),
+            "the fixed service owns its address"
+        );
+        let e = t.entry(1).unwrap();
+        assert_eq!(e.others.as_ref(), &[ip("10.99.1.80")], "IPv4 only");
+        assert_eq!((e.held, e.reply_default()), (None, ip("10.99.1.1")));
+        assert!(t.entry(3).unwrap().others.is_empty(), "fixed: no others");
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn carry_over_holds_the_old_address_while_it_stays_valid() {
+        let svcs = services(&[
+            "service pub0 port * 80 TCP fd00::10 8080",
+            "service pub0 port * 80 TCP 192.168.1.10 8080",
+        ]);
+        let before = ServiceTable::build(&svcs, &BEFORE);
+        let moved = ServiceTable::build(&svcs, &MOVED).carry_over(&before);
+        let v6 = moved.entry(0).unwrap();
+        assert_eq!(v6.app, sa("[fd99:1::80]:80"), "`*` is the new address");
+        assert_eq!(
+            v6.held,
+            Some(ip("fd99:1::1")),
+            "older flows keep the old one"
+        );
+        assert_eq!(v6.reply_default(), ip("fd99:1::1"));
+        // 10.99.1.1 was deleted: nothing to hold.
+        let v4 = moved.entry(1).unwrap();
+        assert_eq!((v4.held, v4.reply_default()), (None, ip("10.99.1.80")));
+        // Held across further rebuilds while valid.
+        let again = ServiceTable::build(&svcs, &MOVED).carry_over(&moved);
+        assert_eq!(again.entry(0).unwrap().held, Some(ip("fd99:1::1")));
+        // Removed: replies leave from `*` again.
+        let removed = ServiceTable::build(&svcs, &REMOVED).carry_over(&again);
+        assert_eq!(removed.entry(0).unwrap().held, None);
+        assert_eq!(removed.entry(0).unwrap().reply_default(), ip("fd99:1::80"));
+        // A re-created interface (new index) carries nothing.
+        let recreated = Multi { index: 9, ..MOVED };
+        let t = ServiceTable::build(&svcs, &recreated).carry_over(&before);
+        assert_eq!(t.entry(0).unwrap().held, None);
+        // Without a move, nothing is held either.
+        let same = ServiceTable::build(&svcs, &BEFORE).carry_over(&before);
+        assert_eq!(same.entry(0).unwrap().held, None);
+    }
+
+    #[test]
+    fn flow_memory_remembers_only_flows_away_from_the_default_address() {
+        let svcs = services(&["service pub0 port * 80 TCP fd00::10 8080"]);
+        let before = ServiceTable::build(&svcs, &BEFORE);
+        let mut m = FlowMemory::default();
+        let e = before.entry(0).unwrap();
+        let (old, new) = (sa("[fd99:1::2]:40000"), sa("[fd99:1::2]:40001"));
+        m.inbound(e, old, ip("fd99:1::1"), true);
+        assert!(m.is_empty(), "at the default address: nothing to remember");
+        assert_eq!(m.reply(e, old), sa("[fd99:1::1]:80"));
+        m.inbound(e, new, ip("fd99:1::80"), true);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.reply(e, new), sa("[fd99:1::80]:80"));
+        assert_eq!(m.reply(e, old), sa("[fd99:1::1]:80"));
+        // After the move: the old flow keeps ::1 (held), the new one ::80 (remembered).
+        let moved = ServiceTable::build(&svcs, &MOVED).carry_over(&before);
+        let e = moved.entry(0).unwrap();
+        assert_eq!(m.reply(e, old), sa("[fd99:1::1]:80"));
+        assert_eq!(m.reply(e, new), sa("[fd99:1::80]:80"));
+        // ::1 removed: a flow remembered there would fall back to `*`.
+        m.inbound(e, sa("[fd99:1::3]:5"), ip("fd99:1::80"), false);
+        let removed = ServiceTable::build(&svcs, &REMOVED).carry_over(&moved);
+        let e = removed.entry(0).unwrap();
+        assert_eq!(m.reply(e, old), sa("[fd99:1::80]:80"));
+        assert_eq!(m.reply(e, new), sa("[fd99:1::80]:80"));
+        // Another service (another actual endpoint) does not see this one's flows.
+        let other = services(&["service pub0 port * 80 TCP fd00::11 8080"]);
+        let t = ServiceTable::build(&other, &BEFORE);
+        assert_eq!(m.reply(t.entry(0).unwrap(), new), sa("[fd99:1::1]:80"));
+    }
+
+    #[test]
+    fn flow_memory_is_bounded_and_forgets_idle_flows_first() {
+        let svcs = services(&["service pub0 port * 53 UDP 192.168.1.53 53"]);
+        let t = ServiceTable::build(&svcs, &BEFORE);
+        let e = t.entry(0).unwrap();
+        let at = ip("10.99.1.80");
+        let client = |port| SocketAddr::new(ip("10.99.1.2"), port);
+        let mut m = FlowMemory::new(2);
+        m.set_now(0);
+        m.inbound(e, client(1), at, false);
+        m.inbound(e, client(2), at, false);
+        m.inbound(e, client(3), at, false);
+        assert_eq!(
+            (m.len(), m.refused()),
+            (2, 1),
+            "full of live flows: refused"
+        );
+        assert_eq!(m.reply(e, client(3)), sa("10.99.1.1:53"));
+        // A packet refreshes its flow; the other one idles out.
+        m.set_now(UDP_IDLE_MS - 1);
+        m.inbound(e, client(2), at, false);
+        m.set_now(UDP_IDLE_MS + 1);
+        m.inbound(e, client(4), at, false);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.reply(e, client(1)), sa("10.99.1.1:53"), "forgotten");
+        assert_eq!(m.reply(e, client(2)), sa("10.99.1.80:53"));
+        assert_eq!(m.reply(e, client(4)), sa("10.99.1.80:53"));
+        // Sweeps are rate-limited: full again at once, nothing expired, refused.
+        m.inbound(e, client(5), at, false);
+        assert_eq!(m.refused(), 2);
+    }
+
+    #[test]
+    fn a_lone_syn_is_forgotten_sooner_than_an_established_flow() {
+        let svcs = services(&["service pub0 port * 80 TCP 192.168.1.10 80"]);
+        let t = ServiceTable::build(&svcs, &BEFORE);
+        let e = t.entry(0).unwrap();
+        let at = ip("10.99.1.80");
+        let client = |port| SocketAddr::new(ip("10.99.1.2"), port);
+        let mut m = FlowMemory::new(2);
+        m.inbound(e, client(1), at, true); // spoofed SYN, never more
+        m.inbound(e, client(2), at, true);
+        m.inbound(e, client(2), at, false); // handshake completed
+        m.inbound(e, client(2), at, true); // a late SYN does not shorten it
+        m.set_now(SYN_IDLE_MS + 1);
+        m.inbound(e, client(3), at, true);
+        assert_eq!(m.refused(), 0);
+        assert_eq!(m.reply(e, client(1)), sa("10.99.1.1:80"));
+        assert_eq!(m.reply(e, client(2)), sa("10.99.1.80:80"));
+        assert_eq!(m.reply(e, client(3)), sa("10.99.1.80:80"));
     }
 
     #[test]

@@ -157,6 +157,21 @@ impl AddrMsg {
             None => false,
         }
     }
+
+    /// Whether the address still receives packets for the interface although it may not stand
+    /// for it under `*`: a secondary IPv4 address, a deprecated (or temporary) IPv6 one. Such an
+    /// address keeps the connections made to it (see `Snapshot::from_messages`). Not while
+    /// DAD is pending or failed, and never IPv6 link-local.
+    pub fn is_valid(&self) -> bool {
+        if self.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED) != 0 {
+            return false;
+        }
+        match self.own_address() {
+            Some(IpAddr::V4(_)) => self.family == AF_INET,
+            Some(IpAddr::V6(a)) => self.family == AF_INET6 && !is_link_local(&a),
+            None => false,
+        }
+    }
 }
 
 /// fe80::/10.

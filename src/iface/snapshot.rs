@@ -1,5 +1,6 @@
-//! The interfaces as the system has them now: name → ifindex, state and the primary address of
-//! each family, for `*` services. A snapshot; the daemon takes a new one when the watcher
+//! The interfaces as the system has them now: name → ifindex, state, the primary address of
+//! each family for `*` services, and the other addresses that still receive packets (IPv4
+//! secondaries, deprecated IPv6), which keep the connections made to them. A snapshot; the daemon takes a new one when the watcher
 //! reports a change.
 //!
 //! Read with an RTM_GETLINK and an RTM_GETADDR dump over rtnetlink rather than getifaddrs(3):
@@ -33,6 +34,9 @@ struct Iface {
     flags: u32,
     v4: Option<Ipv4Addr>,
     v6: Option<Ipv6Addr>,
+    /// The other valid addresses of both families (not `v4`/`v6`), sorted: see
+    /// [`AddrMsg::is_valid`].
+    others: Vec<IpAddr>,
 }
 
 /// A snapshot of the system's interfaces (the calling thread's network namespace).
@@ -90,6 +94,7 @@ impl Snapshot {
                     flags: l.flags,
                     v4: None,
                     v6: None,
+                    others: Vec::new(),
                 },
             );
         }
@@ -126,6 +131,23 @@ impl Snapshot {
                 }
             }
         }
+        // Then every other address that still receives packets: a `*` service keeps the
+        // connections made to it after `*` moved on (deprecated, demoted, or `*` changed).
+        for a in addrs.iter().filter(|a| a.new && a.is_valid()) {
+            let (Some(name), Some(ip)) = (names.get(&a.index), a.own_address()) else {
+                continue;
+            };
+            if let Some(i) = by_name.get_mut(name)
+                && i.v4.map(IpAddr::V4) != Some(ip)
+                && i.v6.map(IpAddr::V6) != Some(ip)
+                && !i.others.contains(&ip)
+            {
+                i.others.push(ip);
+            }
+        }
+        for i in by_name.values_mut() {
+            i.others.sort_unstable();
+        }
         Snapshot { by_name }
     }
 
@@ -157,8 +179,10 @@ impl Snapshot {
 
     /// What changed from `self` to `newer` for the interfaces named, in the order of `names`
     /// (each name once): appearance, disappearance, a new ifindex under the same name, up/down
-    /// and carrier, and each family's own address. An interface that appeared is compared with
-    /// a down one without addresses, so its addresses and an up state follow its `Appeared`.
+    /// and carrier, and each family's own address; and, when a family's own address stayed, its
+    /// other valid addresses (an address added or deprecated beside it). An interface that
+    /// appeared is compared with a down one without addresses, so its addresses and an up
+    /// state follow its `Appeared`.
     pub fn diff(&self, newer: &Snapshot, names: &[&str]) -> Vec<Change> {
         let mut out = Vec::new();
         let mut seen = BTreeSet::new();
@@ -214,8 +238,28 @@ impl Snapshot {
                     new: new.v6.map(IpAddr::V6),
                 });
             }
+            // A moved own address is the news (the others usually move with it); otherwise the
+            // others alone change what the table maps.
+            for (v6, moved) in [(false, old.v4 != new.v4), (true, old.v6 != new.v6)] {
+                let (o, n) = (old.others_of(v6), new.others_of(v6));
+                if !moved && !o.eq(n.clone()) {
+                    push(ChangeKind::Others {
+                        v6,
+                        addrs: n.collect(),
+                    });
+                }
+            }
         }
         out
+    }
+}
+
+impl Iface {
+    fn others_of(&self, v6: bool) -> impl Iterator<Item = IpAddr> + Clone + '_ {
+        self.others
+            .iter()
+            .copied()
+            .filter(move |a| a.is_ipv6() == v6)
     }
 }
 
@@ -251,6 +295,8 @@ pub enum ChangeKind {
         old: Option<IpAddr>,
         new: Option<IpAddr>,
     },
+    /// The own address of a family stayed, its other valid addresses changed; the new ones.
+    Others { v6: bool, addrs: Vec<IpAddr> },
 }
 
 impl fmt::Display for Change {
@@ -268,6 +314,15 @@ impl fmt::Display for Change {
                 let show = |a: &Option<IpAddr>| a.map_or(none.to_string(), |a| a.to_string());
                 write!(f, "{name}: {} -> {}", show(old), show(new))
             }
+            ChangeKind::Others { v6, addrs } => {
+                let family = if *v6 { "IPv6" } else { "IPv4" };
+                if addrs.is_empty() {
+                    write!(f, "{name}: no other {family} address")
+                } else {
+                    let list: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
+                    write!(f, "{name}: other {family} addresses {}", list.join(" "))
+                }
+            }
         }
     }
 }
@@ -284,6 +339,12 @@ impl Interfaces for Snapshot {
         } else {
             i.v4.map(IpAddr::V4)
         }
+    }
+
+    fn others(&self, name: &str, v6: bool) -> Vec<IpAddr> {
+        self.by_name
+            .get(name)
+            .map_or_else(Vec::new, |i| i.others_of(v6).collect())
     }
 }
 
@@ -367,5 +428,98 @@ impl FromBody for AddrMsg {
             Body::Addr(a) => Some(a),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iface::msg::{
+        AF_INET, AF_INET6, IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_SECONDARY, IFA_F_TENTATIVE,
+        IFF_UP,
+    };
+
+    fn link(index: u32, name: &str) -> LinkMsg {
+        LinkMsg {
+            new: true,
+            index,
+            flags: IFF_UP,
+            name: Some(name.into()),
+        }
+    }
+
+    fn addr(index: u32, a: &str, flags: u32, created: u32) -> AddrMsg {
+        let ip: IpAddr = a.parse().unwrap();
+        AddrMsg {
+            new: true,
+            family: if ip.is_ipv6() { AF_INET6 } else { AF_INET },
+            prefix_len: 24,
+            flags,
+            scope: 0,
+            index,
+            local: ip.is_ipv4().then_some(ip),
+            address: Some(ip),
+            label: None,
+            created: Some(created),
+        }
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn other_valid_addresses_are_listed_per_family() {
+        let snap = Snapshot::from_messages(
+            &[link(2, "pub0")],
+            &[
+                addr(2, "10.99.1.1", 0, 1),
+                addr(2, "10.99.1.80", IFA_F_SECONDARY, 2),
+                addr(2, "10.99.2.1", 0, 3),
+                // Kernel order for IPv6: newest first.
+                addr(2, "fd99:1::99", IFA_F_TENTATIVE, 9),
+                addr(2, "fd99:1::98", IFA_F_DADFAILED, 8),
+                addr(2, "fd99:1::80", 0, 5),
+                addr(2, "fd99:1::1", IFA_F_DEPRECATED, 4),
+                addr(2, "fe80::1", 0, 1),
+            ],
+        );
+        assert_eq!(snap.address("pub0", false), Some(ips(&["10.99.1.1"])[0]));
+        assert_eq!(
+            snap.others("pub0", false),
+            ips(&["10.99.1.80", "10.99.2.1"])
+        );
+        // The deprecated address no longer stands for pub0 but still receives its flows;
+        // tentative, DAD-failed and link-local addresses do not count.
+        assert_eq!(snap.address("pub0", true), Some(ips(&["fd99:1::80"])[0]));
+        assert_eq!(snap.others("pub0", true), ips(&["fd99:1::1"]));
+        assert!(snap.others("eth9", true).is_empty());
+    }
+
+    #[test]
+    fn an_added_or_deprecated_address_beside_the_own_one_is_a_change() {
+        let links = [link(2, "pub0")];
+        let one = Snapshot::from_messages(&links, &[addr(2, "fd99:1::1", 0, 1)]);
+        let two = Snapshot::from_messages(
+            &links,
+            &[addr(2, "fd99:1::80", 0, 5), addr(2, "fd99:1::1", 0, 1)],
+        );
+        let lines = |a: &Snapshot, b: &Snapshot| -> Vec<String> {
+            a.diff(b, &["pub0"]).iter().map(|c| c.to_string()).collect()
+        };
+        assert_eq!(two.address("pub0", true), one.address("pub0", true));
+        assert_eq!(lines(&one, &two), ["pub0: other IPv6 addresses fd99:1::80"]);
+        assert_eq!(lines(&two, &one), ["pub0: no other IPv6 address"]);
+        // Deprecation moves the own address; that one line says it (the others moved with it).
+        let deprecated = Snapshot::from_messages(
+            &links,
+            &[
+                addr(2, "fd99:1::80", 0, 5),
+                addr(2, "fd99:1::1", IFA_F_DEPRECATED, 1),
+            ],
+        );
+        assert_eq!(lines(&two, &deprecated), ["pub0: fd99:1::1 -> fd99:1::80"]);
+        assert_eq!(deprecated.others("pub0", true), ips(&["fd99:1::1"]));
+        assert!(lines(&deprecated, &deprecated).is_empty());
     }
 }
