@@ -251,6 +251,11 @@ struct Daemon<'a> {
     /// `busy-poll` of the running configuration, read by the queue threads after each batch.
     busy_poll: Arc<AtomicU32>,
     started: Instant,
+    /// `started` on the wall clock, Unix seconds, for the report.
+    start_unix: u64,
+    /// Reloads applied and refused since the start, for the report.
+    reloads_ok: u64,
+    reloads_refused: u64,
 }
 
 /// The queue threads and what stops them.
@@ -388,6 +393,11 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         shared,
         busy_poll,
         started,
+        start_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        reloads_ok: 0,
+        reloads_refused: 0,
     };
     let mut server = server;
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4 + control::MAX_CONNECTIONS);
@@ -517,10 +527,7 @@ impl Daemon<'_> {
     /// Answers one control request.
     fn handle(&mut self, req: Request) -> Response {
         let result = match req {
-            Request::Status { json } => {
-                let r = self.report();
-                Ok(if json { r.json() } else { r.text() })
-            }
+            Request::Status { format } => Ok(self.report().render(format)),
             Request::List => Ok(self
                 .active
                 .config
@@ -583,6 +590,9 @@ impl Daemon<'_> {
             unattributed: stats.unattributed,
             passed: stats.passed,
             log_lost: shared.log.lost(),
+            start_unix: self.start_unix,
+            reloads_ok: self.reloads_ok,
+            reloads_refused: self.reloads_refused,
             services,
         }
     }
@@ -623,6 +633,10 @@ impl Daemon<'_> {
     /// [`Daemon::reload`], logged the same way whoever asked (`via`: SIGHUP, `netnat reload`).
     fn logged_reload(&mut self, via: &str) -> Result<String, Response> {
         let result = self.reload();
+        match &result {
+            Ok(_) => self.reloads_ok += 1,
+            Err(_) => self.reloads_refused += 1,
+        }
         let mut s = self.lock();
         match &result {
             Ok(msg) => s.log.info(format_args!("{msg} ({via})")),

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod iface;
 pub mod log;
+pub mod metrics;
 pub mod monitor;
 pub mod nft;
 pub mod prereq;

@@ -120,8 +120,12 @@ enum Command {
     Flush,
     /// Show the running services with their counters, and the queue's statistics.
     Status {
-        /// Print JSON instead of text.
-        #[arg(long)]
+        /// Output format: text (for people), json (for programs), prometheus (the Prometheus
+        /// text exposition format, e.g. for node_exporter's textfile collector).
+        #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+        format: StatusFormat,
+        /// The same as --format json.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
         #[command(flatten)]
         control: ControlArg,
@@ -134,6 +138,24 @@ enum Command {
         #[command(flatten)]
         control: ControlArg,
     },
+}
+
+/// `netnat status --format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatusFormat {
+    Text,
+    Json,
+    Prometheus,
+}
+
+impl From<StatusFormat> for control::Format {
+    fn from(f: StatusFormat) -> control::Format {
+        match f {
+            StatusFormat::Text => control::Format::Text,
+            StatusFormat::Json => control::Format::Json,
+            StatusFormat::Prometheus => control::Format::Prometheus,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -241,7 +263,18 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(EXIT_SYSTEM, e),
         },
-        Command::Status { json, control } => client(&control.control, Request::Status { json }),
+        Command::Status {
+            format,
+            json,
+            control,
+        } => {
+            let format = if json {
+                control::Format::Json
+            } else {
+                format.into()
+            };
+            client(&control.control, Request::Status { format })
+        }
         Command::Reload { control } => client(&control.control, Request::Reload),
         Command::Service(ServiceCommand::List { control }) => {
             client(&control.control, Request::List)
