@@ -31,6 +31,7 @@ use crate::consumer::{self, Consumer, Shared};
 use crate::control::{self, Outcome, Request, Response, Server};
 use crate::iface::{Change, Snapshot, Watcher};
 use crate::log::Logger;
+use crate::metrics_http::MetricsServer;
 use crate::monitor::Monitor;
 use crate::nft::{NftSession, Policy, QueueExprKind};
 use crate::prereq;
@@ -316,6 +317,15 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         },
     };
 
+    // Bound before anything is installed: an address that cannot be had stops the start here,
+    // with nothing to undo. Read once: a reload keeps the listener it started with.
+    let mut metrics = match config.settings.metrics_listen {
+        Some(addr) => {
+            Some(MetricsServer::bind(addr).map_err(|e| sys(&format!("metrics-listen {addr}"), e))?)
+        }
+        None => None,
+    };
+
     // Opened before the first snapshot, so that no address change falls between the two.
     let mut watcher = match Watcher::open() {
         Ok(w) => Some(w),
@@ -347,10 +357,13 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     drop(policy);
     active.report(&mut log, &opts.config);
 
-    let control_note = match &server {
+    let mut control_note = match &server {
         Some(s) => format!(", control socket {}", s.path().display()),
         None => String::new(),
     };
+    if let Some(m) = &metrics {
+        control_note.push_str(&format!(", metrics on http://{}/metrics", m.addr()));
+    }
     let queue_note = if queue_count == 1 {
         format!("queue {queue_num}")
     } else {
@@ -400,7 +413,8 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         reloads_refused: 0,
     };
     let mut server = server;
-    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4 + control::MAX_CONNECTIONS);
+    let mut fds: Vec<libc::pollfd> =
+        Vec::with_capacity(4 + control::MAX_CONNECTIONS + crate::metrics_http::MAX_CONNECTIONS);
     let mut next_volume = Instant::now() + opts.volume_interval;
     let mut failed = None;
 
@@ -411,6 +425,10 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         fds.push(pollfd(watcher.as_ref().map_or(-1, |w| w.as_raw_fd())));
         if let Some(s) = &server {
             s.poll_fds(&mut fds);
+        }
+        let control_end = fds.len();
+        if let Some(m) = &metrics {
+            m.poll_fds(&mut fds);
         }
         let timeout = next_volume
             .saturating_duration_since(Instant::now())
@@ -436,9 +454,14 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         }
         if let Some(s) = &mut server {
             // Only when the socket has news or a connection is open (its deadline runs).
-            if s.busy() || fds[2..].iter().any(|f| f.revents != 0) {
+            if s.busy() || fds[2..control_end].iter().any(|f| f.revents != 0) {
                 s.serve(&mut |req| d.handle(req));
             }
+        }
+        if let Some(m) = &mut metrics
+            && (m.busy() || fds[control_end..].iter().any(|f| f.revents != 0))
+        {
+            m.serve(&mut || crate::metrics::render(&d.report()));
         }
         d.expire_drained();
         let now = Instant::now();

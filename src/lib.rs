@@ -13,6 +13,7 @@ pub mod datapath;
 pub mod iface;
 pub mod log;
 pub mod metrics;
+pub mod metrics_http;
 pub mod monitor;
 pub mod nft;
 pub mod prereq;
