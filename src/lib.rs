@@ -23,4 +23,5 @@ pub mod save;
 pub mod service;
 pub mod stats;
 pub mod status;
+pub mod top;
 pub mod wire;

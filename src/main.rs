@@ -130,6 +130,21 @@ enum Command {
         #[command(flatten)]
         control: ControlArg,
     },
+    /// A live view of the running netnat, refreshed every second: per service new
+    /// connections/s, packets/s and bytes/s each way, drops/s, sorted by activity; the queue's
+    /// figures on top. Quits on q. Not on a terminal: prints one block per interval.
+    Top {
+        /// Seconds between refreshes (0.1-3600).
+        #[arg(long, value_name = "SECS", default_value_t = 1.0,
+              value_parser = parse_interval)]
+        interval: f64,
+        /// Refreshes to show before quitting [default: until q on a terminal, else 1].
+        #[arg(long, short = 'n', value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+        #[command(flatten)]
+        control: ControlArg,
+    },
     /// Change or list the running services.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -138,6 +153,14 @@ enum Command {
         #[command(flatten)]
         control: ControlArg,
     },
+}
+
+/// `netnat top --interval`: seconds, 0.1 to 3600.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected seconds 0.1-3600, found {s:?}")),
+    }
 }
 
 /// `netnat status --format`.
@@ -275,6 +298,19 @@ fn main() -> ExitCode {
             };
             client(&control.control, Request::Status { format })
         }
+        Command::Top {
+            interval,
+            count,
+            control,
+        } => match netnat::top::run(&netnat::top::TopOptions {
+            control: &control.control,
+            interval: Duration::from_secs_f64(interval),
+            count,
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.message.is_empty() => ExitCode::from(e.code),
+            Err(e) => fail(e.code, e.message),
+        },
         Command::Reload { control } => client(&control.control, Request::Reload),
         Command::Service(ServiceCommand::List { control }) => {
             client(&control.control, Request::List)
