@@ -217,7 +217,7 @@ pub fn render(
     let g = |name: &str| rate(cur.get(name), prev.get(name));
     let mut lines = vec![
         format!(
-            "netnat top: {} services, queue {} ({} thread{}), up {}, reloads {} ok {} refused",
+            "netnat top: {} services, queue {} ({} thread{}), up {}, reloads {} ok {} no",
             cur.services.len(),
             cur.get("netnat_queue_first"),
             cur.get("netnat_queue_threads"),
@@ -231,8 +231,7 @@ pub fn render(
             cur.get("netnat_reloads_total_refused"),
         ),
         format!(
-            "queue: {} pkt/s received, {} verdicts/s, ENOBUFS {} ({}/s), failed closed {}, \
-             verdicts lost {}",
+            "queue: {} pkt/s in, {} verdicts/s, ENOBUFS {} ({}/s), failed closed {}, lost {}",
             human(g("netnat_queue_received_total")),
             human(g("netnat_queue_verdicts_total")),
             cur.get("netnat_queue_enobufs_total"),
@@ -243,7 +242,7 @@ pub fn render(
         ),
         String::new(),
         format!(
-            "{:<20} {:<15} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
+            "{:<22} {:<15} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
             "SERVICE", "ADDRESS", "CONN/s", "INp/s", "INB/s", "OUTp/s", "OUTB/s", "DROP/s"
         ),
     ];
@@ -293,8 +292,8 @@ pub fn render(
         };
         let name = format!("{} {} {}", s.iface, s.protocol, s.apparent);
         lines.push(format!(
-            "{:<20} {:<15} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
-            fit(&name, 20),
+            "{:<22} {:<15} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
+            fit(&name, 22),
             fit(&address, 15),
             human(r[0]),
             human(r[1]),
@@ -401,7 +400,7 @@ pub fn run(opts: &TopOptions<'_>) -> Result<(), TopError> {
             screen.push_str("\x1b[J");
             write_out(&mut out, &screen)?;
         } else {
-            let mut block = render(&prev, &cur, secs, usize::MAX, None).join("\n");
+            let mut block = render(&prev, &cur, secs, 80, None).join("\n");
             block.push_str("\n\n");
             write_out(&mut out, &block)?;
         }
@@ -554,7 +553,7 @@ mod tests {
             lines[0]
         );
         assert!(
-            lines[1].starts_with("queue: 1005 pkt/s received"),
+            lines[1].starts_with("queue: 1005 pkt/s in, 0 verdicts/s"),
             "{}",
             lines[1]
         );
