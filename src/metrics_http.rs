@@ -102,17 +102,24 @@ impl MetricsServer {
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
-                    if self.conns.len() >= MAX_CONNECTIONS {
-                        let idle = self.conns.iter().position(|c| c.output.is_none());
-                        self.conns.remove(idle.unwrap_or(0));
-                    }
-                    self.conns.push_back(Conn {
+                    let mut c = Conn {
                         stream,
                         input: Vec::new(),
                         output: None,
                         written: 0,
                         deadline: now + READ_DEADLINE,
-                    });
+                    };
+                    // A scraper's request usually came with its connection: answered at once,
+                    // it needs no slot, and a flood of new connections cannot evict it before
+                    // it is read.
+                    if !c.step(now, metrics) {
+                        continue;
+                    }
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        let idle = self.conns.iter().position(|c| c.output.is_none());
+                        self.conns.remove(idle.unwrap_or(0));
+                    }
+                    self.conns.push_back(c);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // WouldBlock: the backlog is empty. Anything else (EMFILE, ...): try again on

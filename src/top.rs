@@ -217,8 +217,9 @@ pub fn render(
     let g = |name: &str| rate(cur.get(name), prev.get(name));
     let mut lines = vec![
         format!(
-            "netnat top: {} services, queue {} ({} thread{}), up {}, reloads {} ok {} no",
+            "netnat top: {} service{}, queue {} ({} thread{}), up {}, reloads {} ok {} no",
             cur.services.len(),
+            if cur.services.len() == 1 { "" } else { "s" },
             cur.get("netnat_queue_first"),
             cur.get("netnat_queue_threads"),
             if cur.get("netnat_queue_threads") == 1 {

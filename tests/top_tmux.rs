@@ -104,7 +104,7 @@ fn top_in_tmux_shows_changing_rates_and_quits_on_q() {
     }
     let lines: Vec<&str> = last.lines().collect();
     assert!(
-        lines[0].starts_with("netnat top: 1 services, queue 4865 (1 thread)"),
+        lines[0].starts_with("netnat top: 1 service, queue 4865 (1 thread)"),
         "{last}"
     );
     assert!(lines[1].starts_with("queue: "), "{last}");
