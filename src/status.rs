@@ -1,5 +1,6 @@
 //! `netnat status`: a snapshot of the daemon's counters, as text for people and as JSON for
-//! programs. Built by the daemon between batches; formatted here, never on the packet path.
+//! programs (and as Prometheus metrics, [`crate::metrics`], from the same [`Report`]). Built by
+//! the daemon between batches; formatted here, never on the packet path.
 //!
 //! The JSON document (one object, keys always present, numbers are integers):
 //!
@@ -36,6 +37,8 @@
 //! rewritten whose payload could not be returned, dropped; `send_failed_dropped`: packets whose
 //! verdict could not be sent, dropped by a second, small verdict; `verdicts_lost`: packets whose
 //! verdict could not be sent at all (held by the kernel until the queue is unbound).
+//! `start_unix`: when the daemon started, Unix seconds; `reloads_ok`/`reloads_refused`: reloads
+//! (SIGHUP, `netnat reload`) applied and refused since then.
 
 use std::fmt::Write;
 use std::net::SocketAddr;

@@ -78,6 +78,14 @@ fn top_in_tmux_shows_changing_rates_and_quits_on_q() {
         ],
     );
     assert!(started.success(), "{started}");
+    // Whatever happens below, the tmux server and what runs in it end with the test.
+    struct KillServer(String);
+    impl Drop for KillServer {
+        fn drop(&mut self) {
+            let _ = tmux(&self.0, &["kill-server"]);
+        }
+    }
+    let _kill = KillServer(sock.to_string());
 
     // Phase 1: slow traffic (20 packets/s), phase 2: fast (200 packets/s).
     let mut rates = Vec::new();
@@ -137,5 +145,4 @@ fn top_in_tmux_shows_changing_rates_and_quits_on_q() {
         words.contains(&"icanon") && words.contains(&"echo"),
         "terminal modes not restored: {stty}"
     );
-    let _ = tmux(sock, &["kill-server"]);
 }
