@@ -257,6 +257,8 @@ struct Daemon<'a> {
     /// Reloads applied and refused since the start, for the report.
     reloads_ok: u64,
     reloads_refused: u64,
+    /// `metrics-listen` as the daemon started with it (bound then, kept by reloads).
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The queue threads and what stops them.
@@ -319,6 +321,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
 
     // Bound before anything is installed: an address that cannot be had stops the start here,
     // with nothing to undo. Read once: a reload keeps the listener it started with.
+    let listen_at_start = config.settings.metrics_listen;
     let mut metrics = match config.settings.metrics_listen {
         Some(addr) => {
             Some(MetricsServer::bind(addr).map_err(|e| sys(&format!("metrics-listen {addr}"), e))?)
@@ -411,6 +414,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
             .map_or(0, |d| d.as_secs()),
         reloads_ok: 0,
         reloads_refused: 0,
+        metrics_listen: listen_at_start,
     };
     let mut server = server;
     let mut fds: Vec<libc::pollfd> =
@@ -678,11 +682,22 @@ impl Daemon<'_> {
             let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             Response::err(Outcome::Config, lines.join("\n"))
         })?;
+        // The metrics listener is bound once, at start: a new address waits for a restart,
+        // and the reload says so (it is no reason to refuse the services).
+        let metrics_was = self.metrics_listen;
+        let metrics_now = config.settings.metrics_listen;
         self.apply(config, None)?;
-        Ok(format!(
-            "reloaded: {} services",
-            self.active.config.services.len()
-        ))
+        let mut msg = format!("reloaded: {} services", self.active.config.services.len());
+        if metrics_now != metrics_was {
+            let shown =
+                |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+            msg.push_str(&format!(
+                "; metrics-listen {} takes effect at the next restart (now {})",
+                shown(metrics_now),
+                shown(metrics_was)
+            ));
+        }
+        Ok(msg)
     }
 
     /// Installs a new service set: rules and lookup table together, or nothing changes.

@@ -204,6 +204,20 @@ fn metrics_parse_and_match_status_json_under_traffic() {
         "{}",
         samples.join("\n")
     );
+    // A new address waits for a restart, and the reload says so; the old one still serves.
+    let conf = std::fs::read_to_string(&n.config).unwrap();
+    std::fs::write(&n.config, conf.replace(METRICS, "127.0.0.1:9465")).unwrap();
+    let r = t
+        .rtr
+        .run(&[netnat_bin(), "reload", "--control", sock.to_str().unwrap()]);
+    assert!(
+        r.success()
+            && r.stdout.contains(
+                "metrics-listen 127.0.0.1:9465 takes effect at the next restart (now 127.0.0.1:9464)"
+            ),
+        "{r}"
+    );
+    assert!(scrape(&t).success());
     // Other paths and methods are refused.
     let url = format!("http://{METRICS}/");
     let code = |args: &[&str]| {
