@@ -13,6 +13,8 @@
 //! - a request line and headers longer than [`MAX_HEAD`] get `431` and are closed, never
 //!   buffered further.
 //!
+//! Requests within [`REUSE`] of each other share one built body.
+//!
 //! One request per connection (`Connection: close`): Prometheus scrapes every few seconds at
 //! most, a new connection each time costs nothing that matters here.
 
@@ -30,6 +32,8 @@ pub const READ_DEADLINE: Duration = Duration::from_secs(2);
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest request line plus headers accepted, the blank line included.
 pub const MAX_HEAD: usize = 8192;
+/// How long one built body answers further requests.
+pub const REUSE: Duration = Duration::from_millis(100);
 /// New connections taken per wake-up: a flood leaves the backlog in a few wake-ups, and the
 /// loop still sees its signals and control requests in between.
 pub const ACCEPT_PER_WAKE: usize = 256;
@@ -48,6 +52,9 @@ pub struct MetricsServer {
     listener: TcpListener,
     addr: SocketAddr,
     conns: VecDeque<Conn>,
+    /// The last body built and when: any local user can reach a loopback port, so requests
+    /// in a burst share one report (one short hold of the shared lock per [`REUSE`]).
+    cache: Option<(Instant, String)>,
 }
 
 impl MetricsServer {
@@ -59,6 +66,7 @@ impl MetricsServer {
             listener,
             addr,
             conns: VecDeque::new(),
+            cache: None,
         })
     }
 
@@ -94,8 +102,17 @@ impl MetricsServer {
 
     /// Accepts what is pending, reads, answers, writes and closes what is due. `metrics`
     /// builds the body of a `GET /metrics`; it is called only for such a request.
-    pub fn serve(&mut self, metrics: &mut dyn FnMut() -> String) {
+    pub fn serve(&mut self, build: &mut dyn FnMut() -> String) {
         let now = Instant::now();
+        let cache = &mut self.cache;
+        let metrics = &mut || match cache {
+            Some((at, body)) if now.duration_since(*at) < REUSE => body.clone(),
+            _ => {
+                let body = build();
+                *cache = Some((now, body.clone()));
+                body
+            }
+        };
         for _ in 0..ACCEPT_PER_WAKE {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -298,6 +315,44 @@ mod tests {
         just.resize(MAX_HEAD - 4, b'x');
         just.extend_from_slice(b"\r\n\r\n");
         assert!(ask(&just).unwrap().starts_with("HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn requests_in_a_burst_share_one_report() {
+        let mut s = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = s.addr();
+        let mut clients: Vec<TcpStream> = (0..5)
+            .map(|_| {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+                c
+            })
+            .collect();
+        let mut calls = 0;
+        std::thread::sleep(Duration::from_millis(20));
+        s.serve(&mut || {
+            calls += 1;
+            format!("netnat_up {calls}\n")
+        });
+        for c in &mut clients {
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut got = String::new();
+            c.read_to_string(&mut got).unwrap();
+            assert!(got.ends_with("\r\n\r\nnetnat_up 1\n"), "{got:?}");
+        }
+        assert_eq!(calls, 1);
+        // After REUSE, a new request gets a new report.
+        std::thread::sleep(REUSE);
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        s.serve(&mut || {
+            calls += 1;
+            format!("netnat_up {calls}\n")
+        });
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        assert!(got.ends_with("netnat_up 2\n"), "{got:?}");
     }
 
     #[test]
