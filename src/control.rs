@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! status            status as text          status json      status as JSON
+//! status prometheus status as Prometheus metrics (the text exposition format)
 //! list              running services, one canonical line each
 //! reload            read the configuration file again (as SIGHUP, but answered)
 //! add save|nosave <service words>     add a service; `save`: also append it to the file
@@ -44,6 +45,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use crate::status::Format;
+
 /// Where the daemon listens unless `--control` says otherwise.
 pub const DEFAULT_PATH: &str = "/run/netnat/control.sock";
 /// Longest request line accepted, newline included.
@@ -62,7 +65,7 @@ pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(3);
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    Status { json: bool },
+    Status { format: Format },
     List,
     Reload,
     Add { save: bool, words: Vec<String> },
@@ -80,8 +83,14 @@ impl Request {
             other => Err(format!("expected save or nosave, found {other:?}")),
         };
         match words.as_slice() {
-            ["status"] => Ok(Request::Status { json: false }),
-            ["status", "json"] => Ok(Request::Status { json: true }),
+            ["status"] => Ok(Request::Status {
+                format: Format::Text,
+            }),
+            // `status text` is accepted; the client sends plain `status` for it.
+            ["status", f] => match Format::of(f) {
+                Some(format) => Ok(Request::Status { format }),
+                None => Err(format!("unknown status format {f:?}")),
+            },
             ["list"] => Ok(Request::List),
             ["reload"] => Ok(Request::Reload),
             ["add", rest @ ..] => Ok(Request::Add {
@@ -101,8 +110,10 @@ impl Request {
     pub fn encode(&self) -> String {
         let save = |s: bool| if s { "save" } else { "nosave" };
         match self {
-            Request::Status { json: false } => "status".into(),
-            Request::Status { json: true } => "status json".into(),
+            Request::Status {
+                format: Format::Text,
+            } => "status".into(),
+            Request::Status { format } => format!("status {}", format.name()),
             Request::List => "list".into(),
             Request::Reload => "reload".into(),
             Request::Add { save: s, words } => format!("add {} {}", save(*s), words.join(" ")),
@@ -577,8 +588,15 @@ mod tests {
     fn requests_round_trip() {
         let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         for r in [
-            Request::Status { json: false },
-            Request::Status { json: true },
+            Request::Status {
+                format: Format::Text,
+            },
+            Request::Status {
+                format: Format::Json,
+            },
+            Request::Status {
+                format: Format::Prometheus,
+            },
             Request::List,
             Request::Reload,
             Request::Add {
@@ -664,7 +682,13 @@ mod tests {
         assert_eq!(dir_mode & 0o777, 0o700);
         let p = path.clone();
         let client = std::thread::spawn(move || {
-            request(&p, &Request::Status { json: true }, Duration::from_secs(5))
+            request(
+                &p,
+                &Request::Status {
+                    format: Format::Json,
+                },
+                Duration::from_secs(5),
+            )
         });
         let mut seen = Vec::new();
         let end = Instant::now() + Duration::from_secs(5);
@@ -677,7 +701,12 @@ mod tests {
         }
         let resp = client.join().unwrap().unwrap();
         assert_eq!(resp, Response::ok("{}\n"));
-        assert_eq!(seen, vec![Request::Status { json: true }]);
+        assert_eq!(
+            seen,
+            vec![Request::Status {
+                format: Format::Json,
+            }]
+        );
 
         // A second server on the same path is refused while the first lives.
         assert!(matches!(Server::bind(&path), Err(BindError::InUse(_))));
@@ -756,7 +785,13 @@ mod tests {
             let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
             assert_eq!(rc, 0, "{}", io::Error::last_os_error());
             let idle = UnixStream::connect(&p).unwrap();
-            let answer = request(&p, &Request::Status { json: false }, Duration::from_secs(5));
+            let answer = request(
+                &p,
+                &Request::Status {
+                    format: Format::Text,
+                },
+                Duration::from_secs(5),
+            );
             (idle, answer)
         });
         serve_until(&mut server, &|| idle.is_finished());

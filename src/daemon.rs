@@ -31,6 +31,7 @@ use crate::consumer::{self, Consumer, Shared};
 use crate::control::{self, Outcome, Request, Response, Server};
 use crate::iface::{Change, Snapshot, Watcher};
 use crate::log::Logger;
+use crate::metrics_http::MetricsServer;
 use crate::monitor::Monitor;
 use crate::nft::{NftSession, Policy, QueueExprKind};
 use crate::prereq;
@@ -262,6 +263,13 @@ struct Daemon<'a> {
     /// `busy-poll` of the running configuration, read by the queue threads after each batch.
     busy_poll: Arc<AtomicU32>,
     started: Instant,
+    /// `started` on the wall clock, Unix seconds, for the report.
+    start_unix: u64,
+    /// Reloads applied and refused since the start, for the report.
+    reloads_ok: u64,
+    reloads_refused: u64,
+    /// `metrics-listen` as the daemon started with it (bound then, kept by reloads).
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The queue threads and what stops them.
@@ -322,6 +330,16 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         },
     };
 
+    // Bound before anything is installed: an address that cannot be had stops the start here,
+    // with nothing to undo. Read once: a reload keeps the listener it started with.
+    let listen_at_start = config.settings.metrics_listen;
+    let mut metrics = match config.settings.metrics_listen {
+        Some(addr) => {
+            Some(MetricsServer::bind(addr).map_err(|e| sys(&format!("metrics-listen {addr}"), e))?)
+        }
+        None => None,
+    };
+
     // Opened before the first snapshot, so that no address change falls between the two.
     let mut watcher = match Watcher::open() {
         Ok(w) => Some(w),
@@ -353,10 +371,13 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     drop(policy);
     active.report(&mut log, &opts.config);
 
-    let control_note = match &server {
+    let mut control_note = match &server {
         Some(s) => format!(", control socket {}", s.path().display()),
         None => String::new(),
     };
+    if let Some(m) = &metrics {
+        control_note.push_str(&format!(", metrics on http://{}/metrics", m.addr()));
+    }
     let queue_note = if queue_count == 1 {
         format!("queue {queue_num}")
     } else {
@@ -399,9 +420,16 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         shared,
         busy_poll,
         started,
+        start_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        reloads_ok: 0,
+        reloads_refused: 0,
+        metrics_listen: listen_at_start,
     };
     let mut server = server;
-    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4 + control::MAX_CONNECTIONS);
+    let mut fds: Vec<libc::pollfd> =
+        Vec::with_capacity(4 + control::MAX_CONNECTIONS + crate::metrics_http::MAX_CONNECTIONS);
     let mut next_volume = Instant::now() + opts.volume_interval;
     let mut next_guard_check = Instant::now() + GUARD_CHECK;
     let mut failed = None;
@@ -413,6 +441,10 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         fds.push(pollfd(watcher.as_ref().map_or(-1, |w| w.as_raw_fd())));
         if let Some(s) = &server {
             s.poll_fds(&mut fds);
+        }
+        let control_end = fds.len();
+        if let Some(m) = &metrics {
+            m.poll_fds(&mut fds);
         }
         let timeout = next_volume
             .saturating_duration_since(Instant::now())
@@ -438,9 +470,14 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         }
         if let Some(s) = &mut server {
             // Only when the socket has news or a connection is open (its deadline runs).
-            if s.busy() || fds[2..].iter().any(|f| f.revents != 0) {
+            if s.busy() || fds[2..control_end].iter().any(|f| f.revents != 0) {
                 s.serve(&mut |req| d.handle(req));
             }
+        }
+        if let Some(m) = &mut metrics
+            && (m.busy() || fds[control_end..].iter().any(|f| f.revents != 0))
+        {
+            m.serve(&mut || crate::metrics::render(&d.report()));
         }
         d.expire_drained();
         if Instant::now() >= next_guard_check {
@@ -533,10 +570,7 @@ impl Daemon<'_> {
     /// Answers one control request.
     fn handle(&mut self, req: Request) -> Response {
         let result = match req {
-            Request::Status { json } => {
-                let r = self.report();
-                Ok(if json { r.json() } else { r.text() })
-            }
+            Request::Status { format } => Ok(self.report().render(format)),
             Request::List => Ok(self
                 .active
                 .config
@@ -599,6 +633,9 @@ impl Daemon<'_> {
             unattributed: stats.unattributed,
             passed: stats.passed,
             log_lost: shared.log.lost(),
+            start_unix: self.start_unix,
+            reloads_ok: self.reloads_ok,
+            reloads_refused: self.reloads_refused,
             services,
         }
     }
@@ -639,6 +676,10 @@ impl Daemon<'_> {
     /// [`Daemon::reload`], logged the same way whoever asked (`via`: SIGHUP, `netnat reload`).
     fn logged_reload(&mut self, via: &str) -> Result<String, Response> {
         let result = self.reload();
+        match &result {
+            Ok(_) => self.reloads_ok += 1,
+            Err(_) => self.reloads_refused += 1,
+        }
         let mut s = self.lock();
         match &result {
             Ok(msg) => s.log.info(format_args!("{msg} ({via})")),
@@ -657,11 +698,22 @@ impl Daemon<'_> {
             let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             Response::err(Outcome::Config, lines.join("\n"))
         })?;
+        // The metrics listener is bound once, at start: a new address waits for a restart,
+        // and the reload says so (it is no reason to refuse the services).
+        let metrics_was = self.metrics_listen;
+        let metrics_now = config.settings.metrics_listen;
         self.apply(config, None)?;
-        Ok(format!(
-            "reloaded: {} services",
-            self.active.config.services.len()
-        ))
+        let mut msg = format!("reloaded: {} services", self.active.config.services.len());
+        if metrics_now != metrics_was {
+            let shown =
+                |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+            msg.push_str(&format!(
+                "; metrics-listen {} takes effect at the next restart (now {})",
+                shown(metrics_now),
+                shown(metrics_was)
+            ));
+        }
+        Ok(msg)
     }
 
     /// Installs a new service set: rules and lookup table together, or nothing changes.

@@ -120,9 +120,28 @@ enum Command {
     Flush,
     /// Show the running services with their counters, and the queue's statistics.
     Status {
-        /// Print JSON instead of text.
-        #[arg(long)]
+        /// Output format: text (for people), json (for programs), prometheus (the Prometheus
+        /// text exposition format, e.g. for node_exporter's textfile collector).
+        #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+        format: StatusFormat,
+        /// The same as --format json.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// A live view of the running netnat, refreshed every second: per service new
+    /// connections/s, packets/s and bytes/s each way, drops/s, sorted by activity; the queue's
+    /// figures on top. Quits on q. Not on a terminal: prints one block per interval.
+    Top {
+        /// Seconds between refreshes (0.1-3600).
+        #[arg(long, value_name = "SECS", default_value_t = 1.0,
+              value_parser = parse_interval)]
+        interval: f64,
+        /// Refreshes to show before quitting [default: until q on a terminal, else 1].
+        #[arg(long, short = 'n', value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
         #[command(flatten)]
         control: ControlArg,
     },
@@ -134,6 +153,32 @@ enum Command {
         #[command(flatten)]
         control: ControlArg,
     },
+}
+
+/// `netnat top --interval`: seconds, 0.1 to 3600.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected seconds 0.1-3600, found {s:?}")),
+    }
+}
+
+/// `netnat status --format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatusFormat {
+    Text,
+    Json,
+    Prometheus,
+}
+
+impl From<StatusFormat> for control::Format {
+    fn from(f: StatusFormat) -> control::Format {
+        match f {
+            StatusFormat::Text => control::Format::Text,
+            StatusFormat::Json => control::Format::Json,
+            StatusFormat::Prometheus => control::Format::Prometheus,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -241,7 +286,31 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(EXIT_SYSTEM, e),
         },
-        Command::Status { json, control } => client(&control.control, Request::Status { json }),
+        Command::Status {
+            format,
+            json,
+            control,
+        } => {
+            let format = if json {
+                control::Format::Json
+            } else {
+                format.into()
+            };
+            client(&control.control, Request::Status { format })
+        }
+        Command::Top {
+            interval,
+            count,
+            control,
+        } => match netnat::top::run(&netnat::top::TopOptions {
+            control: &control.control,
+            interval: Duration::from_secs_f64(interval),
+            count,
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.message.is_empty() => ExitCode::from(e.code),
+            Err(e) => fail(e.code, e.message),
+        },
         Command::Reload { control } => client(&control.control, Request::Reload),
         Command::Service(ServiceCommand::List { control }) => {
             client(&control.control, Request::List)

@@ -1,5 +1,6 @@
 //! `netnat status`: a snapshot of the daemon's counters, as text for people and as JSON for
-//! programs. Built by the daemon between batches; formatted here, never on the packet path.
+//! programs (and as Prometheus metrics, [`crate::metrics`], from the same [`Report`]). Built by
+//! the daemon between batches; formatted here, never on the packet path.
 //!
 //! The JSON document (one object, keys always present, numbers are integers):
 //!
@@ -8,7 +9,8 @@
 //!  "queue": {"num": 4747, "count": 2, "expression": "native", "received": 0,
 //!            "verdicts": 0, "enobufs": 0, "async_errors": 0, "failed_closed": 0,
 //!            "send_failed_dropped": 0, "verdicts_lost": 0},
-//!  "uptime_secs": 12, "passed": 0, "log_lost": 0,
+//!  "uptime_secs": 12, "passed": 0, "log_lost": 0, "start_unix": 1764658800,
+//!  "reloads_ok": 0, "reloads_refused": 0,
 //!  "unattributed_drops": {"oversize": 0, "malformed": 0, "unmapped_reply": 0},
 //!  "services": [{"service": "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000",
 //!                "iface": "pub0", "protocol": "TCP",
@@ -35,6 +37,8 @@
 //! rewritten whose payload could not be returned, dropped; `send_failed_dropped`: packets whose
 //! verdict could not be sent, dropped by a second, small verdict; `verdicts_lost`: packets whose
 //! verdict could not be sent at all (held by the kernel until the queue is unbound).
+//! `start_unix`: when the daemon started, Unix seconds; `reloads_ok`/`reloads_refused`: reloads
+//! (SIGHUP, `netnat reload`) applied and refused since then.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -79,10 +83,50 @@ pub struct Report {
     pub unattributed: [u64; DROP_REASONS],
     pub passed: u64,
     pub log_lost: u64,
+    /// When the daemon started serving, Unix seconds (wall clock).
+    pub start_unix: u64,
+    /// Reloads (SIGHUP or `netnat reload`) applied, and refused (the old set kept running).
+    pub reloads_ok: u64,
+    pub reloads_refused: u64,
     pub services: Vec<ServiceReport>,
 }
 
+/// How `netnat status` prints the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    /// The Prometheus text exposition format ([`crate::metrics`]).
+    Prometheus,
+}
+
+impl Format {
+    pub const ALL: [Format; 3] = [Format::Text, Format::Json, Format::Prometheus];
+
+    /// Its name on the command line and in the control request.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+            Format::Prometheus => "prometheus",
+        }
+    }
+
+    pub fn of(name: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
 impl Report {
+    /// The report in `format`.
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Text => self.text(),
+            Format::Json => self.json(),
+            Format::Prometheus => crate::metrics::render(self),
+        }
+    }
+
     /// The text `netnat status` prints.
     pub fn text(&self) -> String {
         let mut o = String::new();
@@ -175,7 +219,8 @@ impl Report {
             "{{\"format\":{},\"queue\":{{\"num\":{},\"count\":{},\"expression\":{},\"received\":{},\
              \"verdicts\":{},\"enobufs\":{},\"async_errors\":{},\"failed_closed\":{},\
              \"send_failed_dropped\":{},\"verdicts_lost\":{}}},\"uptime_secs\":{},\"passed\":{},\
-             \"log_lost\":{},\"unattributed_drops\":{},\"services\":[",
+             \"log_lost\":{},\"start_unix\":{},\"reloads_ok\":{},\"reloads_refused\":{},\
+             \"unattributed_drops\":{},\"services\":[",
             Self::JSON_FORMAT,
             self.queue,
             self.queues,
@@ -190,6 +235,9 @@ impl Report {
             self.uptime_secs,
             self.passed,
             self.log_lost,
+            self.start_unix,
+            self.reloads_ok,
+            self.reloads_refused,
             drops_json(&self.unattributed)
         );
         for (i, s) in self.services.iter().enumerate() {
@@ -329,10 +377,10 @@ pub fn utc(secs: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn report() -> Report {
+    pub(crate) fn report() -> Report {
         let mut c = Counters {
             in_packets: 3,
             in_bytes: 180,
@@ -360,6 +408,9 @@ mod tests {
             unattributed: [0, 0, 4, 0],
             passed: 7,
             log_lost: 0,
+            start_unix: 1_700_000_000,
+            reloads_ok: 2,
+            reloads_refused: 1,
             services: vec![
                 ServiceReport {
                     line: "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000".into(),
@@ -382,7 +433,7 @@ mod tests {
     #[test]
     fn json_has_every_number_and_state() {
         let j = report().json();
-        assert!(j.starts_with("{\"format\":1,\"queue\":{\"num\":4747,\"count\":1,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1,\"failed_closed\":2,\"send_failed_dropped\":3,\"verdicts_lost\":0},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4,\"unrelated_icmp\":0},\"services\":[{"), "{j}");
+        assert!(j.starts_with("{\"format\":1,\"queue\":{\"num\":4747,\"count\":1,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1,\"failed_closed\":2,\"send_failed_dropped\":3,\"verdicts_lost\":0},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"start_unix\":1700000000,\"reloads_ok\":2,\"reloads_refused\":1,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4,\"unrelated_icmp\":0},\"services\":[{"), "{j}");
         assert!(j.contains("{\"service\":\"service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\",\"iface\":\"pub0\",\"protocol\":\"TCP\",\"apparent_addr\":\"*\",\"apparent_port\":80,\"actual_addr\":\"192.168.77.10\",\"actual_port\":8080,\"flags\":32768,\"state\":\"active\",\"apparent\":\"10.99.1.1:80\",\"in_packets\":3,\"in_bytes\":180,\"out_packets\":2,\"out_bytes\":1500,\"new_connections\":1,\"icmp_errors\":0,\"drops\":{\"oversize\":0,\"malformed\":2,\"unmapped_reply\":0,\"unrelated_icmp\":0},\"last_seen\":1700000000}"), "{j}");
         assert!(
             j.contains("\"iface\":\"ppp0\",\"protocol\":\"TCP\",\"apparent_addr\":\"*\",\"apparent_port\":25,\"actual_addr\":\"192.168.77.25\",\"actual_port\":25,\"flags\":0,"),

@@ -193,7 +193,7 @@ fn unknown_directive_lists_the_known_ones() {
         e.message,
         "unknown directive \"servce\" (known directives: service, queue, queues, busy-poll, \
          drain-idle, mark, \
-         syslog-facility, syslog-priority, log-rate, log-burst)"
+         syslog-facility, syslog-priority, log-rate, log-burst, metrics-listen)"
     );
 }
 

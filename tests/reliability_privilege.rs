@@ -30,7 +30,7 @@ const NET_ADMIN_ONLY: &str = "0000000000001000";
 // `unsafe` only where netnat talks to C or the kernel
 
 /// The source files allowed to hold `unsafe`, each with the C or kernel interface it uses.
-const UNSAFE_ALLOWED: [(&str, &str); 7] = [
+const UNSAFE_ALLOWED: [(&str, &str); 8] = [
     (
         "src/daemon.rs",
         "poll(2) over the signal pipe, watcher and control sockets; pipe2(2)",
@@ -58,6 +58,10 @@ const UNSAFE_ALLOWED: [(&str, &str); 7] = [
     (
         "src/iface/sock.rs",
         "the rtnetlink socket; if_indextoname(3)",
+    ),
+    (
+        "src/top.rs",
+        "netnat top's terminal: termios, poll(2) and read(2) on stdin, TIOCGWINSZ",
     ),
 ];
 

@@ -12,6 +12,7 @@
 //! syslog-priority info           emerg|alert|crit|err|warning|notice|info|debug, at most once
 //! log-rate 100                   records/s per service and record class, 1-100000, at most once
 //! log-burst 200                  records at once per service and record class, 1-100000
+//! metrics-listen 127.0.0.1:9464  serve GET /metrics there (off by default), at most once
 //! ```
 //!
 //! A `#` starts a comment wherever it stands, also right after a value (`8081#web`), as
@@ -42,7 +43,7 @@ pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_LINE_BYTES: usize = 4096;
 
 /// The directives, in the order error messages list them.
-pub const DIRECTIVES: [&str; 10] = [
+pub const DIRECTIVES: [&str; 11] = [
     "service",
     "queue",
     "queues",
@@ -53,6 +54,7 @@ pub const DIRECTIVES: [&str; 10] = [
     "syslog-priority",
     "log-rate",
     "log-burst",
+    "metrics-listen",
 ];
 /// Facilities accepted by `syslog-facility`.
 pub const FACILITIES: [&str; 12] = [
@@ -362,6 +364,7 @@ impl Parser {
             "syslog-facility" => self.facility(number, &words),
             "syslog-priority" => self.priority(number, &words),
             "log-rate" | "log-burst" => self.log_limit(number, &words, directive == "log-rate"),
+            "metrics-listen" => self.metrics_listen(number, &words),
             _ => self.error(
                 number,
                 first.column,
@@ -544,6 +547,43 @@ impl Parser {
                     "expected seconds 0-{} (0: cut a removed service's connections at once), \
                      found {:?}",
                     super::MAX_DRAIN_IDLE_SECS,
+                    w.text
+                ),
+            ),
+        }
+    }
+
+    /// `metrics-listen ADDR:PORT`: where the daemon serves its metrics. A wildcard address is
+    /// refused: the metrics name the private servers (actual addresses and ports) and their
+    /// traffic, which must not be served to every network the router is on by accident; a
+    /// loopback address, or one specific address of the host, is a deliberate choice.
+    fn metrics_listen(&mut self, number: usize, words: &[Word<'_>]) {
+        let Some(w) = self.setting(number, words, "metrics-listen", "address and port") else {
+            return;
+        };
+        match w.text.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => self.error(
+                number,
+                w.column,
+                format!(
+                    "{:?} listens on every address: give a loopback address (127.0.0.1:{port}, \
+                     [::1]:{port}) or one address of this host, because the metrics name the \
+                     private servers and their traffic",
+                    w.text,
+                    port = a.port()
+                ),
+            ),
+            Ok(a) if a.port() == 0 => self.error(
+                number,
+                w.column,
+                format!("expected a port 1-65535, found {:?}", w.text),
+            ),
+            Ok(a) => self.settings.metrics_listen = Some(a),
+            Err(_) => self.error(
+                number,
+                w.column,
+                format!(
+                    "expected ADDRESS:PORT (127.0.0.1:9464, [::1]:9464), found {:?}",
                     w.text
                 ),
             ),
@@ -865,6 +905,48 @@ mod tests {
             ("log-rate 10/s\n", 10, "found \"10/s\""),
             ("log-rate\n", 9, "missing field: records per second"),
             ("log-burst 5\nlog-burst 6\n", 1, "given twice"),
+        ] {
+            let e = q(text).unwrap_err();
+            assert_eq!(e.len(), 1, "{text:?}: {e:?}");
+            assert_eq!(e[0].column, column, "{text:?}: {e:?}");
+            assert!(e[0].message.contains(part), "{text:?}: {}", e[0].message);
+        }
+    }
+
+    #[test]
+    fn metrics_listen_directive() {
+        let q = |text: &str| parse_config(text, "m").map(|c| c.settings);
+        assert_eq!(q("").unwrap().metrics_listen, None);
+        assert_eq!(
+            q("metrics-listen 127.0.0.1:9464\n").unwrap().metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            q("Metrics-Listen [::1]:9100\n").unwrap().metrics_listen,
+            Some("[::1]:9100".parse().unwrap())
+        );
+        // A specific address of the host, given on purpose.
+        assert!(q("metrics-listen 10.0.0.1:9464\n").is_ok());
+        for (text, column, part) in [
+            (
+                "metrics-listen 0.0.0.0:9464\n",
+                16,
+                "listens on every address",
+            ),
+            ("metrics-listen [::]:9464\n", 16, "name the private servers"),
+            ("metrics-listen 127.0.0.1\n", 16, "expected ADDRESS:PORT"),
+            (
+                "metrics-listen localhost:9464\n",
+                16,
+                "expected ADDRESS:PORT",
+            ),
+            ("metrics-listen 127.0.0.1:0\n", 16, "port 1-65535"),
+            ("metrics-listen\n", 15, "missing field: address and port"),
+            (
+                "metrics-listen 127.0.0.1:1\nmetrics-listen 127.0.0.1:2\n",
+                1,
+                "given twice",
+            ),
         ] {
             let e = q(text).unwrap_err();
             assert_eq!(e.len(), 1, "{text:?}: {e:?}");

@@ -167,6 +167,9 @@ pub struct Settings {
     pub log_rate: u32,
     /// Records a service may write per class at once after a quiet time (`log-burst N`).
     pub log_burst: u32,
+    /// Where the daemon serves `GET /metrics` (`metrics-listen ADDR:PORT`); `None`, the
+    /// default: nowhere. Never a wildcard address (the file refuses it).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -181,6 +184,7 @@ impl Default for Settings {
             syslog_priority: "info".into(),
             log_rate: DEFAULT_LOG_RATE,
             log_burst: DEFAULT_LOG_BURST,
+            metrics_listen: None,
         }
     }
 }
