@@ -190,7 +190,7 @@ pub fn render(r: &Report) -> String {
         }
     }
     type Figure = fn(&ServiceReport) -> u64;
-    let per_service: [(&str, &str, Figure); 6] = [
+    let per_service: [(&str, &str, Figure); 8] = [
         (
             "netnat_service_in_packets_total",
             "Packets translated on the way in (public side to actual server)",
@@ -220,6 +220,16 @@ pub fn render(r: &Report) -> String {
             "netnat_service_icmp_errors_total",
             "ICMP errors translated for the service",
             |s| s.counters.icmp_errors,
+        ),
+        (
+            "netnat_service_records_total",
+            "Records written for the service's flags",
+            |s| s.counters.records,
+        ),
+        (
+            "netnat_service_records_suppressed_total",
+            "Records held back by the service's rate limit (log-rate, log-burst)",
+            |s| s.counters.records_suppressed,
         ),
     ];
     for (name, help, get) in per_service {

@@ -146,7 +146,13 @@ impl Monitor {
                                 if flags.has(Flags::MAPPING_EVENT)
                                     && let Some(limits) =
                                         limits_of(&self.limit_of, &mut self.limits, id)
-                                    && let Some(held) = limits.mappings.admit(now.ms, self.rate)
+                                    && let Some(held) = admit(
+                                        &mut self.stats,
+                                        id,
+                                        &mut limits.mappings,
+                                        now.ms,
+                                        self.rate,
+                                    )
                                 {
                                     suppressed(log, Some(service), RecordKind::Mapping, held);
                                     log.record(MappingEvent {
@@ -158,7 +164,8 @@ impl Monitor {
                         }
                         if flags.has(Flags::EVERY_PACKET)
                             && let Some(limits) = limits_of(&self.limit_of, &mut self.limits, id)
-                            && let Some(held) = limits.packets.admit(now.ms, self.rate)
+                            && let Some(held) =
+                                admit(&mut self.stats, id, &mut limits.packets, now.ms, self.rate)
                         {
                             suppressed(log, Some(service), RecordKind::Packet, held);
                             log.record(PacketRecord {
@@ -173,7 +180,8 @@ impl Monitor {
                         self.stats.icmp_error(id);
                         if flags.has(Flags::ICMP)
                             && let Some(limits) = limits_of(&self.limit_of, &mut self.limits, id)
-                            && let Some(held) = limits.icmp.admit(now.ms, self.rate)
+                            && let Some(held) =
+                                admit(&mut self.stats, id, &mut limits.icmp, now.ms, self.rate)
                         {
                             suppressed(log, Some(service), RecordKind::Icmp, held);
                             log.record(IcmpRecord {
@@ -208,7 +216,9 @@ impl Monitor {
                         let Some(limits) = limits_of(&self.limit_of, &mut self.limits, id) else {
                             return;
                         };
-                        if let Some(held) = limits.drops.admit(now.ms, self.rate) {
+                        if let Some(held) =
+                            admit(&mut self.stats, id, &mut limits.drops, now.ms, self.rate)
+                        {
                             suppressed(log, Some(service), RecordKind::Drop, held);
                             log.record(DropRecord {
                                 iface: &service.iface,
@@ -316,6 +326,19 @@ fn limit_slots(services: &[Service]) -> (Vec<u32>, Vec<Limits>) {
 fn limits_of<'a>(limit_of: &[u32], limits: &'a mut [Limits], id: usize) -> Option<&'a mut Limits> {
     let slot = *limit_of.get(id)?;
     limits.get_mut(slot as usize)
+}
+
+/// Asks service `id`'s bucket of one record class for a record, and counts the answer.
+fn admit(
+    stats: &mut Stats,
+    id: usize,
+    bucket: &mut TokenBucket,
+    now_ms: u64,
+    rate: Rate,
+) -> Option<u64> {
+    let held = bucket.admit(now_ms, rate);
+    stats.record(id, held.is_some());
+    held
 }
 
 fn suppressed(log: &mut Logger, service: Option<&Service>, kind: RecordKind, count: u64) {
@@ -456,6 +479,9 @@ mod tests {
         let l = lines(&mut log);
         assert_eq!(l[0], "sup:pub0:*:53:17:pk:50");
         assert!(l[1].starts_with("pk:pub0:in:"), "{l:?}");
+        // The counters status and the metrics show: 201 written, 50 held back.
+        let c = mon.stats().service(0);
+        assert_eq!((c.records, c.records_suppressed), (201, 50));
     }
 
     #[test]

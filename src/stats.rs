@@ -78,6 +78,10 @@ pub struct Counters {
     pub out_bytes: u64,
     pub new_connections: u64,
     pub icmp_errors: u64,
+    /// Records written for the service (every flag class), and records its rate limit held
+    /// back (`log-rate`, `log-burst`).
+    pub records: u64,
+    pub records_suppressed: u64,
     /// Indexed by `DropReason as usize`.
     pub drops: [u64; DROP_REASONS],
     /// Seconds since the Unix epoch of the last translated packet; 0 = never.
@@ -137,6 +141,18 @@ impl Stats {
     pub fn icmp_error(&mut self, id: usize) {
         if let Some(c) = self.services.get_mut(id) {
             c.icmp_errors += 1;
+        }
+    }
+
+    /// A record of service `id` the rate limit wrote (`true`) or held back.
+    #[inline]
+    pub fn record(&mut self, id: usize, written: bool) {
+        if let Some(c) = self.services.get_mut(id) {
+            if written {
+                c.records += 1;
+            } else {
+                c.records_suppressed += 1;
+            }
         }
     }
 

@@ -258,7 +258,8 @@ impl Report {
                 o,
                 "{}{{\"service\":{},\"iface\":{},{}\"state\":\"{state}\",\"apparent\":{apparent},\
                  \"in_packets\":{},\"in_bytes\":{},\"out_packets\":{},\"out_bytes\":{},\
-                 \"new_connections\":{},\"icmp_errors\":{},\"drops\":{},\"last_seen\":{last}}}",
+                 \"new_connections\":{},\"icmp_errors\":{},\"records\":{},\
+                 \"records_suppressed\":{},\"drops\":{},\"last_seen\":{last}}}",
                 if i > 0 { "," } else { "" },
                 json_str(&s.line),
                 json_str(&s.iface),
@@ -269,6 +270,8 @@ impl Report {
                 c.out_bytes,
                 c.new_connections,
                 c.icmp_errors,
+                c.records,
+                c.records_suppressed,
                 drops_json(&c.drops),
             );
         }
@@ -434,7 +437,7 @@ pub(crate) mod tests {
     fn json_has_every_number_and_state() {
         let j = report().json();
         assert!(j.starts_with("{\"format\":1,\"queue\":{\"num\":4747,\"count\":1,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1,\"failed_closed\":2,\"send_failed_dropped\":3,\"verdicts_lost\":0},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"start_unix\":1700000000,\"reloads_ok\":2,\"reloads_refused\":1,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4,\"unrelated_icmp\":0},\"services\":[{"), "{j}");
-        assert!(j.contains("{\"service\":\"service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\",\"iface\":\"pub0\",\"protocol\":\"TCP\",\"apparent_addr\":\"*\",\"apparent_port\":80,\"actual_addr\":\"192.168.77.10\",\"actual_port\":8080,\"flags\":32768,\"state\":\"active\",\"apparent\":\"10.99.1.1:80\",\"in_packets\":3,\"in_bytes\":180,\"out_packets\":2,\"out_bytes\":1500,\"new_connections\":1,\"icmp_errors\":0,\"drops\":{\"oversize\":0,\"malformed\":2,\"unmapped_reply\":0,\"unrelated_icmp\":0},\"last_seen\":1700000000}"), "{j}");
+        assert!(j.contains("{\"service\":\"service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\",\"iface\":\"pub0\",\"protocol\":\"TCP\",\"apparent_addr\":\"*\",\"apparent_port\":80,\"actual_addr\":\"192.168.77.10\",\"actual_port\":8080,\"flags\":32768,\"state\":\"active\",\"apparent\":\"10.99.1.1:80\",\"in_packets\":3,\"in_bytes\":180,\"out_packets\":2,\"out_bytes\":1500,\"new_connections\":1,\"icmp_errors\":0,\"records\":0,\"records_suppressed\":0,\"drops\":{\"oversize\":0,\"malformed\":2,\"unmapped_reply\":0,\"unrelated_icmp\":0},\"last_seen\":1700000000}"), "{j}");
         assert!(
             j.contains("\"iface\":\"ppp0\",\"protocol\":\"TCP\",\"apparent_addr\":\"*\",\"apparent_port\":25,\"actual_addr\":\"192.168.77.25\",\"actual_port\":25,\"flags\":0,"),
             "{j}"
