@@ -9,7 +9,6 @@ mod common;
 
 use std::fs;
 use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,19 +24,10 @@ use common::{Family, PYTHON, Proc, Topology, require_root, run_bounded};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// Runs `f` in the network namespace of `t`'s router, on a short-lived thread: sockets bound
-/// there belong to that namespace (a datagram socket's queue limit, for one, comes from it).
+/// Runs `f` in the network namespace of `t`'s router and waits for it: sockets bound there
+/// belong to that namespace (a datagram socket's queue limit, for one, comes from it).
 fn in_router<T: Send + 'static>(t: &Topology, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = format!("/var/run/netns/{}", t.rtr.name);
-    thread::spawn(move || {
-        let file = fs::File::open(&ns).expect("open router netns");
-        // SAFETY: setns on a namespace fd we hold open, for this thread only.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("router namespace thread")
+    t.rtr.thread(f).join().expect("router namespace thread")
 }
 
 /// A datagram socket standing in for /dev/log, read by a thread into memory. It can be closed

@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use netnat::queue::QueueStats;
 use netnat::stats::{Counters, DropReason};
 use netnat::status::{Report, ServiceReport, ServiceState};
@@ -65,38 +62,10 @@ fn report() -> Report {
     }
 }
 
-/// The samples as the parser read them, one `name{labels} value type` line each.
-pub fn parsed(text: &str) -> Vec<String> {
-    let mut child = Command::new(common::PYTHON)
-        .arg(common::script("prom_parse.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the parser refused the metrics: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
 #[test]
 fn a_real_parser_reads_every_figure_back() {
     let text = netnat::metrics::render(&report());
-    let samples = parsed(&text);
+    let samples = common::prometheus_samples(&text);
     let has = |s: &str| samples.iter().any(|l| l == s);
     let svc0 = "actual=\"192.168.77.10:8080\",apparent=\"*:80\",id=\"0\",iface=\"pub0\",\
                 protocol=\"TCP\"";
@@ -142,6 +111,6 @@ fn a_report_without_services_parses() {
         services: Vec::new(),
         ..report()
     };
-    let samples = parsed(&netnat::metrics::render(&r));
+    let samples = common::prometheus_samples(&netnat::metrics::render(&r));
     assert!(samples.iter().any(|l| l == "netnat_services{} 0 gauge"));
 }

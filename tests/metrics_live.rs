@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::scenario::{Netnat, netnat_bin};
@@ -49,34 +48,6 @@ fn scrape(t: &Topology) -> CmdOutput {
         ],
         Duration::from_secs(10),
     )
-}
-
-/// The samples as the parser read them, one `name{labels} value type` line each.
-fn parsed(text: &str) -> Vec<String> {
-    let mut child = Command::new(PYTHON)
-        .arg(script("prom_parse.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the parser refused the metrics: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
 }
 
 /// The value of the one sample named `name` (any labels).
@@ -163,8 +134,8 @@ fn metrics_parse_and_match_status_json_under_traffic() {
         let prom = status(&t, &n, "prometheus").expect_ok("status --format prometheus");
         let http = scrape(&t).expect_ok("curl /metrics");
         let after = status(&t, &n, "json").expect_ok("status --json").stdout;
-        let from_status = parsed(&prom.stdout);
-        let from_http = parsed(&http.stdout);
+        let from_status = common::prometheus_samples(&prom.stdout);
+        let from_http = common::prometheus_samples(&http.stdout);
         between(&from_status, &before, &after, "status --format prometheus");
         between(&from_http, &before, &after, "GET /metrics");
         // Traffic flows: the figures grow.
@@ -196,7 +167,7 @@ fn metrics_parse_and_match_status_json_under_traffic() {
         .rtr
         .run(&[netnat_bin(), "reload", "--control", sock.to_str().unwrap()]);
     assert!(r.success(), "{r}");
-    let samples = parsed(&scrape(&t).expect_ok("curl").stdout);
+    let samples = common::prometheus_samples(&scrape(&t).expect_ok("curl").stdout);
     assert!(
         samples
             .iter()

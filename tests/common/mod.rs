@@ -20,7 +20,7 @@ pub mod scenario;
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -708,6 +708,35 @@ fn sweep_stale_namespaces() {
             }
         }
     });
+}
+
+/// Prometheus metrics as the real parser (`prometheus_client`, tests/scripts/prom_parse.py)
+/// reads them: one `name{labels} value type` line per sample. Panics when it refuses them.
+pub fn prometheus_samples(text: &str) -> Vec<String> {
+    let mut child = Command::new(PYTHON)
+        .arg(script("prom_parse.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the parser refused the metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
 }
 
 /// Path of a helper script under tests/scripts.
