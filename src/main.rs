@@ -10,10 +10,11 @@ use clap::{Parser, Subcommand};
 
 use netnat::config::{self, ConfigError};
 use netnat::control::{self, Outcome, Request};
+use netnat::daemon::prereq;
 use netnat::daemon::{self, DaemonError, RunOptions};
+use netnat::engine::service::{Interfaces, ServiceTable};
+use netnat::iface;
 use netnat::nft;
-use netnat::service::{Interfaces, ServiceTable};
-use netnat::{iface, prereq};
 
 /// Default configuration file.
 const DEFAULT_CONFIG: &str = "/etc/netnat/netnat.conf";
@@ -302,7 +303,7 @@ fn main() -> ExitCode {
             interval,
             count,
             control,
-        } => match netnat::top::run(&netnat::top::TopOptions {
+        } => match netnat::control::top::run(&netnat::control::top::TopOptions {
             control: &control.control,
             interval: Duration::from_secs_f64(interval),
             count,

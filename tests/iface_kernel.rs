@@ -14,9 +14,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use netnat::engine::service::Interfaces;
 use netnat::iface::msg::{AddrMsg, Body, IFA_F_SECONDARY, IFA_F_TENTATIVE, LinkMsg};
 use netnat::iface::{ChangeKind, Event, Snapshot, Watcher};
-use netnat::service::Interfaces;
 
 /// The bound the brief sets for noticing a change.
 const NOTICE: Duration = Duration::from_secs(1);

@@ -4,13 +4,13 @@
 
 use std::net::IpAddr;
 
+use netnat::engine::service::Interfaces;
 use netnat::iface::msg::{
     self, AddrMsg, Body, IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_NODAD, IFA_F_PERMANENT,
     IFA_F_SECONDARY, IFA_F_TENTATIVE, IFF_POINTOPOINT, IFF_RUNNING, IFF_UP, LinkMsg, Malformed,
     Message, RT_SCOPE_HOST, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE,
 };
 use netnat::iface::{Change, ChangeKind, Snapshot};
-use netnat::service::Interfaces;
 use proptest::prelude::*;
 
 // Datagrams captured from a 6.18 x86_64 kernel (host byte order: little endian) with a

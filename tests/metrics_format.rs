@@ -4,9 +4,9 @@
 
 mod common;
 
+use netnat::control::status::{Report, ServiceReport, ServiceState};
+use netnat::engine::stats::{Counters, DropReason};
 use netnat::queue::QueueStats;
-use netnat::stats::{Counters, DropReason};
-use netnat::status::{Report, ServiceReport, ServiceState};
 
 fn report() -> Report {
     let mut c = Counters {
@@ -64,7 +64,7 @@ fn report() -> Report {
 
 #[test]
 fn a_real_parser_reads_every_figure_back() {
-    let text = netnat::metrics::render(&report());
+    let text = netnat::control::metrics::render(&report());
     let samples = common::prometheus_samples(&text);
     let has = |s: &str| samples.iter().any(|l| l == s);
     let svc0 = "actual=\"192.168.77.10:8080\",apparent=\"*:80\",id=\"0\",iface=\"pub0\",\
@@ -111,6 +111,6 @@ fn a_report_without_services_parses() {
         services: Vec::new(),
         ..report()
     };
-    let samples = common::prometheus_samples(&netnat::metrics::render(&r));
+    let samples = common::prometheus_samples(&netnat::control::metrics::render(&r));
     assert!(samples.iter().any(|l| l == "netnat_services{} 0 gauge"));
 }

@@ -221,7 +221,7 @@ impl Netnat {
 }
 
 /// A number of the service object whose `"service"` is `line`, or of the top level when
-/// `line` is empty. Hand-parsed: the document's shape is fixed (see `netnat::status`).
+/// `line` is empty. Hand-parsed: the document's shape is fixed (see `netnat::control::status`).
 fn json_num(json: &str, line: &str, key: &str) -> Option<u64> {
     let from = if line.is_empty() {
         0

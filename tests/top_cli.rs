@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use netnat::control::status::{Report, ServiceReport, ServiceState};
 use netnat::control::{Request, Response};
+use netnat::engine::stats::Counters;
 use netnat::queue::QueueStats;
-use netnat::stats::Counters;
-use netnat::status::{Report, ServiceReport, ServiceState};
 
 fn netnat(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_netnat"))

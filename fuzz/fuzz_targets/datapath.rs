@@ -25,12 +25,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
 use netnat::config::{AppAddr, Flags, Protocol, Service, parse_service};
-use netnat::datapath::{self, Event, Refusal};
+use netnat::engine::datapath::{self, Event, Refusal};
 use netnat::queue::{Packet, Verdict};
-use netnat::record::{
+use netnat::engine::record::{
     DropAction, DropRecord, IcmpRecord, MappingEvent, PacketRecord, icmp_type_code,
 };
-use netnat::service::{FlowMemory, Interfaces, ServiceTable};
+use netnat::engine::service::{FlowMemory, Interfaces, ServiceTable};
 use netnat::wire::{Direction, Kind};
 
 /// netnat's default mark bits.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::msg::{self, AddrMsg, Body, LinkMsg};
 use super::sock;
-use crate::service::Interfaces;
+use crate::engine::service::Interfaces;
 
 /// How long one dump may take before `read` gives up (the kernel answers at once; this only
 /// keeps a wedged socket from hanging the daemon).

@@ -1,6 +1,6 @@
 //! The status report as metrics in the Prometheus text exposition format (version 0.0.4),
 //! for `netnat status --format prometheus` (node_exporter's textfile collector) and
-//! `metrics-listen` ([`crate::metrics_http`]).
+//! `metrics-listen` ([`crate::control::metrics_http`]).
 //!
 //! Built from the very [`Report`] that `netnat status` prints, so that the two agree by
 //! construction. One family per figure, each with `# HELP` and `# TYPE`; counters end in
@@ -15,8 +15,8 @@
 use std::fmt::Write;
 
 use crate::config::{self, AppAddr};
-use crate::stats::{DROP_REASONS, DropReason};
-use crate::status::{Report, ServiceReport, ServiceState};
+use crate::control::status::{Report, ServiceReport, ServiceState};
+use crate::engine::stats::{DROP_REASONS, DropReason};
 
 /// The `Content-Type` of [`render`]'s output over HTTP.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -357,8 +357,8 @@ fn escape_help(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::Counters;
-    use crate::status::tests::report;
+    use crate::control::status::tests::report;
+    use crate::engine::stats::Counters;
 
     /// The value of the one sample whose name and labels are `sample` exactly.
     fn value(text: &str, sample: &str) -> Option<u64> {

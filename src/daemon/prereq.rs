@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::config::{AppAddr, Config, ServiceLine};
-use crate::service::{Lookup, ServiceTable};
+use crate::engine::service::{Lookup, ServiceTable};
 
 /// How serious a finding is: an `Error` makes `netnat check` exit 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -481,7 +481,7 @@ mod tests {
 
     /// Interfaces for [`service_findings`]: eth0 (index 2) with 10.0.0.1 and fd00::1.
     struct Eth0;
-    impl crate::service::Interfaces for Eth0 {
+    impl crate::engine::service::Interfaces for Eth0 {
         fn index(&self, name: &str) -> Option<u32> {
             (name == "eth0").then_some(2)
         }

@@ -5,8 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Protocol;
+use crate::engine::service::{Entry, FlowMemory, ServiceTable};
 use crate::queue::{Decision, Packet, Verdict};
-use crate::service::{Entry, FlowMemory, ServiceTable};
 use crate::wire::{self, ChecksumState, Direction, Flow, Kind, Outcome};
 
 /// Netfilter hook numbers as the queue reports them (NF_INET_PRE_ROUTING, NF_INET_POST_ROUTING).
@@ -311,7 +311,7 @@ mod tests {
 
     use super::*;
     use crate::config::parse_service;
-    use crate::service::OnePublic;
+    use crate::engine::service::OnePublic;
 
     fn table() -> ServiceTable {
         let s = parse_service("service pub0 port * 80 TCP 192.168.77.10 8080 0x8000").unwrap();
@@ -585,7 +585,7 @@ mod tests {
     /// pub0 (ifindex 7) with `*` at `v4` and the other valid IPv4 addresses `others`.
     struct Pub0(&'static str, &'static [&'static str]);
 
-    impl crate::service::Interfaces for Pub0 {
+    impl crate::engine::service::Interfaces for Pub0 {
         fn index(&self, name: &str) -> Option<u32> {
             (name == "pub0").then_some(7)
         }

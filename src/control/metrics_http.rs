@@ -1,4 +1,4 @@
-//! `metrics-listen ADDR:PORT`: the daemon serves its metrics ([`crate::metrics`]) over HTTP,
+//! `metrics-listen ADDR:PORT`: the daemon serves its metrics ([`crate::control::metrics`]) over HTTP,
 //! read-only, at `GET /metrics`.
 //!
 //! Served from the daemon's main loop beside the control socket, without blocking: the
@@ -245,7 +245,11 @@ fn answer(input: &[u8], metrics: &mut dyn FnMut() -> String) -> Option<Vec<u8>> 
         r.splice(at..at, b"Allow: GET\r\n".iter().copied());
         return Some(r);
     }
-    Some(response("200 OK", crate::metrics::CONTENT_TYPE, &metrics()))
+    Some(response(
+        "200 OK",
+        crate::control::metrics::CONTENT_TYPE,
+        &metrics(),
+    ))
 }
 
 fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {

@@ -1,215 +1,19 @@
-//! The control socket: how `netnat status`, `service add/del/list` and `reload` talk to the
-//! running daemon.
-//!
-//! A Unix stream socket, by default [`DEFAULT_PATH`]. One connection carries one exchange:
-//! the client writes one request line, the daemon answers and closes.
-//!
-//! Requests (words separated by single spaces, ended by `\n`, at most [`MAX_REQUEST`] bytes):
-//!
-//! ```text
-//! status            status as text          status json      status as JSON
-//! status prometheus status as Prometheus metrics (the text exposition format)
-//! list              running services, one canonical line each
-//! reload            read the configuration file again (as SIGHUP, but answered)
-//! add save|nosave <service words>     add a service; `save`: also append it to the file
-//! del save|nosave <service words>     delete a service; `save`: also comment it out in the file
-//! ```
-//!
-//! Service words are those of the `service` grammar (with or without the leading `service`);
-//! they never contain whitespace, so splitting at spaces is unambiguous.
-//!
-//! Answers: a first line `ok` or `err <kind>`, then the body (text, lines), then end of stream.
-//! Kinds: `denied` (the peer is not uid 0), `usage` (the request is not understood), `config`
-//! (the change or the file was refused: duplicate endpoint, syntax, ...), `system` (the
-//! kernel or the file system refused), `unsaved` (the change is live in the daemon, but
-//! `--save` could not write the file). The client turns them into its exit status.
-//!
-//! Only uid 0 may use the socket. The daemon judges the peer's credentials (SO_PEERCRED) the
-//! moment it accepts a connection: any other peer gets a one-line refusal (`err denied`, if
-//! its socket buffer takes it) and is closed at once, before it can send anything, so no other
-//! user can hold a connection slot. The default directory `/run/netnat` is netnat's own and
-//! kept mode 0700, owner root: other users cannot even reach the socket. The socket file itself
-//! is mode 0666, so that where the administrator chose a directory others may enter
-//! (`--control`), they reach the daemon's check and get a clear refusal instead of EACCES.
-//!
-//! The daemon serves the socket from its packet loop, without blocking: every wake-up accepts
-//! all pending connections (up to [`ACCEPT_PER_WAKE`], the loop comes back at once for more),
-//! so refused peers leave the backlog as fast as they come; at most [`MAX_CONNECTIONS`] root
-//! connections are open at once (one more evicts the oldest), and every connection must finish
-//! within [`CONNECTION_DEADLINE`] or is closed.
+//! The daemon's side of the control socket: accept, judge the peer, serve without blocking.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-pub use crate::status::Format;
+use super::{
+    ACCEPT_PER_WAKE, CONNECTION_DEADLINE, DEFAULT_PATH, MAX_CONNECTIONS, MAX_REQUEST, Outcome,
+    Request, Response,
+};
 
-/// Where the daemon listens unless `--control` says otherwise.
-pub const DEFAULT_PATH: &str = "/run/netnat/control.sock";
-/// Longest request line accepted, newline included.
-pub const MAX_REQUEST: usize = 8192;
-/// Root connections open at once; one more closes the oldest (only root can make them, and a
-/// stuck one must not lock out the next).
-pub const MAX_CONNECTIONS: usize = 64;
-/// New connections taken per wake-up of the packet loop: enough to empty the backlog of a
-/// flood in a few wake-ups, few enough that signals are still seen between them.
-pub const ACCEPT_PER_WAKE: usize = 1024;
 /// The listen backlog: a flood of refused peers waits here, not in front of root's connect.
 const BACKLOG: libc::c_int = 1024;
-/// Time a client has to send its request and read the answer.
-pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(3);
-
-/// A request to the daemon.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request {
-    Status { format: Format },
-    List,
-    Reload,
-    Add { save: bool, words: Vec<String> },
-    Del { save: bool, words: Vec<String> },
-}
-
-impl Request {
-    /// Parses one request line (without its newline).
-    pub fn parse(line: &str) -> Result<Request, String> {
-        let words: Vec<&str> = line.split_ascii_whitespace().collect();
-        let owned = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let save = |w: Option<&&str>| match w {
-            Some(&"save") => Ok(true),
-            Some(&"nosave") => Ok(false),
-            other => Err(format!("expected save or nosave, found {other:?}")),
-        };
-        match words.as_slice() {
-            ["status"] => Ok(Request::Status {
-                format: Format::Text,
-            }),
-            // `status text` is accepted; the client sends plain `status` for it.
-            ["status", f] => match Format::of(f) {
-                Some(format) => Ok(Request::Status { format }),
-                None => Err(format!("unknown status format {f:?}")),
-            },
-            ["list"] => Ok(Request::List),
-            ["reload"] => Ok(Request::Reload),
-            ["add", rest @ ..] => Ok(Request::Add {
-                save: save(rest.first())?,
-                words: owned(rest.get(1..).unwrap_or(&[])),
-            }),
-            ["del", rest @ ..] => Ok(Request::Del {
-                save: save(rest.first())?,
-                words: owned(rest.get(1..).unwrap_or(&[])),
-            }),
-            [] => Err("empty request".into()),
-            [first, ..] => Err(format!("unknown request {first:?}")),
-        }
-    }
-
-    /// The request line, without its newline.
-    pub fn encode(&self) -> String {
-        let save = |s: bool| if s { "save" } else { "nosave" };
-        match self {
-            Request::Status {
-                format: Format::Text,
-            } => "status".into(),
-            Request::Status { format } => format!("status {}", format.name()),
-            Request::List => "list".into(),
-            Request::Reload => "reload".into(),
-            Request::Add { save: s, words } => format!("add {} {}", save(*s), words.join(" ")),
-            Request::Del { save: s, words } => format!("del {} {}", save(*s), words.join(" ")),
-        }
-    }
-}
-
-/// How a request ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    Denied,
-    Usage,
-    Config,
-    System,
-    /// The change is applied in the running daemon, the file was not saved.
-    Unsaved,
-}
-
-impl Outcome {
-    fn word(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Denied => "denied",
-            Outcome::Usage => "usage",
-            Outcome::Config => "config",
-            Outcome::System => "system",
-            Outcome::Unsaved => "unsaved",
-        }
-    }
-
-    /// The client's exit status: 0 ok, 1 system refused, 2 usage/config error, 4 denied,
-    /// 5 applied live but not saved (3, not running, comes from [`ClientError`]).
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Outcome::Ok => 0,
-            Outcome::System => 1,
-            Outcome::Usage | Outcome::Config => 2,
-            Outcome::Denied => 4,
-            Outcome::Unsaved => 5,
-        }
-    }
-}
-
-/// The daemon's answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Response {
-    pub outcome: Outcome,
-    pub body: String,
-}
-
-impl Response {
-    pub fn ok(body: impl Into<String>) -> Response {
-        Response {
-            outcome: Outcome::Ok,
-            body: body.into(),
-        }
-    }
-
-    pub fn err(outcome: Outcome, body: impl Into<String>) -> Response {
-        Response {
-            outcome,
-            body: body.into(),
-        }
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = match self.outcome {
-            Outcome::Ok => "ok\n".to_string(),
-            o => format!("err {}\n", o.word()),
-        };
-        out.push_str(&self.body);
-        if !self.body.is_empty() && !self.body.ends_with('\n') {
-            out.push('\n');
-        }
-        out.into_bytes()
-    }
-
-    pub fn parse(text: &str) -> Result<Response, String> {
-        let (first, body) = text.split_once('\n').unwrap_or((text, ""));
-        let outcome = match first {
-            "ok" => Outcome::Ok,
-            "err denied" => Outcome::Denied,
-            "err usage" => Outcome::Usage,
-            "err config" => Outcome::Config,
-            "err system" => Outcome::System,
-            "err unsaved" => Outcome::Unsaved,
-            other => return Err(format!("unexpected answer from netnat: {other:?}")),
-        };
-        Ok(Response {
-            outcome,
-            body: body.to_string(),
-        })
-    }
-}
 
 /// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
 pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
@@ -508,81 +312,10 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
     }
 }
 
-/// Why a client request failed before the daemon could answer.
-#[derive(Debug)]
-pub enum ClientError {
-    /// No daemon listens at the path (exit status 3).
-    NotRunning(String),
-    /// The socket may not be opened by this user (exit status 4).
-    Denied(String),
-    /// Anything else (exit status 1).
-    Io(String),
-}
-
-impl ClientError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            ClientError::NotRunning(_) => 3,
-            ClientError::Denied(_) => 4,
-            ClientError::Io(_) => 1,
-        }
-    }
-}
-
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientError::NotRunning(m) | ClientError::Denied(m) | ClientError::Io(m) => {
-                f.write_str(m)
-            }
-        }
-    }
-}
-
-/// Sends one request to the daemon at `path` and reads its answer.
-pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let p = path.display();
-    let mut stream = UnixStream::connect(path).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT | libc::ECONNREFUSED | libc::ENOTDIR) => {
-            ClientError::NotRunning(format!("netnat is not running (no control socket at {p})"))
-        }
-        Some(libc::EACCES | libc::EPERM) => ClientError::Denied(format!(
-            "permission denied: cannot open the control socket {p} (only root may control netnat)"
-        )),
-        _ => ClientError::Io(format!("control socket {p}: {e}")),
-    })?;
-    let io = |e: io::Error| ClientError::Io(format!("control socket {p}: {e}"));
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let mut line = req.encode();
-    line.push('\n');
-    // A daemon that refuses the caller writes its answer at accept and closes: the request
-    // then meets EPIPE (or ECONNRESET), and the answer is still there to read.
-    let sent = stream.write_all(line.as_bytes());
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // The daemon closed with our request unread (it refused us at accept): what it
-            // wrote before is complete.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && !raw.is_empty() => break,
-            Err(e) => return Err(io(e)),
-        }
-    }
-    if raw.is_empty()
-        && let Err(e) = sent
-    {
-        return Err(io(e));
-    }
-    Response::parse(&String::from_utf8_lossy(&raw)).map_err(ClientError::Io)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::*;
 
     #[test]
     fn requests_round_trip() {

@@ -11,7 +11,7 @@
 //!   Translated ICMP errors count here too, in the direction they travel.
 //! - `new_connections`: inbound TCP SYNs (without ACK) and inbound UDP packets that start a
 //!   flow (unseen client address and port, or silent for longer than
-//!   [`crate::record::UDP_IDLE_SECS`]).
+//!   [`crate::engine::record::UDP_IDLE_SECS`]).
 //! - `icmp_errors`: ICMP/ICMPv6 errors translated for the service (either direction).
 //! - `drops`: packets of the service dropped, by [`DropReason`]. A drop is the service's when
 //!   its header still names the service's endpoint; the rest are counted as unattributed.
@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 
 use crate::config::Service;
-use crate::datapath::Refusal;
+use crate::engine::datapath::Refusal;
 
 /// Why netnat dropped a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

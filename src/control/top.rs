@@ -1,7 +1,7 @@
 //! `netnat top`: a live view of the running daemon, refreshed every interval (1 s by default).
 //!
 //! A thin layer over the control socket: each refresh asks for `status prometheus` (the
-//! metrics of [`crate::metrics`], the same report `netnat status` prints) and shows the
+//! metrics of [`crate::control::metrics`], the same report `netnat status` prints) and shows the
 //! difference to the previous one as rates: per service new connections/s, packets/s and
 //! bytes/s each way and drops/s, sorted by activity; a header with the queue's figures.
 //!
@@ -68,7 +68,7 @@ impl Snapshot {
         self.global.get(name).copied().unwrap_or(0)
     }
 
-    /// Reads the metrics text of [`crate::metrics::render`].
+    /// Reads the metrics text of [`crate::control::metrics::render`].
     pub fn parse(text: &str) -> Snapshot {
         let mut snap = Snapshot::default();
         let mut by_id: HashMap<String, usize> = HashMap::new();
@@ -505,11 +505,11 @@ impl Drop for RawMode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::tests::report;
+    use crate::control::status::tests::report;
 
     #[test]
     fn parses_the_metrics_of_a_report() {
-        let snap = Snapshot::parse(&crate::metrics::render(&report()));
+        let snap = Snapshot::parse(&crate::control::metrics::render(&report()));
         assert_eq!(snap.get("netnat_queue_received_total"), 5);
         assert_eq!(snap.get("netnat_queue_first"), 4747);
         assert_eq!(snap.services.len(), 2);
@@ -536,7 +536,7 @@ mod tests {
     #[test]
     fn rates_sorted_by_activity_within_80x24() {
         let r = report();
-        let prev = Snapshot::parse(&crate::metrics::render(&r));
+        let prev = Snapshot::parse(&crate::control::metrics::render(&r));
         let mut r2 = r.clone();
         // The waiting service (second) becomes the busier one.
         r2.services[1].counters.in_packets += 2000;
@@ -544,7 +544,7 @@ mod tests {
         r2.services[0].counters.in_packets += 10;
         r2.services[0].counters.new_connections += 4;
         r2.queue_stats.received += 2010;
-        let cur = Snapshot::parse(&crate::metrics::render(&r2));
+        let cur = Snapshot::parse(&crate::control::metrics::render(&r2));
         let lines = render(&prev, &cur, 2.0, 80, Some(24));
         assert_eq!(lines.len(), 24);
         assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:#?}");

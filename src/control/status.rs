@@ -1,5 +1,5 @@
 //! `netnat status`: a snapshot of the daemon's counters, as text for people and as JSON for
-//! programs (and as Prometheus metrics, [`crate::metrics`], from the same [`Report`]). Built by
+//! programs (and as Prometheus metrics, [`crate::control::metrics`], from the same [`Report`]). Built by
 //! the daemon between batches; formatted here, never on the packet path.
 //!
 //! The JSON document (one object, keys always present, numbers are integers):
@@ -44,8 +44,8 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 
 use crate::config::{self, AppAddr};
+use crate::engine::stats::{Counters, DROP_REASONS, DropReason};
 use crate::queue::QueueStats;
-use crate::stats::{Counters, DROP_REASONS, DropReason};
 
 /// Where a service stands in the lookup table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +96,7 @@ pub struct Report {
 pub enum Format {
     Text,
     Json,
-    /// The Prometheus text exposition format ([`crate::metrics`]).
+    /// The Prometheus text exposition format ([`crate::control::metrics`]).
     Prometheus,
 }
 
@@ -123,7 +123,7 @@ impl Report {
         match format {
             Format::Text => self.text(),
             Format::Json => self.json(),
-            Format::Prometheus => crate::metrics::render(self),
+            Format::Prometheus => crate::control::metrics::render(self),
         }
     }
 

@@ -1,5 +1,5 @@
-//! What the daemon learns from each packet's fate: counters ([`crate::stats`]) and the records
-//! the services' flags ask for ([`crate::record`]).
+//! What the daemon learns from each packet's fate: counters ([`crate::engine::stats`]) and the records
+//! the services' flags ask for ([`crate::engine::record`]).
 //!
 //! Shared by the queue threads (under their lock). Per packet it does integer increments; it
 //! formats a record only when a flag asks for one and the rate limit of that service and record
@@ -9,14 +9,14 @@
 use std::net::IpAddr;
 
 use crate::config::{Flags, Protocol, Service};
-use crate::datapath::{self, Event};
-use crate::log::Logger;
-use crate::queue::Packet;
-use crate::record::{
+use crate::engine::datapath::{self, Event};
+use crate::engine::record::{
     DropAction, DropRecord, FlowMemory, IcmpRecord, MappingEvent, PacketRecord, RecordKind,
     SuppressedRecord, VolumeRecord, icmp_type_code,
 };
-use crate::stats::{Counters, DropReason, Rate, Stats, TokenBucket, carry_map};
+use crate::engine::stats::{Counters, DropReason, Rate, Stats, TokenBucket, carry_map};
+use crate::log::Logger;
+use crate::queue::Packet;
 use crate::wire::{Direction, Kind};
 
 /// The clocks of one batch, read once per batch rather than per packet.
@@ -352,7 +352,7 @@ fn suppressed(log: &mut Logger, service: Option<&Service>, kind: RecordKind, cou
 }
 
 /// The apparent address of a service as the table resolved it, for `status`.
-pub fn resolved_app(table: &crate::service::ServiceTable, id: usize) -> Option<IpAddr> {
+pub fn resolved_app(table: &crate::engine::service::ServiceTable, id: usize) -> Option<IpAddr> {
     table.entry(id).map(|e| e.app.ip())
 }
 
@@ -360,7 +360,7 @@ pub fn resolved_app(table: &crate::service::ServiceTable, id: usize) -> Option<I
 mod tests {
     use super::*;
     use crate::config::parse_service;
-    use crate::service::{OnePublic, ServiceTable};
+    use crate::engine::service::{OnePublic, ServiceTable};
 
     fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
         let mut p = vec![0u8; 32];
@@ -401,7 +401,7 @@ mod tests {
         };
         let (_, e) = datapath::handle(
             table,
-            &mut crate::service::FlowMemory::default(),
+            &mut crate::engine::service::FlowMemory::default(),
             0,
             &mut pkt,
         );

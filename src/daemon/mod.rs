@@ -7,12 +7,14 @@
 //! them, and on shutdown the table is removed before the queues are drained, so every packet
 //! that was queued gets its verdict.
 //!
-//! Threads: one per queue ([`crate::consumer`]) handles packets; the main thread polls the
+//! Threads: one per queue ([`crate::engine::consumer`]) handles packets; the main thread polls the
 //! signal pipe, the interface watcher and the control socket, and changes what the queue
 //! threads share only under their lock, between two of their batches. Every change of the service set (SIGHUP, `reload`, `service add`,
 //! `service del`) goes through [`Daemon::apply`]: validated like a configuration file, rules
 //! and lookup table replaced together, or nothing changes. Services equal to running ones keep
 //! their counters and UDP flow memory.
+
+pub mod prereq;
 
 use std::fmt;
 use std::io::Read;
@@ -27,19 +29,18 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::{self, Config, ConfigError, Service, ServiceLine};
-use crate::consumer::{self, Consumer, Shared};
+use crate::control::metrics_http::MetricsServer;
+use crate::control::save;
+use crate::control::status::{Report, ServiceReport, ServiceState};
 use crate::control::{self, Outcome, Request, Response, Server};
+use crate::engine::consumer::{self, Consumer, Shared};
+use crate::engine::monitor::Monitor;
+use crate::engine::service::{FlowMemory, ServiceTable};
+use crate::engine::stats::Rate;
 use crate::iface::{Change, Snapshot, Watcher};
 use crate::log::Logger;
-use crate::metrics_http::MetricsServer;
-use crate::monitor::Monitor;
 use crate::nft::{NftSession, Policy, QueueExprKind};
-use crate::prereq;
 use crate::queue::{Queue, QueueOptions, QueueStats};
-use crate::save;
-use crate::service::{FlowMemory, ServiceTable};
-use crate::stats::Rate;
-use crate::status::{Report, ServiceReport, ServiceState};
 
 /// What `netnat run` was asked to do.
 #[derive(Clone, Debug)]
@@ -428,8 +429,9 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         metrics_listen: listen_at_start,
     };
     let mut server = server;
-    let mut fds: Vec<libc::pollfd> =
-        Vec::with_capacity(4 + control::MAX_CONNECTIONS + crate::metrics_http::MAX_CONNECTIONS);
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(
+        4 + control::MAX_CONNECTIONS + crate::control::metrics_http::MAX_CONNECTIONS,
+    );
     let mut next_volume = Instant::now() + opts.volume_interval;
     let mut next_guard_check = Instant::now() + GUARD_CHECK;
     let mut failed = None;
@@ -477,7 +479,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         if let Some(m) = &mut metrics
             && (m.busy() || fds[control_end..].iter().any(|f| f.revents != 0))
         {
-            m.serve(&mut || crate::metrics::render(&d.report()));
+            m.serve(&mut || crate::control::metrics::render(&d.report()));
         }
         d.expire_drained();
         if Instant::now() >= next_guard_check {

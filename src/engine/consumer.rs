@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::datapath;
+use crate::engine::datapath;
+use crate::engine::monitor::{Clock, Monitor};
+use crate::engine::service::{FlowMemory, ServiceTable};
 use crate::log::Logger;
-use crate::monitor::{Clock, Monitor};
 use crate::queue::{Queue, QueueStats};
-use crate::service::{FlowMemory, ServiceTable};
 
 /// Batches handled before the thread looks at the stop flag again.
 const BATCHES_PER_ROUND: usize = 64;

@@ -20,7 +20,7 @@
 //!
 //! Records of 0x8000, 0x2000, 0x1000 and 0x0800 are rate-limited per service and per flag by a
 //! token bucket (`log-rate` records per second, bursts of `log-burst`; 100 and 200 by default,
-//! [`crate::stats::Rate`]): spoofed SYNs or UDP from random sources must not write one line per
+//! [`crate::engine::stats::Rate`]): spoofed SYNs or UDP from random sources must not write one line per
 //! packet. When records were held back, the next record of that kind written is preceded by a
 //! `sup` record counting them. Volume records (0x4000) come once per interval and need no
 //! limit.
@@ -30,7 +30,7 @@ use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::{AppAddr, Service};
-use crate::datapath::{Peek, Refusal};
+use crate::engine::datapath::{Peek, Refusal};
 use crate::wire::{self, Direction, Flow};
 
 /// NetNAT's mapping event: `pr:int:srcip:srcport:dstip:dstport:prot`.
@@ -362,7 +362,7 @@ impl FlowMemory {
     }
 
     /// Keeps the flows of services that continue under a new id after a reload
-    /// (`map[old] = Some(new)`, see [`crate::stats::carry_map`]) and forgets the others.
+    /// (`map[old] = Some(new)`, see [`crate::engine::stats::carry_map`]) and forgets the others.
     pub fn remap(&mut self, map: &[Option<usize>]) {
         let mut next = FlowMemory {
             slots: vec![None; self.slots.len()].into_boxed_slice(),

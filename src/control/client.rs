@@ -1,0 +1,80 @@
+//! The client's side of the control socket: one request, one answer.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Request, Response};
+
+/// Why a client request failed before the daemon could answer.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No daemon listens at the path (exit status 3).
+    NotRunning(String),
+    /// The socket may not be opened by this user (exit status 4).
+    Denied(String),
+    /// Anything else (exit status 1).
+    Io(String),
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::NotRunning(_) => 3,
+            ClientError::Denied(_) => 4,
+            ClientError::Io(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::NotRunning(m) | ClientError::Denied(m) | ClientError::Io(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+/// Sends one request to the daemon at `path` and reads its answer.
+pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let p = path.display();
+    let mut stream = UnixStream::connect(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ECONNREFUSED | libc::ENOTDIR) => {
+            ClientError::NotRunning(format!("netnat is not running (no control socket at {p})"))
+        }
+        Some(libc::EACCES | libc::EPERM) => ClientError::Denied(format!(
+            "permission denied: cannot open the control socket {p} (only root may control netnat)"
+        )),
+        _ => ClientError::Io(format!("control socket {p}: {e}")),
+    })?;
+    let io = |e: io::Error| ClientError::Io(format!("control socket {p}: {e}"));
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut line = req.encode();
+    line.push('\n');
+    // A daemon that refuses the caller writes its answer at accept and closes: the request
+    // then meets EPIPE (or ECONNRESET), and the answer is still there to read.
+    let sent = stream.write_all(line.as_bytes());
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The daemon closed with our request unread (it refused us at accept): what it
+            // wrote before is complete.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && !raw.is_empty() => break,
+            Err(e) => return Err(io(e)),
+        }
+    }
+    if raw.is_empty()
+        && let Err(e) = sent
+    {
+        return Err(io(e));
+    }
+    Response::parse(&String::from_utf8_lossy(&raw)).map_err(ClientError::Io)
+}
