@@ -13,6 +13,8 @@ to and what the router does differ:
                 per measured service (replies un-NATed by conntrack)
     netnat-1    client → 10.99.1.80:<app port>, netnat with just the measured service(s)
     netnat-10k  the same with 10,000 services configured, the measured ones last in the file
+    netnat-base (with --baseline PATH) netnat-1 run by another netnat binary, an earlier build:
+                before/after a change, measured interleaved in the same run
 
 Runs stdlib only. Started by bench/run (which installs iperf3 etc. and builds netnat); see
 bench/README.md. Internal subcommands `_rr-server` and `_rr-client` are the latency tool.
@@ -41,7 +43,7 @@ RR_APP, RR_ACT = 15202, 5202
 QUEUE = 4747
 RR_SIZE = 64
 TESTS = ["tcp_fwd", "tcp_rev", "udp_rate", "udp_overload", "rr_tcp", "rr_udp"]
-PATHS = ["plain", "kernel", "netnat-1", "netnat-10k"]
+PATHS = ["plain", "kernel", "netnat-1", "netnat-10k", "netnat-base"]
 
 # ---------------------------------------------------------------------------------------------
 # Latency tool: echo server and sequential round-trip client (identical for every path)
@@ -230,6 +232,10 @@ class Bench:
         self.made_ns = []
         self.starts = 0
 
+    def binary(self, path):
+        """The netnat binary that runs `path`."""
+        return self.a.baseline if path == "netnat-base" else self.a.netnat
+
     # -- processes, always bounded in time --------------------------------------------------
     def sh(self, argv, timeout=30, check=True, input=None):
         try:
@@ -341,7 +347,7 @@ class Bench:
     def config_text(self, path, services):
         lines = [f"queue {QUEUE}"] + ([f"queues {self.a.queues}"] if self.a.queues else []) \
             + ([f"busy-poll {self.a.busy_poll}"] if self.a.busy_poll is not None else [])
-        if path == "netnat-10k":
+        if path == "netnat-10k":  # netnat-base: as netnat-1
             fill = self.a.services - len(services)
             half = (fill + 1) // 2
             for i in range(fill):
@@ -388,7 +394,7 @@ class Bench:
                 # a shared file offset would let the two overwrite each other's position.
                 with open(logpath, "a") as w:
                     t0 = time.monotonic()
-                    p = bench.spawn("rtr", [bench.a.netnat, "run", "--config", conf,
+                    p = bench.spawn("rtr", [bench.binary(path), "run", "--config", conf,
                                             "--log-stderr"],
                                     stdout=subprocess.DEVNULL, stderr=w)
                 errf = open(logpath)
@@ -459,7 +465,7 @@ class Bench:
                         bench.stop(p)
                         # netnat leaves its leak guard on purpose; the other paths are
                         # measured without it (and with conntrack only as they need it).
-                        bench.at("rtr", [bench.a.netnat, "flush"], check=False)
+                        bench.at("rtr", [bench.binary(path), "flush"], check=False)
                         ctx.errf.close()
                     if et is None and ctx.act.nn.get("packets", 0) == 0:
                         raise BenchError("netnat's queue saw no packet: the path was not mapped")
@@ -737,6 +743,7 @@ def summarize(b):
             "netnat-10k/netnat-1": ratio(v.get("netnat-10k"), v.get("netnat-1")),
             "kernel/plain": ratio(v.get("kernel"), v.get("plain")),
             "netnat-1/plain": ratio(v.get("netnat-1"), v.get("plain")),
+            "netnat-1/netnat-base": ratio(v.get("netnat-1"), v.get("netnat-base")),
         }
     return rows
 
@@ -791,6 +798,10 @@ def fmt_v(x):
     return f"{x:.2f}" if abs(x) >= 0.1 or x == 0 else f"{x:.3f}"
 
 
+# Figures whose spread is printed, with the scale of the table's unit.
+SPREAD_KEYS = {"gbps": 1.0, "lossfree_pps": 1e-3, "median_us": 1.0, "cpu_s_per_gb": 1.0}
+
+
 def render(b, rows, tg, info):
     L = []
     L.append("netnat benchmark — plain routing vs kernel dnat vs netnat (side by side, one run)")
@@ -805,19 +816,35 @@ def render(b, rows, tg, info):
              f"RR {b.a.rr_count} round trips of {RR_SIZE} B (at most {b.a.rr_deadline}s); loss-free = loss ≤ "
              f"{b.a.loss_threshold}%; wall time {info['wall_s']:.0f}s")
     L.append("")
-    heads = ["plain", "kernel", "nn-1", "nn-10k", "nn1/kern", "nn10k/kern", "nn10k/nn1",
-             "nn1/plain"]
+    base = bool(b.a.baseline)
+    paths = PATHS if base else PATHS[:-1]
+    ratio_keys = ["netnat-1/kernel", "netnat-10k/kernel", "netnat-10k/netnat-1",
+                  "netnat-1/plain"] + (["netnat-1/netnat-base"] if base else [])
+    heads = ["plain", "kernel", "nn-1", "nn-10k"] + (["nn-base"] if base else []) + \
+        ["nn1/kern", "nn10k/kern", "nn10k/nn1", "nn1/plain"] + (["nn1/base"] if base else [])
     w0 = max(len(f"{r['figure']} [{r['unit']}]") for r in rows) + 1
     L.append(f"{'figure [unit]':<{w0}}" + "".join(f"{h:>11}" for h in heads))
     L.append("-" * (w0 + 11 * len(heads)))
     for r in rows:
         v, q = r["values"], r["ratios"]
-        cells = [fmt_v(v.get(p)) for p in PATHS]
-        cells += [fmt_r(q[k]) if q[k] is not None else "-" for k in
-                  ("netnat-1/kernel", "netnat-10k/kernel", "netnat-10k/netnat-1",
-                   "netnat-1/plain")]
+        cells = [fmt_v(v.get(p)) for p in paths]
+        cells += [fmt_r(q[k]) if q[k] is not None else "-" for k in ratio_keys]
         L.append(f"{r['figure'] + ' [' + r['unit'] + ']':<{w0}}" +
                  "".join(f"{c:>11}" for c in cells))
+    L.append("")
+    L.append("spread over the rounds, min / median / max (the table above shows the medians):")
+    for r in rows:
+        if r["test"] == "*" or r["key"] not in SPREAD_KEYS:
+            continue
+        runs = b.results.get(r["test"], {})
+        cells = []
+        for p in paths:
+            xs = [x.get(r["key"]) for x in runs.get(p, [])]
+            xs = [x * SPREAD_KEYS[r["key"]] for x in xs if isinstance(x, (int, float))]
+            if xs:
+                cells.append(f"{p} {fmt_v(min(xs))}/{fmt_v(median(xs))}/{fmt_v(max(xs))}")
+        if cells:
+            L.append(f"  {r['figure']} [{r['unit']}]: " + ", ".join(cells))
     L.append("")
     L.append("targets (netnat with 1 service unless said):")
     for t in tg:
@@ -834,15 +861,19 @@ def main():
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--netnat", required=True, help="the netnat binary to measure")
+    ap.add_argument("--baseline", metavar="PATH",
+                    help="an earlier netnat binary, measured as path netnat-base (1 service) "
+                         "in the same interleaved rounds: before/after a change")
     ap.add_argument("--quick", action="store_true", help="short durations (CI smoke)")
     ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
-    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 1)")
     ap.add_argument("--services", type=int, default=10000,
                     help="services in the large configuration (default 10000)")
     ap.add_argument("--loss-threshold", type=float, default=0.0,
                     help="path loss (%%) still counted as loss-free (default 0: none)")
-    ap.add_argument("--paths", default=",".join(PATHS),
-                    help="comma-separated subset of " + ",".join(PATHS))
+    ap.add_argument("--paths", default=None,
+                    help="comma-separated subset of " + ",".join(PATHS) + " (default: all; "
+                         "netnat-base only with --baseline)")
     ap.add_argument("--queues",
                     help="netnat's `queues` setting, 1-64 or auto (default: not set, which is "
                          "auto: one per CPU)")
@@ -858,17 +889,23 @@ def main():
         a.bulk_time, a.udp_step_time, a.overload_time = 2, 1, 2
         a.rr_count, a.rr_warmup, a.bisect_steps, a.rr_deadline = 2000, 200, 2, 5
     else:
-        a.rounds = a.rounds or 3
+        a.rounds = a.rounds or 5
         a.bulk_time, a.udp_step_time, a.overload_time = 10, 2, 5
         a.rr_count, a.rr_warmup, a.bisect_steps, a.rr_deadline = 20000, 1000, 4, 20
     a.udp_start, a.udp_max, a.overload_pps = 20000, 2_000_000, 2_000_000
     a.tests = [t for t in a.tests.split(",") if t]
     if any(t not in TESTS for t in a.tests):
         ap.error(f"--tests: choose among {TESTS}")
+    if a.paths is None:
+        a.paths = ",".join(PATHS if a.baseline else PATHS[:-1])
     a.paths = [p for p in a.paths.split(",") if p]
     if any(p not in PATHS for p in a.paths):
         ap.error(f"--paths: choose among {PATHS}")
+    if "netnat-base" in a.paths and not a.baseline:
+        ap.error("--paths netnat-base needs --baseline PATH")
     a.netnat = os.path.abspath(a.netnat)
+    if a.baseline:
+        a.baseline = os.path.abspath(a.baseline)
     if os.geteuid() != 0:
         sys.exit("netbench: needs root (network namespaces, nftables, NFQUEUE)")
     for tool in ("ip", "nft", "iperf3", "ss", "ping"):
@@ -879,6 +916,7 @@ def main():
     info["mode"] = "quick" if a.quick else "full"
     info["rounds"] = a.rounds
     info["netnat"] = a.netnat
+    info["baseline"] = a.baseline
     v = subprocess.run([a.netnat, "--version"], capture_output=True, text=True, timeout=10)
     info["netnat_version"] = (v.stdout or v.stderr).strip()
     try:
