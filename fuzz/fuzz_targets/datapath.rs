@@ -458,9 +458,10 @@ fn endpoints_rewritten(
     act: SocketAddr,
     app: SocketAddr,
 ) {
-    // peek reads no ports past IPv6 extension headers; then there is nothing to compare.
+    // peek finds the headers with the rewrite's own parser: it reads the ports of every
+    // packet the rewrite translated, before and after.
     let (Some((src_b, dst_b)), Some((src_a, dst_a))) = (ends(before), ends(after)) else {
-        return;
+        panic!("peek found no ports in a translated packet");
     };
     match dir {
         Direction::Inbound => {

@@ -230,60 +230,36 @@ fn opens_draining(table: &ServiceTable, pkt: &Packet<'_>) -> bool {
 /// Lenient on purpose (the packet may be malformed): only what can be read is returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peek {
-    /// IP protocol number (IPv6: the first next-header value).
+    /// IP protocol number: the transport's when its header can be found (IPv6: past the
+    /// extension headers), else the IP header's protocol field (IPv6: the first next header).
     pub protocol: u8,
     pub src: IpAddr,
     pub dst: IpAddr,
     /// Source and destination port, when the transport header's first 4 bytes are present
-    /// (TCP or UDP, IPv4 first fragment or IPv6 without extension headers).
+    /// (TCP or UDP, not a later fragment).
     pub ports: Option<(u16, u16)>,
-    /// TCP flags (byte 13 of the TCP header), when the packet is TCP and they are present.
+    /// TCP flags, when the packet is TCP and they are present.
     pub tcp_flags: Option<u8>,
 }
 
 /// Reads addresses, protocol and ports from the start of an IP packet; `None` when not even the
-/// IP addresses can be read. Never panics.
+/// IP addresses can be read. Never panics. The headers are found by `wire::ip::glance`, the
+/// same parser the rewrite uses, without its length checks.
 pub fn peek(pkt: &[u8]) -> Option<Peek> {
-    let version = pkt.first()? >> 4;
-    let (protocol, src, dst, l4, first) = match version {
-        4 => {
-            let ihl = usize::from(pkt[0] & 0x0f) * 4;
-            let src: [u8; 4] = pkt.get(12..16)?.try_into().ok()?;
-            let dst: [u8; 4] = pkt.get(16..20)?.try_into().ok()?;
-            let frag_offset = u16::from_be_bytes([*pkt.get(6)?, *pkt.get(7)?]) & 0x1fff;
-            let ok = ihl >= 20;
-            (
-                pkt[9],
-                IpAddr::from(src),
-                IpAddr::from(dst),
-                ihl,
-                ok && frag_offset == 0,
-            )
-        }
-        6 => {
-            let src: [u8; 16] = pkt.get(8..24)?.try_into().ok()?;
-            let dst: [u8; 16] = pkt.get(24..40)?.try_into().ok()?;
-            (pkt[6], IpAddr::from(src), IpAddr::from(dst), 40, true)
-        }
-        _ => return None,
-    };
-    let ports = match (first, Protocol::from_number(protocol)) {
-        (true, Some(_)) => pkt.get(l4..l4 + 4).map(|p| {
-            (
-                u16::from_be_bytes([p[0], p[1]]),
-                u16::from_be_bytes([p[2], p[3]]),
-            )
-        }),
-        _ => None,
-    };
-    let tcp_flags = match (first, protocol) {
-        (true, 6) => pkt.get(l4 + 13).copied(),
-        _ => None,
-    };
+    use wire::field::{be16, u8_at};
+    use wire::header::{ports, tcp};
+    let g = wire::ip::glance(pkt)?;
+    let l4 = g.transport.ok();
+    let ports = l4
+        .filter(|l| Protocol::from_number(l.protocol).is_some())
+        .and_then(|l| Some((be16(pkt, l.l4 + ports::SRC)?, be16(pkt, l.l4 + ports::DST)?)));
+    let tcp_flags = l4
+        .filter(|l| l.protocol == wire::header::proto::TCP)
+        .and_then(|l| u8_at(pkt, l.l4 + tcp::FLAGS));
     Some(Peek {
-        protocol,
-        src,
-        dst,
+        protocol: l4.map_or(g.header_protocol, |l| l.protocol),
+        src: g.src,
+        dst: g.dst,
         ports,
         tcp_flags,
     })
@@ -738,5 +714,40 @@ mod tests {
         let mut frag = bytes.clone();
         frag[7] = 1; // fragment offset 8: no ports
         assert_eq!(peek(&frag).unwrap().ports, None);
+    }
+
+    #[test]
+    fn peek_walks_ipv6_extension_headers() {
+        // IPv6, hop-by-hop options (8 bytes), then UDP 2001:db8::2:5353 -> 2001:db8::1:53.
+        let mut p = vec![0u8; 40 + 8 + 8];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&16u16.to_be_bytes());
+        p[6] = 0; // hop-by-hop
+        p[8..24].copy_from_slice(
+            &"2001:db8::2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        p[24..40].copy_from_slice(
+            &"2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        p[40] = 17; // next: UDP
+        p[48..50].copy_from_slice(&5353u16.to_be_bytes());
+        p[50..52].copy_from_slice(&53u16.to_be_bytes());
+        let got = peek(&p).unwrap();
+        assert_eq!(
+            (got.protocol, got.ports, got.tcp_flags),
+            (17, Some((5353, 53)), None)
+        );
+        // A later fragment: addresses, no ports, the protocol field as it stands.
+        p[40] = 44;
+        p[48..56].copy_from_slice(&[17, 0, 0, 8, 0, 0, 0, 1]);
+        let got = peek(&p).unwrap();
+        assert_eq!((got.protocol, got.ports), (0, None));
+        assert_eq!(got.dst, "2001:db8::1".parse::<IpAddr>().unwrap());
     }
 }

@@ -246,15 +246,21 @@ impl fmt::Display for IcmpRecord<'_> {
     }
 }
 
-/// Type and code of the ICMP/ICMPv6 message in `pkt` (an IP packet), when the ICMP header
-/// directly follows the IP header.
+/// Type and code of the ICMP/ICMPv6 message in `pkt` (an IP packet), found by the rewrite's
+/// own IP parser (`wire::ip::glance`: IPv4 options and IPv6 extension headers walked, later
+/// fragments refused, declared lengths not required).
 pub fn icmp_type_code(pkt: &[u8]) -> Option<(u8, u8)> {
-    let at = match pkt.first()? >> 4 {
-        4 if pkt.get(9) == Some(&1) => usize::from(pkt[0] & 0x0f) * 4,
-        6 if pkt.get(6) == Some(&58) => 40,
-        _ => return None,
-    };
-    Some((*pkt.get(at)?, *pkt.get(at + 1)?))
+    use wire::field::u8_at;
+    use wire::header::{icmp, proto};
+    use wire::ip::Family;
+    let l = wire::ip::glance(pkt)?.transport.ok()?;
+    match (l.family, l.protocol) {
+        (Family::V4, proto::ICMP) | (Family::V6, proto::ICMPV6) => Some((
+            u8_at(pkt, l.l4 + icmp::TYPE)?,
+            u8_at(pkt, l.l4 + icmp::CODE)?,
+        )),
+        _ => None,
+    }
 }
 
 /// Which rate-limited record kind a [`SuppressedRecord`] counts.
@@ -611,6 +617,21 @@ mod tests {
         v6[41] = 4;
         assert_eq!(icmp_type_code(&v6), Some((1, 4)));
         assert_eq!(icmp_type_code(&v6[..40]), None);
+        // Past a destination options header (8 bytes), as the rewrite finds it.
+        let mut v6 = vec![0u8; 56];
+        v6[0] = 0x60;
+        v6[6] = 60;
+        v6[40] = 58;
+        v6[48] = 2;
+        assert_eq!(icmp_type_code(&v6), Some((2, 0)));
+        // IPv4: a header length below 20 bytes, or a later fragment, holds no ICMP header.
+        let mut v4 = vec![0u8; 28];
+        v4[0] = 0x44;
+        v4[9] = 1;
+        assert_eq!(icmp_type_code(&v4), None);
+        v4[0] = 0x45;
+        v4[7] = 1;
+        assert_eq!(icmp_type_code(&v4), None);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 use std::ops::Range;
 
+use super::header::WORD_LEN;
+
 /// The byte at `off`.
 #[inline]
 pub fn u8_at(buf: &[u8], off: usize) -> Option<u8> {
@@ -16,7 +18,7 @@ pub fn u8_at(buf: &[u8], off: usize) -> Option<u8> {
 /// The big-endian 16-bit word at `off`.
 #[inline]
 pub fn be16(buf: &[u8], off: usize) -> Option<u16> {
-    match buf.get(off..off.checked_add(2)?)? {
+    match buf.get(off..off.checked_add(WORD_LEN)?)? {
         [a, b] => Some(u16::from_be_bytes([*a, *b])),
         _ => None,
     }
@@ -25,7 +27,10 @@ pub fn be16(buf: &[u8], off: usize) -> Option<u16> {
 /// Writes the big-endian 16-bit word `v` at `off`.
 #[inline]
 pub fn put16(buf: &mut [u8], off: usize, v: u16) {
-    match off.checked_add(2).and_then(|end| buf.get_mut(off..end)) {
+    match off
+        .checked_add(WORD_LEN)
+        .and_then(|end| buf.get_mut(off..end))
+    {
         Some(dst) => dst.copy_from_slice(&v.to_be_bytes()),
         None => debug_assert!(false, "put16 outside a validated packet"),
     }

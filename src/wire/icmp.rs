@@ -5,27 +5,31 @@
 //! the same direction: an error arriving inbound quotes one of our replies (source =
 //! apparent endpoint), an error leaving as a reply quotes an inbound packet that was already
 //! rewritten (destination = actual endpoint).
+//!
+//! The quote is rewritten with the manips of `manip`, the same as a packet; what differs is
+//! decided here: its transport checksum is updated only when the quote holds it, and only
+//! incrementally (it covers data not quoted), and every word changed inside the message goes
+//! into the ICMP checksum.
 
 use std::net::SocketAddr;
 
+use super::addr::{Octets, endpoints, pseudo_header};
 use super::checksum::{Delta, finish, sum};
-use super::field::{get16, put_bytes, put16, u8_at};
-use super::ip::{self, Family, IpLayout, Octets};
-use super::rewrite::{IPV4_CSUM, csum_offset, endpoints, pseudo_header};
+use super::field::{get16, put16, u8_at};
+use super::header::{PACKET_IP, WORD_LEN, icmp};
+use super::ip::{self, Family, IpLayout};
+use super::manip::{self, End, L4Checksum};
 use super::{ChecksumState, Direction, Flow, Kind, Malformed, Outcome};
 use crate::config::Protocol;
-
-/// Length of the ICMP header before the quoted packet (type, code, checksum, 4 more bytes).
-const ICMP_HEADER: usize = 8;
-const ICMP_CSUM: usize = 2;
 
 /// Whether an ICMP message type is an error that quotes a packet and that netnat translates.
 fn is_error(family: Family, ty: u8) -> bool {
     match family {
-        // Destination unreachable, time exceeded, parameter problem.
-        Family::V4 => matches!(ty, 3 | 11 | 12),
-        // Destination unreachable, packet too big, time exceeded, parameter problem.
-        Family::V6 => matches!(ty, 1..=4),
+        Family::V4 => matches!(
+            ty,
+            icmp::V4_DEST_UNREACHABLE | icmp::V4_TIME_EXCEEDED | icmp::V4_PARAMETER_PROBLEM
+        ),
+        Family::V6 => (icmp::V6_DEST_UNREACHABLE..=icmp::V6_PARAMETER_PROBLEM).contains(&ty),
     }
 }
 
@@ -37,10 +41,10 @@ pub(super) fn translate<A: Octets, T>(
     lookup: impl FnOnce(Protocol, SocketAddr) -> Option<(SocketAddr, T)>,
 ) -> Outcome<T> {
     const NOT_OURS: Kind = Kind::IcmpError;
-    if outer.l4_len() < ICMP_HEADER {
+    if outer.l4_len() < icmp::LEN {
         return Outcome::Malformed(Malformed::Truncated);
     }
-    let Some(ty) = u8_at(pkt, outer.l4) else {
+    let Some(ty) = u8_at(pkt, outer.l4 + icmp::TYPE) else {
         return Outcome::Malformed(Malformed::Truncated);
     };
     if !is_error(outer.family, ty) {
@@ -49,7 +53,7 @@ pub(super) fn translate<A: Octets, T>(
     if outer.first_fragment && csum == ChecksumState::NotReady {
         return Outcome::Malformed(Malformed::Fragment);
     }
-    let qbase = outer.l4 + ICMP_HEADER;
+    let qbase = outer.l4 + icmp::LEN;
     let Some(quote) = pkt.get(qbase..outer.end) else {
         return Outcome::Malformed(Malformed::Truncated);
     };
@@ -66,7 +70,7 @@ pub(super) fn translate<A: Octets, T>(
     };
     // The ports are the first four bytes of both TCP and UDP; the 8 bytes that every ICMP
     // error must quote hold them.
-    if inner.l4_len() < 8 {
+    if inner.l4_len() < icmp::QUOTED_L4_MIN {
         return Outcome::Malformed(Malformed::Truncated);
     }
     let ports_at = qbase + inner.l4;
@@ -82,9 +86,9 @@ pub(super) fn translate<A: Octets, T>(
     // outer destination is the apparent address if the error is addressed to us.
     // Reply: the quote is a translated inbound packet, its destination is the actual endpoint;
     // the outer source is the actual address if the server itself sent the error.
-    let (quoted_addr, quoted_port, outer_addr, old) = match dir {
-        Direction::Inbound => (qbase + A::SRC, ports_at, A::DST, src),
-        Direction::Reply => (qbase + A::DST, ports_at + 2, A::SRC, dst),
+    let (quoted_end, outer_end, old) = match dir {
+        Direction::Inbound => (End::Src, End::Dst, src),
+        Direction::Reply => (End::Dst, End::Src, dst),
     };
     let Some((new, token)) = lookup(proto, old) else {
         return Outcome::NotOurs { kind: NOT_OURS };
@@ -97,55 +101,45 @@ pub(super) fn translate<A: Octets, T>(
     // Every change inside the ICMP message, for the ICMP checksum.
     let mut icmp_delta = Delta::new();
 
-    let mut addr_delta = Delta::new();
-    addr_delta.sums(old_addr.word_sum(), new_addr.word_sum());
-    put_bytes(pkt, quoted_addr..quoted_addr + A::LEN, new_addr.as_ref());
-    icmp_delta.add(addr_delta);
-    if A::FAMILY == Family::V4 {
-        let at = qbase + IPV4_CSUM;
-        let old_csum = get16(pkt, at);
-        let new_csum = addr_delta.apply(old_csum);
-        put16(pkt, at, new_csum);
-        icmp_delta.word(old_csum, new_csum);
-    }
-
-    let mut l4_delta = addr_delta;
-    l4_delta.word(old.port(), new.port());
-    icmp_delta.word(old.port(), new.port());
-    put16(pkt, quoted_port, new.port());
+    // The quoted IP header is whole (`parse_quoted` saw to it), its checksum with it.
+    let quoted = manip::address::<A>(pkt, qbase, quoted_end, old_addr, new_addr);
+    icmp_delta.add(quoted.header);
 
     // The quoted transport checksum, when the quote reaches it. It may cover more than was
     // quoted, which is why only an incremental update makes sense here.
-    let csum_rel = csum_offset(proto);
-    if inner.l4_len() >= csum_rel + 2 {
-        let at = ports_at + csum_rel;
-        let old_csum = get16(pkt, at);
-        let udp = proto == Protocol::Udp;
-        if !(udp && A::FAMILY == Family::V4 && old_csum == 0) {
-            let mut new_csum = l4_delta.apply(old_csum);
-            if udp && new_csum == 0 {
-                new_csum = 0xFFFF;
-            }
-            put16(pkt, at, new_csum);
-            icmp_delta.word(old_csum, new_csum);
-        }
-    }
+    let how = if inner.l4_len() >= manip::checksum_field(proto) + WORD_LEN {
+        L4Checksum::Update
+    } else {
+        L4Checksum::Absent
+    };
+    let port = (old.port(), new.port());
+    icmp_delta.add(manip::transport::<A>(
+        pkt,
+        proto,
+        qbase,
+        ports_at,
+        quoted_end,
+        port,
+        quoted.pseudo,
+        how,
+    ));
 
     // The outer address, only where it is the translated endpoint's own address: a router's
     // error carries the router's address, which must stay.
-    if A::read(pkt, outer_addr) == Some(old_addr) {
-        put_bytes(pkt, outer_addr..outer_addr + A::LEN, new_addr.as_ref());
-        match A::FAMILY {
-            Family::V4 => {
-                let c = get16(pkt, IPV4_CSUM);
-                put16(pkt, IPV4_CSUM, addr_delta.apply(c));
-            }
+    let outer_at = PACKET_IP
+        + match outer_end {
+            End::Src => A::SRC,
+            End::Dst => A::DST,
+        };
+    if A::read(pkt, outer_at) == Some(old_addr) {
+        let change = manip::address::<A>(pkt, PACKET_IP, outer_end, old_addr, new_addr);
+        if A::FAMILY == Family::V6 {
             // The ICMPv6 checksum covers the pseudo-header, so the outer addresses.
-            Family::V6 => icmp_delta.add(addr_delta),
+            icmp_delta.add(change.pseudo);
         }
     }
 
-    let at = outer.l4 + ICMP_CSUM;
+    let at = outer.l4 + icmp::CHECKSUM;
     let new_csum = match csum {
         ChecksumState::Complete => icmp_delta.apply(get16(pkt, at)),
         ChecksumState::NotReady => {
@@ -153,7 +147,7 @@ pub(super) fn translate<A: Octets, T>(
             let body = pkt.get(outer.l4..outer.end).unwrap_or_default();
             let pseudo = match A::FAMILY {
                 Family::V4 => 0,
-                Family::V6 => pseudo_header::<A>(pkt, outer.protocol, outer.l4_len()),
+                Family::V6 => pseudo_header::<A>(pkt, PACKET_IP, outer.protocol, outer.l4_len()),
             };
             finish(pseudo + sum(body))
         }

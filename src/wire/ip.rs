@@ -1,18 +1,16 @@
-//! IPv4 and IPv6 headers: validated once into an [`IpLayout`] of offsets into the caller's
-//! buffer (nothing is copied), then read and written through those offsets.
+//! The one IP parser: IPv4 and IPv6 headers, validated once into an [`IpLayout`] of offsets
+//! into the caller's buffer (nothing is copied), with the IPv6 extension-header walk. Three
+//! entry points differ only in how much of the packet the declared lengths must find in the
+//! buffer: [`parse`] (a queued packet), [`parse_quoted`] (the packet an ICMP error quotes) and
+//! [`glance`] (a lenient look at any packet, for records and drop attribution). Uses `field`
+//! and `header`; writes nothing.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::Malformed;
 use super::field::{be16, u8_at};
-
-/// IPv6 extension headers that netnat walks over (RFC 8200 section 4, RFC 4302).
-const HOP_BY_HOP: u8 = 0;
-const ROUTING: u8 = 43;
-const FRAGMENT: u8 = 44;
-const AUTH_HEADER: u8 = 51;
-const NO_NEXT_HEADER: u8 = 59;
-const DEST_OPTIONS: u8 = 60;
+use super::header::ipv6::ext;
+use super::header::{VERSION_4, VERSION_6, VERSION_SHIFT, ipv4, ipv6};
 
 /// IP version of a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +26,8 @@ pub struct IpLayout {
     /// Offset of the transport header (after IPv4 options or IPv6 extension headers).
     pub l4: usize,
     /// End of the IP packet: the length the header declares (for a quoted packet, capped to
-    /// the bytes actually quoted). Bytes beyond it are not part of the packet.
+    /// the bytes actually quoted; for a glance, the buffer's end). Bytes beyond it are not
+    /// part of the packet.
     pub end: usize,
     /// Transport protocol number (the last Next Header for IPv6).
     pub protocol: u8,
@@ -43,105 +42,15 @@ impl IpLayout {
     }
 }
 
-/// An address as it stands in a header, held by value (4 or 16 bytes), so that old and new
-/// addresses can be kept while the buffer is rewritten.
-///
-/// The translation code is generic over it: with the size known at compile time, reading,
-/// comparing, summing and writing an address compile to a few fixed-size moves and adds.
-pub trait Octets: Copy + PartialEq + AsRef<[u8]> {
-    const FAMILY: Family;
-    /// Offsets of the source and destination addresses in the IP header.
-    const SRC: usize;
-    const DST: usize;
-    const LEN: usize;
-
-    /// The address at offset `at` of `buf`.
-    fn read(buf: &[u8], at: usize) -> Option<Self>;
-    fn to_ip(self) -> IpAddr;
-    /// The octets of `ip`, or `None` when it is of the other family.
-    fn from_ip(ip: IpAddr) -> Option<Self>;
-    /// Unfolded ones-complement sum of the address's 16-bit words.
-    fn word_sum(self) -> u64;
-    /// Unfolded pseudo-header sum for these addresses.
-    fn pseudo_header(src: Self, dst: Self, protocol: u8, len: usize) -> u64;
-}
-
-impl Octets for [u8; 4] {
-    const FAMILY: Family = Family::V4;
-    const SRC: usize = 12;
-    const DST: usize = 16;
-    const LEN: usize = 4;
-
-    #[inline]
-    fn read(buf: &[u8], at: usize) -> Option<Self> {
-        buf.get(at..at.checked_add(4)?)?.try_into().ok()
-    }
-
-    #[inline]
-    fn to_ip(self) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::from(self))
-    }
-
-    #[inline]
-    fn from_ip(ip: IpAddr) -> Option<Self> {
-        match ip {
-            IpAddr::V4(a) => Some(a.octets()),
-            IpAddr::V6(_) => None,
-        }
-    }
-
-    #[inline]
-    fn word_sum(self) -> u64 {
-        let [a, b, c, d] = self;
-        u64::from(u16::from_be_bytes([a, b])) + u64::from(u16::from_be_bytes([c, d]))
-    }
-
-    #[inline]
-    fn pseudo_header(src: Self, dst: Self, protocol: u8, len: usize) -> u64 {
-        // Validated lengths come from the 16-bit IPv4 total length.
-        src.word_sum() + dst.word_sum() + u64::from(protocol) + (len as u64 & 0xFFFF)
-    }
-}
-
-impl Octets for [u8; 16] {
-    const FAMILY: Family = Family::V6;
-    const SRC: usize = 8;
-    const DST: usize = 24;
-    const LEN: usize = 16;
-
-    #[inline]
-    fn read(buf: &[u8], at: usize) -> Option<Self> {
-        buf.get(at..at.checked_add(16)?)?.try_into().ok()
-    }
-
-    #[inline]
-    fn to_ip(self) -> IpAddr {
-        IpAddr::V6(Ipv6Addr::from(self))
-    }
-
-    #[inline]
-    fn from_ip(ip: IpAddr) -> Option<Self> {
-        match ip {
-            IpAddr::V6(a) => Some(a.octets()),
-            IpAddr::V4(_) => None,
-        }
-    }
-
-    #[inline]
-    fn word_sum(self) -> u64 {
-        // Two 64-bit halves, each summed as four 16-bit words: unrolled by the compiler.
-        let mut s = 0;
-        for pair in self.as_chunks::<2>().0 {
-            s += u64::from(u16::from_be_bytes(*pair));
-        }
-        s
-    }
-
-    #[inline]
-    fn pseudo_header(src: Self, dst: Self, protocol: u8, len: usize) -> u64 {
-        // Validated lengths come from the 16-bit IPv6 payload length.
-        src.word_sum() + dst.word_sum() + u64::from(protocol) + (len as u64 & 0xFFFF_FFFF)
-    }
+/// How much of the packet the header's lengths must find in the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bounds {
+    /// A queued packet: all of it, or `Truncated`.
+    Whole,
+    /// A quoted packet: as much as was quoted; the end is the smaller of the two.
+    Quoted,
+    /// A look at any packet: the declared lengths are not checked, the buffer is the end.
+    Lenient,
 }
 
 /// Parses the IP header of a whole packet (as queued: it starts at the IP header).
@@ -150,11 +59,7 @@ impl Octets for [u8; 16] {
 /// `buf` past that length are ignored. Non-first fragments give `Malformed::Fragment`.
 #[inline]
 pub fn parse(buf: &[u8]) -> Result<IpLayout, Malformed> {
-    match u8_at(buf, 0).ok_or(Malformed::Truncated)? >> 4 {
-        4 => parse_v4(buf, false),
-        6 => parse_v6(buf, false),
-        _ => Err(Malformed::BadVersion),
-    }
+    walk(buf, Bounds::Whole)
 }
 
 /// Parses the IP header of a packet quoted in an ICMP error.
@@ -164,79 +69,121 @@ pub fn parse(buf: &[u8]) -> Result<IpLayout, Malformed> {
 /// extension objects out of the quote). The IP header itself, and for IPv6 its extension
 /// headers, must be complete.
 pub fn parse_quoted(buf: &[u8]) -> Result<IpLayout, Malformed> {
-    match u8_at(buf, 0).ok_or(Malformed::Truncated)? >> 4 {
-        4 => parse_v4(buf, true),
-        6 => parse_v6(buf, true),
+    walk(buf, Bounds::Quoted)
+}
+
+/// What a lenient look at a packet shows, whatever state it is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Glance {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// The protocol field of the fixed header (IPv6: the first next header).
+    pub header_protocol: u8,
+    /// The transport header, found as [`parse`] finds it (extension headers walked,
+    /// non-first fragments refused) but without requiring the declared lengths: its `end` is
+    /// the buffer's.
+    pub transport: Result<IpLayout, Malformed>,
+}
+
+/// Reads what can be read of the IP header at the start of `buf`: `None` when not even the
+/// addresses are there (or the version is neither 4 nor 6). Never panics.
+pub fn glance(buf: &[u8]) -> Option<Glance> {
+    let (src, dst, header_protocol) = match u8_at(buf, 0)? >> VERSION_SHIFT {
+        VERSION_4 => {
+            let src: [u8; ipv4::ADDR_LEN] = buf.get(ipv4::SRC..ipv4::DST)?.try_into().ok()?;
+            let dst: [u8; ipv4::ADDR_LEN] = buf.get(ipv4::DST..ipv4::MIN_LEN)?.try_into().ok()?;
+            let src = IpAddr::V4(Ipv4Addr::from(src));
+            (src, IpAddr::V4(Ipv4Addr::from(dst)), buf[ipv4::PROTOCOL])
+        }
+        VERSION_6 => {
+            let src: [u8; ipv6::ADDR_LEN] = buf.get(ipv6::SRC..ipv6::DST)?.try_into().ok()?;
+            let dst: [u8; ipv6::ADDR_LEN] = buf.get(ipv6::DST..ipv6::LEN)?.try_into().ok()?;
+            let src = IpAddr::V6(Ipv6Addr::from(src));
+            (src, IpAddr::V6(Ipv6Addr::from(dst)), buf[ipv6::NEXT_HEADER])
+        }
+        _ => return None,
+    };
+    Some(Glance {
+        src,
+        dst,
+        header_protocol,
+        transport: walk(buf, Bounds::Lenient),
+    })
+}
+
+/// The end of the packet whose header declares `total` bytes, as `bounds` allows it.
+#[inline]
+fn end_of(buf: &[u8], total: usize, bounds: Bounds) -> Result<usize, Malformed> {
+    match bounds {
+        Bounds::Whole if total > buf.len() => Err(Malformed::Truncated),
+        Bounds::Whole => Ok(total),
+        Bounds::Quoted => Ok(total.min(buf.len())),
+        Bounds::Lenient => Ok(buf.len()),
+    }
+}
+
+#[inline]
+fn walk(buf: &[u8], bounds: Bounds) -> Result<IpLayout, Malformed> {
+    match u8_at(buf, 0).ok_or(Malformed::Truncated)? >> VERSION_SHIFT {
+        VERSION_4 => parse_v4(buf, bounds),
+        VERSION_6 => parse_v6(buf, bounds),
         _ => Err(Malformed::BadVersion),
     }
 }
 
 #[inline]
-fn parse_v4(buf: &[u8], quoted: bool) -> Result<IpLayout, Malformed> {
-    if buf.len() < 20 {
+fn parse_v4(buf: &[u8], bounds: Bounds) -> Result<IpLayout, Malformed> {
+    if buf.len() < ipv4::MIN_LEN {
         return Err(Malformed::Truncated);
     }
-    let ihl = usize::from(buf[0] & 0x0F) * 4;
-    if ihl < 20 {
+    let ihl = usize::from(buf[ipv4::VERSION_IHL] & ipv4::IHL_MASK) * ipv4::IHL_UNIT;
+    if ihl < ipv4::MIN_LEN {
         return Err(Malformed::BadHeaderLength);
     }
     if buf.len() < ihl {
         return Err(Malformed::Truncated);
     }
-    let total = usize::from(be16(buf, 2).ok_or(Malformed::Truncated)?);
-    if total < ihl {
+    let total = usize::from(be16(buf, ipv4::TOTAL_LEN).ok_or(Malformed::Truncated)?);
+    if total < ihl && bounds != Bounds::Lenient {
         return Err(Malformed::BadTotalLength);
     }
-    let end = if quoted {
-        total.min(buf.len())
-    } else if total > buf.len() {
-        return Err(Malformed::Truncated);
-    } else {
-        total
-    };
-    let frag = be16(buf, 6).ok_or(Malformed::Truncated)?;
-    let more_fragments = frag & 0x2000 != 0;
-    let offset = frag & 0x1FFF;
-    if offset != 0 {
+    let end = end_of(buf, total, bounds)?;
+    let frag = be16(buf, ipv4::FRAGMENT).ok_or(Malformed::Truncated)?;
+    if frag & ipv4::FRAGMENT_OFFSET != 0 {
         return Err(Malformed::Fragment);
     }
     Ok(IpLayout {
         family: Family::V4,
         l4: ihl,
         end,
-        protocol: buf[9],
-        first_fragment: more_fragments,
+        protocol: buf[ipv4::PROTOCOL],
+        first_fragment: frag & ipv4::MORE_FRAGMENTS != 0,
     })
 }
 
 #[inline]
-fn parse_v6(buf: &[u8], quoted: bool) -> Result<IpLayout, Malformed> {
-    if buf.len() < 40 {
+fn parse_v6(buf: &[u8], bounds: Bounds) -> Result<IpLayout, Malformed> {
+    if buf.len() < ipv6::LEN {
         return Err(Malformed::Truncated);
     }
-    let total = 40 + usize::from(be16(buf, 4).ok_or(Malformed::Truncated)?);
-    let end = if quoted {
-        total.min(buf.len())
-    } else if total > buf.len() {
-        return Err(Malformed::Truncated);
-    } else {
-        total
-    };
+    let payload = usize::from(be16(buf, ipv6::PAYLOAD_LEN).ok_or(Malformed::Truncated)?);
+    let end = end_of(buf, ipv6::LEN + payload, bounds)?;
     // Only the packet proper is walked: an extension header running past `end` is cut off.
     let pkt = buf.get(..end).ok_or(Malformed::Truncated)?;
-    let mut next = buf[6];
-    let mut off = 40;
+    let mut next = buf[ipv6::NEXT_HEADER];
+    let mut off = ipv6::LEN;
     let mut first_fragment = false;
     loop {
         let len = match next {
-            HOP_BY_HOP | ROUTING | DEST_OPTIONS | AUTH_HEADER => {
-                if next == HOP_BY_HOP && off != 40 {
+            ext::HOP_BY_HOP | ext::ROUTING | ext::DEST_OPTIONS | ext::AUTH_HEADER => {
+                if next == ext::HOP_BY_HOP && off != ipv6::LEN {
                     // RFC 8200: hop-by-hop options only ever follow the fixed header.
                     return Err(Malformed::BadExtensionHeader);
                 }
-                let hdr_len = usize::from(u8_at(pkt, off + 1).ok_or(Malformed::Truncated)?);
-                if next == ROUTING {
-                    let segments_left = u8_at(pkt, off + 3).ok_or(Malformed::Truncated)?;
+                let units = usize::from(u8_at(pkt, off + ext::LEN).ok_or(Malformed::Truncated)?);
+                if next == ext::ROUTING {
+                    let segments_left =
+                        u8_at(pkt, off + ext::SEGMENTS_LEFT).ok_or(Malformed::Truncated)?;
                     if segments_left != 0 {
                         // The checksum pseudo-header then uses the final destination from
                         // the routing header, not the header's destination field: rewriting
@@ -244,22 +191,22 @@ fn parse_v6(buf: &[u8], quoted: bool) -> Result<IpLayout, Malformed> {
                         return Err(Malformed::SourceRouted);
                     }
                 }
-                if next == AUTH_HEADER {
-                    (hdr_len + 2) * 4
+                if next == ext::AUTH_HEADER {
+                    (units + 2) * ext::AUTH_UNIT
                 } else {
-                    (hdr_len + 1) * 8
+                    (units + 1) * ext::OPTIONS_UNIT
                 }
             }
-            FRAGMENT => {
-                let word = be16(pkt, off + 2).ok_or(Malformed::Truncated)?;
-                if word >> 3 != 0 {
+            ext::FRAGMENT => {
+                let word = be16(pkt, off + ext::FRAGMENT_WORD).ok_or(Malformed::Truncated)?;
+                if word >> ext::FRAGMENT_OFFSET_SHIFT != 0 {
                     return Err(Malformed::Fragment);
                 }
                 // An atomic fragment (offset 0, M clear) is a whole datagram.
-                first_fragment = word & 1 != 0;
-                8
+                first_fragment = word & ext::MORE_FRAGMENTS != 0;
+                ext::FRAGMENT_LEN
             }
-            NO_NEXT_HEADER => return Err(Malformed::UnsupportedProtocol),
+            ext::NO_NEXT_HEADER => return Err(Malformed::UnsupportedProtocol),
             protocol => {
                 return Ok(IpLayout {
                     family: Family::V6,
@@ -273,7 +220,7 @@ fn parse_v6(buf: &[u8], quoted: bool) -> Result<IpLayout, Malformed> {
         if off + len > pkt.len() {
             return Err(Malformed::Truncated);
         }
-        next = pkt[off];
+        next = pkt[off + ext::NEXT];
         off += len;
         // Every header is at least 8 bytes and `off` never passes `end`, so this terminates.
     }
@@ -281,6 +228,7 @@ fn parse_v6(buf: &[u8], quoted: bool) -> Result<IpLayout, Malformed> {
 
 #[cfg(test)]
 mod tests {
+    use super::ext::*;
     use super::*;
 
     fn v4_header(ihl_words: u8, total: u16, frag: u16, proto: u8) -> Vec<u8> {
@@ -405,17 +353,57 @@ mod tests {
     }
 
     #[test]
-    fn octets_round_trip() {
-        let a: IpAddr = "2001:db8::1".parse().unwrap();
-        let o = <[u8; 16]>::from_ip(a).unwrap();
-        assert_eq!(o.to_ip(), a);
-        assert_eq!(<[u8; 4]>::from_ip(a), None);
-        let b: IpAddr = "10.1.2.3".parse().unwrap();
-        assert_eq!(<[u8; 4]>::from_ip(b), Some([10, 1, 2, 3]));
-        assert_eq!(<[u8; 16]>::from_ip(b), None);
-        let buf = [0, 10, 1, 2, 3];
-        assert_eq!(<[u8; 4]>::read(&buf, 1).map(Octets::to_ip), Some(b));
-        assert_eq!(<[u8; 4]>::read(&buf, 2), None);
-        assert_eq!(<[u8; 4]>::read(&buf, usize::MAX), None);
+    fn glance_reads_addresses_of_anything_and_ignores_declared_lengths() {
+        // The declared total (1500) is far past the buffer, as for a packet cut by the copy
+        // range: the addresses and the transport are still found, the buffer being the end.
+        let mut h = v4_header(5, 1500, 0, 6);
+        h[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        h[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let g = glance(&h[..30]).unwrap();
+        assert_eq!(g.src, IpAddr::from([10, 0, 0, 1]));
+        assert_eq!(g.dst, IpAddr::from([10, 0, 0, 2]));
+        assert_eq!(g.header_protocol, 6);
+        let l = g.transport.unwrap();
+        assert_eq!((l.l4, l.end, l.protocol), (20, 30, 6));
+        // A total shorter than the header, which `parse` refuses, does not hide the transport.
+        assert_eq!(
+            glance(&v4_header(6, 20, 0, 17))
+                .unwrap()
+                .transport
+                .map(|l| l.l4),
+            Ok(24)
+        );
+        // The header itself must be sound, and a later fragment has no transport header.
+        let bad_ihl = glance(&v4_header(4, 40, 0, 6)).unwrap();
+        assert_eq!(bad_ihl.transport, Err(Malformed::BadHeaderLength));
+        let later = glance(&v4_header(5, 40, 0x0001, 6)).unwrap();
+        assert_eq!(later.transport, Err(Malformed::Fragment));
+        // Without the addresses, nothing.
+        assert_eq!(glance(&h[..19]), None);
+        assert_eq!(glance(&[]), None);
+        let mut bad = v4_header(5, 40, 0, 6);
+        bad[0] = 0x55;
+        assert_eq!(glance(&bad), None);
+    }
+
+    #[test]
+    fn glance_walks_ipv6_extension_headers_as_parse_does() {
+        let hbh = (HOP_BY_HOP, vec![0u8; 8]);
+        let frag_first = (FRAGMENT, vec![0, 0, 0, 1, 0, 0, 0, 7]);
+        let p = v6_with(&[hbh.clone(), frag_first], 17, 8);
+        let g = glance(&p).unwrap();
+        assert_eq!(g.header_protocol, HOP_BY_HOP);
+        assert_eq!(g.transport, parse(&p));
+        assert_eq!(g.transport.map(|l| (l.l4, l.protocol)), Ok((56, 17)));
+        // Cut short: the walk still finds the transport header; past the cut it cannot.
+        assert_eq!(glance(&p[..58]).unwrap().transport.map(|l| l.l4), Ok(56));
+        assert_eq!(
+            glance(&p[..50]).unwrap().transport,
+            Err(Malformed::Truncated)
+        );
+        let later = (FRAGMENT, vec![0, 0, 0, 8, 0, 0, 0, 7]);
+        let p = v6_with(&[hbh, later], 6, 20);
+        assert_eq!(glance(&p).unwrap().transport, Err(Malformed::Fragment));
+        assert_eq!(glance(&p[..39]), None);
     }
 }

@@ -24,17 +24,24 @@
 //! - The IP header's length is the packet's; bytes past it in the buffer are left alone.
 //!
 //! Layout: [`checksum`] (RFC 1071 sums, RFC 1624 incremental updates, pseudo-headers),
-//! [`ip`] (IPv4/IPv6 header validation into offsets, IPv6 extension-header walk), `rewrite`
-//! (TCP/UDP packets) and `icmp` (ICMP/ICMPv6 errors and the packets they quote).
+//! [`header`] (the named header fields), [`field`] (checked byte access), [`ip`] (the one IP
+//! parser: IPv4/IPv6 header validation into offsets, IPv6 extension-header walk, also used by
+//! the engine's lenient looks at packets), `addr` (addresses by value, endpoints,
+//! pseudo-headers), `manip` (the per-protocol header manipulations: IP address, TCP, UDP),
+//! `rewrite` (TCP/UDP packets) and `icmp` (ICMP/ICMPv6 errors and the packets they quote).
+//! `rewrite` and `icmp` decide; only `manip` writes headers.
 
 use std::net::SocketAddr;
 
 use crate::config::Protocol;
 
+mod addr;
 pub mod checksum;
-mod field;
+pub mod field;
+pub mod header;
 mod icmp;
 pub mod ip;
+mod manip;
 mod rewrite;
 
 /// Which way a packet crosses the mapping.

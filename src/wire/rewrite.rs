@@ -1,29 +1,18 @@
 //! Translation of plain TCP/UDP packets, and the dispatch by protocol and family.
 //!
 //! Every function here validates everything first and writes only once nothing can fail any
-//! more: the caller's buffer is untouched unless the outcome is `Rewritten`.
+//! more: the caller's buffer is untouched unless the outcome is `Rewritten`. The writing is
+//! the manips' of `manip`, the same ones the ICMP error translation uses on a quoted packet.
 
 use std::net::SocketAddr;
 
-use super::checksum::{Delta, finish, sum};
-use super::field::{be16, get16, put_bytes, put16, u8_at};
-use super::ip::{self, Family, IpLayout, Octets};
+use super::addr::{Octets, endpoints};
+use super::field::{be16, u8_at};
+use super::header::{PACKET_IP, proto, tcp, udp};
+use super::ip::{self, Family, IpLayout};
+use super::manip::{self, End, L4Checksum};
 use super::{ChecksumState, Direction, Flow, Kind, Malformed, Outcome, icmp};
 use crate::config::Protocol;
-
-pub(super) const PROTO_ICMP: u8 = 1;
-pub(super) const PROTO_ICMPV6: u8 = 58;
-
-/// Offset of the header checksum in an IPv4 header.
-pub(super) const IPV4_CSUM: usize = 10;
-
-/// Where the checksum of a transport header lies, relative to that header.
-pub(super) fn csum_offset(proto: Protocol) -> usize {
-    match proto {
-        Protocol::Tcp => 16,
-        Protocol::Udp => 6,
-    }
-}
 
 pub(super) fn translate<T>(
     pkt: &mut [u8],
@@ -36,8 +25,8 @@ pub(super) fn translate<T>(
         Err(e) => return Outcome::Malformed(e),
     };
     match (ip.family, ip.protocol) {
-        (Family::V4, PROTO_ICMP) => icmp::translate::<[u8; 4], T>(pkt, &ip, dir, csum, lookup),
-        (Family::V6, PROTO_ICMPV6) => icmp::translate::<[u8; 16], T>(pkt, &ip, dir, csum, lookup),
+        (Family::V4, proto::ICMP) => icmp::translate::<[u8; 4], T>(pkt, &ip, dir, csum, lookup),
+        (Family::V6, proto::ICMPV6) => icmp::translate::<[u8; 16], T>(pkt, &ip, dir, csum, lookup),
         (family, p) => match (Protocol::from_number(p), family) {
             (Some(proto), Family::V4) => plain::<[u8; 4], T>(pkt, &ip, proto, dir, csum, lookup),
             (Some(proto), Family::V6) => plain::<[u8; 16], T>(pkt, &ip, proto, dir, csum, lookup),
@@ -58,10 +47,10 @@ fn transport(pkt: &[u8], ip: &IpLayout, proto: Protocol) -> Result<Transport, Ma
     let len = ip.l4_len();
     match proto {
         Protocol::Udp => {
-            if len < 8 {
+            if len < udp::LEN {
                 return Err(Malformed::Truncated);
             }
-            let ulen = usize::from(be16(pkt, ip.l4 + 4).ok_or(Malformed::Truncated)?);
+            let ulen = usize::from(be16(pkt, ip.l4 + udp::LENGTH).ok_or(Malformed::Truncated)?);
             if ip.first_fragment {
                 // The UDP length is the whole datagram's; this piece holds only part of it.
                 return Ok(Transport {
@@ -69,7 +58,7 @@ fn transport(pkt: &[u8], ip: &IpLayout, proto: Protocol) -> Result<Transport, Ma
                     syn: false,
                 });
             }
-            if ulen < 8 || ulen > len {
+            if ulen < udp::LEN || ulen > len {
                 return Err(Malformed::BadTotalLength);
             }
             // The checksum covers the datagram as UDP delimits it; IP padding after it is not
@@ -80,48 +69,22 @@ fn transport(pkt: &[u8], ip: &IpLayout, proto: Protocol) -> Result<Transport, Ma
             })
         }
         Protocol::Tcp => {
-            if len < 20 {
+            if len < tcp::MIN_LEN {
                 return Err(Malformed::Truncated);
             }
-            let data_offset = usize::from(u8_at(pkt, ip.l4 + 12).ok_or(Malformed::Truncated)? >> 4);
-            if data_offset < 5 {
+            let offset = u8_at(pkt, ip.l4 + tcp::DATA_OFFSET).ok_or(Malformed::Truncated)?;
+            let header = usize::from(offset >> tcp::DATA_OFFSET_SHIFT) * tcp::DATA_OFFSET_UNIT;
+            if header < tcp::MIN_LEN {
                 return Err(Malformed::BadHeaderLength);
             }
-            if data_offset * 4 > len {
+            if header > len {
                 return Err(Malformed::Truncated);
             }
-            let flags = u8_at(pkt, ip.l4 + 13).ok_or(Malformed::Truncated)?;
+            let flags = u8_at(pkt, ip.l4 + tcp::FLAGS).ok_or(Malformed::Truncated)?;
             Ok(Transport {
                 covered: len,
-                syn: flags & 0x12 == 0x02,
+                syn: flags & (tcp::SYN | tcp::ACK) == tcp::SYN,
             })
-        }
-    }
-}
-
-/// Source and destination endpoints of the IP header at `base` and the ports at `ports`.
-pub(super) fn endpoints<A: Octets>(
-    pkt: &[u8],
-    base: usize,
-    ports: usize,
-) -> Option<(SocketAddr, SocketAddr)> {
-    let src = A::read(pkt, base + A::SRC)?;
-    let dst = A::read(pkt, base + A::DST)?;
-    let sport = be16(pkt, ports)?;
-    let dport = be16(pkt, ports + 2)?;
-    Some((
-        SocketAddr::new(src.to_ip(), sport),
-        SocketAddr::new(dst.to_ip(), dport),
-    ))
-}
-
-/// Unfolded pseudo-header sum for the packet whose IP header is at the start of `pkt`.
-pub(super) fn pseudo_header<A: Octets>(pkt: &[u8], protocol: u8, len: usize) -> u64 {
-    match (A::read(pkt, A::SRC), A::read(pkt, A::DST)) {
-        (Some(src), Some(dst)) => A::pseudo_header(src, dst, protocol, len),
-        _ => {
-            debug_assert!(false, "pseudo-header of an unvalidated packet");
-            0
         }
     }
 }
@@ -144,7 +107,7 @@ fn plain<A: Octets, T>(
         // The full checksum covers the whole datagram, of which this is only the start.
         return Outcome::Malformed(Malformed::Fragment);
     }
-    let Some((src, dst)) = endpoints::<A>(pkt, 0, ip.l4) else {
+    let Some((src, dst)) = endpoints::<A>(pkt, PACKET_IP, ip.l4) else {
         return Outcome::Malformed(Malformed::Truncated);
     };
     let flow = Flow {
@@ -152,9 +115,9 @@ fn plain<A: Octets, T>(
         src,
         dst,
     };
-    let (addr_at, port_at, old) = match dir {
-        Direction::Inbound => (A::DST, ip.l4 + 2, dst),
-        Direction::Reply => (A::SRC, ip.l4, src),
+    let (end, old) = match dir {
+        Direction::Inbound => (End::Dst, dst),
+        Direction::Reply => (End::Src, src),
     };
     let Some((new, token)) = lookup(proto, old) else {
         return Outcome::NotOurs { kind };
@@ -164,40 +127,14 @@ fn plain<A: Octets, T>(
     };
 
     // Nothing can fail from here on.
-    let mut delta = Delta::new();
-    delta.sums(old_addr.word_sum(), new_addr.word_sum());
-    put_bytes(pkt, addr_at..addr_at + A::LEN, new_addr.as_ref());
-    if A::FAMILY == Family::V4 {
-        // The IPv4 header checksum covers the addresses but not the ports.
-        put16(pkt, IPV4_CSUM, delta.apply(get16(pkt, IPV4_CSUM)));
-    }
-    delta.word(old.port(), new.port());
-    put16(pkt, port_at, new.port());
-
-    let csum_at = ip.l4 + csum_offset(proto);
-    let udp = proto == Protocol::Udp;
-    let new_csum = match csum {
-        ChecksumState::Complete => {
-            let c = get16(pkt, csum_at);
-            if udp && A::FAMILY == Family::V4 && c == 0 {
-                // IPv4 UDP without a checksum: it stays without one.
-                return Outcome::Rewritten { token, flow, kind };
-            }
-            delta.apply(c)
-        }
-        ChecksumState::NotReady => {
-            // The field holds only the pseudo-header seed of the offload: compute it all.
-            put16(pkt, csum_at, 0);
-            let body = pkt.get(ip.l4..ip.l4 + tp.covered).unwrap_or_default();
-            finish(pseudo_header::<A>(pkt, proto.number(), tp.covered) + sum(body))
-        }
+    let how = match csum {
+        ChecksumState::Complete => L4Checksum::Update,
+        ChecksumState::NotReady => L4Checksum::Compute {
+            covered: tp.covered,
+        },
     };
-    // A UDP checksum that computes to 0 is sent as 0xFFFF: 0 would mean "no checksum".
-    let new_csum = if udp && new_csum == 0 {
-        0xFFFF
-    } else {
-        new_csum
-    };
-    put16(pkt, csum_at, new_csum);
+    let change = manip::address::<A>(pkt, PACKET_IP, end, old_addr, new_addr);
+    let port = (old.port(), new.port());
+    manip::transport::<A>(pkt, proto, PACKET_IP, ip.l4, end, port, change.pseudo, how);
     Outcome::Rewritten { token, flow, kind }
 }
