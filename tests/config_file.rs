@@ -363,6 +363,8 @@ fn error_display_format() {
         file: "/etc/netnat.conf".into(),
         line: 4,
         column: 9,
+        field: None,
+        conflict: None,
         message: "m".into(),
     };
     assert_eq!(e.to_string(), "/etc/netnat.conf:4:9: m");

@@ -34,7 +34,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::grammar::{self, Word};
+use super::grammar::{self, Field, Word};
 use super::{AppAddr, Config, Protocol, Service, ServiceLine, Settings};
 
 /// Largest configuration file accepted: far beyond any real one, small enough to never hurt.
@@ -70,15 +70,50 @@ pub const PRIORITIES: [&str; 8] = [
 ///
 /// Lines and columns are 1-based; columns count characters. Errors about the file as a whole
 /// (cannot be read, too large) are at line 0, column 0, and shown as `file: message`: there
-/// is no place in the file to point at.
+/// is no place in the file to point at. The place, the field and, for an error spanning lines,
+/// the other line are data, so that a caller (the daemon naming the services of a refused
+/// change) need not read them back out of the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: String,
     pub line: usize,
     pub column: usize,
+    /// The field the error is about; `None` for the line or file as a whole.
+    pub field: Option<Field>,
+    /// For an error between two lines: what clashes, and with which earlier line.
+    pub conflict: Option<Conflict>,
     pub message: String,
 }
 
+/// Two lines of a file that may not stand together; the error is on the later one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub kind: ConflictKind,
+    /// The earlier line: the first to claim the endpoint or to give the setting.
+    pub line: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// Both lines claim one apparent endpoint.
+    ApparentEndpoint,
+    /// Both lines map to one actual endpoint.
+    ActualEndpoint,
+    /// Both lines give the same setting.
+    SettingTwice,
+}
+
+impl ConfigError {
+    /// The lines the error is about: its own, and the earlier one of a conflict.
+    pub fn lines(&self) -> Vec<usize> {
+        let mut lines: Vec<usize> = self.conflict.iter().map(|c| c.line).collect();
+        lines.push(self.line);
+        lines
+    }
+}
+
+// Written by hand: the two shapes (with and without a place) are more than one format string
+// of `thiserror` can say, and the error has no source to declare.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
@@ -276,12 +311,30 @@ impl Parser {
     }
 
     fn error(&mut self, line: usize, column: usize, message: String) {
+        self.push(line, column, None, None, message);
+    }
+
+    fn push(
+        &mut self,
+        line: usize,
+        column: usize,
+        field: Option<Field>,
+        conflict: Option<Conflict>,
+        message: String,
+    ) {
         self.errors.push(ConfigError {
             file: self.origin.clone(),
             line,
             column,
+            field,
+            conflict,
             message,
         });
+    }
+
+    /// An error about the value of the setting `name`.
+    fn bad_value(&mut self, name: &'static str, line: usize, column: usize, message: String) {
+        self.push(line, column, Some(Field::Setting(name)), None, message);
     }
 
     fn whole_file(&mut self, message: String) {
@@ -292,7 +345,8 @@ impl Parser {
         if let (Some(n), Some(&(line, column))) = (self.settings.queues, self.queues_at.as_ref()) {
             let last = u32::from(self.settings.queue) + u32::from(n) - 1;
             if last > u32::from(u16::MAX) {
-                self.error(
+                self.bad_value(
+                    "queues",
                     line,
                     column,
                     format!(
@@ -365,9 +419,11 @@ impl Parser {
             "syslog-priority" => self.priority(number, &words),
             "log-rate" | "log-burst" => self.log_limit(number, &words, directive == "log-rate"),
             "metrics-listen" => self.metrics_listen(number, &words),
-            _ => self.error(
+            _ => self.push(
                 number,
                 first.column,
+                Some(Field::Keyword),
+                None,
                 format!(
                     "unknown directive {:?} (known directives: {})",
                     first.text,
@@ -380,7 +436,7 @@ impl Parser {
     fn service(&mut self, number: usize, words: &[Word<'_>]) {
         let service = match grammar::parse_words(words, grammar::end_column(words)) {
             Ok(s) => s,
-            Err(e) => return self.error(number, e.column, e.message),
+            Err(e) => return self.push(number, e.column, Some(e.field), None, e.message),
         };
         // The grammar accepted the line, so the fields sit at fixed word positions.
         let app_column = words[3].column;
@@ -388,9 +444,15 @@ impl Parser {
 
         let app = app_key(&service);
         if let Some(&first) = self.apparent.get(&app) {
-            return self.error(
+            let conflict = Conflict {
+                kind: ConflictKind::ApparentEndpoint,
+                line: first,
+            };
+            return self.push(
                 number,
                 app_column,
+                Some(Field::AppAddr),
+                Some(conflict),
                 format!(
                     "lines {first} and {number} both claim the apparent endpoint {}",
                     describe_app(&app)
@@ -417,7 +479,17 @@ impl Parser {
                 show_app_addr(app.addr),
                 app.port,
             );
-            return self.error(number, act_column, message);
+            let conflict = Conflict {
+                kind: ConflictKind::ActualEndpoint,
+                line: *first,
+            };
+            return self.push(
+                number,
+                act_column,
+                Some(Field::ActAddr),
+                Some(conflict),
+                message,
+            );
         }
         self.apparent.insert(app.clone(), number);
         self.actual.insert(act, (number, app));
@@ -436,7 +508,8 @@ impl Parser {
         what: &str,
     ) -> Option<Word<'w>> {
         let Some(&value) = words.get(1) else {
-            self.error(
+            self.bad_value(
+                name,
                 number,
                 grammar::end_column(words),
                 format!("missing field: {what}"),
@@ -444,9 +517,11 @@ impl Parser {
             return None;
         };
         if let Some(extra) = words.get(2) {
-            self.error(
+            self.push(
                 number,
                 extra.column,
+                Some(Field::Trailing),
+                None,
                 format!(
                     "unexpected {:?} after the {what} (nothing may follow it)",
                     extra.text
@@ -454,10 +529,16 @@ impl Parser {
             );
             return None;
         }
-        if let Some(first) = self.set_on.get(name) {
-            self.error(
+        if let Some(&first) = self.set_on.get(name) {
+            let conflict = Conflict {
+                kind: ConflictKind::SettingTwice,
+                line: first,
+            };
+            self.push(
                 number,
                 words[0].column,
+                Some(Field::Keyword),
+                Some(conflict),
                 format!("\"{name}\" given twice: already set on line {first}"),
             );
             return None;
@@ -482,7 +563,8 @@ impl Parser {
             .and_then(|n| u16::try_from(n).ok())
         {
             Some(n) => self.settings.queue = n,
-            None => self.error(
+            None => self.bad_value(
+                "queue",
                 number,
                 w.column,
                 format!("expected a queue number 0-65535, found {:?}", w.text),
@@ -504,7 +586,8 @@ impl Parser {
                 self.settings.queues = u16::try_from(n).ok();
                 self.queues_at = Some((number, w.column));
             }
-            None => self.error(
+            None => self.bad_value(
+                "queues",
                 number,
                 w.column,
                 format!(
@@ -522,7 +605,8 @@ impl Parser {
         };
         match decimal_in(w.text, 0..=super::MAX_BUSY_POLL_US) {
             Some(n) => self.settings.busy_poll_us = n,
-            None => self.error(
+            None => self.bad_value(
+                "busy-poll",
                 number,
                 w.column,
                 format!(
@@ -540,7 +624,8 @@ impl Parser {
         };
         match decimal_in(w.text, 0..=super::MAX_DRAIN_IDLE_SECS) {
             Some(n) => self.settings.drain_idle_secs = n,
-            None => self.error(
+            None => self.bad_value(
+                "drain-idle",
                 number,
                 w.column,
                 format!(
@@ -562,7 +647,8 @@ impl Parser {
             return;
         };
         match w.text.parse::<std::net::SocketAddr>() {
-            Ok(a) if a.ip().is_unspecified() => self.error(
+            Ok(a) if a.ip().is_unspecified() => self.bad_value(
+                "metrics-listen",
                 number,
                 w.column,
                 format!(
@@ -573,13 +659,15 @@ impl Parser {
                     port = a.port()
                 ),
             ),
-            Ok(a) if a.port() == 0 => self.error(
+            Ok(a) if a.port() == 0 => self.bad_value(
+                "metrics-listen",
                 number,
                 w.column,
                 format!("expected a port 1-65535, found {:?}", w.text),
             ),
             Ok(a) => self.settings.metrics_listen = Some(a),
-            Err(_) => self.error(
+            Err(_) => self.bad_value(
+                "metrics-listen",
                 number,
                 w.column,
                 format!(
@@ -603,7 +691,8 @@ impl Parser {
         match decimal_in(w.text, 1..=super::MAX_LOG_RATE) {
             Some(n) if rate => self.settings.log_rate = n,
             Some(n) => self.settings.log_burst = n,
-            None => self.error(
+            None => self.bad_value(
+                name,
                 number,
                 w.column,
                 format!(
@@ -632,9 +721,10 @@ impl Parser {
         match value {
             // Zero would mark nothing: the firewall rule that lets mapped traffic through could
             // never match.
-            Some(0) => self.error(number, w.column, "the mark must not be zero".into()),
+            Some(0) => self.bad_value("mark", number, w.column, "the mark must not be zero".into()),
             Some(m) => self.settings.mark = m,
-            None => self.error(
+            None => self.bad_value(
+                "mark",
                 number,
                 w.column,
                 format!(
@@ -652,7 +742,8 @@ impl Parser {
         };
         match FACILITIES.iter().find(|f| f.eq_ignore_ascii_case(w.text)) {
             Some(f) => self.settings.syslog_facility = (*f).to_owned(),
-            None => self.error(
+            None => self.bad_value(
+                "syslog-facility",
                 number,
                 w.column,
                 format!(
@@ -671,7 +762,8 @@ impl Parser {
         };
         match PRIORITIES.iter().find(|p| p.eq_ignore_ascii_case(w.text)) {
             Some(p) => self.settings.syslog_priority = (*p).to_owned(),
-            None => self.error(
+            None => self.bad_value(
+                "syslog-priority",
                 number,
                 w.column,
                 format!(
@@ -889,6 +981,71 @@ mod tests {
         let link = safe.0.join("good-link.conf");
         std::os::unix::fs::symlink(&good, &link).unwrap();
         assert!(load_config(&link).is_ok());
+    }
+
+    #[test]
+    fn conflicts_carry_the_earlier_line() {
+        let text = "service e0 port * 80 TCP 10.0.0.1 80\n\
+                    queue 5\n\
+                    service e0 port * 80 TCP 10.0.0.2 80\n\
+                    service e0 port * 81 TCP 10.0.0.1 80\n\
+                    queue 6\n";
+        let errs = parse_config(text, "c").unwrap_err();
+        let got: Vec<_> = errs
+            .iter()
+            .map(|e| (e.line, e.field, e.conflict, e.lines()))
+            .collect();
+        let conflict = |kind, line| Some(Conflict { kind, line });
+        assert_eq!(
+            got,
+            [
+                (
+                    3,
+                    Some(Field::AppAddr),
+                    conflict(ConflictKind::ApparentEndpoint, 1),
+                    vec![1, 3]
+                ),
+                (
+                    4,
+                    Some(Field::ActAddr),
+                    conflict(ConflictKind::ActualEndpoint, 1),
+                    vec![1, 4]
+                ),
+                (
+                    5,
+                    Some(Field::Keyword),
+                    conflict(ConflictKind::SettingTwice, 2),
+                    vec![2, 5]
+                ),
+            ],
+            "{errs:?}"
+        );
+        // The messages stay the administrator's: the lines are in them too.
+        assert!(
+            errs[0].message.starts_with("lines 1 and 3 both claim"),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        let field = |text: &str| parse_config(text, "f").unwrap_err()[0].field;
+        assert_eq!(field("queue x\n"), Some(Field::Setting("queue")));
+        assert_eq!(field("log-burst 0\n"), Some(Field::Setting("log-burst")));
+        assert_eq!(field("mark 0\n"), Some(Field::Setting("mark")));
+        assert_eq!(
+            field("queues 64\nqueue 65535\n"),
+            Some(Field::Setting("queues"))
+        );
+        assert_eq!(field("queue 1 2\n"), Some(Field::Trailing));
+        assert_eq!(field("bogus 1\n"), Some(Field::Keyword));
+        assert_eq!(
+            field("service e0 port * 80 TCP 10.0.0.1 0\n"),
+            Some(Field::ActPort)
+        );
+        // A line too long is about the line as a whole.
+        assert_eq!(field(&"x".repeat(MAX_LINE_BYTES + 1)), None);
     }
 
     #[test]

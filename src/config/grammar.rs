@@ -24,24 +24,47 @@ use std::net::IpAddr;
 
 use super::{AppAddr, Flags, Protocol, Service};
 
-/// A grammar error at a 1-based column of the line.
+/// A field of a `service` line, or of another directive of the file: what an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Field {
+    /// The leading `service` keyword (or, in the file, the directive name).
+    Keyword,
+    Interface,
+    /// The keyword `port`.
+    PortKeyword,
+    AppAddr,
+    AppPort,
+    Protocol,
+    ActAddr,
+    ActPort,
+    Flags,
+    /// A word past the last field.
+    Trailing,
+    /// The value of a setting directive, by its name (`queue`, `log-rate`, ...).
+    Setting(&'static str),
+}
+
+/// A grammar error at a 1-based column of the line, about one field.
 ///
 /// For [`parse_service`] the column counts characters (a tab is one column). For
 /// [`parse_service_words`] it is the 1-based number of the word in the slice. An error about a
 /// missing field points just past the last word.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("column {column}: {message}")]
 pub struct GrammarError {
     pub column: usize,
+    pub field: Field,
     pub message: String,
 }
 
-impl std::fmt::Display for GrammarError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "column {}: {}", self.column, self.message)
-    }
+/// A service as a request gave it: whether its flags were written matters to `service del`,
+/// which compares them only then.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GivenService {
+    pub service: Service,
+    /// The words ended with flags (else `service.flags` is the default, 0).
+    pub flags_given: bool,
 }
-
-impl std::error::Error for GrammarError {}
 
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const MAX_IFACE_LEN: usize = 15;
@@ -69,6 +92,11 @@ pub fn parse_service(line: &str) -> Result<Service, GrammarError> {
 /// (or `port`) still parses. Error columns are the 1-based word numbers in `words` as given; a
 /// missing field reports `words.len() + 1`.
 pub fn parse_service_words(words: &[&str]) -> Result<Service, GrammarError> {
+    parse_given_words(words).map(|g| g.service)
+}
+
+/// [`parse_service_words`], also telling whether the words gave the flags.
+pub fn parse_given_words(words: &[&str]) -> Result<GivenService, GrammarError> {
     let located: Vec<Word<'_>> = words
         .iter()
         .enumerate()
@@ -80,7 +108,7 @@ pub fn parse_service_words(words: &[&str]) -> Result<Service, GrammarError> {
     let is = |i: usize, kw: &str| words.get(i).is_some_and(|w| w.eq_ignore_ascii_case(kw));
     let with_keyword = is(0, "service") && (!is(1, "port") || is(2, "port"));
     if with_keyword {
-        parse_words(&located, words.len() + 1)
+        parse_keyword_words(&located, words.len() + 1)
     } else {
         parse_fields(&located, words.len() + 1)
     }
@@ -128,67 +156,80 @@ pub(super) fn end_column(words: &[Word<'_>]) -> usize {
 
 /// Parses a whole `service` line from its words, the keyword included.
 pub(super) fn parse_words(words: &[Word<'_>], end: usize) -> Result<Service, GrammarError> {
+    parse_keyword_words(words, end).map(|g| g.service)
+}
+
+fn parse_keyword_words(words: &[Word<'_>], end: usize) -> Result<GivenService, GrammarError> {
     match words.first() {
         None => Err(GrammarError {
             column: end,
+            field: Field::Keyword,
             message: "missing field: keyword \"service\"".into(),
         }),
         Some(w) if w.text.eq_ignore_ascii_case("service") => parse_fields(&words[1..], end),
         Some(w) => Err(err(
             w,
+            Field::Keyword,
             format!("expected the keyword \"service\", found {:?}", w.text),
         )),
     }
 }
 
 /// Parses the fields after the `service` keyword.
-fn parse_fields(words: &[Word<'_>], end: usize) -> Result<Service, GrammarError> {
+fn parse_fields(words: &[Word<'_>], end: usize) -> Result<GivenService, GrammarError> {
     let mut it = words.iter();
-    let mut next = |what: &str| {
+    let mut next = |field: Field, what: &str| {
         it.next().copied().ok_or_else(|| GrammarError {
             column: end,
+            field,
             message: format!("missing field: {what}"),
         })
     };
 
-    let w = next("interface")?;
-    let iface = parse_iface(w.text).map_err(|m| err(&w, m))?;
+    let w = next(Field::Interface, "interface")?;
+    let iface = parse_iface(w.text).map_err(|m| err(&w, Field::Interface, m))?;
 
-    let w = next("keyword \"port\"")?;
+    let w = next(Field::PortKeyword, "keyword \"port\"")?;
     if !w.text.eq_ignore_ascii_case("port") {
         return Err(err(
             &w,
+            Field::PortKeyword,
             format!("expected the keyword \"port\", found {:?}", w.text),
         ));
     }
 
-    let app_word = next("apparent address")?;
+    let app_word = next(Field::AppAddr, "apparent address")?;
     let app_addr = if app_word.text == "*" {
         AppAddr::Interface
     } else {
-        AppAddr::Fixed(parse_addr(app_word.text, "apparent").map_err(|m| err(&app_word, m))?)
+        AppAddr::Fixed(
+            parse_addr(app_word.text, "apparent").map_err(|m| err(&app_word, Field::AppAddr, m))?,
+        )
     };
 
-    let w = next("apparent port")?;
-    let app_port = parse_port(w.text).map_err(|m| err(&w, m))?;
+    let w = next(Field::AppPort, "apparent port")?;
+    let app_port = parse_port(w.text).map_err(|m| err(&w, Field::AppPort, m))?;
 
-    let w = next("protocol")?;
-    let protocol = parse_protocol(w.text).map_err(|m| err(&w, m))?;
+    let w = next(Field::Protocol, "protocol")?;
+    let protocol = parse_protocol(w.text).map_err(|m| err(&w, Field::Protocol, m))?;
 
-    let act_word = next("actual address")?;
+    let act_word = next(Field::ActAddr, "actual address")?;
     if act_word.text == "*" {
         return Err(err(
             &act_word,
+            Field::ActAddr,
             "\"*\" stands only for the apparent address; the actual address must be an IP address"
                 .into(),
         ));
     }
-    let act_addr = parse_addr(act_word.text, "actual").map_err(|m| err(&act_word, m))?;
+    let act_addr =
+        parse_addr(act_word.text, "actual").map_err(|m| err(&act_word, Field::ActAddr, m))?;
     if let AppAddr::Fixed(app) = app_addr
         && app.is_ipv6() != act_addr.is_ipv6()
     {
         return Err(err(
             &act_word,
+            Field::ActAddr,
             format!(
                 "apparent address {app} is {} but actual address {act_addr} is {} \
                  (both must be of the same family)",
@@ -198,17 +239,18 @@ fn parse_fields(words: &[Word<'_>], end: usize) -> Result<Service, GrammarError>
         ));
     }
 
-    let w = next("actual port")?;
-    let act_port = parse_port(w.text).map_err(|m| err(&w, m))?;
+    let w = next(Field::ActPort, "actual port")?;
+    let act_port = parse_port(w.text).map_err(|m| err(&w, Field::ActPort, m))?;
 
     let flags = match it.next() {
-        None => Flags::default(),
-        Some(w) => parse_flags(w.text).map_err(|m| err(w, m))?,
+        None => None,
+        Some(w) => Some(parse_flags(w.text).map_err(|m| err(w, Field::Flags, m))?),
     };
 
     if let Some(w) = it.next() {
         return Err(err(
             w,
+            Field::Trailing,
             format!(
                 "unexpected {:?} after the flags (nothing may follow them)",
                 w.text
@@ -216,20 +258,24 @@ fn parse_fields(words: &[Word<'_>], end: usize) -> Result<Service, GrammarError>
         ));
     }
 
-    Ok(Service {
-        iface,
-        app_addr,
-        app_port,
-        protocol,
-        act_addr,
-        act_port,
-        flags,
+    Ok(GivenService {
+        service: Service {
+            iface,
+            app_addr,
+            app_port,
+            protocol,
+            act_addr,
+            act_port,
+            flags: flags.unwrap_or_default(),
+        },
+        flags_given: flags.is_some(),
     })
 }
 
-fn err(w: &Word<'_>, message: String) -> GrammarError {
+fn err(w: &Word<'_>, field: Field, message: String) -> GrammarError {
     GrammarError {
         column: w.column,
+        field,
         message,
     }
 }
@@ -763,6 +809,48 @@ mod tests {
             parse_service_words(&["eth0", "port", "*", "80", "TCP", "10.0.0.1", "80", "0", "x"])
                 .unwrap_err();
         assert_eq!(e.column, 9);
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        for (line, field) in [
+            ("servic eth0 port * 80 TCP 10.0.0.1 80", Field::Keyword),
+            ("service eth/0 port * 80 TCP 10.0.0.1 80", Field::Interface),
+            ("service eth0 prot * 80 TCP 10.0.0.1 80", Field::PortKeyword),
+            ("service eth0 port 1.2.3 80 TCP 10.0.0.1 80", Field::AppAddr),
+            ("service eth0 port * 0 TCP 10.0.0.1 80", Field::AppPort),
+            ("service eth0 port * 80 SCTP 10.0.0.1 80", Field::Protocol),
+            ("service eth0 port * 80 TCP * 80", Field::ActAddr),
+            ("service eth0 port * 80 TCP 10.0.0.1", Field::ActPort),
+            ("service eth0 port * 80 TCP 10.0.0.1 80 0x1", Field::Flags),
+            (
+                "service eth0 port * 80 TCP 10.0.0.1 80 0 x",
+                Field::Trailing,
+            ),
+        ] {
+            assert_eq!(parse_service(line).unwrap_err().field, field, "{line}");
+        }
+    }
+
+    #[test]
+    fn words_tell_whether_flags_were_given() {
+        let without = ["eth0", "port", "*", "80", "TCP", "10.0.0.1", "80"];
+        let g = parse_given_words(&without).unwrap();
+        assert!(!g.flags_given);
+        assert_eq!(g.service.flags, Flags(0));
+        // "0" is given flags, not the absence of them.
+        let with_zero = [
+            "service", "eth0", "port", "*", "80", "TCP", "10.0.0.1", "80", "0",
+        ];
+        let g = parse_given_words(&with_zero).unwrap();
+        assert!(g.flags_given);
+        assert_eq!(g.service, parse_service_words(&without).unwrap());
+        // An interface called "service" without flags: eight words, none of them flags.
+        let iface_service = [
+            "service", "port", "*", "80", "TCP", "10.0.0.1", "80", "8000",
+        ];
+        let g = parse_given_words(&iface_service).unwrap();
+        assert!(g.flags_given && g.service.iface == "service");
     }
 
     #[test]

@@ -10,10 +10,14 @@ mod file;
 mod format;
 mod grammar;
 
-pub use file::{ConfigError, check_not_writable_by_others, load_config, parse_config};
+pub use file::{
+    ConfigError, Conflict, ConflictKind, check_not_writable_by_others, load_config, parse_config,
+};
 pub use file::{DIRECTIVES, FACILITIES, MAX_FILE_BYTES, MAX_LINE_BYTES, PRIORITIES};
 pub use grammar::MAX_IFACE_LEN;
-pub use grammar::{GrammarError, parse_service, parse_service_words};
+pub use grammar::{
+    Field, GivenService, GrammarError, parse_given_words, parse_service, parse_service_words,
+};
 
 /// Transport protocol of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

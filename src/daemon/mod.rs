@@ -14,7 +14,11 @@
 //! and lookup table replaced together, or nothing changes. Services equal to running ones keep
 //! their counters and UDP flow memory.
 
+mod changes;
 pub mod prereq;
+
+use changes::{Drained, policy_with};
+pub use changes::{policy_of, services_of};
 
 use std::fmt;
 use std::io::Read;
@@ -28,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::config::{self, Config, ConfigError, Service, ServiceLine};
+use crate::config::{self, Config, ConfigError, Service};
 use crate::control::metrics_http::MetricsServer;
 use crate::control::save;
 use crate::control::status::{Report, ServiceReport, ServiceState};
@@ -39,7 +43,7 @@ use crate::engine::service::{FlowMemory, ServiceTable};
 use crate::engine::stats::Rate;
 use crate::iface::{Change, Snapshot, Watcher};
 use crate::log::Logger;
-use crate::nft::{NftSession, Policy, QueueExprKind};
+use crate::nft::{NftSession, QueueExprKind};
 use crate::queue::{Queue, QueueOptions, QueueStats};
 
 /// What `netnat run` was asked to do.
@@ -106,79 +110,10 @@ fn sys(context: &str, e: impl fmt::Display) -> DaemonError {
 /// How often the main loop makes sure the leak guard is still there.
 const GUARD_CHECK: Duration = Duration::from_secs(2);
 
-/// The rules `config` asks for, spread over `queues` queues: what `rules` prints and `run`
-/// installs (plus the draining services, see [`policy_with`]).
-pub fn policy_of(config: &Config, queues: u16) -> Policy {
-    policy_with(config, &services_of(config), queues)
-}
-
-/// The rules for `services` (the configuration's and the draining ones, whose packets must
-/// still reach the queue) with `config`'s settings.
-fn policy_with(config: &Config, services: &[Service], queues: u16) -> Policy {
-    Policy::new(services, config.settings.queue)
-        .with_queues(queues)
-        .with_mark(config.settings.mark)
-}
-
-/// A service removed from the configuration (by a reload or `service del`) whose established
-/// TCP connections are still translated, until none was seen for `drain-idle` seconds: what
-/// kernel NAT does for its connections, without keeping per-connection state. It takes no new
-/// connections (a SYN gets the router's own answer) and is forgotten when it has been idle
-/// that long, or when the configuration has it again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Drained {
-    service: Service,
-    /// Wall-clock second it was removed.
-    since: u64,
-}
-
-/// Same endpoints (interface, apparent and actual endpoint, protocol): flags aside, the same
-/// service.
-fn same_endpoints(a: &Service, b: &Service) -> bool {
-    *a == Service {
-        flags: a.flags,
-        ..b.clone()
-    }
-}
-
-/// The draining services after the running `old` configuration (with `draining`) is replaced
-/// by `new` at wall-clock second `now`: the TCP services `new` no longer has (UDP has no
-/// connections to finish), and those already draining that `new` does not have again. None
-/// with `drain-idle 0`.
-fn next_draining(old: &Config, draining: &[Drained], new: &Config, now: u64) -> Vec<Drained> {
-    if new.settings.drain_idle_secs == 0 {
-        return Vec::new();
-    }
-    let configured = |s: &Service| new.services.iter().any(|l| same_endpoints(&l.service, s));
-    let mut out: Vec<Drained> = draining
-        .iter()
-        .filter(|d| !configured(&d.service))
-        .cloned()
-        .collect();
-    for l in &old.services {
-        let s = &l.service;
-        if s.protocol == crate::config::Protocol::Tcp
-            && !configured(s)
-            && !out.iter().any(|d| same_endpoints(&d.service, s))
-        {
-            out.push(Drained {
-                service: s.clone(),
-                since: now,
-            });
-        }
-    }
-    out
-}
-
 fn wall_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.as_secs())
-}
-
-/// The services of a configuration, without their line numbers.
-pub fn services_of(config: &Config) -> Vec<Service> {
-    config.services.iter().map(|l| l.service.clone()).collect()
 }
 
 /// The running service set: the configuration and its lookup table, replaced as a whole.
@@ -217,9 +152,7 @@ impl Active {
     /// The configuration's services, then the draining ones: the ids of the table and of the
     /// monitor's counters.
     fn services(&self) -> Vec<Service> {
-        let mut all = services_of(&self.config);
-        all.extend(self.draining.iter().map(|d| d.service.clone()));
-        all
+        changes::all_services(&self.config, &self.draining)
     }
 
     fn resolve(&self, ifaces: &Snapshot) -> ServiceTable {
@@ -696,10 +629,8 @@ impl Daemon<'_> {
 
     /// SIGHUP and `netnat reload`: the configuration file again, all or nothing.
     fn reload(&mut self) -> Result<String, Response> {
-        let config = config::load_config(&self.opts.config).map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            Response::err(Outcome::Config, lines.join("\n"))
-        })?;
+        let config =
+            config::load_config(&self.opts.config).map_err(|e| changes::reload_refused(&e))?;
         // The metrics listener is bound once, at start: a new address waits for a restart,
         // and the reload says so (it is no reason to refuse the services).
         let metrics_was = self.metrics_listen;
@@ -727,7 +658,7 @@ impl Daemon<'_> {
     }
 
     fn next_draining(&self, config: &Config) -> Vec<Drained> {
-        next_draining(
+        changes::next_draining(
             &self.active.config,
             &self.active.draining,
             config,
@@ -821,11 +752,10 @@ impl Daemon<'_> {
         draining: Vec<Drained>,
         new: Option<usize>,
     ) -> Result<(), Response> {
-        if config.settings.queue != self.active.config.settings.queue {
-            return Err(Response::err(
-                Outcome::Config,
-                "changing the queue number needs a restart",
-            ));
+        if let Some(r) =
+            changes::restart_needed(&self.active.config.settings, &config.settings, self.queues)
+        {
+            return Err(r);
         }
         let next = Active::build(config, draining, Some(&self.active.table))
             .map_err(|e| Response::err(Outcome::System, e.to_string()))?;
@@ -839,12 +769,6 @@ impl Daemon<'_> {
                      resolves now, is taken by the running {}",
                     c.direction, next.config.services[c.with].service
                 ),
-            ));
-        }
-        if next.config.settings.queue_count() != self.queues {
-            return Err(Response::err(
-                Outcome::Config,
-                "changing the number of queues needs a restart",
             ));
         }
         let policy = policy_with(&next.config, &next.services(), self.queues);
@@ -879,24 +803,18 @@ impl Daemon<'_> {
 
     /// `service add`: the running set plus one, checked like a configuration file.
     fn add(&mut self, words: &[String], save: bool) -> Result<String, Response> {
-        let service = parse_words(words)?;
-        let mut lines = self.active.config.services.clone();
-        lines.push(ServiceLine {
-            line: 0,
-            service: service.clone(),
-        });
-        let services: Vec<Service> = lines.iter().map(|l| l.service.clone()).collect();
-        check_set(&services)?;
+        let changes::Edit { lines, service } = changes::added(&self.active.config.services, words)?;
         let saving = if save {
             Some(self.prepare_save(|text| (save::with_added(text, &service), 1))?)
         } else {
             None
         };
+        let new = lines.len() - 1;
         let config = Config {
             services: lines,
             settings: self.active.config.settings.clone(),
         };
-        self.apply(config, Some(services.len() - 1))?;
+        self.apply(config, Some(new))?;
         self.lock()
             .log
             .info(format_args!("service added: {service}"));
@@ -907,37 +825,8 @@ impl Daemon<'_> {
 
     /// `service del`: the running service equal to the words (flags compared only when given).
     fn del(&mut self, words: &[String], save: bool) -> Result<String, Response> {
-        let target = parse_words(words)?;
-        let flags_given = {
-            let is = |i: usize, kw: &str| words.get(i).is_some_and(|w| w.eq_ignore_ascii_case(kw));
-            let keyword = is(0, "service") && (!is(1, "port") || is(2, "port"));
-            words.len() - usize::from(keyword) >= 8
-        };
-        let lines = &self.active.config.services;
-        let Some(index) = lines.iter().position(|l| {
-            let s = &l.service;
-            if flags_given {
-                *s == target
-            } else {
-                *s == Service {
-                    flags: s.flags,
-                    ..target.clone()
-                }
-            }
-        }) else {
-            return Err(Response::err(
-                Outcome::Config,
-                format!(
-                    "no running service matches: {}",
-                    describe(&target, flags_given)
-                ),
-            ));
-        };
-        let service = lines[index].service.clone();
-        let mut lines = lines.clone();
-        lines.remove(index);
-        let services: Vec<Service> = lines.iter().map(|l| l.service.clone()).collect();
-        check_set(&services)?;
+        let changes::Edit { lines, service } =
+            changes::deleted(&self.active.config.services, words)?;
         let saving = if save {
             Some(self.prepare_save(|text| save::with_deleted(text, &service))?)
         } else {
@@ -1015,69 +904,6 @@ impl Daemon<'_> {
     }
 }
 
-/// The service words of a request, parsed by the same grammar as the file.
-fn parse_words(words: &[String]) -> Result<Service, Response> {
-    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-    config::parse_service_words(&refs).map_err(|e| {
-        let at = refs
-            .get(e.column - 1)
-            .map_or(String::from("the end"), |w| format!("{w:?}"));
-        Response::err(
-            Outcome::Usage,
-            format!("word {} ({at}): {}", e.column, e.message),
-        )
-    })
-}
-
-fn describe(s: &Service, flags_given: bool) -> String {
-    let text = s.to_string();
-    if flags_given {
-        text
-    } else {
-        // The canonical form always ends with the flags; they were not part of the question.
-        text.rsplit_once(' ')
-            .map_or(text.clone(), |(rest, _)| rest.to_string())
-    }
-}
-
-/// Checks a service set exactly as the configuration file would be checked (one service per
-/// apparent endpoint, one apparent endpoint per actual endpoint, ...). Errors name the
-/// services by their position in the running set, listed after the errors.
-fn check_set(services: &[Service]) -> Result<(), Response> {
-    let text: String = services.iter().map(|s| format!("{s}\n")).collect();
-    let Err(errors) = config::parse_config(&text, "service set") else {
-        return Ok(());
-    };
-    let mut body = String::from("refused, nothing changed:\n");
-    let mut mentioned = Vec::new();
-    for e in &errors {
-        body.push_str(&format!("  {}\n", e.message));
-        mentioned.push(e.line);
-        // "lines 1 and 3 both claim ...": the other line is in the message.
-        let words: Vec<&str> = e.message.split_whitespace().collect();
-        for pair in words.windows(2) {
-            if matches!(pair[0], "line" | "lines" | "and")
-                && let Ok(n) = pair[1].parse::<usize>()
-            {
-                mentioned.push(n);
-            }
-        }
-    }
-    mentioned.sort_unstable();
-    mentioned.dedup();
-    for n in mentioned {
-        if let Some(s) = n.checked_sub(1).and_then(|i| services.get(i)) {
-            let role = if n == services.len() {
-                "new or last"
-            } else {
-                "running"
-            };
-            body.push_str(&format!("  line {n} ({role}): {s}\n"));
-        }
-    }
-    Err(Response::err(Outcome::Config, body))
-}
-
 fn pollfd(fd: RawFd) -> libc::pollfd {
     libc::pollfd {
         fd,
@@ -1130,74 +956,5 @@ impl Signals {
                 break;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::parse_service;
-
-    fn config(lines: &[&str]) -> Config {
-        Config {
-            services: lines
-                .iter()
-                .enumerate()
-                .map(|(i, l)| ServiceLine {
-                    line: i + 1,
-                    service: parse_service(l).unwrap(),
-                })
-                .collect(),
-            settings: Default::default(),
-        }
-    }
-
-    const WEB: &str = "service pub0 port * 80 TCP 192.168.77.10 8080";
-    const DNS: &str = "service pub0 port * 53 UDP 192.168.77.10 53";
-    const SSH: &str = "service pub0 port * 22 TCP 192.168.77.11 22";
-
-    #[test]
-    fn removed_tcp_services_drain_udp_ones_do_not() {
-        let old = config(&[WEB, DNS, SSH]);
-        let d = next_draining(&old, &[], &config(&[SSH]), 100);
-        assert_eq!(
-            d,
-            [Drained {
-                service: parse_service(WEB).unwrap(),
-                since: 100
-            }]
-        );
-    }
-
-    #[test]
-    fn a_flags_change_is_not_a_removal_and_a_comeback_ends_the_drain() {
-        let old = config(&[WEB, SSH]);
-        let flagged = "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000";
-        assert!(next_draining(&old, &[], &config(&[flagged, SSH]), 5).is_empty());
-        let draining = next_draining(&old, &[], &config(&[SSH]), 5);
-        assert_eq!(draining.len(), 1);
-        // Removed again later: the drain started at the first removal goes on, once.
-        let again = next_draining(&config(&[SSH]), &draining, &config(&[]), 9);
-        assert_eq!(again.len(), 2);
-        assert_eq!(again[0], draining[0], "kept with its first removal time");
-        // Configured again: no longer draining.
-        assert!(next_draining(&config(&[SSH]), &draining, &config(&[WEB, SSH]), 9).is_empty());
-    }
-
-    #[test]
-    fn drain_idle_zero_drains_nothing() {
-        let old = config(&[WEB]);
-        let mut new = config(&[]);
-        new.settings.drain_idle_secs = 0;
-        assert!(next_draining(&old, &[], &new, 1).is_empty());
-    }
-
-    #[test]
-    fn a_changed_actual_server_drains_the_old_mapping() {
-        let old = config(&[WEB]);
-        let moved = "service pub0 port * 80 TCP 192.168.77.12 8080";
-        let d = next_draining(&old, &[], &config(&[moved]), 1);
-        assert_eq!(d.len(), 1);
-        assert_eq!(d[0].service, parse_service(WEB).unwrap());
     }
 }
