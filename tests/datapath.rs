@@ -7,30 +7,18 @@
 
 mod common;
 
-use common::Family;
 use common::scenario::{
     AppAddr, Case, Translator, scenario_bad_config, scenario_bulk, scenario_capture,
     scenario_endpoints, scenario_firewall, scenario_ruleset_untouched, scenario_same_as_dnat,
     scenario_second_instance, scenario_signal_cleanup,
 };
+use common::{Family, matrix};
 
 const TR: Translator = Translator::Netnat;
 
-macro_rules! matrix {
-    ($scenario:ident: $($name:ident => $fam:ident, $app:ident;)*) => {
-        $(
-            #[test]
-            #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
-            fn $name() {
-                $scenario(stringify!($name), Case::new(TR, Family::$fam, AppAddr::$app));
-            }
-        )*
-    };
-}
-
 // HTTP (curl) and UDP request/response: the server sees the real client, the client sees only
 // the apparent endpoint.
-matrix! { scenario_endpoints:
+matrix! { TR, scenario_endpoints:
     netnat_endpoints_v4_fixed => V4, Fixed;
     netnat_endpoints_v4_star => V4, Star;
     netnat_endpoints_v6_fixed => V6, Fixed;
@@ -39,7 +27,7 @@ matrix! { scenario_endpoints:
 
 // Captures on pub0 and priv0 with TX checksum offload off on every veth end: only apparent
 // addresses on pub0, only actual ones on priv0, the same connections, no bad checksum.
-matrix! { scenario_capture:
+matrix! { TR, scenario_capture:
     netnat_capture_v4_fixed => V4, Fixed;
     netnat_capture_v4_star => V4, Star;
     netnat_capture_v6_fixed => V6, Fixed;
@@ -48,7 +36,7 @@ matrix! { scenario_capture:
 
 // Behind the router's default-drop firewall: blocked without the documented mark rule, flowing
 // with it.
-matrix! { scenario_firewall:
+matrix! { TR, scenario_firewall:
     netnat_firewall_mark_rule_v4_fixed => V4, Fixed;
     netnat_firewall_mark_rule_v4_star => V4, Star;
     netnat_firewall_mark_rule_v6_fixed => V6, Fixed;

@@ -15,37 +15,25 @@ use common::scenario::{
     AppAddr, Case, Translator, scenario_bulk, scenario_capture, scenario_endpoints,
     scenario_firewall,
 };
-use common::{Family, PYTHON, Topology, require_root, script};
+use common::{Family, PYTHON, Topology, matrix, require_root, script};
 
 const TR: Translator = Translator::KernelDnat;
 
-macro_rules! matrix {
-    ($scenario:ident: $($name:ident => $fam:ident, $app:ident;)*) => {
-        $(
-            #[test]
-            #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
-            fn $name() {
-                $scenario(stringify!($name), Case::new(TR, Family::$fam, AppAddr::$app));
-            }
-        )*
-    };
-}
-
-matrix! { scenario_endpoints:
+matrix! { TR, scenario_endpoints:
     dnat_endpoints_v4_fixed => V4, Fixed;
     dnat_endpoints_v4_star => V4, Star;
     dnat_endpoints_v6_fixed => V6, Fixed;
     dnat_endpoints_v6_star => V6, Star;
 }
 
-matrix! { scenario_capture:
+matrix! { TR, scenario_capture:
     dnat_capture_v4_fixed => V4, Fixed;
     dnat_capture_v4_star => V4, Star;
     dnat_capture_v6_fixed => V6, Fixed;
     dnat_capture_v6_star => V6, Star;
 }
 
-matrix! { scenario_firewall:
+matrix! { TR, scenario_firewall:
     dnat_firewall_mark_rule_v4_fixed => V4, Fixed;
     dnat_firewall_mark_rule_v6_star => V6, Star;
 }

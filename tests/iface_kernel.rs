@@ -1,19 +1,19 @@
 //! Kernel tests of `netnat::iface`: each test creates its own network namespace
-//! (`nnw-<pid>-<n>`, deleted on drop, also when the test fails), runs its body in a spawned
+//! (a [`common::Ns`], deleted on drop, also when the test fails), runs its body in a spawned
 //! thread that has joined that namespace with setns(CLONE_NEWNET) (the namespace is per
 //! thread, so sockets opened there see only the test's interfaces), and changes interfaces
 //! only with `ip -n <namespace>` / `ip netns exec <namespace>`. The host's own namespace is
 //! never changed.
 //!
-//! Needs root and iproute2. Without root the tests say so and pass, unless `CI` is set, where
-//! they fail: a root test must not skip silently where it is expected to run.
+//! Needs root and iproute2.
+
+mod common;
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Ns, require_root};
 use netnat::engine::service::Interfaces;
 use netnat::iface::msg::{AddrMsg, Body, IFA_F_SECONDARY, IFA_F_TENTATIVE, LinkMsg};
 use netnat::iface::{ChangeKind, Event, Snapshot, Watcher};
@@ -21,103 +21,10 @@ use netnat::iface::{ChangeKind, Event, Snapshot, Watcher};
 /// The bound the brief sets for noticing a change.
 const NOTICE: Duration = Duration::from_secs(1);
 
-fn have_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    // These tests are #[ignore]d ("needs root"): run, they must run, never skip quietly.
-    assert!(
-        euid == 0,
-        "iface kernel tests need root (network namespaces, CAP_NET_ADMIN), running as uid {euid}: \
-         run them as root (scripts/test)"
-    );
-    true
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `ip -n <ns> args…`: iproute2 switches into the namespace itself, whatever thread runs it.
-fn ip(ns: &str, args: &[&str]) -> String {
-    run(Command::new("ip").args(["-n", ns]).args(args))
-}
-
-/// `sysctl -w` inside the namespace.
-fn sysctl(ns: &str, setting: &str) {
-    run(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", setting]));
-}
-
-/// ifindex of `dev` in `ns`, as iproute2 reports it ("7: name: <...").
-fn ifindex(ns: &str, dev: &str) -> u32 {
-    let out = ip(ns, &["-o", "link", "show", "dev", dev]);
-    out.split(':')
-        .next()
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no index in {out:?}"))
-}
-
-/// A network namespace of its own, removed on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// None when the test must be skipped (not root, CI unset).
-    fn new() -> Option<Netns> {
-        if !have_root() {
-            return None;
-        }
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "nnw-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        ip(&ns.name, &["link", "set", "lo", "up"]);
-        Some(ns)
-    }
-
-    /// Runs `body` in a new thread that has joined this namespace; the body gets the
-    /// namespace's name. A panic in the body is re-raised here, after which drop cleans up.
-    fn run<T: Send + 'static>(&self, body: impl FnOnce(&str) -> T + Send + 'static) -> T {
-        let name = self.name.clone();
-        let thread = std::thread::spawn(move || {
-            let path = format!("/var/run/netns/{name}");
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: setns on a namespace file we hold open; CLONE_NEWNET moves only this
-            // thread (network namespaces are per thread), which ends with the body.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            // Never go on in the host's namespace.
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            body(&name)
-        });
-        thread
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let ok = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok && !std::thread::panicking() {
-            panic!("could not delete namespace {}", self.name);
-        }
-    }
+/// A fresh namespace for `test`, after the root guard.
+fn netns(test: &str) -> Ns {
+    require_root(test);
+    Ns::new("iface")
 }
 
 /// Waits until the watcher is readable or the deadline passes.
@@ -186,23 +93,16 @@ fn addr(s: &str) -> Option<IpAddr> {
     Some(s.parse().unwrap())
 }
 
-/// A veth pair `a`/`b` in the namespace, both up (so the link has a carrier and IPv6 DAD runs).
-fn veth(ns: &str, a: &str, b: &str) {
-    ip(ns, &["link", "add", a, "type", "veth", "peer", "name", b]);
-    ip(ns, &["link", "set", a, "up"]);
-    ip(ns, &["link", "set", b, "up"]);
-}
-
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn snapshot_shows_an_interface_with_its_index_and_address() {
-    let Some(ns) = Netns::new() else { return };
-    ns.run(|ns| {
-        veth(ns, "v0", "v1");
-        ip(ns, &["addr", "add", "10.77.0.1/24", "dev", "v0"]);
+    let ns = &netns("snapshot_shows_an_interface_with_its_index_and_address");
+    ns.enter(|| {
+        ns.veth("v0", "v1");
+        ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "v0"]);
         let snap = Snapshot::read().expect("snapshot");
-        assert_eq!(snap.index("v0"), Some(ifindex(ns, "v0")), "{snap:?}");
-        assert_eq!(snap.index("v1"), Some(ifindex(ns, "v1")));
+        assert_eq!(snap.index("v0"), Some(ns.ifindex("v0")), "{snap:?}");
+        assert_eq!(snap.index("v1"), Some(ns.ifindex("v1")));
         assert_eq!(snap.address("v0", false), addr("10.77.0.1"));
         assert_eq!(snap.address("v1", false), None);
         assert_eq!(snap.is_up("v0"), Some(true));
@@ -225,27 +125,24 @@ fn snapshot_shows_an_interface_with_its_index_and_address() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn watcher_sees_address_add_and_del_link_down_and_del() {
-    let Some(ns) = Netns::new() else { return };
-    ns.run(|ns| {
+    let ns = &netns("watcher_sees_address_add_and_del_link_down_and_del");
+    ns.enter(|| {
         // No IPv6 autoconfiguration: its late link-local notifications would blur the steps.
-        sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
+        ns.sysctl(&["net.ipv6.conf.default.disable_ipv6=1"]);
         let mut w = Watcher::open().expect("watcher");
         assert!(!w.drain().expect("drain"), "nothing happened yet");
 
-        ip(
-            ns,
-            &["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
-        );
+        ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
         let (rel, _) = wait_for(&mut w, "new link", |e| {
             link_event(e, |l| l.new && l.name.as_deref() == Some("v0"))
         });
         assert!(rel, "a new link is relevant");
-        ip(ns, &["link", "set", "v0", "up"]);
-        ip(ns, &["link", "set", "v1", "up"]);
+        ns.ip(&["link", "set", "v0", "up"]);
+        ns.ip(&["link", "set", "v1", "up"]);
         settle(&mut w, Duration::from_millis(200));
 
         let t = Instant::now();
-        ip(ns, &["addr", "add", "10.77.0.1/24", "dev", "v0"]);
+        ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "v0"]);
         let (rel, _) = wait_for(&mut w, "RTM_NEWADDR", |e| addr_event(e, true, "10.77.0.1"));
         assert!(rel && t.elapsed() < NOTICE);
         assert_eq!(
@@ -253,12 +150,12 @@ fn watcher_sees_address_add_and_del_link_down_and_del() {
             addr("10.77.0.1")
         );
 
-        ip(ns, &["addr", "del", "10.77.0.1/24", "dev", "v0"]);
+        ns.ip(&["addr", "del", "10.77.0.1/24", "dev", "v0"]);
         let (rel, _) = wait_for(&mut w, "RTM_DELADDR", |e| addr_event(e, false, "10.77.0.1"));
         assert!(rel);
         assert_eq!(Snapshot::read().unwrap().address("v0", false), None);
 
-        ip(ns, &["link", "set", "v0", "down"]);
+        ns.ip(&["link", "set", "v0", "down"]);
         let (rel, _) = wait_for(&mut w, "link down", |e| {
             link_event(e, |l| {
                 l.new && l.name.as_deref() == Some("v0") && l.flags & libc::IFF_UP as u32 == 0
@@ -268,7 +165,7 @@ fn watcher_sees_address_add_and_del_link_down_and_del() {
         assert_eq!(Snapshot::read().unwrap().is_up("v0"), Some(false));
         settle(&mut w, Duration::from_millis(100));
 
-        ip(ns, &["link", "del", "v0"]);
+        ns.ip(&["link", "del", "v0"]);
         let (rel, _) = wait_for(&mut w, "RTM_DELLINK", |e| {
             link_event(e, |l| !l.new && l.name.as_deref() == Some("v0"))
         });
@@ -284,26 +181,26 @@ fn watcher_sees_address_add_and_del_link_down_and_del() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn watcher_ignores_link_changes_that_do_not_matter_and_sees_a_rename() {
-    let Some(ns) = Netns::new() else { return };
-    ns.run(|ns| {
-        sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
+    let ns = &netns("watcher_ignores_link_changes_that_do_not_matter_and_sees_a_rename");
+    ns.enter(|| {
+        ns.sysctl(&["net.ipv6.conf.default.disable_ipv6=1"]);
         let mut w = Watcher::open().expect("watcher");
-        veth(ns, "v0", "v1");
+        ns.veth("v0", "v1");
         assert!(settle(&mut w, Duration::from_millis(300)));
 
         // An MTU change sends RTM_NEWLINK, but name and state stay: no new snapshot needed.
-        ip(ns, &["link", "set", "v0", "mtu", "1400"]);
+        ns.ip(&["link", "set", "v0", "mtu", "1400"]);
         let (rel, _) = wait_for(&mut w, "RTM_NEWLINK for the MTU", |e| {
             link_event(e, |l| l.name.as_deref() == Some("v0"))
         });
         assert!(!rel, "an MTU change is not relevant");
         assert!(!settle(&mut w, Duration::from_millis(100)));
 
-        ip(ns, &["link", "set", "v0", "down"]);
+        ns.ip(&["link", "set", "v0", "down"]);
         settle(&mut w, Duration::from_millis(100));
         let before = Snapshot::read().unwrap();
         let index = before.index("v0").unwrap();
-        ip(ns, &["link", "set", "v0", "name", "w0"]);
+        ns.ip(&["link", "set", "v0", "name", "w0"]);
         let (rel, _) = wait_for(&mut w, "rename", |e| {
             link_event(e, |l| l.name.as_deref() == Some("w0"))
         });
@@ -327,13 +224,13 @@ fn watcher_ignores_link_changes_that_do_not_matter_and_sees_a_rename() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn primary_not_secondary_ipv4_and_promotion() {
-    let Some(ns) = Netns::new() else { return };
-    ns.run(|ns| {
-        veth(ns, "v0", "v1");
-        sysctl(ns, "net.ipv4.conf.v0.promote_secondaries=1");
+    let ns = &netns("primary_not_secondary_ipv4_and_promotion");
+    ns.enter(|| {
+        ns.veth("v0", "v1");
+        ns.sysctl(&["net.ipv4.conf.v0.promote_secondaries=1"]);
         let mut w = Watcher::open().expect("watcher");
-        ip(ns, &["addr", "add", "10.77.0.1/24", "dev", "v0"]);
-        ip(ns, &["addr", "add", "10.77.0.2/24", "dev", "v0"]);
+        ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "v0"]);
+        ns.ip(&["addr", "add", "10.77.0.2/24", "dev", "v0"]);
         let (_, events) = wait_for(&mut w, "secondary", |e| addr_event(e, true, "10.77.0.2"));
         let sec = events
             .iter()
@@ -344,12 +241,12 @@ fn primary_not_secondary_ipv4_and_promotion() {
             "the kernel flags the second address of a subnet as secondary"
         );
         // Another subnet: a primary too, but a later one.
-        ip(ns, &["addr", "add", "10.78.0.1/24", "dev", "v0"]);
+        ns.ip(&["addr", "add", "10.78.0.1/24", "dev", "v0"]);
         let snap = Snapshot::read().unwrap();
         assert_eq!(snap.address("v0", false), addr("10.77.0.1"));
 
         // Deleting the primary promotes the secondary: `*` follows it.
-        ip(ns, &["addr", "del", "10.77.0.1/24", "dev", "v0"]);
+        ns.ip(&["addr", "del", "10.77.0.1/24", "dev", "v0"]);
         let (rel, _) = wait_for(&mut w, "deletion", |e| addr_event(e, false, "10.77.0.1"));
         assert!(rel);
         let newer = Snapshot::read().unwrap();
@@ -366,7 +263,7 @@ fn primary_not_secondary_ipv4_and_promotion() {
         );
 
         // The promoted address lost its secondary flag: with the other subnet gone, it is `*`.
-        ip(ns, &["addr", "flush", "dev", "v0", "to", "10.78.0.0/24"]);
+        ns.ip(&["addr", "flush", "dev", "v0", "to", "10.78.0.0/24"]);
         assert_eq!(
             Snapshot::read().unwrap().address("v0", false),
             addr("10.77.0.2")
@@ -377,13 +274,13 @@ fn primary_not_secondary_ipv4_and_promotion() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn ipv6_nodad_counts_tentative_and_deprecated_do_not() {
-    let Some(ns) = Netns::new() else { return };
-    ns.run(|ns| {
-        veth(ns, "v0", "v1");
+    let ns = &netns("ipv6_nodad_counts_tentative_and_deprecated_do_not");
+    ns.enter(|| {
+        ns.veth("v0", "v1");
         // Slow DAD down so that "tentative" is seen for sure, then let it finish.
-        sysctl(ns, "net.ipv6.conf.v0.dad_transmits=2");
+        ns.sysctl(&["net.ipv6.conf.v0.dad_transmits=2"]);
         let mut w = Watcher::open().expect("watcher");
-        ip(ns, &["addr", "add", "2001:db8::6/64", "dev", "v0"]);
+        ns.ip(&["addr", "add", "2001:db8::6/64", "dev", "v0"]);
         let (_, events) = wait_for(&mut w, "tentative", |e| addr_event(e, true, "2001:db8::6"));
         let a = events
             .iter()
@@ -398,20 +295,17 @@ fn ipv6_nodad_counts_tentative_and_deprecated_do_not() {
             snap.describe("v0")
         );
 
-        ip(ns, &["addr", "add", "2001:db8::5/64", "dev", "v0", "nodad"]);
-        ip(
-            ns,
-            &[
-                "addr",
-                "add",
-                "2001:db8::7/64",
-                "dev",
-                "v0",
-                "nodad",
-                "preferred_lft",
-                "0",
-            ],
-        );
+        ns.ip(&["addr", "add", "2001:db8::5/64", "dev", "v0", "nodad"]);
+        ns.ip(&[
+            "addr",
+            "add",
+            "2001:db8::7/64",
+            "dev",
+            "v0",
+            "nodad",
+            "preferred_lft",
+            "0",
+        ]);
         assert_eq!(
             Snapshot::read().unwrap().address("v0", true),
             addr("2001:db8::5")
@@ -436,14 +330,14 @@ fn ipv6_nodad_counts_tentative_and_deprecated_do_not() {
             Snapshot::read().unwrap().address("v0", true),
             addr("2001:db8::6")
         );
-        ip(ns, &["addr", "del", "2001:db8::6/64", "dev", "v0"]);
+        ns.ip(&["addr", "del", "2001:db8::6/64", "dev", "v0"]);
         assert_eq!(
             Snapshot::read().unwrap().address("v0", true),
             addr("2001:db8::5")
         );
         // Left: the deprecated ::7 and the link-local address; neither counts.
-        ip(ns, &["addr", "del", "2001:db8::5/64", "dev", "v0"]);
-        let out = ip(ns, &["-6", "addr", "show", "dev", "v0"]);
+        ns.ip(&["addr", "del", "2001:db8::5/64", "dev", "v0"]);
+        let out = ns.ip(&["-6", "addr", "show", "dev", "v0"]);
         assert!(out.contains("fe80::"), "has a link-local address: {out}");
         assert_eq!(Snapshot::read().unwrap().address("v0", true), None, "{out}");
     });
@@ -452,29 +346,23 @@ fn ipv6_nodad_counts_tentative_and_deprecated_do_not() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn point_to_point_reports_the_local_address_not_the_peer() {
-    let Some(ns) = Netns::new() else { return };
-    ns.run(|ns| {
+    let ns = &netns("point_to_point_reports_the_local_address_not_the_peer");
+    ns.enter(|| {
         // A tun device is point-to-point like ppp0 (no carrier without a process, which does
         // not matter for addresses).
-        ip(ns, &["tuntap", "add", "mode", "tun", "name", "pt0"]);
+        ns.ip(&["tuntap", "add", "mode", "tun", "name", "pt0"]);
         let mut w = Watcher::open().expect("watcher");
-        ip(
-            ns,
-            &["addr", "add", "10.0.0.1", "peer", "10.0.0.2", "dev", "pt0"],
-        );
-        ip(
-            ns,
-            &[
-                "addr",
-                "add",
-                "2001:db8::1",
-                "peer",
-                "2001:db8::2",
-                "dev",
-                "pt0",
-                "nodad",
-            ],
-        );
+        ns.ip(&["addr", "add", "10.0.0.1", "peer", "10.0.0.2", "dev", "pt0"]);
+        ns.ip(&[
+            "addr",
+            "add",
+            "2001:db8::1",
+            "peer",
+            "2001:db8::2",
+            "dev",
+            "pt0",
+            "nodad",
+        ]);
         let (_, events) = wait_for(&mut w, "p2p", |e| addr_event(e, true, "10.0.0.1"));
         let a = events
             .iter()
@@ -494,15 +382,15 @@ fn point_to_point_reports_the_local_address_not_the_peer() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn recreated_interface_gets_a_new_index_and_is_followed_by_name() {
-    let Some(ns) = Netns::new() else { return };
-    ns.run(|ns| {
-        veth(ns, "v0", "v1");
-        ip(ns, &["addr", "add", "10.77.0.1/24", "dev", "v0"]);
+    let ns = &netns("recreated_interface_gets_a_new_index_and_is_followed_by_name");
+    ns.enter(|| {
+        ns.veth("v0", "v1");
+        ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "v0"]);
         let first = Snapshot::read().unwrap();
         let old = first.index("v0").unwrap();
         let mut w = Watcher::open().expect("watcher");
 
-        ip(ns, &["link", "del", "v0"]);
+        ns.ip(&["link", "del", "v0"]);
         wait_for(&mut w, "deletion", |e| {
             link_event(e, |l| !l.new && l.index == old)
         });
@@ -510,14 +398,14 @@ fn recreated_interface_gets_a_new_index_and_is_followed_by_name() {
         assert_eq!(gone.index("v0"), None);
         assert_eq!(first.diff(&gone, &["v0"])[0].to_string(), "v0: gone");
 
-        veth(ns, "v0", "v1");
-        ip(ns, &["addr", "add", "10.77.0.5/24", "dev", "v0"]);
+        ns.veth("v0", "v1");
+        ns.ip(&["addr", "add", "10.77.0.5/24", "dev", "v0"]);
         let (rel, _) = wait_for(&mut w, "new address", |e| addr_event(e, true, "10.77.0.5"));
         assert!(rel);
         let again = Snapshot::read().unwrap();
         let new = again.index("v0").unwrap();
         assert_ne!(new, old, "a re-created interface has a new index");
-        assert_eq!(new, ifindex(ns, "v0"));
+        assert_eq!(new, ns.ifindex("v0"));
         assert_eq!(again.address("v0", false), addr("10.77.0.5"));
         let changes = first.diff(&again, &["v0", "v0"]);
         let kinds: Vec<_> = changes.iter().map(|c| c.kind.clone()).collect();
@@ -539,24 +427,20 @@ fn recreated_interface_gets_a_new_index_and_is_followed_by_name() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn overrun_is_reported_as_a_change_and_is_not_fatal() {
-    let Some(ns) = Netns::new() else { return };
-    ns.run(|ns| {
-        sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
-        veth(ns, "v0", "v1");
+    let ns = &netns("overrun_is_reported_as_a_change_and_is_not_fatal");
+    ns.enter(|| {
+        ns.sysctl(&["net.ipv6.conf.default.disable_ipv6=1"]);
+        ns.veth("v0", "v1");
         let mut w = Watcher::open().expect("watcher");
         // The kernel's minimum: a handful of notifications fill it.
         w.set_receive_buffer(0).expect("SO_RCVBUF");
         let batch: String = (1..=200)
             .map(|i| format!("addr add 10.79.{}.{}/32 dev v0\n", i / 250, i % 250 + 1))
             .collect();
-        let path = std::env::temp_dir().join(format!("{ns}.batch"));
+        let path = std::env::temp_dir().join(format!("{}.batch", ns.name));
         std::fs::write(&path, batch).unwrap();
-        let out = Command::new("ip")
-            .args(["-n", ns, "-batch"])
-            .arg(&path)
-            .output();
+        ns.ip(&["-batch", path.to_str().expect("utf-8 path")]);
         let _ = std::fs::remove_file(&path);
-        assert!(out.unwrap().status.success());
 
         let mut lost = false;
         let rel = w
@@ -566,7 +450,7 @@ fn overrun_is_reported_as_a_change_and_is_not_fatal() {
         assert!(w.overruns() >= 1);
         // Afterwards the socket works on, and the snapshot has everything.
         settle(&mut w, Duration::from_millis(100));
-        ip(ns, &["addr", "add", "10.80.0.1/24", "dev", "v1"]);
+        ns.ip(&["addr", "add", "10.80.0.1/24", "dev", "v1"]);
         wait_for(&mut w, "after the overrun", |e| {
             addr_event(e, true, "10.80.0.1")
         });

@@ -1,139 +1,41 @@
-//! Kernel tests of netnat's nftables table, each in a network namespace it creates and deletes
-//! itself. The host's own namespace is never touched: the netlink sockets are opened in a
+//! Kernel tests of netnat's nftables table, each in a network namespace of its own (a
+//! [`common::Ns`], deleted on drop). The host's own namespace is never touched: the netlink sockets are opened in a
 //! thread that has joined the test namespace, and `nft` runs through `ip netns exec`.
 
-use std::net::IpAddr;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
 
+use std::net::IpAddr;
+use std::process::Command;
+
+use common::{Ns, require_root};
 use netnat::config::{AppAddr, Flags, Protocol, Service};
 use netnat::nft::{
     NftError, NftSession, Policy, QueueExprKind, flush_leftover, render, render_guard, render_table,
 };
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace that exists as long as this value (deleted on drop, also when the test
-/// panics).
-struct Netns {
-    name: String,
+/// `nft list table inet netnat`, or None if there is no such table.
+fn our_table(ns: &Ns) -> Option<String> {
+    let o = ns.nft(&["list", "table", "inet", "netnat"]);
+    o.success().then_some(o.stdout)
 }
 
-impl Netns {
-    fn new() -> Netns {
-        let name = format!(
-            "nnt-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip");
-        assert!(st.success(), "ip netns add {name} failed");
-        Netns { name }
-    }
+/// `nft list table inet netnat_guard`, if the guard is there.
+fn guard_table(ns: &Ns) -> Option<String> {
+    let o = ns.nft(&["list", "table", "inet", "netnat_guard"]);
+    o.success().then_some(o.stdout)
+}
 
-    /// Run `f` in a fresh thread that has joined this namespace (setns is per thread), so every
-    /// socket it opens lives in the namespace. Panics inside propagate to the caller.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        let h = std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns file");
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on a valid namespace fd, affecting only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
+/// Wait (bounded) until table `inet netnat` is gone. The kernel deletes an owned table when
+/// the owner socket's last reference closes; a process forked by a parallel test thread can
+/// hold a duplicate of any descriptor between fork and exec, for microseconds.
+fn table_gone(ns: &Ns) -> bool {
+    for _ in 0..100 {
+        if our_table(ns).is_none() {
+            return true;
         }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-
-    fn nft(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft"])
-            .args(args)
-            .output()
-            .expect("run nft")
-    }
-
-    fn nft_ok(&self, args: &[&str]) -> String {
-        let o = self.nft(args);
-        assert!(
-            o.status.success(),
-            "nft {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    fn nft_file(&self, text: &str, check_only: bool) -> Output {
-        let path = std::env::temp_dir().join(format!("{}.nft", self.name));
-        std::fs::write(&path, text).unwrap();
-        let p = path.to_str().unwrap();
-        let o = if check_only {
-            self.nft(&["-c", "-f", p])
-        } else {
-            self.nft(&["-f", p])
-        };
-        let _ = std::fs::remove_file(&path);
-        o
-    }
-
-    /// `nft list table inet netnat`, or None if there is no such table.
-    fn our_table(&self) -> Option<String> {
-        let o = self.nft(&["list", "table", "inet", "netnat"]);
-        o.status
-            .success()
-            .then(|| String::from_utf8(o.stdout).unwrap())
-    }
-
-    /// `nft list table inet netnat_guard`, if the guard is there.
-    fn guard_table(&self) -> Option<String> {
-        let o = self.nft(&["list", "table", "inet", "netnat_guard"]);
-        o.status
-            .success()
-            .then(|| String::from_utf8(o.stdout).unwrap())
-    }
-}
-
-impl Netns {
-    /// Wait (bounded) until table `inet netnat` is gone. The kernel deletes an owned table when
-    /// the owner socket's last reference closes; a process forked by a parallel test thread can
-    /// hold a duplicate of any descriptor between fork and exec, for microseconds.
-    fn table_gone(&self) -> bool {
-        for _ in 0..100 {
-            if self.our_table().is_none() {
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Root is needed; skipping silently is not allowed in CI.
-fn need_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    // These tests are #[ignore]d ("needs root"): run, they must run, never skip quietly.
-    assert!(
-        euid == 0,
-        "nft kernel tests need root (network namespaces, CAP_NET_ADMIN), running as uid {euid}: \
-         run them as root (scripts/test)"
-    );
-    true
+    false
 }
 
 /// nft appends ` # progname <owner>` to the first line of an owned table; it names the test
@@ -242,16 +144,16 @@ fn sample_services() -> Vec<Service> {
 
 /// Whether this kernel has the native queue expression, asked independently of netnat: load a
 /// one-rule scratch table with nft in the namespace.
-fn kernel_has_native_queue(ns: &Netns) -> bool {
+fn kernel_has_native_queue(ns: &Ns) -> bool {
     let o = ns.nft_file(
         "table inet nnt_probe {\n\tchain c {\n\t\tqueue num 1\n\t}\n}\n",
         false,
     );
-    let ok = o.status.success();
+    let ok = o.success();
     if ok {
         ns.nft_ok(&["delete", "table", "inet", "nnt_probe"]);
     } else {
-        let err = String::from_utf8_lossy(&o.stderr);
+        let err = &o.stderr;
         assert!(
             err.contains("No such file or directory"),
             "unexpected nft error: {err}"
@@ -274,18 +176,10 @@ enum Step {
 }
 
 impl SessionThread {
-    fn start(ns: &Netns) -> SessionThread {
-        let path = format!("/var/run/netns/{}", ns.name);
+    fn start(ns: &Ns) -> SessionThread {
         let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Step>();
         let (res_tx, res_rx) = std::sync::mpsc::channel();
-        let handle = std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on a valid namespace fd, affecting only this thread.
-            assert_eq!(
-                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+        let handle = ns.thread(move || {
             let mut s = NftSession::open().unwrap();
             for step in cmd_rx {
                 let r = match step {
@@ -330,10 +224,10 @@ impl SessionThread {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn install_lists_what_render_prints_and_reports_the_queue_form() {
-    if !need_root() {
+    if !require_root("install_lists_what_render_prints_and_reports_the_queue_form") {
         return;
     }
-    let ns = Netns::new();
+    let ns = Ns::new("nft");
     let native = kernel_has_native_queue(&ns);
     let policy = Policy::new(&sample_services(), 4747);
     let s = SessionThread::start(&ns);
@@ -346,9 +240,7 @@ fn install_lists_what_render_prints_and_reports_the_queue_form() {
     assert_eq!(kind, expected, "queue form reported");
     // The decision is kept: a second install reports the same form.
     assert_eq!(s.install(&policy), expected);
-    let listed = ns
-        .our_table()
-        .expect("table listed while the session is alive");
+    let listed = our_table(&ns).expect("table listed while the session is alive");
     assert!(listed.contains("queue num 4747"));
     assert!(
         listed.starts_with("table inet netnat { # progname "),
@@ -357,14 +249,14 @@ fn install_lists_what_render_prints_and_reports_the_queue_form() {
     assert_eq!(comparable(&listed), rendered(&policy));
     // The leak guard, in its own table, lists as render prints it.
     assert_eq!(
-        ns.guard_table().as_deref(),
+        guard_table(&ns).as_deref(),
         Some(render_guard(&policy).as_str())
     );
     s.close();
     // The owner's socket is closed: the kernel removed the table; the guard stays, on purpose.
-    assert!(ns.table_gone());
+    assert!(table_gone(&ns));
     assert_eq!(
-        ns.guard_table().as_deref(),
+        guard_table(&ns).as_deref(),
         Some(render_guard(&policy).as_str())
     );
 }
@@ -372,10 +264,10 @@ fn install_lists_what_render_prints_and_reports_the_queue_form() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn reinstall_replaces_atomically_and_remove_deletes() {
-    if !need_root() {
+    if !require_root("reinstall_replaces_atomically_and_remove_deletes") {
         return;
     }
-    let ns = Netns::new();
+    let ns = Ns::new("nft");
     let a = Policy::new(&sample_services(), 4747);
     let b = Policy::new(
         &[svc(
@@ -390,41 +282,41 @@ fn reinstall_replaces_atomically_and_remove_deletes() {
     );
     let s = SessionThread::start(&ns);
     s.install(&a);
-    assert_eq!(comparable(&ns.our_table().unwrap()), rendered(&a));
+    assert_eq!(comparable(&our_table(&ns).unwrap()), rendered(&a));
     s.install(&b);
-    let listed = comparable(&ns.our_table().unwrap());
+    let listed = comparable(&our_table(&ns).unwrap());
     assert_eq!(listed, rendered(&b));
     assert!(
         !listed.contains("4747"),
         "nothing of the first policy remains"
     );
     s.install(&b); // the same policy again: idempotent
-    assert_eq!(comparable(&ns.our_table().unwrap()), rendered(&b));
+    assert_eq!(comparable(&our_table(&ns).unwrap()), rendered(&b));
     // Back to the first: the sets b did not have come back, listed in the policy's order
     // (sets are re-created on every install, so their order never depends on history).
     s.install(&a);
-    assert_eq!(comparable(&ns.our_table().unwrap()), rendered(&a));
+    assert_eq!(comparable(&our_table(&ns).unwrap()), rendered(&a));
     s.install(&b);
     s.install(&Policy::new(&[], 10)); // no services: empty chains
     assert_eq!(
-        comparable(&ns.our_table().unwrap()),
+        comparable(&our_table(&ns).unwrap()),
         rendered(&Policy::new(&[], 10))
     );
     s.remove();
-    assert_eq!(ns.our_table(), None, "removed");
+    assert_eq!(our_table(&ns), None, "removed");
     s.remove(); // removing an absent table is fine
     s.install(&a); // and the session can install again
-    assert_eq!(comparable(&ns.our_table().unwrap()), rendered(&a));
+    assert_eq!(comparable(&our_table(&ns).unwrap()), rendered(&a));
     s.close();
 }
 
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn other_tables_are_left_byte_identical() {
-    if !need_root() {
+    if !require_root("other_tables_are_left_byte_identical") {
         return;
     }
-    let ns = Netns::new();
+    let ns = Ns::new("nft");
     let foreign = "\
 table inet filter {
 \tchain input {
@@ -441,7 +333,7 @@ table ip nat {
 }
 ";
     let o = ns.nft_file(foreign, false);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.success(), "{}", o.stderr);
     let before = ns.nft_ok(&["list", "ruleset"]);
     let s = SessionThread::start(&ns);
     s.install(&Policy::new(&sample_services(), 4747));
@@ -457,7 +349,7 @@ table ip nat {
     assert!(after.contains("table inet netnat_guard {"));
     assert_eq!(without_our_tables(&after), before);
     assert_eq!(
-        ns.run(|| flush_leftover().map_err(|e| e.to_string())),
+        ns.enter(|| flush_leftover().map_err(|e| e.to_string())),
         Ok(true)
     );
     assert_eq!(ns.nft_ok(&["list", "ruleset"]), before);
@@ -466,23 +358,16 @@ table ip nat {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn owner_flag_ties_the_table_to_the_session() {
-    if !need_root() {
+    if !require_root("owner_flag_ties_the_table_to_the_session") {
         return;
     }
-    let ns = Netns::new();
+    let ns = Ns::new("nft");
     let policy = Policy::new(&sample_services(), 4747);
-    let listed_flags = ns.run({
-        let name = ns.name.clone();
-        move || {
+    let listed_flags = ns.enter({
+        || {
             let mut a = NftSession::open().unwrap();
             a.install(&policy).unwrap();
-            let listed = Command::new("ip")
-                .args([
-                    "netns", "exec", &name, "nft", "list", "table", "inet", "netnat",
-                ])
-                .output()
-                .unwrap();
-            let listed = String::from_utf8(listed.stdout).unwrap();
+            let listed = ns.nft(&["list", "table", "inet", "netnat"]).stdout;
 
             let mut b = NftSession::open().unwrap();
             let e = b.install(&policy).unwrap_err();
@@ -512,38 +397,38 @@ fn owner_flag_ties_the_table_to_the_session() {
         }
     });
     assert!(listed_flags.contains("\tflags owner\n"), "{listed_flags}");
-    assert_eq!(ns.our_table(), None);
+    assert_eq!(our_table(&ns), None);
 }
 
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn dropping_the_session_removes_the_table() {
-    if !need_root() {
+    if !require_root("dropping_the_session_removes_the_table") {
         return;
     }
-    let ns = Netns::new();
-    ns.run(|| {
+    let ns = Ns::new("nft");
+    ns.enter(|| {
         let mut s = NftSession::open().unwrap();
         s.install(&Policy::new(&sample_services(), 1)).unwrap();
         // Session dropped here, with the thread's socket.
     });
-    assert!(ns.table_gone());
+    assert!(table_gone(&ns));
 }
 
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn leftover_table_is_flushed_and_blocks_install_until_then() {
-    if !need_root() {
+    if !require_root("leftover_table_is_flushed_and_blocks_install_until_then") {
         return;
     }
-    let ns = Netns::new();
+    let ns = Ns::new("nft");
     // A table like one an older netnat (or `nft -f nftables/netnat.nft`) leaves: no owner flag.
     let o = ns.nft_file(
         "table inet netnat {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tcounter\n\t}\n}\n",
         false,
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (err, first, second, kind) = ns.run(|| {
+    assert!(o.success(), "{}", o.stderr);
+    let (err, first, second, kind) = ns.enter(|| {
         let mut s = NftSession::open().unwrap();
         let err = s.install(&Policy::new(&sample_services(), 1)).unwrap_err();
         let first = flush_leftover().unwrap();
@@ -559,7 +444,7 @@ fn leftover_table_is_flushed_and_blocks_install_until_then() {
     assert!(!second, "nothing left the second time");
     let _ = kind; // either form; the other tests check which one
     // Bounded wait: see `table_gone` (a parallel test's fork can hold the socket briefly).
-    assert!(ns.table_gone(), "the session ended, its table went with it");
+    assert!(table_gone(&ns), "the session ended, its table went with it");
 }
 
 /// `n` services mixing IPv4 and IPv6, fixed addresses and `*`, TCP and UDP, over two interfaces
@@ -591,10 +476,10 @@ fn many_services(n: u32, port_base: u16) -> Vec<Service> {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn ten_thousand_services_in_one_batch() {
-    if !need_root() {
+    if !require_root("ten_thousand_services_in_one_batch") {
         return;
     }
-    let ns = Netns::new();
+    let ns = Ns::new("nft");
     let a = Policy::new(&many_services(10_000, 1000), 7);
     let b = Policy::new(&many_services(10_000, 30000), 8);
     // Every service is distinct: one element per service in an inbound and a reply set (the
@@ -617,20 +502,20 @@ fn ten_thousand_services_in_one_batch() {
     let t = std::time::Instant::now();
     s.install(&a);
     let again = t.elapsed();
-    assert_eq!(comparable(&ns.our_table().unwrap()), rendered(&a));
+    assert_eq!(comparable(&our_table(&ns).unwrap()), rendered(&a));
     let t = std::time::Instant::now();
     s.install(&b);
     let replace = t.elapsed();
-    let listed = comparable(&ns.our_table().unwrap());
+    let listed = comparable(&our_table(&ns).unwrap());
     assert_eq!(listed, rendered(&b), "replaced as a whole");
     assert!(!listed.contains("queue num 7"));
     assert!(!listed.contains(" . 1000\n") && !listed.contains(" . 1000,"));
     // And back to a small policy: the sets it does not use are deleted.
     let small = Policy::new(&sample_services()[..1], 8);
     s.install(&small);
-    assert_eq!(comparable(&ns.our_table().unwrap()), rendered(&small));
+    assert_eq!(comparable(&our_table(&ns).unwrap()), rendered(&small));
     s.close();
-    assert!(ns.table_gone());
+    assert!(table_gone(&ns));
     eprintln!(
         "10,000 services ({} set elements, {} rules): install {:.1} ms, same again {:.1} ms, \
          replaced by another 10,000 {:.1} ms (debug build: {})",
@@ -653,83 +538,36 @@ fn ten_thousand_services_in_one_batch() {
 
 /// Two namespaces joined by a veth pair; `ping` from the second to the first.
 struct Pair {
-    a: Netns,
-    b: Netns,
+    a: Ns,
+    b: Ns,
 }
 
 impl Pair {
     fn new() -> Pair {
-        let a = Netns::new();
-        let b = Netns::new();
-        let ip = |args: &[&str]| {
-            let o = Command::new("ip").args(args).output().expect("run ip");
-            assert!(
-                o.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
-        ip(&[
-            "-n", &a.name, "link", "add", "nnta0", "type", "veth", "peer", "name", "nntb0",
-            "netns", &b.name,
-        ]);
-        ip(&[
-            "-n",
-            &a.name,
-            "addr",
-            "add",
-            "10.231.0.1/24",
-            "dev",
-            "nnta0",
-        ]);
-        ip(&[
-            "-n",
-            &b.name,
-            "addr",
-            "add",
-            "10.231.0.2/24",
-            "dev",
-            "nntb0",
-        ]);
-        for (ns, dev) in [(&a, "nnta0"), (&b, "nntb0")] {
-            ip(&["-n", &ns.name, "link", "set", dev, "up"]);
-            ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        }
+        let a = Ns::new("nfta");
+        let b = Ns::new("nftb");
+        a.veth_to("nnta0", &b, "nntb0");
+        a.addr("nnta0", "10.231.0.1/24");
+        b.addr("nntb0", "10.231.0.2/24");
+        a.up("nnta0");
+        b.up("nntb0");
         Pair { a, b }
     }
 
     /// One echo request from b to a, answered (bounded by ping's own deadline).
     fn ping(&self) {
-        let o = Command::new("ip")
-            .args(["netns", "exec", &self.b.name])
-            .args(["ping", "-c", "1", "-w", "5", "-q", "10.231.0.1"])
-            .output()
-            .expect("run ping");
-        assert!(
-            o.status.success(),
-            "ping: {}",
-            String::from_utf8_lossy(&o.stdout)
-        );
+        self.b
+            .run(&["ping", "-c", "1", "-w", "5", "-q", "10.231.0.1"])
+            .expect_ok("ping");
     }
 
     /// The conntrack entries of namespace a, as `conntrack -L` prints them.
     fn tracked_in_a(&self) -> String {
-        let o = Command::new("ip")
-            .args(["netns", "exec", &self.a.name, "conntrack", "-L"])
-            .output()
-            .expect("run conntrack");
-        assert!(
-            o.status.success(),
-            "conntrack -L: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
+        self.a.must(&["conntrack", "-L"])
     }
 
     fn flush_a(&self) {
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.a.name, "conntrack", "-F"])
-            .output();
+        let _ = self.a.run(&["conntrack", "-F"]);
     }
 }
 
@@ -741,7 +579,7 @@ impl Pair {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn the_table_activates_conntrack_and_nothing_else() {
-    if !need_root() {
+    if !require_root("the_table_activates_conntrack_and_nothing_else") {
         return;
     }
     let pair = Pair::new();
@@ -774,7 +612,7 @@ fn the_table_activates_conntrack_and_nothing_else() {
     assert!(pair.tracked_in_a().contains(flow));
 
     s.close();
-    assert!(ns.table_gone());
+    assert!(table_gone(ns));
     pair.flush_a();
     pair.ping();
     assert!(
@@ -783,7 +621,7 @@ fn the_table_activates_conntrack_and_nothing_else() {
         pair.tracked_in_a()
     );
     assert_eq!(
-        ns.run(|| flush_leftover().map_err(|e| e.to_string())),
+        ns.enter(|| flush_leftover().map_err(|e| e.to_string())),
         Ok(true)
     );
     pair.flush_a();
@@ -801,10 +639,10 @@ fn the_table_activates_conntrack_and_nothing_else() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn nft_check_of_rendered_text_is_truthful() {
-    if !need_root() {
+    if !require_root("nft_check_of_rendered_text_is_truthful") {
         return;
     }
-    let ns = Netns::new();
+    let ns = Ns::new("nft");
     let native = kernel_has_native_queue(&ns);
     // A table of another name, so that the check never involves netnat's own table.
     let full = render(&Policy::new(&sample_services(), 4747))
@@ -816,8 +654,8 @@ fn nft_check_of_rendered_text_is_truthful() {
     let quoted_lines = full.lines().filter(|l| is_quoted(l)).count();
     assert!(quoted_lines > 0);
     let o = ns.nft_file(&full.replace("queue num 4747", "accept"), true);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!o.status.success());
+    let err = o.stderr.clone();
+    assert!(!o.success());
     let errors: Vec<&str> = err.lines().filter(|l| l.contains("Error:")).collect();
     assert_eq!(errors.len(), quoted_lines, "{err}");
     for l in errors {
@@ -829,12 +667,12 @@ fn nft_check_of_rendered_text_is_truthful() {
         .map(|l| format!("{l}\n"))
         .collect();
     let o = ns.nft_file(&text, true);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let err = o.stderr.clone();
     if native {
-        assert!(o.status.success(), "{err}");
+        assert!(o.success(), "{err}");
     } else {
         assert!(
-            !o.status.success(),
+            !o.success(),
             "nft -c accepted queue on a kernel without nft_queue"
         );
         // Every complaint is about a queue statement and nothing else.
@@ -854,7 +692,7 @@ fn nft_check_of_rendered_text_is_truthful() {
     }
     let without_queue = text.replace("queue num 4747", "accept");
     let o = ns.nft_file(&without_queue, true);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.success(), "{}", o.stderr);
     // Check mode committed nothing.
     assert!(!ns.nft_ok(&["list", "ruleset"]).contains("nnt_check"));
 }
@@ -864,11 +702,11 @@ fn nft_check_of_rendered_text_is_truthful() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn without_cap_net_admin_the_error_says_so() {
-    if !need_root() {
+    if !require_root("without_cap_net_admin_the_error_says_so") {
         return;
     }
-    let ns = Netns::new();
-    let err = ns.run(|| {
+    let ns = Ns::new("nft");
+    let err = ns.enter(|| {
         #[repr(C)]
         struct Header {
             version: u32,
@@ -904,17 +742,17 @@ fn without_cap_net_admin_the_error_says_so() {
     });
     assert!(matches!(err, NftError::NotPermitted), "{err:?}");
     assert!(err.to_string().contains("CAP_NET_ADMIN"));
-    assert_eq!(ns.our_table(), None);
+    assert_eq!(our_table(&ns), None);
 }
 
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn overlong_interface_name_is_refused_before_sending() {
-    if !need_root() {
+    if !require_root("overlong_interface_name_is_refused_before_sending") {
         return;
     }
-    let ns = Netns::new();
-    let err = ns.run(|| {
+    let ns = Ns::new("nft");
+    let err = ns.enter(|| {
         let mut s = NftSession::open().unwrap();
         let p = Policy::new(
             &[svc(
@@ -930,7 +768,7 @@ fn overlong_interface_name_is_refused_before_sending() {
         s.install(&p).unwrap_err()
     });
     assert!(matches!(err, NftError::BadInterfaceName(_)), "{err:?}");
-    assert_eq!(ns.our_table(), None);
+    assert_eq!(our_table(&ns), None);
 }
 
 /// A child process started while the session is open must not inherit its socket: it would keep
@@ -938,18 +776,18 @@ fn overlong_interface_name_is_refused_before_sending() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn a_child_process_does_not_keep_the_table() {
-    if !need_root() {
+    if !require_root("a_child_process_does_not_keep_the_table") {
         return;
     }
-    let ns = Netns::new();
-    let mut child = ns.run(|| {
+    let ns = Ns::new("nft");
+    let mut child = ns.enter(|| {
         let mut s = NftSession::open().unwrap();
         s.install(&Policy::new(&sample_services(), 1)).unwrap();
         let child = Command::new("sleep").arg("10").spawn().unwrap();
         drop(s);
         child
     });
-    let gone = ns.table_gone();
+    let gone = table_gone(&ns);
     let _ = child.kill();
     let _ = child.wait();
     assert!(gone, "the child kept the owner socket open");

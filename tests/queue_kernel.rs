@@ -1,130 +1,54 @@
 //! Kernel tests of `netnat::queue`: each test creates its own network namespace, adds an
 //! iptables NFQUEUE rule there, binds a queue from a thread that has entered the namespace and
 //! sends UDP datagrams over that namespace's loopback. The host's own namespace is never
-//! touched: no rule, no queue binding and no packet outside the test namespace.
+//! touched: no rule, no queue binding and no packet outside the test namespace (the namespace
+//! is a [`common::Ns`]).
 //!
-//! Needs root and `ip`/`iptables`. Without root the tests say so and pass, unless `CI` is set,
-//! where they fail: a root test must not skip silently where it is expected to run.
+//! The queue is driven as the daemon drives it: `receive_batch`, `decide`, `send_verdicts`
+//! (see [`batch`]).
+//!
+//! Needs root and `ip`/`iptables`.
+
+mod common;
 
 use std::collections::HashSet;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Ns, require_root};
 use netnat::queue::{Decision, Packet, Queue, QueueError, QueueOptions, Verdict, msg, proc_queue};
 
 const PORT: u16 = 9999;
 
-/// True when the test can run; false (after saying why) when it must be skipped locally.
-fn have_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    // These tests are #[ignore]d ("needs root"): run, they must run, never skip quietly.
-    assert!(
-        euid == 0,
-        "queue kernel tests need root (network namespaces, CAP_NET_ADMIN), running as uid {euid}: \
-         run them as root (scripts/test)"
-    );
-    true
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace named `nnq-<pid>-<n>`, deleted on drop (also when the test panics).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        static SWEPT: std::sync::Once = std::sync::Once::new();
-        SWEPT.call_once(sweep_stale);
-        let name = format!(
-            "nnq-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        run(&full)
-    }
-
-    /// Steers UDP to PORT sent in this namespace (OUTPUT, so the loopback traffic of the test
-    /// itself) into queue `num`. No `--queue-bypass`: an unbound queue drops, which makes a
-    /// missing verdict visible.
-    fn queue_rule(&self, num: u16) {
-        let port = PORT.to_string();
-        let num = num.to_string();
-        self.exec(&[
-            "iptables",
-            "-t",
-            "mangle",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "udp",
-            "--dport",
-            &port,
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            &num,
-        ]);
-    }
-
-    /// Runs `f` on a thread that has entered this namespace (setns is per thread).
-    fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns file");
-            // SAFETY: setns on a valid namespace fd; it changes only this thread's network
-            // namespace, and this thread exits when `f` is done.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    }
-
-    fn name(&self) -> String {
-        self.name.clone()
-    }
+/// Steers UDP to PORT sent in `ns` (OUTPUT, so the loopback traffic of the test itself) into
+/// queue `num`. No `--queue-bypass`: an unbound queue drops, which makes a missing verdict
+/// visible.
+fn queue_rule(ns: &Ns, num: u16) {
+    let port = PORT.to_string();
+    let num = num.to_string();
+    ns.must(&[
+        "iptables",
+        "-t",
+        "mangle",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "udp",
+        "--dport",
+        &port,
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        &num,
+    ]);
 }
 
 /// The kernel's status line for queue `num` in namespace `ns`: (waiting, queue dropped, user
 /// dropped). Read through `ip netns exec`, not the crate's own helper, as an independent check,
 /// and while the queue is still bound (unbinding removes the line).
-fn proc_status(ns: &str, num: u16) -> (u32, u32, u32) {
-    let text = run(&[
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "cat",
-        "/proc/net/netfilter/nfnetlink_queue",
-    ]);
+fn proc_status(ns: &Ns, num: u16) -> (u32, u32, u32) {
+    let text = ns.must(&["cat", "/proc/net/netfilter/nfnetlink_queue"]);
     text.lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -137,40 +61,6 @@ fn proc_status(ns: &str, num: u16) -> (u32, u32, u32) {
             })
         })
         .unwrap_or_else(|| panic!("queue {num} not listed:\n{text}"))
-}
-
-/// Drop cannot run when a test run is killed (timeout, ^C): remove namespaces left by earlier
-/// runs of these tests, recognised by the `nnq-<pid>-` prefix of a process that is gone.
-fn sweep_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let Some(pid) = name
-            .strip_prefix("nnq-")
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let ok = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("warning: could not delete netns {}", self.name);
-        }
-    }
 }
 
 fn set_int_opt(sock: &UdpSocket, opt: libc::c_int, val: libc::c_int) {
@@ -211,6 +101,21 @@ fn clear_udp_checksum(ip: &mut [u8]) {
     ip[ihl + 7] = 0;
 }
 
+/// One batch the way the daemon's queue threads handle it (`Consumer::drain` in
+/// src/engine/consumer.rs): receive what is waiting, decide every packet, send all verdicts.
+/// Returns the number of packets decided; 0 when nothing (or only an error report) was waiting.
+fn batch(
+    q: &mut Queue,
+    handler: &mut dyn FnMut(&mut Packet<'_>) -> Decision,
+) -> Result<usize, QueueError> {
+    if q.receive_batch()? == 0 {
+        return Ok(0);
+    }
+    let decided = q.decide(handler);
+    q.send_verdicts()?;
+    Ok(decided)
+}
+
 /// Waits for and handles packets until `want` were handled or `limit` passed.
 fn pump(
     q: &mut Queue,
@@ -222,7 +127,7 @@ fn pump(
     let mut done = 0;
     while done < want && Instant::now() < deadline {
         if q.wait(Duration::from_millis(50)).expect("wait") {
-            done += q.process_batch(handler).expect("process_batch");
+            done += batch(q, handler).expect("batch");
         }
     }
     done
@@ -254,18 +159,18 @@ const ACCEPT: Decision = Decision {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn verdicts_accept_drop_modify_mark_truncate() {
-    if !have_root() {
+    if !require_root("verdicts_accept_drop_modify_mark_truncate") {
         return;
     }
-    let ns = Netns::new();
+    let ns = Ns::new("queue");
     let num = 7;
-    ns.queue_rule(num);
+    queue_rule(&ns, num);
     // Counts packets that leave the queue with the mark the verdict set.
-    ns.exec(&[
+    ns.must(&[
         "iptables", "-t", "filter", "-A", "OUTPUT", "-p", "udp", "--dport", "9999", "-m", "mark",
         "--mark", "0x1234",
     ]);
-    ns.run_inside(move || {
+    ns.enter(move || {
         let mut q = Queue::open(&QueueOptions {
             num,
             ..Default::default()
@@ -400,15 +305,15 @@ fn verdicts_accept_drop_modify_mark_truncate() {
             q.wait(Duration::from_secs(2)).unwrap(),
             "error report expected"
         );
-        assert_eq!(q.process_batch(&mut |_| ACCEPT).unwrap(), 0);
+        assert_eq!(batch(&mut q, &mut |_| ACCEPT).unwrap(), 0);
         assert_eq!(q.stats().async_errors, 1);
         assert_eq!(
-            q.process_batch(&mut |_| ACCEPT).unwrap(),
+            batch(&mut q, &mut |_| ACCEPT).unwrap(),
             0,
             "nothing else waiting"
         );
     });
-    let counters = ns.exec(&["iptables", "-t", "filter", "-L", "OUTPUT", "-v", "-x", "-n"]);
+    let counters = ns.must(&["iptables", "-t", "filter", "-L", "OUTPUT", "-v", "-x", "-n"]);
     let marked: u64 = counters
         .lines()
         .find(|l| l.to_ascii_lowercase().contains("mark match 0x1234"))
@@ -421,116 +326,113 @@ fn verdicts_accept_drop_modify_mark_truncate() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn burst_of_3000_all_get_verdicts() {
-    if !have_root() {
+    if !require_root("burst_of_3000_all_get_verdicts") {
         return;
     }
     const SENT: u32 = 3000;
     const SIZE: usize = 512;
-    let ns = Netns::new();
+    let ns = Ns::new("queue");
     let num = 8;
-    ns.queue_rule(num);
-    let ns_name = ns.name();
-    let (stats, delivered, max_batch, batches, wouldblock, kernel, sends) =
-        ns.run_inside(move || {
-            let mut q = Queue::open(&QueueOptions {
-                num,
-                ..Default::default()
-            })
-            .expect("open queue");
-            let (tx, rx) = sockets();
-            // Queued packets stay charged to the sender's socket and, once accepted, to the
-            // receiver's: size both for the whole burst so the test measures the queue.
-            set_int_opt(&tx, 32 /* SO_SNDBUFFORCE */, 16 << 20);
-            set_int_opt(&rx, 33 /* SO_RCVBUFFORCE */, 16 << 20);
-            tx.set_nonblocking(true).unwrap();
+    queue_rule(&ns, num);
+    let (stats, delivered, max_batch, batches, wouldblock, kernel, sends) = ns.enter(|| {
+        let mut q = Queue::open(&QueueOptions {
+            num,
+            ..Default::default()
+        })
+        .expect("open queue");
+        let (tx, rx) = sockets();
+        // Queued packets stay charged to the sender's socket and, once accepted, to the
+        // receiver's: size both for the whole burst so the test measures the queue.
+        set_int_opt(&tx, 32 /* SO_SNDBUFFORCE */, 16 << 20);
+        set_int_opt(&rx, 33 /* SO_RCVBUFFORCE */, 16 << 20);
+        tx.set_nonblocking(true).unwrap();
 
-            // The whole burst first, with nobody reading: the worst case for the queue socket.
-            let start = Instant::now();
-            let mut wouldblock = 0u32;
-            let mut buf = [0u8; SIZE];
-            let mut seq = 0u32;
-            while seq < SENT {
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "burst send stalled"
-                );
-                buf[..4].copy_from_slice(&seq.to_be_bytes());
-                match tx.send(&buf) {
-                    Ok(_) => seq += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        // Should not happen with the buffer above; if it does, make room.
-                        wouldblock += 1;
-                        let _ = q.process_batch(&mut |_| ACCEPT);
+        // The whole burst first, with nobody reading: the worst case for the queue socket.
+        let start = Instant::now();
+        let mut wouldblock = 0u32;
+        let mut buf = [0u8; SIZE];
+        let mut seq = 0u32;
+        while seq < SENT {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "burst send stalled"
+            );
+            buf[..4].copy_from_slice(&seq.to_be_bytes());
+            match tx.send(&buf) {
+                Ok(_) => seq += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Should not happen with the buffer above; if it does, make room.
+                    wouldblock += 1;
+                    let _ = batch(&mut q, &mut |_| ACCEPT);
+                }
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+
+        // Odd sequence numbers go back modified (payload iovecs in the batch), even ones as
+        // plain accepts.
+        let mut max_batch = 0;
+        let mut batches = 0u32;
+        let mut handled = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while handled < SENT as usize && Instant::now() < deadline {
+            if !q.wait(Duration::from_millis(200)).unwrap() {
+                continue;
+            }
+            let n = batch(&mut q, &mut |p| {
+                let data = udp_payload(p.payload).expect("ipv4/udp");
+                let s = u32::from_be_bytes(data[..4].try_into().unwrap());
+                if s % 2 == 1 {
+                    data[4] = b'M';
+                    clear_udp_checksum(p.payload);
+                    Decision {
+                        verdict: Verdict::Accept,
+                        modified: true,
+                        mark: None,
                     }
-                    Err(e) => panic!("send: {e}"),
+                } else {
+                    ACCEPT
                 }
+            })
+            .unwrap();
+            if n > 0 {
+                batches += 1;
+                max_batch = max_batch.max(n);
+                handled += n;
             }
+        }
+        // Anything beyond the burst would be a bug; give it a moment to show up.
+        if q.wait(Duration::from_millis(200)).unwrap() {
+            handled += batch(&mut q, &mut |_| ACCEPT).unwrap();
+        }
+        assert_eq!(handled, SENT as usize);
 
-            // Odd sequence numbers go back modified (payload iovecs in the batch), even ones as
-            // plain accepts.
-            let mut max_batch = 0;
-            let mut batches = 0u32;
-            let mut handled = 0usize;
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while handled < SENT as usize && Instant::now() < deadline {
-                if !q.wait(Duration::from_millis(200)).unwrap() {
-                    continue;
-                }
-                let n = q
-                    .process_batch(&mut |p| {
-                        let data = udp_payload(p.payload).expect("ipv4/udp");
-                        let s = u32::from_be_bytes(data[..4].try_into().unwrap());
-                        if s % 2 == 1 {
-                            data[4] = b'M';
-                            clear_udp_checksum(p.payload);
-                            Decision {
-                                verdict: Verdict::Accept,
-                                modified: true,
-                                mark: None,
-                            }
-                        } else {
-                            ACCEPT
-                        }
-                    })
-                    .unwrap();
-                if n > 0 {
-                    batches += 1;
-                    max_batch = max_batch.max(n);
-                    handled += n;
-                }
-            }
-            // Anything beyond the burst would be a bug; give it a moment to show up.
-            if q.wait(Duration::from_millis(200)).unwrap() {
-                handled += q.process_batch(&mut |_| ACCEPT).unwrap();
-            }
-            assert_eq!(handled, SENT as usize);
-
-            let mut seen = HashSet::new();
-            let mut rbuf = vec![0u8; 2048];
-            rx.set_read_timeout(Some(Duration::from_millis(500)))
-                .unwrap();
-            while seen.len() < SENT as usize {
-                let Ok(n) = rx.recv(&mut rbuf) else { break };
-                assert_eq!(n, SIZE);
-                let s = u32::from_be_bytes(rbuf[..4].try_into().unwrap());
-                let want = if s % 2 == 1 { b'M' } else { 0 };
-                assert_eq!(rbuf[4], want, "datagram {s} modified iff odd");
-                seen.insert(s);
-            }
-            let p = proc_queue(num).expect("queue listed");
-            assert_eq!(p.waiting, 0, "packets left without verdict: {p:?}");
-            let kernel = proc_status(&ns_name, num);
-            let sends = q.verdict_sends();
-            (
-                q.stats(),
-                seen.len(),
-                max_batch,
-                batches,
-                wouldblock,
-                kernel,
-                sends,
-            )
-        });
+        let mut seen = HashSet::new();
+        let mut rbuf = vec![0u8; 2048];
+        rx.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        while seen.len() < SENT as usize {
+            let Ok(n) = rx.recv(&mut rbuf) else { break };
+            assert_eq!(n, SIZE);
+            let s = u32::from_be_bytes(rbuf[..4].try_into().unwrap());
+            let want = if s % 2 == 1 { b'M' } else { 0 };
+            assert_eq!(rbuf[4], want, "datagram {s} modified iff odd");
+            seen.insert(s);
+        }
+        let p = proc_queue(num).expect("queue listed");
+        assert_eq!(p.waiting, 0, "packets left without verdict: {p:?}");
+        let kernel = proc_status(&ns, num);
+        let sends = q.verdict_sends();
+        (
+            q.stats(),
+            seen.len(),
+            max_batch,
+            batches,
+            wouldblock,
+            kernel,
+            sends,
+        )
+    });
     let (waiting, queue_dropped, user_dropped) = kernel;
     eprintln!(
         "burst: sent {SENT}, queue received {}, verdicts {}, delivered {delivered}, enobufs {}, \
@@ -551,12 +453,12 @@ fn burst_of_3000_all_get_verdicts() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn second_bind_is_refused_clearly_and_unbind_releases() {
-    if !have_root() {
+    if !require_root("second_bind_is_refused_clearly_and_unbind_releases") {
         return;
     }
-    let ns = Netns::new();
+    let ns = Ns::new("queue");
     let num = 9;
-    ns.run_inside(move || {
+    ns.enter(move || {
         let opts = QueueOptions {
             num,
             ..Default::default()
@@ -593,15 +495,14 @@ fn second_bind_is_refused_clearly_and_unbind_releases() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn small_buffer_burst_counts_enobufs() {
-    if !have_root() {
+    if !require_root("small_buffer_burst_counts_enobufs") {
         return;
     }
     const SENT: u32 = 3000;
-    let ns = Netns::new();
+    let ns = Ns::new("queue");
     let num = 11;
-    ns.queue_rule(num);
-    let ns_name = ns.name();
-    let (stats, send_errors, kernel) = ns.run_inside(move || {
+    queue_rule(&ns, num);
+    let (stats, send_errors, kernel) = ns.enter(|| {
         let mut q = Queue::open(&QueueOptions {
             num,
             rcvbuf: 208 << 10,
@@ -631,10 +532,10 @@ fn small_buffer_burst_counts_enobufs() {
             if !q.wait(Duration::from_millis(200)).unwrap() {
                 break;
             }
-            q.process_batch(&mut |_| ACCEPT).unwrap();
+            batch(&mut q, &mut |_| ACCEPT).unwrap();
         }
         assert_eq!(proc_queue(num).expect("listed").waiting, 0);
-        let kernel = proc_status(&ns_name, num);
+        let kernel = proc_status(&ns, num);
         (q.stats(), send_errors, kernel)
     });
     let (waiting, queue_dropped, user_dropped) = kernel;
@@ -660,14 +561,14 @@ fn small_buffer_burst_counts_enobufs() {
 #[test]
 #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
 fn verdicts_split_when_send_buffer_is_small() {
-    if !have_root() {
+    if !require_root("verdicts_split_when_send_buffer_is_small") {
         return;
     }
     const SENT: u32 = 200;
-    let ns = Netns::new();
+    let ns = Ns::new("queue");
     let num = 12;
-    ns.queue_rule(num);
-    ns.run_inside(move || {
+    queue_rule(&ns, num);
+    ns.enter(move || {
         let mut q = Queue::open(&QueueOptions {
             num,
             ..Default::default()
@@ -703,17 +604,16 @@ fn verdicts_split_when_send_buffer_is_small() {
             if !q.wait(Duration::from_millis(200)).unwrap() {
                 continue;
             }
-            let n = q
-                .process_batch(&mut |p| {
-                    udp_payload(p.payload).unwrap()[4] = b'S';
-                    clear_udp_checksum(p.payload);
-                    Decision {
-                        verdict: Verdict::Accept,
-                        modified: true,
-                        mark: None,
-                    }
-                })
-                .unwrap();
+            let n = batch(&mut q, &mut |p| {
+                udp_payload(p.payload).unwrap()[4] = b'S';
+                clear_udp_checksum(p.payload);
+                Decision {
+                    verdict: Verdict::Accept,
+                    modified: true,
+                    mark: None,
+                }
+            })
+            .unwrap();
             if n > 0 {
                 batches += 1;
                 handled += n;

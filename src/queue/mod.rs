@@ -1,10 +1,11 @@
 //! NFQUEUE consumer layer on `mnl`: bind, receive in batches, verdicts with payloads.
 //!
 //! One [`Queue`] is one bound queue on its own netlink socket. The daemon runs one thread per
-//! queue: `wait` for readability, then `process_batch`, which receives every packet waiting
-//! (up to [`BATCH`] datagrams in one `recvmmsg`), hands each to the caller's handler with its
-//! payload still in the receive buffer, and returns all their verdicts in one `sendmsg`
-//! (payloads as their own iovecs, straight from the receive buffer).
+//! queue: `wait` for readability, then `receive_batch`, which receives every packet waiting
+//! (up to [`BATCH`] datagrams in one `recvmmsg`), `decide`, which hands each to the caller's
+//! handler with its payload still in the receive buffer, and `send_verdicts`, which returns all
+//! their verdicts in one `sendmsg` (payloads as their own iovecs, straight from the receive
+//! buffer).
 //!
 //! Why our own layer and not the `nfq` crate (0.2.5 gives no access to its socket): we need the fd (socket buffer
 //! size, poll), configuration that does not throw packets away, and several verdicts per
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use msg::{Message, PacketMsg};
 
-/// Datagrams fetched per `recvmmsg`, and so the most packets handled per `process_batch`.
+/// Datagrams fetched per `recvmmsg`, and so the most packets handled per batch.
 /// Every one needs a receive buffer for the largest packet ([`DGRAM_BUF`], 68 KiB), resident
 /// once a burst has filled it: 32 keep a queue's buffers at 2.2 MiB, so that one queue per
 /// CPU stays small, while a batch still spreads each system call over 32 packets.
@@ -83,7 +84,7 @@ pub struct Decision {
     pub mark: Option<u32>,
 }
 
-/// A queued packet handed to the `process_batch` handler.
+/// A queued packet handed to the [`Queue::decide`] handler.
 #[derive(Debug)]
 pub struct Packet<'a> {
     /// Kernel packet id, what the verdict refers to.
@@ -203,7 +204,7 @@ pub struct Queue {
     lens: Vec<usize>,
     trunc: Vec<bool>,
     /// Datagrams that arrived while `open` waited for its acknowledgement. They are handled by
-    /// the first `process_batch` rather than thrown away (the `nfq` crate loses them).
+    /// the first `receive_batch` rather than thrown away (the `nfq` crate loses them).
     stash: VecDeque<Vec<u8>>,
     /// Reused between batches: decoded packets (buffer index, message) and verdict headers.
     parsed: Vec<(usize, PacketMsg)>,
@@ -300,7 +301,7 @@ impl Queue {
     }
 
     /// Reads until the acknowledgement (or error) of the bind request arrives, keeping any
-    /// packet that is queued in the meantime for the first `process_batch`.
+    /// packet that is queued in the meantime for the first `receive_batch`.
     fn await_ack(&mut self) -> Result<(), QueueError> {
         let fd = self.sock.as_raw_fd();
         let deadline = Instant::now() + ACK_TIMEOUT;
@@ -368,30 +369,11 @@ impl Queue {
         self.num
     }
 
-    /// Receives every packet waiting now, up to [`BATCH`], calls `handler` for each and sends
-    /// all verdicts in one `sendmsg` (more only if their payloads exceed the send buffer).
-    /// Returns the number of packets handled; 0 when nothing was waiting.
-    ///
-    /// A packet whose payload is `truncated` never gets its payload back, whatever the
-    /// handler says: a decision to accept it modified becomes DROP (fail closed, counted in
-    /// [`QueueStats::failed_closed`]), never an accept of the unmodified original.
-    /// Asynchronous netlink errors and ENOBUFS are counted in [`QueueStats`], not returned.
-    pub fn process_batch(
-        &mut self,
-        handler: &mut dyn FnMut(&mut Packet<'_>) -> Decision,
-    ) -> Result<usize, QueueError> {
-        if self.receive_batch()? == 0 {
-            return Ok(0);
-        }
-        let handled = self.decide(handler);
-        self.send_verdicts()?;
-        Ok(handled)
-    }
-
-    /// The first third of [`Queue::process_batch`]: receives what is waiting (up to
+    /// The first third of a batch: receives what is waiting (up to
     /// [`BATCH`] datagrams) and decodes it. Returns the number of datagrams, 0 when nothing
     /// was waiting. Split out so that a caller sharing state with other queues' threads can
     /// hold its lock for [`Queue::decide`] only, not across the system calls.
+    /// Asynchronous netlink errors and ENOBUFS are counted in [`QueueStats`], not returned.
     pub fn receive_batch(&mut self) -> Result<usize, QueueError> {
         self.parsed.clear();
         let count = self.receive()?;
@@ -403,6 +385,10 @@ impl Queue {
 
     /// The second third: calls `handler` for each packet received by
     /// [`Queue::receive_batch`] and prepares its verdict. Returns the number of packets.
+    ///
+    /// A packet whose payload is `truncated` never gets its payload back, whatever the
+    /// handler says: a decision to accept it modified becomes DROP (fail closed, counted in
+    /// [`QueueStats::failed_closed`]), never an accept of the unmodified original.
     pub fn decide(&mut self, handler: &mut dyn FnMut(&mut Packet<'_>) -> Decision) -> usize {
         let Queue {
             num,
@@ -526,7 +512,7 @@ impl Queue {
     /// [`QueueStats::verdicts_lost`]. The rest of the batch is still sent, and the first error
     /// is returned afterwards.
     ///
-    /// The last third of [`Queue::process_batch`], after [`Queue::decide`].
+    /// The last third of a batch, after [`Queue::decide`].
     pub fn send_verdicts(&mut self) -> Result<(), QueueError> {
         let fd = self.sock.as_raw_fd();
         // SAFETY: `send_verdicts_with` passes only iovecs describing its own buffers, valid
@@ -631,7 +617,7 @@ impl Queue {
         self.sends
     }
 
-    /// Waits up to `timeout` for packets. True when `process_batch` has something to do.
+    /// Waits up to `timeout` for packets. True when `receive_batch` has something to do.
     pub fn wait(&self, timeout: Duration) -> Result<bool, QueueError> {
         self.wait_or(-1, timeout)
     }

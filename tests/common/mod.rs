@@ -1,31 +1,35 @@
-//! Test harness for netnat's end-to-end data-path tests.
+//! The test harness every namespace test builds on: root guard, bounded commands, processes
+//! with their output in files, temp dirs, the test addresses, the kernel's queue counters.
 //!
-//! A [`Topology`] is three network namespaces (client, router, server) joined by two veth pairs:
+//! - [`netns`]: [`Ns`], one network namespace owned by a test (pid-unique name, removed on drop,
+//!   commands and threads inside it, veth pairs);
+//! - [`topology`]: [`Topology`], client, router and server joined by veth pairs;
+//! - [`capture`]: tcpdump inside a namespace, read back with tshark;
+//! - [`scenario`]: the data-path scenarios, run against kernel NAT and netnat;
+//! - [`matrix!`]: one `#[test]` per combination of a scenario's parameters.
 //!
-//! ```text
-//! cli eth0 10.99.1.2/24 fd99:1::2/64
-//!   ── rtr pub0 10.99.1.1/24 10.99.1.80/24 fd99:1::1/64 fd99:1::80/64
-//!      rtr priv0 192.168.77.1/24 fd99:77::1/64
-//!   ── srv eth0 192.168.77.10/24 fd99:77::10/64
-//! ```
-//!
-//! Everything a test starts runs inside those namespaces; traffic only ever goes between them.
-//! Dropping the topology kills every process left in its namespaces and deletes them, also when
-//! the test panics. Every command and every wait is bounded in time.
+//! Everything a test starts runs inside its namespaces; traffic only ever goes between them.
+//! Every command and every wait is bounded in time.
 
 #![allow(dead_code)] // each test crate uses a different part of the harness
+#![allow(unused_macros)] // likewise `matrix!`
 
 pub mod capture;
+pub mod netns;
 pub mod scenario;
+pub mod topology;
+
+pub use netns::Ns;
+pub use topology::Topology;
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -201,88 +205,6 @@ pub fn host(argv: &[&str]) -> CmdOutput {
     let mut c = Command::new(argv[0]);
     c.args(&argv[1..]);
     run_bounded(c, Duration::from_secs(120))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Namespaces and processes
-
-/// One named network namespace of a topology.
-pub struct Ns {
-    pub name: String,
-}
-
-impl Ns {
-    /// Runs `f` in a thread of its own inside this namespace (setns is per thread), e.g. to
-    /// create sockets there: a sender in Rust is far faster than any script.
-    pub fn thread<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> thread::JoinHandle<T> {
-        let path = format!("/var/run/netns/{}", self.name);
-        thread::spawn(move || {
-            let nsf = File::open(&path).expect("open netns");
-            // SAFETY: setns on a namespace fd we hold open; it moves only this thread, which
-            // exists to run `f` there.
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&nsf), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-    }
-
-    /// `ip netns exec <name> argv...`
-    pub fn command(&self, argv: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).args(argv);
-        c
-    }
-
-    pub fn run(&self, argv: &[&str]) -> CmdOutput {
-        run_bounded(self.command(argv), CMD_TIMEOUT)
-    }
-
-    pub fn run_timeout(&self, argv: &[&str], timeout: Duration) -> CmdOutput {
-        run_bounded(self.command(argv), timeout)
-    }
-
-    /// Runs and panics with the evidence unless it exits 0; returns stdout.
-    pub fn must(&self, argv: &[&str]) -> String {
-        let what = format!("in namespace {}", self.name);
-        self.run(argv).expect_ok(&what).stdout
-    }
-
-    /// `sh -c script` inside the namespace.
-    pub fn sh(&self, script: &str) -> CmdOutput {
-        self.run(&["sh", "-c", script])
-    }
-
-    /// `nft -f -` with `ruleset` on stdin (via a file: stdin of bounded commands is closed).
-    pub fn nft_load(&self, dir: &Path, ruleset: &str) -> CmdOutput {
-        let path = dir.join(format!("ruleset-{}.nft", unique_id()));
-        fs::write(&path, ruleset).expect("write ruleset file");
-        self.run(&["nft", "-f", path.to_str().expect("utf-8 path")])
-    }
-
-    /// Polls until something listens on `port` (`tcp` or `udp`); panics after `timeout`.
-    pub fn wait_listening(&self, proto: &str, port: u16, timeout: Duration) {
-        let flag = if proto == "udp" { "-Hlnu" } else { "-Hlnt" };
-        let filter = format!("sport = :{port}");
-        let start = Instant::now();
-        let mut last;
-        loop {
-            last = self.run(&["ss", flag, &filter]);
-            if last.success() && !last.stdout.trim().is_empty() {
-                return;
-            }
-            if start.elapsed() > timeout {
-                panic!(
-                    "nothing listens on {proto} port {port} in {} after {timeout:?}\n{last}",
-                    self.name
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 /// A process started in a namespace. Its stdout and stderr go to files; dropping it kills its
@@ -486,230 +408,6 @@ impl Family {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Topology
-
-/// Three namespaces `nn-<pid>-<n>-cli/rtr/srv` joined by veth pairs, ready to route.
-pub struct Topology {
-    pub id: String,
-    pub cli: Ns,
-    pub rtr: Ns,
-    pub srv: Ns,
-    pub dir: TempDir,
-}
-
-impl Topology {
-    pub fn new() -> Topology {
-        sweep_stale_namespaces();
-        let id = unique_id();
-        let t = Topology {
-            cli: Ns {
-                name: format!("nn-{id}-cli"),
-            },
-            rtr: Ns {
-                name: format!("nn-{id}-rtr"),
-            },
-            srv: Ns {
-                name: format!("nn-{id}-srv"),
-            },
-            dir: TempDir::new(&id),
-            id,
-        };
-        // From here on, Drop cleans up whatever part was built.
-        t.build();
-        t
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut c = Command::new("ip");
-        c.args(args);
-        run_bounded(c, CMD_TIMEOUT).expect_ok("topology setup");
-    }
-
-    fn build(&self) {
-        let (cli, rtr, srv) = (&self.cli.name, &self.rtr.name, &self.srv.name);
-        for ns in [cli, rtr, srv] {
-            self.ip(&["netns", "add", ns]);
-        }
-        for ns in [&self.cli, &self.rtr, &self.srv] {
-            // No duplicate address detection: addresses (also link-local) usable at once.
-            ns.must(&[
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-            ]);
-            self.ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        }
-        self.ip(&[
-            "-n", cli, "link", "add", "eth0", "type", "veth", "peer", "name", "pub0", "netns", rtr,
-        ]);
-        self.ip(&[
-            "-n", srv, "link", "add", "eth0", "type", "veth", "peer", "name", "priv0", "netns", rtr,
-        ]);
-        let addrs: [(&str, &str, &str); 10] = [
-            (cli, "eth0", "10.99.1.2/24"),
-            (cli, "eth0", "fd99:1::2/64"),
-            // .1 first: it is the primary (natural) IPv4 address, .80 a secondary one.
-            (rtr, "pub0", "10.99.1.1/24"),
-            (rtr, "pub0", "10.99.1.80/24"),
-            // IPv6 has no primary: `*` takes the oldest usable address, so ::1 is added first.
-            (rtr, "pub0", "fd99:1::1/64"),
-            (rtr, "pub0", "fd99:1::80/64"),
-            (rtr, "priv0", "192.168.77.1/24"),
-            (rtr, "priv0", "fd99:77::1/64"),
-            (srv, "eth0", "192.168.77.10/24"),
-            (srv, "eth0", "fd99:77::10/64"),
-        ];
-        for (ns, dev, a) in addrs {
-            if a.contains(':') {
-                self.ip(&["-n", ns, "addr", "add", a, "dev", dev, "nodad"]);
-            } else {
-                self.ip(&["-n", ns, "addr", "add", a, "dev", dev]);
-            }
-        }
-        for (ns, dev) in [(cli, "eth0"), (rtr, "pub0"), (rtr, "priv0"), (srv, "eth0")] {
-            self.ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        self.rtr.must(&[
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-            "net.ipv6.conf.default.forwarding=1",
-        ]);
-        self.ip(&["-n", cli, "route", "add", "default", "via", "10.99.1.1"]);
-        self.ip(&[
-            "-n",
-            cli,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd99:1::1",
-        ]);
-        self.ip(&["-n", srv, "route", "add", "default", "via", "192.168.77.1"]);
-        self.ip(&[
-            "-n",
-            srv,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd99:77::1",
-        ]);
-    }
-
-    /// Starts `argv` in `ns`; output goes to `<label>.out` / `<label>.err` in the temp dir.
-    pub fn spawn(&self, ns: &Ns, label: &str, argv: &[&str]) -> Proc {
-        let stdout_path = self.dir.file(&format!("{label}.out"));
-        let stderr_path = self.dir.file(&format!("{label}.err"));
-        let mut cmd = ns.command(argv);
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&stdout_path).expect("create stdout file"))
-            .stderr(File::create(&stderr_path).expect("create stderr file"))
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {label} `{}`: {e}", describe(&cmd)));
-        Proc {
-            label: label.to_string(),
-            child,
-            stdout_path,
-            stderr_path,
-            status: None,
-        }
-    }
-
-    /// Turns TX checksum offload off on every veth end (and with it TSO), inside each namespace.
-    pub fn tx_offload_off(&self) {
-        for (ns, dev) in [
-            (&self.cli, "eth0"),
-            (&self.rtr, "pub0"),
-            (&self.rtr, "priv0"),
-            (&self.srv, "eth0"),
-        ] {
-            ns.run(&["ethtool", "-K", dev, "tx", "off"])
-                .expect_ok("ethtool -K tx off");
-            let k = ns.must(&["ethtool", "-k", dev]);
-            assert!(
-                k.lines().any(|l| l.trim() == "tx-checksumming: off"),
-                "{dev} in {} still has tx-checksumming on:\n{k}",
-                ns.name
-            );
-        }
-    }
-
-    /// MAC address of `dev` in `ns`.
-    pub fn mac(&self, ns: &Ns, dev: &str) -> String {
-        let path = format!("/sys/class/net/{dev}/address");
-        ns.must(&["cat", &path]).trim().to_string()
-    }
-}
-
-impl Default for Topology {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn destroy_namespace(name: &str) {
-    let mut c = Command::new("ip");
-    c.args(["netns", "pids", name]);
-    let pids = run_bounded(c, CMD_TIMEOUT);
-    for pid in pids
-        .stdout
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-    {
-        // SAFETY: plain syscall; every process in a test namespace was started by this harness.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-    }
-    let mut c = Command::new("ip");
-    c.args(["netns", "delete", name]);
-    let _ = run_bounded(c, CMD_TIMEOUT);
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        if std::env::var_os("NN_KEEP_NS").is_some() {
-            eprintln!("NN_KEEP_NS: keeping namespaces nn-{}-*", self.id);
-            return;
-        }
-        for ns in [&self.cli, &self.rtr, &self.srv] {
-            destroy_namespace(&ns.name);
-        }
-    }
-}
-
-/// Deletes namespaces `nn-<pid>-<n>-<role>` of test processes that are gone (a test binary
-/// killed by a timeout cannot run its destructors). Once per process.
-fn sweep_stale_namespaces() {
-    static SWEEP: Once = Once::new();
-    SWEEP.call_once(|| {
-        let mut c = Command::new("ip");
-        c.args(["netns", "list"]);
-        let list = run_bounded(c, CMD_TIMEOUT);
-        for line in list.stdout.lines() {
-            let name = line.split_whitespace().next().unwrap_or("");
-            let parts: Vec<&str> = name.split('-').collect();
-            let ours = parts.len() == 4
-                && parts[0] == "nn"
-                && parts[1].parse::<u32>().is_ok()
-                && parts[2].parse::<u32>().is_ok()
-                && ["cli", "rtr", "srv"].contains(&parts[3]);
-            if ours && !Path::new(&format!("/proc/{}", parts[1])).exists() {
-                eprintln!("removing stale test namespace {name}");
-                destroy_namespace(name);
-            }
-        }
-    });
-}
-
 /// Prometheus metrics as the real parser (`prometheus_client`, tests/scripts/prom_parse.py)
 /// reads them: one `name{labels} value type` line per sample. Panics when it refuses them.
 pub fn prometheus_samples(text: &str) -> Vec<String> {
@@ -800,3 +498,30 @@ pub fn kernel_queues(ns: &Ns, first: u32) -> Option<KernelQueue> {
     }
     sum
 }
+
+// ---------------------------------------------------------------------------------------------
+// One test per combination
+
+/// One root test per `name => family, apparent address;` line, each running `scenario` with
+/// the translator `tr`: `matrix! { TR, scenario_endpoints: netnat_endpoints_v4_fixed => V4,
+/// Fixed; ... }`. The same matrix serves both translators (datapath.rs, datapath_reference.rs).
+macro_rules! matrix {
+    ($tr:expr, $scenario:ident: $($name:ident => $fam:ident, $app:ident;)*) => {
+        $(
+            #[test]
+            #[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+            fn $name() {
+                $scenario(
+                    stringify!($name),
+                    $crate::common::scenario::Case::new(
+                        $tr,
+                        $crate::common::Family::$fam,
+                        $crate::common::scenario::AppAddr::$app,
+                    ),
+                );
+            }
+        )*
+    };
+}
+#[allow(unused_imports)] // only the matrix test files use it
+pub(crate) use matrix;
