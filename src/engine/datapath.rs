@@ -66,7 +66,7 @@ pub fn direction_of(hook: u8) -> Option<Direction> {
 /// service's interface has more than one address, and only read when it holds something.
 pub fn handle(
     table: &ServiceTable,
-    flows: &mut FlowMemory,
+    flows: &FlowMemory,
     mark: u32,
     pkt: &mut Packet<'_>,
 ) -> (Decision, Event) {
@@ -103,12 +103,11 @@ pub fn handle(
         Direction::Reply if table.has_others() && !flows.is_empty() => reply_peer(pkt.payload),
         _ => None,
     };
-    let memory = &*flows;
     let outcome = wire::rewrite(pkt.payload, dir, csum, |proto, endpoint| match dir {
         Direction::Inbound => table.inbound(indev, proto, endpoint).map(|e| (e.act, e)),
         Direction::Reply => table.reply(outdev, proto, endpoint).map(|e| {
             let app = match peer {
-                Some(client) => memory.reply(e, client),
+                Some(client) => flows.reply(e, client),
                 None => SocketAddr::new(e.reply_default(), e.app.port()),
             };
             (app, e)
@@ -336,7 +335,7 @@ mod tests {
         let t = table();
         let mut bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!(d.verdict, Verdict::Accept);
         assert!(d.modified);
         assert_eq!(
@@ -365,7 +364,7 @@ mod tests {
         let mut bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let before = bytes.clone();
         let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 8, 0);
-        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!(
             (d.verdict, d.modified, e),
             (Verdict::Accept, false, Event::Passed)
@@ -379,7 +378,7 @@ mod tests {
         // From the right server but the wrong port: no service, so no translation.
         let mut bytes = tcp_syn([192, 168, 77, 10], 9999, [10, 99, 1, 2], 40312);
         let mut pkt = packet(&mut bytes, HOOK_POSTROUTING, 0, 7);
-        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!(d.verdict, Verdict::Drop);
         assert_eq!(
             e,
@@ -395,7 +394,7 @@ mod tests {
         let t = table();
         let mut bytes = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
         let mut pkt = packet(&mut bytes, HOOK_POSTROUTING, 0, 7);
-        let (d, _) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, _) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!(
             (d.verdict, d.modified, d.mark),
             (Verdict::Accept, true, Some(0x4e01))
@@ -410,7 +409,7 @@ mod tests {
         let mut bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 7, 0);
         pkt.truncated = true;
-        let (d, e) = handle(&t, &mut FlowMemory::default(), 0, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), 0, &mut pkt);
         // The headers still name service 0's apparent endpoint: the drop is its.
         assert_eq!(
             (d.verdict, e),
@@ -425,7 +424,7 @@ mod tests {
 
         let mut short = bytes[..30].to_vec();
         let mut pkt = packet(&mut short, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, &mut FlowMemory::default(), 0, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), 0, &mut pkt);
         assert_eq!(d.verdict, Verdict::Drop);
         assert!(
             matches!(
@@ -441,7 +440,7 @@ mod tests {
         // Too short even for the ports: dropped, but nobody's.
         let mut shorter = bytes[..22].to_vec();
         let mut pkt = packet(&mut shorter, HOOK_PREROUTING, 7, 0);
-        let (_, e) = handle(&t, &mut FlowMemory::default(), 0, &mut pkt);
+        let (_, e) = handle(&t, &FlowMemory::default(), 0, &mut pkt);
         assert!(
             matches!(
                 e,
@@ -469,7 +468,7 @@ mod tests {
         let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let before = syn.clone();
         let mut pkt = packet(&mut syn, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!(
             (d.verdict, d.modified, e),
             (Verdict::Accept, false, Event::Passed)
@@ -479,7 +478,7 @@ mod tests {
         let mut ack = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         ack[33] = 0x10;
         let mut pkt = packet(&mut ack, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
         assert!(d.modified, "{e:?}");
         assert!(matches!(e, Event::Translated { id: 1, .. }), "{e:?}");
         assert_eq!(&ack[16..20], &[192, 168, 77, 10]);
@@ -487,13 +486,13 @@ mod tests {
         let mut reply = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
         reply[33] = 0x12; // SYN-ACK: a reply, not a new connection
         let mut pkt = packet(&mut reply, HOOK_POSTROUTING, 0, 7);
-        let (d, _) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, _) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!((d.modified, d.mark), (true, Some(0x4e01)));
         // The configured service is untouched: its SYN is translated.
         let mut ssh = tcp_syn([10, 99, 1, 2], 40313, [10, 99, 1, 1], 22);
         let mut pkt = packet(&mut ssh, HOOK_PREROUTING, 7, 0);
         assert!(
-            handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt)
+            handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt)
                 .0
                 .modified
         );
@@ -516,7 +515,7 @@ mod tests {
         p.extend_from_slice(&quoted);
         let mut pkt = packet(&mut p, HOOK_PREROUTING, 7, 0);
         pkt.mark = 0x4e00;
-        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
         assert_eq!(d.verdict, Verdict::Drop);
         assert_eq!(
             e,
@@ -534,7 +533,7 @@ mod tests {
         let t = ServiceTable::build_draining(&[moved, gone], 1, &OnePublic);
         let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let mut pkt = packet(&mut syn, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
         assert!(
             d.modified && matches!(e, Event::Translated { id: 0, .. }),
             "{e:?}"
@@ -550,7 +549,7 @@ mod tests {
         let mut reply = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
         reply[33] = 0x10;
         let mut pkt = packet(&mut reply, HOOK_POSTROUTING, 0, 7);
-        let (d, e) = handle(&t, &mut FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
         assert!(
             d.modified && matches!(e, Event::Translated { id: 1, .. }),
             "{e:?}"

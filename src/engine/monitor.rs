@@ -401,7 +401,7 @@ mod tests {
         };
         let (_, e) = datapath::handle(
             table,
-            &mut crate::engine::service::FlowMemory::default(),
+            &crate::engine::service::FlowMemory::default(),
             0,
             &mut pkt,
         );

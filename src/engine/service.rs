@@ -11,7 +11,9 @@
 //! tiny.
 //!
 //! The table never changes after [`ServiceTable::build`]; a reload or an address change builds
-//! a new one and swaps an `Arc`, so the packet path needs no lock.
+//! a new one and publishes it whole (see [`crate::engine::consumer`]), so the packet path needs
+//! no lock. The one thing the queue threads write together, the [`FlowMemory`], is a fixed
+//! table of atomic slots, shared without a lock.
 //!
 //! An interface can have more than one address that receives packets: IPv4 secondaries, IPv6
 //! addresses beside the one `*` takes, deprecated IPv6 addresses. A `*` service answers at all
@@ -28,6 +30,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::{AppAddr, Flags, Protocol, Service};
 
@@ -330,29 +333,50 @@ fn resolve(id: usize, s: &Service, ifaces: &impl Interfaces) -> Option<Entry> {
 
 /// Which apparent address each flow of a `*` service came to, for the flows that came to
 /// another address than their entry's [`Entry::reply_default`]: their replies must leave from
-/// it. Shared by the queue threads (behind the lock they already take per batch) and kept
-/// across table swaps, so that a flow keeps its address when `*` moves.
+/// it. One memory is shared by every queue thread, without a lock (the inbound packet of a
+/// flow may be handled by one queue and its reply by another: the queues fan out by CPU), and
+/// kept across table swaps, so that a flow keeps its address when `*` moves.
 ///
-/// Bounded: at most `limit` flows. A flow is forgotten when it has been idle for its
+/// Bounded: at most `limit` flows. A flow may be replaced once it has been idle for its
 /// protocol's time (a TCP SYN alone: [`SYN_IDLE_MS`], so that a flood of spoofed SYNs does not
-/// fill the memory for long) and the memory is full; when it is full of live flows, new ones
-/// are not remembered (their replies leave from the default address, as without the memory)
-/// and [`FlowMemory::refused`] counts them. Keyed with a random seed: the keys come from
-/// packets, which could otherwise be chosen to collide.
-#[derive(Debug)]
+/// hold the memory for long); when there is no room but live flows, a new flow is not
+/// remembered (its replies leave from the default address, as without the memory) and
+/// [`FlowMemory::refused`] counts it. Keyed with a random seed: the keys come from packets,
+/// which could otherwise be chosen to collide.
+///
+/// How, without a lock: a fixed table of slots allocated once (zeroed pages, so untouched
+/// slots cost no memory), open addressing over a window of [`PROBE`] slots. A slot is two
+/// `AtomicU64`s: the flow's tag, a 64-bit keyed hash of (interface, protocol, actual endpoint,
+/// client endpoint), and a value that packs a check (16 bits taken from the tag), a
+/// fingerprint of the apparent address the flow came to (16 bits of a keyed hash) and the
+/// second its memory expires. A reply takes the one address of its entry (`*` or one of
+/// `others`) with that fingerprint. The two words are written one after the other, so a
+/// reader may see a tag with another flow's value: the check then differs and the reply
+/// leaves from the entry's default address, as it does when two of the entry's addresses
+/// share a fingerprint. A race may cost a flow its remembered address for a packet; it never
+/// hands a reply an address that is not its entry's.
 pub struct FlowMemory {
-    flows: HashMap<FlowKey, Remembered, RandomState>,
+    slots: Box<[Slot]>,
+    mask: usize,
     limit: usize,
-    /// The caller's clock in milliseconds, set once per batch ([`FlowMemory::set_now`]).
-    now_ms: u64,
-    /// When the memory was last swept for idle flows.
-    swept_ms: Option<u64>,
-    refused: u64,
+    /// Slots holding a flow, live or expired; at most `limit` (reserved before an empty slot
+    /// is claimed).
+    used: AtomicUsize,
+    /// The newest clock a queue thread set ([`FlowMemory::set_now`]), in seconds.
+    now_s: AtomicU32,
+    refused: AtomicU64,
+    hasher: RandomState,
 }
 
-/// Flows remembered at most, by default. A slot takes 104 bytes and the map holds up to twice
-/// as many slots as flows, so a full memory takes at most about 14 MB; it grows only as flows
-/// to other addresses come.
+/// One flow: its tag (0: never used) and its packed value (see [`FlowMemory`]).
+#[derive(Default)]
+struct Slot {
+    tag: AtomicU64,
+    value: AtomicU64,
+}
+
+/// Flows remembered at most, by default. The table has twice as many slots of 16 bytes (2 MiB
+/// of address space); only the pages that flows to other addresses touch take memory.
 pub const FLOW_LIMIT: usize = 65_536;
 /// How long a TCP flow is remembered after its last packet: longer than the usual 2 h
 /// keepalive interval, so an idle but open connection keeps its address.
@@ -362,8 +386,9 @@ pub const SYN_IDLE_MS: u64 = 30_000;
 /// How long a UDP flow is remembered after its last packet (the kernel's conntrack keeps an
 /// answered UDP flow for 120 s).
 pub const UDP_IDLE_MS: u64 = 180_000;
-/// A full memory is swept for idle flows at most this often (a sweep walks every flow).
-const SWEEP_EVERY_MS: u64 = 1_000;
+/// Slots a flow may take, from the one its tag names: a lookup reads at most this many (two
+/// cache lines).
+const PROBE: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FlowKey {
@@ -387,10 +412,25 @@ impl FlowKey {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Remembered {
-    app: IpAddr,
-    expires_ms: u64,
+/// The value word: check (bits 48..64, never 0), fingerprint (32..48), expiry second (0..32).
+fn pack(check: u16, fingerprint: u16, expires_s: u32) -> u64 {
+    (u64::from(check) << 48) | (u64::from(fingerprint) << 32) | u64::from(expires_s)
+}
+
+fn check_of(tag: u64) -> u16 {
+    ((tag >> 48) as u16) | 1
+}
+
+fn value_check(v: u64) -> u16 {
+    (v >> 48) as u16
+}
+
+fn value_fingerprint(v: u64) -> u16 {
+    (v >> 32) as u16
+}
+
+fn value_expires(v: u64) -> u32 {
+    v as u32
 }
 
 impl Default for FlowMemory {
@@ -400,66 +440,135 @@ impl Default for FlowMemory {
 }
 
 impl FlowMemory {
-    /// An empty memory for at most `limit` flows; allocates nothing until a flow comes.
+    /// An empty memory for at most `limit` flows.
     pub fn new(limit: usize) -> FlowMemory {
+        let n = limit.saturating_mul(2).next_power_of_two().max(PROBE);
         FlowMemory {
-            flows: HashMap::default(),
+            slots: zeroed_slots(n),
+            mask: n - 1,
             limit,
-            now_ms: 0,
-            swept_ms: None,
-            refused: 0,
+            used: AtomicUsize::new(0),
+            now_s: AtomicU32::new(0),
+            refused: AtomicU64::new(0),
+            hasher: RandomState::new(),
         }
     }
 
-    /// Sets the clock (milliseconds, monotonic) that idle times are measured by.
+    /// Moves the clock (milliseconds, monotonic, the same origin for every thread) that idle
+    /// times are measured by; called once per batch. It only goes forward, and is written at
+    /// most once a second, so the threads do not fight over its cache line.
     #[inline]
-    pub fn set_now(&mut self, ms: u64) {
-        self.now_ms = ms;
+    pub fn set_now(&self, ms: u64) {
+        let s = u32::try_from(ms / 1000).unwrap_or(u32::MAX);
+        if self.now_s.load(Ordering::Relaxed) < s {
+            self.now_s.fetch_max(s, Ordering::Relaxed);
+        }
     }
 
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+        self.used.load(Ordering::Relaxed) == 0
     }
 
+    /// Slots holding a flow (an expired flow counts until a new one takes its slot).
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.used.load(Ordering::Relaxed)
     }
 
-    /// New flows not remembered because the memory was full of live ones.
+    /// New flows not remembered because there was no room but live flows.
     pub fn refused(&self) -> u64 {
-        self.refused
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn tag(&self, e: &Entry, client: SocketAddr) -> u64 {
+        self.hasher.hash_one(FlowKey::new(e, client)).max(1)
+    }
+
+    fn fingerprint(&self, ip: IpAddr) -> u16 {
+        self.hasher.hash_one(ip) as u16
     }
 
     /// An inbound packet from `client` to `arrived` was translated for `e`; `syn`: a TCP SYN
     /// without ACK. Remembers (or refreshes) the flow when it came to another address than the
     /// one replies leave from by default; otherwise nothing happens.
     #[inline]
-    pub fn inbound(&mut self, e: &Entry, client: SocketAddr, arrived: IpAddr, syn: bool) {
+    pub fn inbound(&self, e: &Entry, client: SocketAddr, arrived: IpAddr, syn: bool) {
         if e.others.is_empty() || arrived == e.reply_default() {
             return;
         }
-        let idle = match e.protocol {
+        self.remember(e, client, arrived, syn);
+    }
+
+    fn remember(&self, e: &Entry, client: SocketAddr, arrived: IpAddr, syn: bool) {
+        let idle_ms = match e.protocol {
             Protocol::Tcp if syn => SYN_IDLE_MS,
             Protocol::Tcp => TCP_IDLE_MS,
             Protocol::Udp => UDP_IDLE_MS,
         };
-        let expires_ms = self.now_ms.saturating_add(idle);
-        let key = FlowKey::new(e, client);
-        if let Some(r) = self.flows.get_mut(&key) {
-            // A SYN again (a retransmission, a reused port) does not shorten a live flow.
-            *r = Remembered {
-                app: arrived,
-                expires_ms: expires_ms.max(r.expires_ms),
-            };
-            return;
+        let now = self.now_s.load(Ordering::Relaxed);
+        let expires = now.saturating_add(idle_ms.div_ceil(1000) as u32);
+        let tag = self.tag(e, client);
+        let check = check_of(tag);
+        let value = pack(check, self.fingerprint(arrived), expires);
+        let start = tag as usize & self.mask;
+        // Twice at most: a lost race for a slot is worth one more look, not a loop.
+        for _ in 0..2 {
+            let (mut expired, mut empty) = (None, None);
+            for k in 0..PROBE {
+                let slot = &self.slots[(start + k) & self.mask];
+                let t = slot.tag.load(Ordering::Acquire);
+                if t == tag {
+                    // A SYN again (a retransmission, a reused port) does not shorten a live flow.
+                    let old = slot.value.load(Ordering::Acquire);
+                    let v = if value_check(old) == check && value_expires(old) > expires {
+                        pack(check, value_fingerprint(value), value_expires(old))
+                    } else {
+                        value
+                    };
+                    slot.value.store(v, Ordering::Release);
+                    return;
+                }
+                if t == 0 {
+                    empty = empty.or(Some(slot));
+                } else if expired.is_none()
+                    && value_expires(slot.value.load(Ordering::Acquire)) <= now
+                {
+                    expired = Some((slot, t));
+                }
+            }
+            // An idle flow's slot first: it keeps the count where it is.
+            if let Some((slot, old)) = expired {
+                if slot
+                    .tag
+                    .compare_exchange(old, tag, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    slot.value.store(value, Ordering::Release);
+                    return;
+                }
+                continue;
+            }
+            let Some(slot) = empty else { break };
+            let reserved = self
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (n < self.limit).then_some(n + 1)
+                })
+                .is_ok();
+            if !reserved {
+                break;
+            }
+            if slot
+                .tag
+                .compare_exchange(0, tag, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                slot.value.store(value, Ordering::Release);
+                return;
+            }
+            self.used.fetch_sub(1, Ordering::AcqRel);
         }
-        if self.flows.len() >= self.limit && !self.sweep() {
-            self.refused += 1;
-            return;
-        }
-        let app = arrived;
-        self.flows.insert(key, Remembered { app, expires_ms });
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The apparent endpoint for a reply of `e` to `client`: the address the flow came to
@@ -467,27 +576,61 @@ impl FlowMemory {
     #[inline]
     pub fn reply(&self, e: &Entry, client: SocketAddr) -> SocketAddr {
         let port = e.app.port();
-        if e.others.is_empty() || self.flows.is_empty() {
-            return SocketAddr::new(e.reply_default(), port);
+        let default = SocketAddr::new(e.reply_default(), port);
+        if e.others.is_empty() || self.is_empty() {
+            return default;
         }
-        match self.flows.get(&FlowKey::new(e, client)) {
-            Some(r) if e.answers_at(r.app) => SocketAddr::new(r.app, port),
-            _ => SocketAddr::new(e.reply_default(), port),
+        let tag = self.tag(e, client);
+        let start = tag as usize & self.mask;
+        for k in 0..PROBE {
+            let slot = &self.slots[(start + k) & self.mask];
+            if slot.tag.load(Ordering::Acquire) != tag {
+                continue;
+            }
+            let v = slot.value.load(Ordering::Acquire);
+            if value_check(v) != check_of(tag) {
+                return default;
+            }
+            let fp = value_fingerprint(v);
+            let mut found = None;
+            for ip in std::iter::once(e.app.ip()).chain(e.others.iter().copied()) {
+                if self.fingerprint(ip) == fp {
+                    if found.is_some_and(|f| f != ip) {
+                        return default; // two of the entry's addresses look alike
+                    }
+                    found = Some(ip);
+                }
+            }
+            return found.map_or(default, |ip| SocketAddr::new(ip, port));
         }
+        default
     }
+}
 
-    /// Forgets the flows idle past their time, at most once per [`SWEEP_EVERY_MS`]; returns
-    /// whether there is room now.
-    fn sweep(&mut self) -> bool {
-        let now = self.now_ms;
-        if self
-            .swept_ms
-            .is_none_or(|t| now.saturating_sub(t) >= SWEEP_EVERY_MS)
-        {
-            self.swept_ms = Some(now);
-            self.flows.retain(|_, r| r.expires_ms > now);
+impl std::fmt::Debug for FlowMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowMemory")
+            .field("len", &self.len())
+            .field("limit", &self.limit)
+            .field("refused", &self.refused())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `n` (> 0) empty slots from zeroed memory: large tables come as fresh pages from the system,
+/// so only the slots that flows touch take memory.
+fn zeroed_slots(n: usize) -> Box<[Slot]> {
+    let layout = std::alloc::Layout::array::<Slot>(n).expect("slot table size");
+    // SAFETY: `layout` has a non-zero size (n > 0, a Slot is 16 bytes). All-zero bytes are a
+    // valid `Slot` (two `AtomicU64`s of value 0, the same layout as u64), so the zeroed block
+    // is `n` initialised slots; the Box takes ownership of exactly that allocation, with the
+    // layout the global allocator will free it with.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut Slot;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
         }
-        self.flows.len() < self.limit
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n))
     }
 }
 
@@ -1006,7 +1149,7 @@ mod tests {
     fn flow_memory_remembers_only_flows_away_from_the_default_address() {
         let svcs = services(&["service pub0 port * 80 TCP fd00::10 8080"]);
         let before = ServiceTable::build(&svcs, &BEFORE);
-        let mut m = FlowMemory::default();
+        let m = FlowMemory::default();
         let e = before.entry(0).unwrap();
         let (old, new) = (sa("[fd99:1::2]:40000"), sa("[fd99:1::2]:40001"));
         m.inbound(e, old, ip("fd99:1::1"), true);
@@ -1040,7 +1183,7 @@ mod tests {
         let e = t.entry(0).unwrap();
         let at = ip("10.99.1.80");
         let client = |port| SocketAddr::new(ip("10.99.1.2"), port);
-        let mut m = FlowMemory::new(2);
+        let m = FlowMemory::new(2);
         m.set_now(0);
         m.inbound(e, client(1), at, false);
         m.inbound(e, client(2), at, false);
@@ -1060,7 +1203,7 @@ mod tests {
         assert_eq!(m.reply(e, client(1)), sa("10.99.1.1:53"), "forgotten");
         assert_eq!(m.reply(e, client(2)), sa("10.99.1.80:53"));
         assert_eq!(m.reply(e, client(4)), sa("10.99.1.80:53"));
-        // Sweeps are rate-limited: full again at once, nothing expired, refused.
+        // Full again at once, nothing expired: refused.
         m.inbound(e, client(5), at, false);
         assert_eq!(m.refused(), 2);
     }
@@ -1072,7 +1215,7 @@ mod tests {
         let e = t.entry(0).unwrap();
         let at = ip("10.99.1.80");
         let client = |port| SocketAddr::new(ip("10.99.1.2"), port);
-        let mut m = FlowMemory::new(2);
+        let m = FlowMemory::new(2);
         m.inbound(e, client(1), at, true); // spoofed SYN, never more
         m.inbound(e, client(2), at, true);
         m.inbound(e, client(2), at, false); // handshake completed
@@ -1085,9 +1228,98 @@ mod tests {
         assert_eq!(m.reply(e, client(3)), sa("10.99.1.80:80"));
     }
 
+    /// pub0 with `*` at 10.99.1.1 and two other addresses: a wrong address would show.
+    const THREE: Multi = Multi {
+        index: 2,
+        v4: "10.99.1.1",
+        v6: "fd99:1::1",
+        others: &["10.99.1.80", "10.99.1.81"],
+    };
+
+    #[test]
+    fn two_threads_only_ever_see_their_flows_address_or_the_default() {
+        let svcs = services(&["service pub0 port * 53 UDP 192.168.1.53 53"]);
+        let t = ServiceTable::build(&svcs, &THREE);
+        let e = t.entry(0).unwrap();
+        let client = |port: u16| SocketAddr::new(ip("10.99.1.2"), port);
+        let came_to = |port: u16| {
+            ip(if port.is_multiple_of(3) {
+                "10.99.1.80"
+            } else {
+                "10.99.1.81"
+            })
+        };
+        // Small, so that the threads keep taking each other's slots as flows idle out.
+        let m = FlowMemory::new(64);
+        let remembered = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for half in 0..2u16 {
+                let (m, remembered) = (&m, &remembered);
+                scope.spawn(move || {
+                    for round in 0..200u64 {
+                        // Every 20 rounds the other thread's flows have idled out.
+                        m.set_now(round / 20 * (UDP_IDLE_MS + 1000));
+                        for port in (0..256u16).filter(|p| p % 2 == half) {
+                            m.inbound(e, client(port), came_to(port), false);
+                        }
+                        for port in 0..256u16 {
+                            let got = m.reply(e, client(port));
+                            assert_eq!(got.port(), 53);
+                            if got.ip() == came_to(port) {
+                                remembered.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                assert_eq!(got.ip(), ip("10.99.1.1"), "port {port}: {got}");
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert!(m.len() <= 64, "bounded: {}", m.len());
+        assert!(
+            remembered.load(Ordering::Relaxed) > 10_000,
+            "the memory worked: {}",
+            remembered.load(Ordering::Relaxed)
+        );
+        assert!(m.refused() > 0, "full of live flows at times");
+    }
+
+    #[test]
+    fn the_memory_is_keyed_with_a_random_seed() {
+        let svcs = services(&["service pub0 port * 53 UDP 192.168.1.53 53"]);
+        let t = ServiceTable::build(&svcs, &THREE);
+        let e = t.entry(0).unwrap();
+        let c = sa("10.99.1.2:1000");
+        let tags: HashSet<u64> = (0..4).map(|_| FlowMemory::new(8).tag(e, c)).collect();
+        assert_eq!(tags.len(), 4);
+    }
+
+    #[test]
+    fn a_flow_takes_one_slot_and_keeps_its_latest_address() {
+        let svcs = services(&["service pub0 port * 53 UDP 192.168.1.53 53"]);
+        let t = ServiceTable::build(&svcs, &THREE);
+        let e = t.entry(0).unwrap();
+        let m = FlowMemory::new(4);
+        let c = sa("10.99.1.2:1000");
+        for _ in 0..10 {
+            m.inbound(e, c, ip("10.99.1.80"), false);
+        }
+        m.inbound(e, c, ip("10.99.1.81"), false);
+        assert_eq!((m.len(), m.refused()), (1, 0));
+        assert_eq!(m.reply(e, c), sa("10.99.1.81:53"));
+        // An address the entry no longer has falls back to the default.
+        let fewer = Multi {
+            others: &["10.99.1.80"],
+            ..THREE
+        };
+        let t2 = ServiceTable::build(&svcs, &fewer);
+        assert_eq!(m.reply(t2.entry(0).unwrap(), c), sa("10.99.1.1:53"));
+    }
+
     #[test]
     fn table_can_be_shared_between_threads() {
         fn shared<T: Send + Sync>() {}
         shared::<ServiceTable>();
+        shared::<FlowMemory>();
     }
 }
