@@ -2,55 +2,70 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Request, Response};
 
 /// Why a client request failed before the daemon could answer.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No daemon listens at the path (exit status 3).
-    NotRunning(String),
+    #[error("netnat is not running (no control socket at {})", .path.display())]
+    NotRunning {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// The socket may not be opened by this user (exit status 4).
-    Denied(String),
-    /// Anything else (exit status 1).
-    Io(String),
+    #[error(
+        "permission denied: cannot open the control socket {} (only root may control netnat)",
+        .path.display()
+    )]
+    Denied {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Talking over the socket failed (exit status 1).
+    #[error("control socket {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon's answer could not be read (exit status 1).
+    #[error("{0}")]
+    Answer(String),
 }
 
 impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            ClientError::NotRunning(_) => 3,
-            ClientError::Denied(_) => 4,
-            ClientError::Io(_) => 1,
-        }
-    }
-}
-
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientError::NotRunning(m) | ClientError::Denied(m) | ClientError::Io(m) => {
-                f.write_str(m)
-            }
+            ClientError::NotRunning { .. } => 3,
+            ClientError::Denied { .. } => 4,
+            ClientError::Io { .. } | ClientError::Answer(_) => 1,
         }
     }
 }
 
 /// Sends one request to the daemon at `path` and reads its answer.
 pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let p = path.display();
-    let mut stream = UnixStream::connect(path).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT | libc::ECONNREFUSED | libc::ENOTDIR) => {
-            ClientError::NotRunning(format!("netnat is not running (no control socket at {p})"))
+    let at = |source: io::Error| {
+        let path = path.to_path_buf();
+        match source.raw_os_error() {
+            Some(libc::ENOENT | libc::ECONNREFUSED | libc::ENOTDIR) => {
+                ClientError::NotRunning { path, source }
+            }
+            Some(libc::EACCES | libc::EPERM) => ClientError::Denied { path, source },
+            _ => ClientError::Io { path, source },
         }
-        Some(libc::EACCES | libc::EPERM) => ClientError::Denied(format!(
-            "permission denied: cannot open the control socket {p} (only root may control netnat)"
-        )),
-        _ => ClientError::Io(format!("control socket {p}: {e}")),
-    })?;
-    let io = |e: io::Error| ClientError::Io(format!("control socket {p}: {e}"));
+    };
+    let mut stream = UnixStream::connect(path).map_err(at)?;
+    let io = |source: io::Error| ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut line = req.encode();
@@ -76,5 +91,5 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
     {
         return Err(io(e));
     }
-    Response::parse(&String::from_utf8_lossy(&raw)).map_err(ClientError::Io)
+    Response::parse(&String::from_utf8_lossy(&raw)).map_err(ClientError::Answer)
 }

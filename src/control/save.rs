@@ -72,41 +72,43 @@ fn declares(line: &str, service: &Service) -> bool {
 }
 
 /// Why the file could not be saved.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum SaveError {
     /// The edited text would not load.
+    #[error("the configuration file would not load after the change:{}", listed(.0))]
     Invalid(Vec<ConfigError>),
-    Io(String),
+    /// The file may be changed by users other than its owner: netnat does not edit it.
+    #[error("{0}")]
+    Unsafe(String),
+    /// Reading or replacing the file failed; `context` says what was done, to which file.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
-impl std::fmt::Display for SaveError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SaveError::Invalid(errors) => {
-                write!(f, "the configuration file would not load after the change:")?;
-                for e in errors {
-                    write!(f, "\n  {e}")?;
-                }
-                Ok(())
-            }
-            SaveError::Io(m) => f.write_str(m),
-        }
-    }
+fn listed(errors: &[ConfigError]) -> String {
+    errors.iter().map(|e| format!("\n  {e}")).collect()
+}
+
+fn io_error(context: String) -> impl FnOnce(io::Error) -> SaveError {
+    move |source| SaveError::Io { context, source }
 }
 
 /// Reads the file as text (the target of a symbolic link), with its real path.
 pub fn read(path: &Path) -> Result<(PathBuf, String), SaveError> {
-    let real = std::fs::canonicalize(path)
-        .map_err(|e| SaveError::Io(format!("{}: {e}", path.display())))?;
+    let real = std::fs::canonicalize(path).map_err(io_error(path.display().to_string()))?;
     // The same refusal as loading: never edit a file that others may change behind netnat.
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&real)
-            .map_err(|e| SaveError::Io(format!("{}: {e}", real.display())))?
+            .map_err(io_error(real.display().to_string()))?
             .permissions(),
     );
-    config::check_not_writable_by_others(path, mode).map_err(SaveError::Io)?;
-    let text = std::fs::read_to_string(&real)
-        .map_err(|e| SaveError::Io(format!("reading {}: {e}", real.display())))?;
+    config::check_not_writable_by_others(path, mode).map_err(SaveError::Unsafe)?;
+    let text =
+        std::fs::read_to_string(&real).map_err(io_error(format!("reading {}", real.display())))?;
     Ok((real, text))
 }
 
@@ -120,7 +122,10 @@ pub fn check(path: &Path, text: &str) -> Result<(), SaveError> {
 /// Replaces the file at `real` (a path without symbolic links) with `text` atomically,
 /// keeping its mode and owner.
 pub fn write_atomic(real: &Path, text: &str) -> Result<(), SaveError> {
-    let err = |what: &str, e: io::Error| SaveError::Io(format!("{what} {}: {e}", real.display()));
+    let err = |what: &str, source: io::Error| SaveError::Io {
+        context: format!("{what} {}", real.display()),
+        source,
+    };
     let meta = std::fs::metadata(real).map_err(|e| err("reading", e))?;
     let dir = real.parent().unwrap_or(Path::new("/"));
     let name = real
@@ -186,6 +191,26 @@ mod tests {
 
     fn svc(line: &str) -> Service {
         parse_service(line).unwrap()
+    }
+
+    #[test]
+    fn io_errors_keep_their_source() {
+        use std::error::Error;
+        let missing = std::env::temp_dir().join(format!("netnat-save-none-{}", std::process::id()));
+        let e = write_atomic(&missing, "queue 1\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("reading {}: ", missing.display())),
+            "{e}"
+        );
+        let io = e.source().and_then(|s| s.downcast_ref::<io::Error>());
+        assert_eq!(io.map(io::Error::kind), Some(io::ErrorKind::NotFound));
+        let e = check(Path::new("f.conf"), "queue x\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the configuration file would not load after the change:\n  \
+             f.conf:1:7: expected a queue number 0-65535, found \"x\""
+        );
     }
 
     #[test]

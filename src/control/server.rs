@@ -63,24 +63,22 @@ pub struct Server {
 }
 
 /// Why the control socket could not be set up.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum BindError {
     /// Another netnat answers on this path.
+    #[error("control socket {}: another netnat is listening there", .0.display())]
     InUse(PathBuf),
-    Io(String),
-}
-
-impl std::fmt::Display for BindError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BindError::InUse(p) => write!(
-                f,
-                "control socket {}: another netnat is listening there",
-                p.display()
-            ),
-            BindError::Io(m) => f.write_str(m),
-        }
-    }
+    /// Something other than a socket is at the path; it is left alone.
+    #[error("control socket {}: the path exists and is not a socket", .0.display())]
+    NotSocket(PathBuf),
+    /// A step of setting the socket up failed; `what` is the step, done to `path`.
+    #[error("{what} {}: {source}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl Server {
@@ -88,8 +86,11 @@ impl Server {
     /// keeps the default directory root-only, removes a stale socket file that nobody answers
     /// on, refuses one a live daemon holds.
     pub fn bind(path: &Path) -> Result<Server, BindError> {
-        let ctx =
-            |what: &str, e: io::Error| BindError::Io(format!("{what} {}: {e}", path.display()));
+        let ctx = |what: &'static str, source: io::Error| BindError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 std::fs::create_dir_all(dir).map_err(|e| ctx("creating the directory of", e))?;
@@ -101,10 +102,7 @@ impl Server {
         }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
-                return Err(BindError::Io(format!(
-                    "control socket {}: the path exists and is not a socket",
-                    path.display()
-                )));
+                return Err(BindError::NotSocket(path.to_owned()));
             }
             if UnixStream::connect(path).is_ok() {
                 return Err(BindError::InUse(path.to_owned()));
@@ -446,6 +444,56 @@ mod tests {
         drop(server);
         assert!(!path.exists(), "socket file removed on drop");
         let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
+    }
+
+    /// The errors name what failed as they always did, and keep the system's error behind
+    /// them as their source.
+    #[test]
+    fn bind_and_client_errors_keep_their_source() {
+        use std::error::Error;
+        let path = scratch("errors");
+        let dir = path.parent().unwrap().parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(&dir).unwrap();
+        // `sub` is a regular file: no socket can be bound below it.
+        std::fs::write(dir.join("sub"), "").unwrap();
+        let e = Server::bind(&path).err().unwrap();
+        assert!(matches!(e, BindError::Io { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("binding {}: ", path.display())),
+            "{e}"
+        );
+        let io = e.source().and_then(|s| s.downcast_ref::<io::Error>());
+        assert_eq!(
+            io.map(io::Error::raw_os_error),
+            Some(Some(libc::ENOTDIR)),
+            "{e:?}"
+        );
+        // Something that is not a socket is left alone.
+        let file = dir.join("plain");
+        std::fs::write(&file, "").unwrap();
+        let e = Server::bind(&file).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "control socket {}: the path exists and is not a socket",
+                file.display()
+            )
+        );
+        assert!(file.exists());
+        // No daemon: exit 3, the message as before, ENOENT as its source.
+        let gone = dir.join("gone.sock");
+        let e = request(&gone, &Request::List, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "netnat is not running (no control socket at {})",
+                gone.display()
+            )
+        );
+        let io = e.source().and_then(|s| s.downcast_ref::<io::Error>());
+        assert_eq!(io.map(io::Error::kind), Some(io::ErrorKind::NotFound));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

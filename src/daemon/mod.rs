@@ -20,7 +20,6 @@ pub mod prereq;
 use changes::{Drained, policy_with};
 pub use changes::{policy_of, services_of};
 
-use std::fmt;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -78,33 +77,34 @@ impl RunOptions {
 }
 
 /// Why the daemon could not start or had to stop.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// The configuration has errors; nothing was installed.
+    #[error("{}", lines(.0))]
     Config(Vec<ConfigError>),
-    /// The system refused (privileges, queue busy, netlink).
-    System(String),
+    /// The system refused (privileges, queue busy, netlink): `context` is what was being done.
+    #[error("{context}: {source}")]
+    System {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The daemon had to stop (a queue thread ended), with no error behind it to name.
+    #[error("{0}")]
+    Stopped(String),
 }
 
-impl fmt::Display for DaemonError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DaemonError::Config(errors) => {
-                for (i, e) in errors.iter().enumerate() {
-                    if i > 0 {
-                        writeln!(f)?;
-                    }
-                    write!(f, "{e}")?;
-                }
-                Ok(())
-            }
-            DaemonError::System(msg) => f.write_str(msg),
-        }
+/// Every error on a line of its own.
+fn lines(errors: &[ConfigError]) -> String {
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    shown.join("\n")
+}
+
+fn sys(context: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> DaemonError {
+    DaemonError::System {
+        context: context.to_string(),
+        source: e.into(),
     }
-}
-
-fn sys(context: &str, e: impl fmt::Display) -> DaemonError {
-    DaemonError::System(format!("{context}: {e}"))
 }
 
 /// How often the main loop makes sure the leak guard is still there.
@@ -446,7 +446,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     let clean = threads.stop();
     removed.map_err(|e| sys("removing the table", e))?;
     if let Some(why) = failed.or((!clean).then_some("a queue thread panicked")) {
-        return Err(DaemonError::System(why.to_string()));
+        return Err(DaemonError::Stopped(why.to_string()));
     }
     d.lock().log.info("stopped");
     Ok(())
@@ -856,7 +856,7 @@ impl Daemon<'_> {
                 Outcome::Config,
                 format!("refused, nothing changed (--save): {e}"),
             ),
-            save::SaveError::Io(_) => Response::err(
+            save::SaveError::Unsafe(_) | save::SaveError::Io { .. } => Response::err(
                 Outcome::System,
                 format!("refused, nothing changed (--save): {e}"),
             ),
@@ -956,5 +956,36 @@ impl Signals {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn daemon_errors_read_as_before_and_keep_their_source() {
+        let e = sys(
+            "binding the queue",
+            std::io::Error::from_raw_os_error(libc::EPERM),
+        );
+        assert_eq!(
+            e.to_string(),
+            "binding the queue: Operation not permitted (os error 1)"
+        );
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(io.and_then(std::io::Error::raw_os_error), Some(libc::EPERM));
+        let errors = config::parse_config("queue x\nbogus\n", "f").unwrap_err();
+        let e = DaemonError::Config(errors);
+        assert_eq!(
+            e.to_string().lines().collect::<Vec<_>>(),
+            [
+                "f:1:7: expected a queue number 0-65535, found \"x\"",
+                "f:2:1: unknown directive \"bogus\" (known directives: service, queue, queues, \
+                 busy-poll, drain-idle, mark, syslog-facility, syslog-priority, log-rate, \
+                 log-burst, metrics-listen)",
+            ]
+        );
     }
 }
