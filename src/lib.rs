@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod engine;
 pub mod iface;
 pub mod log;
+pub mod netlink;
 pub mod nft;
 pub mod queue;
 pub mod wire;

@@ -7,13 +7,14 @@
 //! name: a PPP reconnect creates a new ifindex under the same name.
 //!
 //! Everything here works in the calling thread's network namespace. Decoding lives in [`msg`],
-//! pure and panic-free, so it can be tested and fuzzed without a kernel.
+//! pure and panic-free, so it can be tested and fuzzed without a kernel; framing and the
+//! socket are [`crate::netlink`]'s.
 
 pub mod msg;
+mod name;
 mod snapshot;
-pub(crate) mod sock;
 mod watch;
 
+pub use name::name_of;
 pub use snapshot::{Change, ChangeKind, Snapshot};
-pub use sock::name_of;
 pub use watch::{Event, Watcher};

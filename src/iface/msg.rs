@@ -9,20 +9,15 @@
 //! Layouts are those of the Linux uapi headers `linux/netlink.h`, `linux/rtnetlink.h`,
 //! `linux/if_link.h` and `linux/if_addr.h`. Netlink is in host byte order.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-// linux/netlink.h
-pub const NLMSG_HDRLEN: usize = 16;
-pub const NLMSG_NOOP: u16 = 1;
-pub const NLMSG_ERROR: u16 = 2;
-pub const NLMSG_DONE: u16 = 3;
-pub const NLMSG_OVERRUN: u16 = 4;
-pub const NLM_F_REQUEST: u16 = 0x01;
-pub const NLM_F_MULTI: u16 = 0x02;
-/// The dump was interrupted by a change: its content may be inconsistent.
-pub const NLM_F_DUMP_INTR: u16 = 0x10;
-pub const NLM_F_DUMP: u16 = 0x100 | 0x200; // NLM_F_ROOT | NLM_F_MATCH
+use crate::netlink::{ack, frame};
+
+// linux/netlink.h, from the shared framing (re-exported: tests and fuzzers build messages).
+pub use crate::netlink::frame::{
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTI, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN,
+    NLMSG_NOOP, NLMSG_OVERRUN,
+};
 
 // linux/rtnetlink.h
 pub const RTM_NEWLINK: u16 = 16;
@@ -76,27 +71,20 @@ pub const RT_SCOPE_LINK: u8 = 253;
 pub const RT_SCOPE_HOST: u8 = 254;
 
 /// Why bytes could not be decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
     /// Fewer bytes than a netlink header, or a header length below 16 or beyond the datagram.
+    #[error("bad netlink header length")]
     Header,
     /// The fixed part after the header (ifinfomsg, ifaddrmsg, nlmsgerr) does not fit.
+    #[error("message too short for its type")]
     Body,
     /// An attribute's length is below 4 or runs past its message.
+    #[error("bad attribute length")]
     Attribute,
     /// An attribute has a length its type does not allow (e.g. a 5-byte IPv4 address).
+    #[error("attribute value of the wrong size")]
     AttributeValue,
-}
-
-impl fmt::Display for Malformed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Malformed::Header => "bad netlink header length",
-            Malformed::Body => "message too short for its type",
-            Malformed::Attribute => "bad attribute length",
-            Malformed::AttributeValue => "attribute value of the wrong size",
-        })
-    }
 }
 
 /// A link (network interface) message: RTM_NEWLINK or RTM_DELLINK.
@@ -210,15 +198,15 @@ pub struct Message {
 /// header is broken (nothing after it can be located); a broken body only spoils its message.
 #[derive(Clone, Debug)]
 pub struct Messages<'a> {
-    rest: &'a [u8],
-    failed: bool,
+    buf: &'a [u8],
+    frames: frame::Messages<'a>,
 }
 
 /// Decodes the netlink messages in `datagram`. Never panics, whatever the bytes.
 pub fn messages(datagram: &[u8]) -> Messages<'_> {
     Messages {
-        rest: datagram,
-        failed: false,
+        buf: datagram,
+        frames: frame::messages(datagram),
     }
 }
 
@@ -226,39 +214,28 @@ impl Iterator for Messages<'_> {
     type Item = Result<Message, Malformed>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.rest.is_empty() {
-            return None;
-        }
-        let Some(len) = u32_at(self.rest, 0).map(|l| l as usize) else {
-            self.failed = true;
-            return Some(Err(Malformed::Header));
+        let f = match self.frames.next()? {
+            Ok(f) => f,
+            Err(_) => return Some(Err(Malformed::Header)),
         };
-        if len < NLMSG_HDRLEN || len > self.rest.len() {
-            self.failed = true;
-            return Some(Err(Malformed::Header));
-        }
-        let msg = &self.rest[..len];
-        // The next message starts at the aligned length; the last one may omit its padding.
-        self.rest = self.rest.get(align4(len)..).unwrap_or(&[]);
-        let (kind, flags) = (u16_at(msg, 4)?, u16_at(msg, 6)?);
-        let (seq, pid) = (u32_at(msg, 8)?, u32_at(msg, 12)?);
-        let payload = &msg[NLMSG_HDRLEN..];
-        let body = match kind {
-            RTM_NEWLINK | RTM_DELLINK => link(kind == RTM_NEWLINK, payload),
-            RTM_NEWADDR | RTM_DELADDR => addr(kind == RTM_NEWADDR, payload),
+        let h = f.header;
+        let payload = &self.buf[f.body.clone()];
+        let body = match h.ty {
+            RTM_NEWLINK | RTM_DELLINK => link(h.ty == RTM_NEWLINK, payload),
+            RTM_NEWADDR | RTM_DELADDR => addr(h.ty == RTM_NEWADDR, payload),
             NLMSG_DONE => Ok(Body::Done),
             // struct nlmsgerr starts with `int error`, a negative errno (0 for an ACK).
-            NLMSG_ERROR => i32_at(payload, 0)
-                .map(|e| Body::Error(e.checked_neg().unwrap_or(i32::MAX)))
+            NLMSG_ERROR => ack::parse(self.buf, &f)
+                .map(|e| Body::Error(e.errno))
                 .ok_or(Malformed::Body),
             NLMSG_OVERRUN => Ok(Body::Overrun),
             _ => Ok(Body::Other),
         };
         Some(Ok(Message {
-            kind,
-            flags,
-            seq,
-            pid,
+            kind: h.ty,
+            flags: h.flags,
+            seq: h.seq,
+            pid: h.pid,
             body: body.unwrap_or_else(Body::Malformed),
         }))
     }
@@ -331,53 +308,21 @@ fn ip(family: u8, v: &[u8]) -> Result<Option<IpAddr>, Malformed> {
     }
 }
 
-/// Iterator over the attributes (`struct nlattr`: len u16, type u16, value, padding to 4).
-fn attributes(mut rest: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), Malformed>> {
-    let mut failed = false;
-    std::iter::from_fn(move || {
-        if failed || rest.is_empty() {
-            return None;
-        }
-        let len = u16_at(rest, 0).map(usize::from);
-        let kind = u16_at(rest, 2);
-        match (len, kind) {
-            (Some(len), Some(kind)) if len >= 4 && len <= rest.len() => {
-                let value = &rest[4..len];
-                rest = rest.get(align4(len)..).unwrap_or(&[]);
-                // The two top bits are NLA_F_NESTED and NLA_F_NET_BYTEORDER, not the type.
-                Some(Ok((kind & 0x3fff, value)))
-            }
-            _ => {
-                failed = true;
-                Some(Err(Malformed::Attribute))
-            }
-        }
+/// Iterator over the attributes (`struct nlattr`: len u16, type u16, value, padding to 4),
+/// type without its flag bits; stops after the first malformed one.
+fn attributes(rest: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), Malformed>> {
+    frame::attrs_of(rest).map(move |a| {
+        a.map(|a| (a.ty, &rest[a.value]))
+            .map_err(|_| Malformed::Attribute)
     })
 }
 
 fn c_string(v: &[u8]) -> String {
-    let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
-    String::from_utf8_lossy(&v[..end]).into_owned()
-}
-
-fn align4(n: usize) -> usize {
-    n.saturating_add(3) & !3
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    b.get(at..at.checked_add(2)?)
-        .and_then(|s| s.try_into().ok())
-        .map(u16::from_ne_bytes)
+    frame::c_string(v)
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at.checked_add(4)?)
-        .and_then(|s| s.try_into().ok())
-        .map(u32::from_ne_bytes)
-}
-
-fn i32_at(b: &[u8], at: usize) -> Option<i32> {
-    u32_at(b, at).map(|v| v as i32)
+    frame::ne_u32(b, at)
 }
 
 /// Appends a dump request for `kind` (RTM_GETLINK or RTM_GETADDR) of every family: the
@@ -388,11 +333,8 @@ pub(crate) fn dump_request(out: &mut Vec<u8>, kind: u16, seq: u32) {
     } else {
         IFADDRMSG_LEN
     };
-    let len = NLMSG_HDRLEN + body;
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes()); // pid 0: the kernel fills in ours
+    // pid 0: the kernel fills in ours.
+    let start = frame::put_header(out, kind, NLM_F_REQUEST | NLM_F_DUMP, seq);
     out.resize(out.len() + body, 0);
+    frame::finish(out, start);
 }

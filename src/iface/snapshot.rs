@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::msg::{self, AddrMsg, Body, LinkMsg};
-use super::sock;
 use crate::engine::service::Interfaces;
+use crate::netlink::Socket;
 
 /// How long one dump may take before `read` gives up (the kernel answers at once; this only
 /// keeps a wedged socket from hanging the daemon).
@@ -51,8 +51,8 @@ impl Snapshot {
     /// To miss no change, open the [`Watcher`](super::Watcher) first and read the snapshot
     /// after: a change during the read is then also reported by the watcher.
     pub fn read() -> io::Result<Snapshot> {
-        let fd = sock::open(0)?;
-        let port = sock::port_id(&fd)?;
+        let fd = Socket::open(libc::NETLINK_ROUTE, true, 0)?;
+        let port = fd.port_id()?;
         let mut buf = vec![0u8; DUMP_BUF];
         let mut last = None;
         for _ in 0..DUMP_ATTEMPTS {
@@ -355,7 +355,7 @@ static SEQ: AtomicU32 = AtomicU32::new(1);
 /// Runs one dump to its NLMSG_DONE; returns the link and address messages (whichever `kind`
 /// asks for) and whether the kernel flagged the dump as interrupted (NLM_F_DUMP_INTR).
 fn dump<T: FromBody>(
-    fd: &std::os::fd::OwnedFd,
+    fd: &Socket,
     port: u32,
     kind: u16,
     buf: &mut [u8],
@@ -363,15 +363,15 @@ fn dump<T: FromBody>(
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let mut req = Vec::with_capacity(32);
     msg::dump_request(&mut req, kind, seq);
-    sock::send(fd, &req)?;
+    fd.send(&req)?;
     let deadline = Instant::now() + DUMP_TIMEOUT;
     let mut out = Vec::new();
     let mut interrupted = false;
     loop {
-        let got = match sock::recv(fd, buf) {
+        let got = match fd.recv(buf) {
             Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !sock::wait_readable(fd, deadline)? {
+                if !fd.wait_readable(deadline)? {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "rtnetlink dump did not complete",

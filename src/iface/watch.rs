@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 use super::msg::{self, Body, Message};
-use super::sock;
+use crate::netlink::{Buffer, Socket};
 
 /// Most datagrams one `drain` reads: the daemon's loop keeps its other fds served under an
 /// event storm. What is left keeps the socket readable, so the next poll comes back here.
@@ -37,7 +37,7 @@ pub enum Event {
 /// [`drain`]: Watcher::drain
 #[derive(Debug)]
 pub struct Watcher {
-    fd: OwnedFd,
+    fd: Socket,
     buf: Vec<u8>,
     /// Last seen (name, IFF_UP | IFF_RUNNING) per ifindex. RTM_NEWLINK is also sent for
     /// changes that do not matter here (MTU, statistics, wireless events, promiscuity); only a
@@ -50,9 +50,10 @@ pub struct Watcher {
 impl Watcher {
     /// Opens the socket and joins the three groups. Notifications are queued from this moment.
     pub fn open() -> io::Result<Watcher> {
-        let fd = sock::open(msg::RTMGRP_LINK | msg::RTMGRP_IPV4_IFADDR | msg::RTMGRP_IPV6_IFADDR)?;
+        let groups = msg::RTMGRP_LINK | msg::RTMGRP_IPV4_IFADDR | msg::RTMGRP_IPV6_IFADDR;
+        let fd = Socket::open(libc::NETLINK_ROUTE, true, groups)?;
         // A larger buffer makes overruns rarer; they are survivable, so failure is not fatal.
-        let _ = sock::set_rcvbuf(&fd, DEFAULT_RCVBUF);
+        let _ = fd.set_buffer(Buffer::Receive, DEFAULT_RCVBUF);
         Ok(Watcher {
             fd,
             buf: vec![0u8; RECV_BUF],
@@ -63,7 +64,7 @@ impl Watcher {
 
     /// Sets the socket's receive buffer (the kernel doubles the value and enforces a minimum).
     pub fn set_receive_buffer(&mut self, bytes: usize) -> io::Result<()> {
-        sock::set_rcvbuf(&self.fd, bytes)
+        self.fd.set_buffer(Buffer::Receive, bytes).map(|_| ())
     }
 
     /// How many times the kernel reported that it dropped notifications for us (ENOBUFS).
@@ -84,7 +85,7 @@ impl Watcher {
     pub fn drain_with(&mut self, mut seen: impl FnMut(&Event)) -> io::Result<bool> {
         let mut relevant = false;
         for _ in 0..DRAIN_BATCH {
-            let got = match sock::recv(&self.fd, &mut self.buf) {
+            let got = match self.fd.recv(&mut self.buf) {
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {

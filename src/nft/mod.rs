@@ -1,13 +1,18 @@
 //! netnat's own nftables table, built from the services and installed through netlink
-//! (`nftnl` + `mnl`), never by running `nft`.
+//! (`nftnl` for the objects, [`crate::netlink`] for the socket and framing), never by running
+//! `nft`.
 //!
 //! - [`policy`]: pure; which packets are steered to the queue ([`Policy::new`]), as plain data:
 //!   the services as elements of sets with concatenated keys, a constant handful of lookup
 //!   rules, and an unhooked rule whose `ct` expression keeps conntrack (and so reassembly) on.
 //! - [`render`]: the same table in nft syntax (`netnat rules`), as `nft list` prints it.
-//! - [`NftSession`]: one netlink socket for the session's life; [`NftSession::install`] sends
-//!   one atomic batch that replaces the table's content, [`NftSession::remove`] deletes it. The
-//!   table carries the owner flag, so it lives exactly as long as the socket.
+//! - `translate`: a policy rule into nftables expressions; `elements`: set elements encoded by
+//!   hand; `objects`: raw libnftnl objects the crate lacks; `batch`: the install and delete
+//!   batches built from them.
+//! - [`NftSession`] (`session`): one netlink socket for the session's life;
+//!   [`NftSession::install`] sends one atomic batch that replaces the table's content,
+//!   [`NftSession::remove`] deletes it. The table carries the owner flag, so it lives exactly
+//!   as long as the socket. [`NftError`] (`error`) is what the administrator is told.
 //! - [`flush_leftover`]: delete everything netnat installed: a table left by an earlier
 //!   netnat and the leak guard.
 //! - [`Guard`]: table `inet netnat_guard`, without the owner flag, installed and replaced in the
@@ -17,16 +22,25 @@
 //!
 //! Only tables `inet netnat` and `inet netnat_guard` are ever created, changed or deleted.
 
+mod batch;
+mod elements;
+mod error;
 pub mod expr;
-mod netlink;
+mod objects;
 pub mod policy;
 mod render;
+mod session;
+mod translate;
+#[cfg(test)]
+mod walk;
 
 #[doc(hidden)]
-pub use netlink::install_batch_bytes;
-pub use netlink::{NFT_TABLE_F_OWNER, NftError, NftSession, QueueExprKind, flush_leftover};
+pub use batch::install_batch_bytes;
+pub use batch::{NFT_TABLE_F_OWNER, QueueExprKind};
+pub use error::NftError;
 pub use policy::{
     ChainSpec, CtDirection, Family, GUARD_LABEL, GUARD_TABLE, Guard, Hook, KeyField, KeyValue,
     Match, Policy, QueueSpec, Rule, SetKind, SetSpec, TABLE_NAME, Verdict,
 };
 pub use render::{render, render_guard, render_rule, render_table};
+pub use session::{NftSession, flush_leftover};

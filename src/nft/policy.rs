@@ -651,134 +651,32 @@ impl Policy {
     /// The sets and rules steering exactly the services' packets (and the ICMP errors about
     /// them) to queue `queue`. Duplicate elements and rules appear once, in first-seen order.
     pub fn new(services: &[Service], queue: u16) -> Policy {
-        // Counted first, so that each set's elements are allocated once, at their size.
-        let mut counts = [0usize; SetKind::ALL.len()];
-        for s in services {
-            counts[inbound_element(s).0 as usize] += 1;
-            counts[reply_element(s).0 as usize] += 1;
-            if let AppAddr::Fixed(a) = s.app_addr {
-                counts[icmp_set(a) as usize] += 1;
-            }
-        }
-        let mut sets: Vec<ElementList> = SetKind::ALL
-            .iter()
-            .map(|&kind| ElementList::new(kind, counts[kind as usize]))
-            .collect();
+        let sets = service_sets(services);
         let mut pre = RuleList::default();
         let mut post = RuleList::default();
-
-        for s in services {
-            let (kind, addr, port) = inbound_element(s);
-            sets[kind as usize].push(&s.iface, addr, l4(s.protocol), port);
-            let (kind, addr, port) = reply_element(s);
-            sets[kind as usize].push(&s.iface, addr, l4(s.protocol), port);
-            if let AppAddr::Fixed(a) = s.app_addr {
-                sets[icmp_set(a) as usize].push(&s.iface, a, 0, 0);
-            }
-        }
-        let sets: Vec<SetSpec> = sets.into_iter().map(ElementList::finish).collect();
-        // One lookup rule per service set that has elements, inbound and replies apart.
-        for set in &sets {
-            if set.is_empty() {
-                continue;
-            }
-            let f = set.kind.family();
-            let rule = match set.kind {
-                SetKind::In4 | SetKind::In6 | SetKind::Out4 | SetKind::Out6 => {
-                    queue_rule(vec![Match::NfProto(f), Match::Lookup(set.kind)])
-                }
-                // The lookup before fib: the route lookup is the dearer of the two, so it only
-                // runs for packets that are addressed to a `*` service's interface and port.
-                SetKind::In4Local | SetKind::In6Local => queue_rule(vec![
-                    Match::NfProto(f),
-                    Match::Lookup(set.kind),
-                    Match::FibDaddrIifLocal,
-                ]),
-                SetKind::IcmpIn4 | SetKind::IcmpIn6 => continue,
-            };
-            match set.kind {
-                SetKind::Out4 | SetKind::Out6 => post.push(rule),
-                _ => pre.push(rule),
-            }
-        }
+        lookup_rules(&sets, &mut pre, &mut post);
         // ICMP errors after the service rules: they are rare, the service rules are hot.
-        // Addressed to fixed apparent addresses: one rule per error type and family.
-        for kind in [SetKind::IcmpIn4, SetKind::IcmpIn6] {
-            if sets[kind as usize].is_empty() {
-                continue;
-            }
-            let f = kind.family();
-            let (proto, types) = f.icmp();
-            for &t in types {
-                pre.push(queue_rule(vec![
-                    Match::NfProto(f),
-                    Match::Lookup(kind),
-                    Match::L4Proto(proto),
-                    Match::IcmpType(t),
-                ]));
-            }
-        }
-        // Addressed to `*` services' interfaces: per interface and family.
-        // The ICMP rules below depend only on the interface and family (and for `*` services
-        // the way the destination is matched), not on the port: each combination is built once
-        // rather than once per service and deduplicated (10,000 services on one interface make
-        // a handful of rules either way, but building 80,000 first costs time and memory).
-        let mut done: HashSet<(&str, Family, bool)> = HashSet::new();
-        for s in services {
-            if let AppAddr::Fixed(_) = s.app_addr {
-                continue;
-            }
-            let (family, dst) = inbound_destination(s);
-            if !done.insert((&s.iface, family, true)) {
-                continue;
-            }
-            let (proto, types) = family.icmp();
-            for &t in types {
-                let mut m = vec![Match::IifName(s.iface.clone())];
-                m.extend(dst.iter().cloned());
-                m.push(Match::L4Proto(proto));
-                m.push(Match::IcmpType(t));
-                pre.push(queue_rule(m));
-            }
-        }
-        for s in services {
-            let family = Family::of(&s.act_addr);
-            if !done.insert((&s.iface, family, false)) {
-                continue;
-            }
-            let (proto, types) = family.icmp();
-            for &t in types {
-                reply_icmp_rules(&mut post, &s.iface, family, proto, t);
-            }
-        }
-
+        fixed_address_icmp_rules(&sets, &mut pre);
+        interface_icmp_rules(services, &mut pre);
+        outbound_icmp_rules(services, &mut post);
         Policy {
             table: TABLE_NAME,
             queue,
             queues_total: 1,
             sets: sets.into_iter().filter(|s| !s.is_empty()).collect(),
-            prerouting: ChainSpec {
-                name: "prerouting",
-                hook: Some(Hook::Prerouting),
-                priority: PREROUTING_PRIORITY,
-                rules: pre.rules,
-            },
-            postrouting: ChainSpec {
-                name: "postrouting",
-                hook: Some(Hook::Postrouting),
-                priority: POSTROUTING_PRIORITY,
-                rules: post.rules,
-            },
-            conntrack: ChainSpec {
-                name: CONNTRACK_CHAIN,
-                hook: None,
-                priority: 0,
-                rules: vec![Rule {
-                    matches: vec![Match::CtStateNew],
-                    verdict: Verdict::Continue,
-                    comment: Some(CONNTRACK_COMMENT),
-                }],
-            },
+            prerouting: base_chain(
+                "prerouting",
+                Hook::Prerouting,
+                PREROUTING_PRIORITY,
+                pre.rules,
+            ),
+            postrouting: base_chain(
+                "postrouting",
+                Hook::Postrouting,
+                POSTROUTING_PRIORITY,
+                post.rules,
+            ),
+            conntrack: conntrack_chain(),
             guard: Guard::new(crate::config::DEFAULT_MARK),
         }
     }
@@ -822,6 +720,149 @@ impl Policy {
     /// Number of set elements over all sets.
     pub fn element_count(&self) -> usize {
         self.sets.iter().map(|s| s.len()).sum()
+    }
+}
+
+/// Every set of [`SetKind::ALL`], in that order (empty ones too), with each service's element
+/// in its inbound set, its reply set and, for a fixed apparent address, its ICMP set.
+fn service_sets(services: &[Service]) -> Vec<SetSpec> {
+    // Counted first, so that each set's elements are allocated once, at their size.
+    let mut counts = [0usize; SetKind::ALL.len()];
+    for s in services {
+        counts[inbound_element(s).0 as usize] += 1;
+        counts[reply_element(s).0 as usize] += 1;
+        if let AppAddr::Fixed(a) = s.app_addr {
+            counts[icmp_set(a) as usize] += 1;
+        }
+    }
+    let mut sets: Vec<ElementList> = SetKind::ALL
+        .iter()
+        .map(|&kind| ElementList::new(kind, counts[kind as usize]))
+        .collect();
+    for s in services {
+        let (kind, addr, port) = inbound_element(s);
+        sets[kind as usize].push(&s.iface, addr, l4(s.protocol), port);
+        let (kind, addr, port) = reply_element(s);
+        sets[kind as usize].push(&s.iface, addr, l4(s.protocol), port);
+        if let AppAddr::Fixed(a) = s.app_addr {
+            sets[icmp_set(a) as usize].push(&s.iface, a, 0, 0);
+        }
+    }
+    sets.into_iter().map(ElementList::finish).collect()
+}
+
+/// One lookup rule per service set that has elements: inbound sets into `pre`, reply sets
+/// into `post`.
+fn lookup_rules(sets: &[SetSpec], pre: &mut RuleList, post: &mut RuleList) {
+    for set in sets {
+        if set.is_empty() {
+            continue;
+        }
+        let f = set.kind.family();
+        let rule = match set.kind {
+            SetKind::In4 | SetKind::In6 | SetKind::Out4 | SetKind::Out6 => {
+                queue_rule(vec![Match::NfProto(f), Match::Lookup(set.kind)])
+            }
+            // The lookup before fib: the route lookup is the dearer of the two, so it only
+            // runs for packets that are addressed to a `*` service's interface and port.
+            SetKind::In4Local | SetKind::In6Local => queue_rule(vec![
+                Match::NfProto(f),
+                Match::Lookup(set.kind),
+                Match::FibDaddrIifLocal,
+            ]),
+            SetKind::IcmpIn4 | SetKind::IcmpIn6 => continue,
+        };
+        match set.kind {
+            SetKind::Out4 | SetKind::Out6 => post.push(rule),
+            _ => pre.push(rule),
+        }
+    }
+}
+
+/// ICMP errors addressed to fixed apparent addresses: one rule per error type and family.
+fn fixed_address_icmp_rules(sets: &[SetSpec], pre: &mut RuleList) {
+    for kind in [SetKind::IcmpIn4, SetKind::IcmpIn6] {
+        if sets[kind as usize].is_empty() {
+            continue;
+        }
+        let f = kind.family();
+        let (proto, types) = f.icmp();
+        for &t in types {
+            pre.push(queue_rule(vec![
+                Match::NfProto(f),
+                Match::Lookup(kind),
+                Match::L4Proto(proto),
+                Match::IcmpType(t),
+            ]));
+        }
+    }
+}
+
+/// ICMP errors addressed to `*` services' interfaces: per interface and family.
+///
+/// These rules depend only on the interface and family (and for `*` services the way the
+/// destination is matched), not on the port: each combination is built once rather than once
+/// per service and deduplicated (10,000 services on one interface make a handful of rules
+/// either way, but building 80,000 first costs time and memory).
+fn interface_icmp_rules(services: &[Service], pre: &mut RuleList) {
+    let mut done: HashSet<(&str, Family)> = HashSet::new();
+    for s in services {
+        if let AppAddr::Fixed(_) = s.app_addr {
+            continue;
+        }
+        let (family, dst) = inbound_destination(s);
+        if !done.insert((&s.iface, family)) {
+            continue;
+        }
+        let (proto, types) = family.icmp();
+        for &t in types {
+            let mut m = vec![Match::IifName(s.iface.clone())];
+            m.extend(dst.iter().cloned());
+            m.push(Match::L4Proto(proto));
+            m.push(Match::IcmpType(t));
+            pre.push(queue_rule(m));
+        }
+    }
+}
+
+/// ICMP errors leaving on the services' public interfaces that may quote a mapped flow (see
+/// [`reply_icmp_rules`]): per interface and family of the actual servers.
+fn outbound_icmp_rules(services: &[Service], post: &mut RuleList) {
+    let mut done: HashSet<(&str, Family)> = HashSet::new();
+    for s in services {
+        let family = Family::of(&s.act_addr);
+        if !done.insert((&s.iface, family)) {
+            continue;
+        }
+        let (proto, types) = family.icmp();
+        for &t in types {
+            reply_icmp_rules(post, &s.iface, family, proto, t);
+        }
+    }
+}
+
+/// A base chain of netnat's table: filter type, policy accept.
+fn base_chain(name: &'static str, hook: Hook, priority: i32, rules: Vec<Rule>) -> ChainSpec {
+    ChainSpec {
+        name,
+        hook: Some(hook),
+        priority,
+        rules,
+    }
+}
+
+/// The unhooked chain whose one `ct` rule keeps conntrack, and with it reassembly, active
+/// (see [`Policy::conntrack`]).
+fn conntrack_chain() -> ChainSpec {
+    ChainSpec {
+        name: CONNTRACK_CHAIN,
+        hook: None,
+        priority: 0,
+        rules: vec![Rule {
+            matches: vec![Match::CtStateNew],
+            verdict: Verdict::Continue,
+            comment: Some(CONNTRACK_COMMENT),
+        }],
     }
 }
 

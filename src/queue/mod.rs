@@ -1,4 +1,4 @@
-//! NFQUEUE consumer layer on `mnl`: bind, receive in batches, verdicts with payloads.
+//! NFQUEUE consumer layer: bind, receive in batches, verdicts with payloads.
 //!
 //! One [`Queue`] is one bound queue on its own netlink socket. The daemon runs one thread per
 //! queue: `wait` for readability, then `receive_batch`, which receives every packet waiting
@@ -9,17 +9,19 @@
 //!
 //! Why our own layer and not the `nfq` crate (0.2.5 gives no access to its socket): we need the fd (socket buffer
 //! size, poll), configuration that does not throw packets away, and several verdicts per
-//! system call. The wire format lives in [`msg`], free of I/O.
+//! system call. The wire format lives in [`msg`], free of I/O; the socket and the netlink
+//! framing are [`crate::netlink`]'s.
 
+mod area;
 pub mod msg;
-mod sys;
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use crate::netlink::socket::{self, NETLINK_CAP_ACK, NETLINK_NO_ENOBUFS, SOL_NETLINK, iovec};
+use crate::netlink::{Buffer, Socket};
 use msg::{Message, PacketMsg};
 
 /// Datagrams fetched per `recvmmsg`, and so the most packets handled per batch.
@@ -134,52 +136,27 @@ pub struct QueueStats {
     pub verdicts_lost: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// Another socket (usually another process) holds the queue number.
+    #[error("queue {num} is already bound by another process")]
     AlreadyBound { num: u16 },
     /// The kernel refused with EPERM and the queue is not bound elsewhere.
+    #[error("cannot bind queue {num}: need CAP_NET_ADMIN")]
     PermissionDenied { num: u16 },
     /// The kernel refused the bind/configuration with this errno.
+    #[error("cannot bind/configure queue {num}: {}", io::Error::from_raw_os_error(*errno))]
     Config { num: u16, errno: i32 },
     /// No acknowledgement of the bind within the time limit.
+    #[error("no answer from the kernel when binding queue {num}")]
     Timeout { num: u16 },
     /// A system call failed.
+    #[error("{what}: {source}")]
     Io {
         what: &'static str,
+        #[source]
         source: io::Error,
     },
-}
-
-impl fmt::Display for QueueError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            QueueError::AlreadyBound { num } => {
-                write!(f, "queue {num} is already bound by another process")
-            }
-            QueueError::PermissionDenied { num } => {
-                write!(f, "cannot bind queue {num}: need CAP_NET_ADMIN")
-            }
-            QueueError::Config { num, errno } => write!(
-                f,
-                "cannot bind/configure queue {num}: {}",
-                io::Error::from_raw_os_error(*errno)
-            ),
-            QueueError::Timeout { num } => {
-                write!(f, "no answer from the kernel when binding queue {num}")
-            }
-            QueueError::Io { what, source } => write!(f, "{what}: {source}"),
-        }
-    }
-}
-
-impl std::error::Error for QueueError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            QueueError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> QueueError {
@@ -198,9 +175,9 @@ struct Pending {
 
 /// One bound queue on its own netlink socket.
 pub struct Queue {
-    sock: mnl::Socket,
+    sock: Socket,
     num: u16,
-    bufs: sys::RecvArea,
+    bufs: area::RecvArea,
     lens: Vec<usize>,
     trunc: Vec<bool>,
     /// Datagrams that arrived while `open` waited for its acknowledgement. They are handled by
@@ -225,39 +202,39 @@ pub struct Queue {
     drop_heads: Vec<u8>,
 }
 
-// SAFETY: `mnl::Socket` is only `!Send` because it holds a raw pointer to libmnl's
-// `struct mnl_socket { int fd; struct sockaddr_nl addr; }`, which has no thread affinity and is
-// owned exclusively by this Queue. Moving the Queue to another thread (e.g. the one that will
-// run its loop) is sound; it is not `Sync`, so no two threads use the socket at once. The
-// iovecs in `iov` point only into this Queue's own buffers and are rebuilt before each use.
+// SAFETY: only the iovecs in `iov` keep Queue from being `Send` (raw pointers). They point
+// only into this Queue's own buffers, are rebuilt before each use and are never read across a
+// move; the socket and the receive area are `Send`. The Queue is not `Sync`, so no two threads
+// use it at once.
 unsafe impl Send for Queue {}
 
 impl Queue {
     /// The socket, sized and non-blocking, and the buffers: everything of a queue but the bind.
     /// Kernel-free parts (decide, the verdict bookkeeping) are tested on such a queue.
     fn unbound(opts: &QueueOptions) -> Result<Queue, QueueError> {
-        let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(io_err("netlink socket"))?;
-        let fd = sock.as_raw_fd();
-        // At once: netnat starts no process itself, so no fork can come in between.
-        sys::set_cloexec(fd).map_err(io_err("FD_CLOEXEC"))?;
-        sys::set_buffer(fd, true, opts.rcvbuf).map_err(io_err("SO_RCVBUF"))?;
+        // Close-on-exec and non-blocking from its creation (see `netlink::socket`): a child
+        // process must never keep the queue bound.
+        let sock =
+            Socket::open(libc::NETLINK_NETFILTER, true, 0).map_err(io_err("netlink socket"))?;
+        sock.set_buffer(Buffer::Receive, opts.rcvbuf)
+            .map_err(io_err("SO_RCVBUF"))?;
         // Verdicts carrying payloads go out in one sendmsg per batch; netlink caps a message
         // at the send buffer size, so give it room for a batch of full-size payloads.
-        let granted_snd = sys::set_buffer(fd, false, opts.rcvbuf.max(BATCH * DGRAM_BUF))
+        let granted_snd = sock
+            .set_buffer(Buffer::Send, opts.rcvbuf.max(BATCH * DGRAM_BUF))
             .map_err(io_err("SO_SNDBUF"))?;
         // Explicitly off (the default): with it on, the kernel would drop our packets
         // silently; with it off, recv reports ENOBUFS once, and we count it.
-        sys::setsockopt_int(fd, libc::SOL_NETLINK, sys::NETLINK_NO_ENOBUFS, 0)
+        sock.set_option(SOL_NETLINK, NETLINK_NO_ENOBUFS, 0)
             .map_err(io_err("NETLINK_NO_ENOBUFS"))?;
         // An error for a verdict would otherwise echo the whole verdict, payload included,
         // into our receive buffer; the header is all we read. Best effort (kernel >= 4.3).
-        let _ = sys::setsockopt_int(fd, libc::SOL_NETLINK, sys::NETLINK_CAP_ACK, 1);
-        sys::set_nonblocking(fd).map_err(io_err("O_NONBLOCK"))?;
+        let _ = sock.set_option(SOL_NETLINK, NETLINK_CAP_ACK, 1);
 
         Ok(Queue {
             sock,
             num: opts.num,
-            bufs: sys::RecvArea::new(BATCH, DGRAM_BUF).map_err(io_err("receive buffers"))?,
+            bufs: area::RecvArea::new(BATCH, DGRAM_BUF).map_err(io_err("receive buffers"))?,
             lens: vec![0; BATCH],
             trunc: vec![false; BATCH],
             stash: VecDeque::new(),
@@ -278,7 +255,6 @@ impl Queue {
     /// Call it before any rule sends packets to the queue.
     pub fn open(opts: &QueueOptions) -> Result<Queue, QueueError> {
         let mut q = Queue::unbound(opts)?;
-        let fd = q.sock.as_raw_fd();
         let gso_flag = if opts.gso { msg::NFQA_CFG_F_GSO } else { 0 };
         let mut req = Vec::new();
         msg::encode_config(
@@ -294,7 +270,7 @@ impl Queue {
                 ack: true,
             },
         );
-        sys::send_parts(fd, &[&req]).map_err(io_err("send bind request"))?;
+        q.sock.send(&req).map_err(io_err("send bind request"))?;
         q.await_ack()?;
         q.bound = true;
         Ok(q)
@@ -310,7 +286,7 @@ impl Queue {
             if left.is_zero() {
                 return Err(QueueError::Timeout { num: self.num });
             }
-            if !sys::poll_readable(fd, left).map_err(io_err("poll"))? {
+            if !self.sock.poll_readable(left).map_err(io_err("poll"))? {
                 continue;
             }
             let got = match self.bufs.recv(fd, 1, &mut self.lens, &mut self.trunc) {
@@ -514,9 +490,10 @@ impl Queue {
     ///
     /// The last third of a batch, after [`Queue::decide`].
     pub fn send_verdicts(&mut self) -> Result<(), QueueError> {
+        // The descriptor, not the socket: `send_verdicts_with` borrows all of `self`.
         let fd = self.sock.as_raw_fd();
         // SAFETY: `send_verdicts_with` passes only iovecs describing its own buffers, valid
-        // for the duration of each call.
+        // for the duration of each call; `fd` is the socket `self` keeps open meanwhile.
         self.send_verdicts_with(&mut |iov, bytes| unsafe { send_all(fd, iov, bytes) })
     }
 
@@ -527,7 +504,6 @@ impl Queue {
         send: &mut dyn FnMut(&[libc::iovec], usize) -> io::Result<()>,
     ) -> Result<(), QueueError> {
         static PAD: [u8; 4] = [0; 4];
-        let fd = self.sock.as_raw_fd();
         let mut first_error = None;
         let mut next = 0;
         while next < self.pending.len() {
@@ -545,12 +521,12 @@ impl Queue {
                 if end > next && bytes + size > self.send_limit {
                     break;
                 }
-                iov.push(sys::iovec(head));
+                iov.push(iovec(head));
                 if !payload.is_empty() {
-                    iov.push(sys::iovec(payload));
+                    iov.push(iovec(payload));
                 }
                 if p.pad > 0 {
-                    iov.push(sys::iovec(&PAD[..p.pad]));
+                    iov.push(iovec(&PAD[..p.pad]));
                 }
                 bytes += size;
                 end += 1;
@@ -562,9 +538,7 @@ impl Queue {
                     next = end;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && end - next > 1 => {
-                    let now = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)
-                        .unwrap_or(0)
-                        .max(0) as usize;
+                    let now = self.sock.buffer(Buffer::Send).unwrap_or(0);
                     self.send_limit = now.saturating_sub(SNDBUF_SLACK).min(bytes / 2).max(1);
                 }
                 Err(e) => {
@@ -600,7 +574,7 @@ impl Queue {
                 None,
             );
         }
-        let iov = [sys::iovec(&self.drop_heads)];
+        let iov = [iovec(&self.drop_heads)];
         let bytes = self.drop_heads.len();
         if send(&iov, bytes).is_ok() || send(&iov, bytes).is_ok() {
             self.stats.send_failed_dropped += n;
@@ -628,7 +602,9 @@ impl Queue {
         if !self.stash.is_empty() {
             return Ok(true);
         }
-        sys::poll_readable_or(self.sock.as_raw_fd(), wake, timeout).map_err(io_err("poll"))
+        self.sock
+            .poll_readable_or(wake, timeout)
+            .map_err(io_err("poll"))
     }
 
     pub fn stats(&self) -> QueueStats {
@@ -655,12 +631,13 @@ fn verdict_of(d: Decision, truncated: bool, len: usize) -> (u32, bool) {
 /// kernel queue until the queue is unbound.
 ///
 /// # Safety
-/// SAFETY: as [`sys::send_iov`], every iovec describes memory valid for reads during the call.
+/// SAFETY: as [`socket::send_iov_to`]: `fd` is an open netlink socket and every iovec
+/// describes memory valid for reads during the call.
 unsafe fn send_all(fd: RawFd, iovs: &[libc::iovec], bytes: usize) -> io::Result<()> {
     let mut tries = 0;
     loop {
         // SAFETY: passed on from the caller.
-        match unsafe { sys::send_iov(fd, iovs) } {
+        match unsafe { socket::send_iov_to(fd, iovs) } {
             Ok(n) if n == bytes => return Ok(()),
             Ok(n) => return Err(io::Error::other(format!("sent {n} of {bytes} bytes"))),
             Err(e)
@@ -702,7 +679,7 @@ impl Drop for Queue {
                 ..Default::default()
             },
         );
-        let _ = sys::send_parts(self.sock.as_raw_fd(), &[&req]);
+        let _ = self.sock.send(&req);
     }
 }
 

@@ -13,24 +13,19 @@
 //!   except `NFQA_SKB_INFO`, `NFQA_CAP_LEN` and the ifindex attributes, which the kernel also
 //!   writes big endian (`nla_put_be32`), so all u32 attribute values here are read big endian.
 
-use std::fmt;
 use std::ops::Range;
 
-/// Size of `struct nlmsghdr`.
-pub const NLMSG_HDRLEN: usize = 16;
+use crate::netlink::frame::{self, FrameError};
+use crate::netlink::{ack, frame::Frame};
+
+// The shared framing's constants, re-exported: tests and fuzz seeds build messages with them.
+pub use crate::netlink::frame::{
+    NLA_HDRLEN, NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP,
+    NLMSG_OVERRUN, align4,
+};
+
 /// Size of `struct nfgenmsg`.
 pub const NFGENMSG_LEN: usize = 4;
-/// Size of `struct nlattr`.
-pub const NLA_HDRLEN: usize = 4;
-
-/// Netlink control message types (`linux/netlink.h`).
-pub const NLMSG_NOOP: u16 = 1;
-pub const NLMSG_ERROR: u16 = 2;
-pub const NLMSG_DONE: u16 = 3;
-pub const NLMSG_OVERRUN: u16 = 4;
-
-pub const NLM_F_REQUEST: u16 = 0x1;
-pub const NLM_F_ACK: u16 = 0x4;
 
 /// `NFNL_SUBSYS_QUEUE` from `nfnetlink.h`; the message type is `subsys << 8 | msg`.
 pub const NFNL_SUBSYS_QUEUE: u16 = 3;
@@ -74,72 +69,47 @@ pub const NF_ACCEPT: u32 = 1;
 /// longer than this. The kernel's copy range tops out at the same figure.
 pub const MAX_PAYLOAD: usize = u16::MAX as usize - NLA_HDRLEN;
 
-/// Attribute types carry two flag bits (`NLA_F_NESTED`, `NLA_F_NET_BYTEORDER`) that are not
-/// part of the type; the kernel sets `NLA_F_NESTED` on e.g. `NFQA_CT`.
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
 /// Longest verdict header [`encode_verdict_head`] writes: nlmsghdr, nfgenmsg, verdict header
 /// attribute, mark attribute, payload attribute header.
 pub const VERDICT_HEAD_MAX: usize = NLMSG_HDRLEN + NFGENMSG_LEN + 12 + 8 + NLA_HDRLEN;
 
-/// Rounds up to the 4-byte netlink alignment. Saturates instead of overflowing so that a
-/// hostile length near `usize::MAX` cannot panic in debug builds.
-pub const fn align4(n: usize) -> usize {
-    match n.checked_add(3) {
-        Some(v) => v & !3,
-        None => usize::MAX & !3,
-    }
-}
-
 /// Why a received datagram (or part of it) could not be decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     /// Fewer bytes left than a netlink message header.
+    #[error("truncated netlink header at offset {offset}")]
     ShortHeader { offset: usize },
     /// `nlmsg_len` smaller than the header or larger than the bytes left.
+    #[error("bad netlink message length {len} at offset {offset}")]
     BadMessageLength { offset: usize, len: u32 },
     /// A queue message shorter than its `nfgenmsg`.
+    #[error("queue message at offset {offset} shorter than nfgenmsg")]
     ShortNfgenmsg { offset: usize },
     /// An attribute header or value extends past the end of its message.
+    #[error("attribute at offset {offset} overruns its message")]
     BadAttribute { offset: usize },
     /// A known attribute has a value too short for its type.
+    #[error("attribute {attr} too short for its type")]
     ShortAttributeValue { attr: u16 },
     /// A packet message without `NFQA_PACKET_HDR`: there is no id to give a verdict for.
+    #[error("packet message without NFQA_PACKET_HDR")]
     MissingPacketHeader,
     /// An `NLMSG_ERROR` message shorter than its error code.
+    #[error("NLMSG_ERROR at offset {offset} shorter than its error code")]
     ShortError { offset: usize },
 }
 
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ParseError::ShortHeader { offset } => {
-                write!(f, "truncated netlink header at offset {offset}")
+impl From<FrameError> for ParseError {
+    fn from(e: FrameError) -> ParseError {
+        match e {
+            FrameError::ShortHeader { offset } => ParseError::ShortHeader { offset },
+            FrameError::BadMessageLength { offset, len } => {
+                ParseError::BadMessageLength { offset, len }
             }
-            ParseError::BadMessageLength { offset, len } => {
-                write!(f, "bad netlink message length {len} at offset {offset}")
-            }
-            ParseError::ShortNfgenmsg { offset } => {
-                write!(f, "queue message at offset {offset} shorter than nfgenmsg")
-            }
-            ParseError::BadAttribute { offset } => {
-                write!(f, "attribute at offset {offset} overruns its message")
-            }
-            ParseError::ShortAttributeValue { attr } => {
-                write!(f, "attribute {attr} too short for its type")
-            }
-            ParseError::MissingPacketHeader => write!(f, "packet message without NFQA_PACKET_HDR"),
-            ParseError::ShortError { offset } => {
-                write!(
-                    f,
-                    "NLMSG_ERROR at offset {offset} shorter than its error code"
-                )
-            }
+            FrameError::BadAttribute { offset } => ParseError::BadAttribute { offset },
         }
     }
 }
-
-impl std::error::Error for ParseError {}
 
 /// One queued packet as the kernel described it. Offsets are absolute within the datagram
 /// given to [`parse_datagram`].
@@ -202,8 +172,7 @@ pub enum Message {
 #[derive(Debug, Clone)]
 pub struct Messages<'a> {
     buf: &'a [u8],
-    pos: usize,
-    done: bool,
+    frames: frame::Messages<'a>,
 }
 
 /// Decodes one received datagram. The entry point for fuzzing: any byte string is valid input.
@@ -215,8 +184,7 @@ pub struct Messages<'a> {
 pub fn parse_datagram(buf: &[u8]) -> Messages<'_> {
     Messages {
         buf,
-        pos: 0,
-        done: false,
+        frames: frame::messages(buf),
     }
 }
 
@@ -224,54 +192,33 @@ impl Iterator for Messages<'_> {
     type Item = Result<Message, ParseError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done || self.pos >= self.buf.len() {
-            return None;
-        }
-        let offset = self.pos;
-        let rest = &self.buf[offset..];
-        if rest.len() < NLMSG_HDRLEN {
-            self.done = true;
-            return Some(Err(ParseError::ShortHeader { offset }));
-        }
-        let len = ne_u32(rest, 0);
-        let ty = ne_u16(rest, 4);
-        if (len as usize) < NLMSG_HDRLEN || len as usize > rest.len() {
-            self.done = true;
-            return Some(Err(ParseError::BadMessageLength { offset, len }));
-        }
-        let len = len as usize;
-        // The next message starts at the aligned end; the last one may lack its padding.
-        self.pos = offset.saturating_add(align4(len)).min(self.buf.len());
-        Some(decode_message(self.buf, offset, offset + len, ty))
+        Some(match self.frames.next()? {
+            Ok(f) => decode_message(self.buf, &f),
+            Err(e) => Err(e.into()),
+        })
     }
 }
 
-/// Decodes the message occupying `buf[start..end]` (already checked to hold a header).
-fn decode_message(buf: &[u8], start: usize, end: usize, ty: u16) -> Result<Message, ParseError> {
-    let body = start + NLMSG_HDRLEN;
-    match ty {
+/// Decodes one framed message of `buf`.
+fn decode_message(buf: &[u8], f: &Frame) -> Result<Message, ParseError> {
+    match f.header.ty {
         NLMSG_ERROR => {
-            if end - body < 4 {
-                return Err(ParseError::ShortError { offset: start });
-            }
-            let code = ne_u32(buf, body) as i32;
             // The original request header follows the code; its seq tells us which request
             // failed. With NETLINK_CAP_ACK only that header is echoed, which is all we need.
-            let seq = if end - body >= 4 + NLMSG_HDRLEN {
-                ne_u32(buf, body + 4 + 8)
-            } else {
-                0
-            };
-            if code == 0 {
+            let e = ack::parse(buf, f).ok_or(ParseError::ShortError { offset: f.start })?;
+            let seq = e.seq.unwrap_or(0);
+            if e.is_ack() {
                 Ok(Message::Ack { seq })
             } else {
                 Ok(Message::Error {
-                    errno: code.checked_neg().unwrap_or(i32::MAX),
+                    errno: e.errno,
                     seq,
                 })
             }
         }
-        t if t == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET => decode_packet(buf, start, end),
+        t if t == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET => {
+            decode_packet(buf, f.start, f.body.end)
+        }
         other => Ok(Message::Other { ty: other }),
     }
 }
@@ -295,8 +242,8 @@ fn decode_packet(buf: &[u8], start: usize, end: usize) -> Result<Message, ParseE
         payload: 0..0,
     };
     let mut have_hdr = false;
-    for attr in Attrs::new(buf, nfg + NFGENMSG_LEN, end) {
-        let (ty, value) = attr?;
+    for attr in frame::attrs(buf, nfg + NFGENMSG_LEN, end) {
+        let frame::Attr { ty, value, .. } = attr?;
         let v = &buf[value.clone()];
         match ty {
             NFQA_PACKET_HDR => {
@@ -332,98 +279,33 @@ fn attr_u32(v: &[u8], attr: u16) -> Result<u32, ParseError> {
     Ok(be_u32(v, 0))
 }
 
-/// Iterator over the attributes in `buf[pos..end]`, yielding (type without flag bits, value
-/// range). Stops after the first malformed attribute.
-struct Attrs<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    end: usize,
-}
-
-impl<'a> Attrs<'a> {
-    fn new(buf: &'a [u8], pos: usize, end: usize) -> Self {
-        Attrs { buf, pos, end }
-    }
-}
-
-impl Iterator for Attrs<'_> {
-    type Item = Result<(u16, Range<usize>), ParseError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.pos >= self.end {
-            return None;
-        }
-        let offset = self.pos;
-        let left = self.end - offset;
-        if left < NLA_HDRLEN {
-            self.pos = self.end;
-            return Some(Err(ParseError::BadAttribute { offset }));
-        }
-        let len = ne_u16(self.buf, offset) as usize;
-        let ty = ne_u16(self.buf, offset + 2) & NLA_TYPE_MASK;
-        if len < NLA_HDRLEN || len > left {
-            self.pos = self.end;
-            return Some(Err(ParseError::BadAttribute { offset }));
-        }
-        self.pos = offset.saturating_add(align4(len)).min(self.end);
-        Some(Ok((ty, offset + NLA_HDRLEN..offset + len)))
-    }
-}
-
-// Integer readers. Callers guarantee `at + N <= b.len()`; the `get` keeps them panic-free even
-// if a caller is ever wrong (a wrong read gives 0, never UB or a panic).
-fn read<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    if let Some(s) = b.get(at..at.saturating_add(N)) {
-        out.copy_from_slice(s);
-    }
-    out
-}
-fn ne_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes(read(b, at))
-}
+// Integer readers. Callers check the length first; a read past the end would give 0, never
+// UB or a panic.
 fn ne_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes(read(b, at))
+    frame::ne_u32(b, at).unwrap_or(0)
 }
 fn be_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes(read(b, at))
+    frame::be_u16(b, at).unwrap_or(0)
 }
 fn be_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(read(b, at))
+    frame::be_u32(b, at).unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Encoding
 
 /// Why a message could not be encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
     /// A payload longer than [`MAX_PAYLOAD`] does not fit an attribute.
+    #[error("payload of {len} bytes exceeds the {MAX_PAYLOAD}-byte limit")]
     PayloadTooLong { len: usize },
 }
 
-impl fmt::Display for EncodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EncodeError::PayloadTooLong { len } => {
-                write!(
-                    f,
-                    "payload of {len} bytes exceeds the {MAX_PAYLOAD}-byte limit"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for EncodeError {}
-
+/// Appends a message header claiming length `len` (0 until [`finish_msg`] sets it).
 fn put_nlmsghdr(buf: &mut Vec<u8>, len: u32, ty: u16, flags: u16, seq: u32) {
-    buf.extend_from_slice(&len.to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    // nlmsg_pid 0: the kernel fills in the sender itself and does not read it.
-    buf.extend_from_slice(&0u32.to_ne_bytes());
+    let start = frame::put_header(buf, ty, flags, seq);
+    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
 }
 
 fn put_nfgenmsg(buf: &mut Vec<u8>, queue: u16) {
@@ -432,20 +314,15 @@ fn put_nfgenmsg(buf: &mut Vec<u8>, queue: u16) {
     buf.extend_from_slice(&queue.to_be_bytes());
 }
 
-/// Appends one attribute with its padding. `value.len()` must be ≤ [`MAX_PAYLOAD`] (all
-/// callers here pass fixed small values).
+/// Appends one attribute with its padding (all callers here pass fixed small values or cut
+/// to [`MAX_PAYLOAD`]).
 fn put_attr(buf: &mut Vec<u8>, ty: u16, value: &[u8]) {
-    let len = (NLA_HDRLEN + value.len()) as u16;
-    buf.extend_from_slice(&len.to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(value);
-    buf.resize(align4(buf.len()), 0);
+    frame::put_attr(buf, ty, value)
 }
 
 /// Patches the `nlmsg_len` of the message starting at `start` to run to the end of `buf`.
 fn finish_msg(buf: &mut [u8], start: usize) {
-    let len = (buf.len() - start) as u32;
-    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    frame::finish(buf, start)
 }
 
 /// What one `NFQNL_MSG_CONFIG` message asks for. The kernel applies the command first, then
@@ -538,9 +415,7 @@ pub fn encode_verdict_head(
     let Some(n) = payload_len else {
         return Ok(0);
     };
-    let attr_len = (NLA_HDRLEN + n) as u16;
-    buf.extend_from_slice(&attr_len.to_ne_bytes());
-    buf.extend_from_slice(&NFQA_PAYLOAD.to_ne_bytes());
+    frame::put_attr_header(buf, NFQA_PAYLOAD, n);
     let pad = align4(n) - n;
     let total = (buf.len() - start + n + pad) as u32;
     buf[start..start + 4].copy_from_slice(&total.to_ne_bytes());
@@ -598,8 +473,8 @@ pub fn parse_verdict(buf: &[u8]) -> Result<VerdictMsg, ParseError> {
         next: align4(end).min(buf.len()),
     };
     let mut have_hdr = false;
-    for attr in Attrs::new(buf, NLMSG_HDRLEN + NFGENMSG_LEN, end) {
-        let (ty, value) = attr?;
+    for attr in frame::attrs(buf, NLMSG_HDRLEN + NFGENMSG_LEN, end) {
+        let frame::Attr { ty, value, .. } = attr?;
         let v = &buf[value.clone()];
         match ty {
             NFQA_VERDICT_HDR => {
@@ -668,6 +543,10 @@ pub fn encode_packet(buf: &mut Vec<u8>, spec: &PacketSpec<'_>) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn ne_u16(b: &[u8], at: usize) -> u16 {
+        frame::ne_u16(b, at).unwrap()
+    }
 
     fn one(buf: &[u8]) -> Message {
         let mut it = parse_datagram(buf);
