@@ -7,7 +7,9 @@
 //! socket whose reader hangs, a stderr pipe nobody drains) or fail (EPIPE, a restarted syslog).
 //! The queue threads and the main thread must never wait for it, so they only hand each line
 //! to a bounded queue ([`LINE_QUEUE`] lines) and go on; when the queue is full the line is
-//! counted as lost. One logging thread writes the lines out: to syslog through a non-blocking
+//! counted as lost. Each queue thread logs through its own [`Logger::handle`] (a sender of the
+//! same queue; the lost count is one shared atomic), so no two threads share a `Logger`. One
+//! logging thread writes the lines out: to syslog through a non-blocking
 //! socket with a bounded wait ([`SEND_TIMEOUT`]), reconnecting after errors with a backoff
 //! (a syslog daemon that restarts gets the records again), or to stderr, whose errors are
 //! counted and never panic. Once lines were lost it writes `N log lines lost` when it can.
@@ -129,6 +131,12 @@ enum Sink {
         done: Receiver<()>,
         thread: Option<JoinHandle<()>>,
     },
+    /// A handle of another logger's thread ([`Logger::handle`]): the same queue and lost
+    /// count, without the thread.
+    Handle {
+        tx: Option<SyncSender<Line>>,
+        counters: Arc<Counters>,
+    },
     /// Lines kept in memory, for tests of what would be logged.
     Memory(Vec<(Level, String)>),
 }
@@ -157,6 +165,25 @@ impl Logger {
         }
     }
 
+    /// Another logger writing through this one's logging thread and bounded queue, with the
+    /// same record priority and the one lost count: what each queue thread logs with, so that
+    /// no two threads share a `Logger`. A sender clone and a reference count: cheap. The handle
+    /// of a memory logger keeps its own lines.
+    pub fn handle(&self) -> Logger {
+        let sink = match &self.sink {
+            Sink::Thread { tx, counters, .. } | Sink::Handle { tx, counters } => Sink::Handle {
+                tx: tx.clone(),
+                counters: Arc::clone(counters),
+            },
+            Sink::Memory(_) => Sink::Memory(Vec::new()),
+        };
+        Logger {
+            sink,
+            records: self.records,
+            on_stderr: self.on_stderr,
+        }
+    }
+
     /// The lines a [`Logger::memory`] logger kept so far, emptied.
     pub fn take_lines(&mut self) -> Vec<(Level, String)> {
         match &mut self.sink {
@@ -169,7 +196,7 @@ impl Logger {
     /// them (syslog socket full, stalled or gone; stderr closed).
     pub fn lost(&self) -> u64 {
         match &self.sink {
-            Sink::Thread { counters, .. } => counters.lost(),
+            Sink::Thread { counters, .. } | Sink::Handle { counters, .. } => counters.lost(),
             Sink::Memory(_) => 0,
         }
     }
@@ -254,7 +281,7 @@ impl Logger {
 
     fn push(&mut self, level: Level, msg: impl Display, stderr: bool) {
         match &mut self.sink {
-            Sink::Thread { tx, counters, .. } => {
+            Sink::Thread { tx, counters, .. } | Sink::Handle { tx, counters } => {
                 let Some(tx) = tx else {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -668,6 +695,30 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(10), "{what}");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn handles_write_through_the_same_thread_and_share_the_lost_count() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let held = lines.lock().unwrap();
+        let log = Logger::spawn(Output::Test(Arc::clone(&lines)), Level::Notice);
+        let mut h = log.handle();
+        let start = Instant::now();
+        let lost = std::thread::spawn(move || {
+            for i in 0..(LINE_QUEUE + 500) {
+                h.record(format_args!("r {i}"));
+            }
+            h.lost()
+        })
+        .join()
+        .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(2), "never blocks");
+        assert!((499..=500).contains(&lost), "lost {lost}");
+        assert_eq!(log.lost(), lost, "one count");
+        drop(held);
+        wait_for("the handle's first record", || {
+            lines.lock().unwrap().iter().any(|l| l == "notice: r 0")
+        });
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //!
 //! Served from the daemon's main loop beside the control socket, without blocking: the
 //! listener and every connection are non-blocking and polled with the rest, so a queue thread
-//! never waits for a client; the report is built under the shared lock briefly, exactly as for
-//! `netnat status`, and only once a complete, valid request is in. A slow or hostile client
+//! never waits for a client; the report is built from the queue threads' counters (summed
+//! without a lock), exactly as for `netnat status`, and only once a complete, valid request is in. A slow or hostile client
 //! cannot stall the daemon or crowd others out:
 //! - at most [`MAX_CONNECTIONS`] connections are open; one more closes the oldest that has not
 //!   sent its request yet (or else the oldest);
@@ -53,7 +53,7 @@ pub struct MetricsServer {
     addr: SocketAddr,
     conns: VecDeque<Conn>,
     /// The last body built and when: any local user can reach a loopback port, so requests
-    /// in a burst share one report (one short hold of the shared lock per [`REUSE`]).
+    /// in a burst share one report (one summing of the counters per [`REUSE`]).
     cache: Option<(Instant, String)>,
 }
 

@@ -1,6 +1,7 @@
 //! `netnat status`: a snapshot of the daemon's counters, as text for people and as JSON for
 //! programs (and as Prometheus metrics, [`crate::control::metrics`], from the same [`Report`]). Built by
-//! the daemon between batches; formatted here, never on the packet path.
+//! the daemon's main thread from the queue threads' live counters, summed without stopping
+//! them; formatted here, never on the packet path.
 //!
 //! The JSON document (one object, keys always present, numbers are integers):
 //!

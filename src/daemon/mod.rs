@@ -8,8 +8,10 @@
 //! that was queued gets its verdict.
 //!
 //! Threads: one per queue ([`crate::engine::consumer`]) handles packets; the main thread polls the
-//! signal pipe, the interface watcher and the control socket, and changes what the queue
-//! threads share only under their lock, between two of their batches. Every change of the service set (SIGHUP, `reload`, `service add`,
+//! signal pipe, the interface watcher and the control socket. Nothing is locked between them:
+//! the main thread publishes each change as a new generation (table, services, mark, rate) that
+//! the queue threads take at their next batch, and reads their counters from the shards they
+//! publish, summed ([`Hub`]), for status, metrics, drain expiry and volume records. Every change of the service set (SIGHUP, `reload`, `service add`,
 //! `service del`) goes through [`Daemon::apply`]: validated like a configuration file, rules
 //! and lookup table replaced together, or nothing changes. Services equal to running ones keep
 //! their counters and UDP flow memory.
@@ -24,8 +26,8 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,14 +38,13 @@ use crate::control::metrics_http::MetricsServer;
 use crate::control::save;
 use crate::control::status::{Report, ServiceReport, ServiceState};
 use crate::control::{self, Outcome, Request, Response, Server};
-use crate::engine::consumer::{self, Consumer, Shared};
-use crate::engine::monitor::Monitor;
-use crate::engine::service::{FlowMemory, ServiceTable};
+use crate::engine::consumer::{Consumer, Hub};
+use crate::engine::service::ServiceTable;
 use crate::engine::stats::Rate;
 use crate::iface::{Change, Snapshot, Watcher};
 use crate::log::Logger;
 use crate::nft::{NftSession, QueueExprKind};
-use crate::queue::{Queue, QueueOptions, QueueStats};
+use crate::queue::{Queue, QueueOptions};
 
 /// What `netnat run` was asked to do.
 #[derive(Clone, Debug)]
@@ -193,7 +194,9 @@ struct Daemon<'a> {
     /// Number of queues bound, one thread each (from `queue` in the configuration on, which
     /// a reload may not change).
     queues: u16,
-    shared: Arc<Mutex<Shared>>,
+    /// What the queue threads are given and what they count.
+    hub: Hub,
+    log: Logger,
     /// `busy-poll` of the running configuration, read by the queue threads after each batch.
     busy_poll: Arc<AtomicU32>,
     started: Instant,
@@ -331,27 +334,23 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     }
 
     let started = Instant::now();
-    let shared = Arc::new(Mutex::new(Shared {
-        table: Arc::clone(&active.table),
-        flows: FlowMemory::default(),
-        mark: active.config.settings.mark,
-        monitor: {
-            let mut m = Monitor::new(services_of(&active.config));
-            m.set_rate(Rate::of(&active.config.settings));
-            m
-        },
-        log,
-        queue_stats: vec![Default::default(); queues.len()],
-    }));
+    let hub = Hub::new(
+        Arc::clone(&active.table),
+        services_of(&active.config),
+        active.config.settings.mark,
+        Rate::of(&active.config.settings),
+        queues.len(),
+    );
     let busy_poll = Arc::new(AtomicU32::new(active.config.settings.busy_poll_us));
-    let threads = spawn_threads(queues, &shared, started, &busy_poll)?;
+    let threads = spawn_threads(queues, &hub, &log, started, &busy_poll)?;
     let mut d = Daemon {
         opts,
         active,
         nft,
         kind,
         queues: queue_count,
-        shared,
+        hub,
+        log,
         busy_poll,
         started,
         start_unix: std::time::SystemTime::now()
@@ -421,10 +420,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         }
         let now = Instant::now();
         if now >= next_volume {
-            let mut s = d.lock();
-            let Shared { monitor, log, .. } = &mut *s;
-            monitor.volume_records(log);
-            drop(s);
+            d.hub.volume_records(&mut d.log);
             next_volume += opts.volume_interval;
             if next_volume <= now {
                 next_volume = now + opts.volume_interval;
@@ -433,9 +429,8 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     }
 
     match failed {
-        Some(why) => d.lock().log.error(format_args!("{why}; stopping")),
+        Some(why) => d.log.error(format_args!("{why}; stopping")),
         None => d
-            .lock()
             .log
             .info("stopping: removing the table and draining the queues"),
     }
@@ -448,14 +443,15 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     if let Some(why) = failed.or((!clean).then_some("a queue thread panicked")) {
         return Err(DaemonError::Stopped(why.to_string()));
     }
-    d.lock().log.info("stopped");
+    d.log.info("stopped");
     Ok(())
 }
 
 /// Starts one thread per queue.
 fn spawn_threads(
     queues: Vec<Queue>,
-    shared: &Arc<Mutex<Shared>>,
+    hub: &Hub,
+    log: &Logger,
     started: Instant,
     busy_poll: &Arc<AtomicU32>,
 ) -> Result<Threads, DaemonError> {
@@ -465,8 +461,7 @@ fn spawn_threads(
     for (index, queue) in queues.into_iter().enumerate() {
         let c = Consumer {
             queue,
-            index,
-            shared: Arc::clone(shared),
+            worker: hub.worker(index, log.handle()),
             started,
             stop: Arc::clone(&stop),
             wake: read.as_raw_fd(),
@@ -498,10 +493,6 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 impl Daemon<'_> {
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        consumer::lock(&self.shared)
-    }
-
     /// Answers one control request.
     fn handle(&mut self, req: Request) -> Response {
         let result = match req {
@@ -525,11 +516,10 @@ impl Daemon<'_> {
 
     fn report(&self) -> Report {
         let table = &self.active.table;
-        // Under the lock: the counters are copied at rest, between two batches.
-        let shared = self.lock();
-        let stats = shared.monitor.stats();
-        let services = shared
-            .monitor
+        // Live counters, summed over the queue threads' shards without stopping them.
+        let stats = self.hub.stats();
+        let services = self
+            .hub
             .services()
             .iter()
             .enumerate()
@@ -545,16 +535,7 @@ impl Daemon<'_> {
                 counters: stats.service(id),
             })
             .collect();
-        let mut queue_stats = QueueStats::default();
-        for q in &shared.queue_stats {
-            queue_stats.received += q.received;
-            queue_stats.verdicts += q.verdicts;
-            queue_stats.enobufs += q.enobufs;
-            queue_stats.async_errors += q.async_errors;
-            queue_stats.failed_closed += q.failed_closed;
-            queue_stats.send_failed_dropped += q.send_failed_dropped;
-            queue_stats.verdicts_lost += q.verdicts_lost;
-        }
+        let queue_stats = self.hub.queue_stats();
         Report {
             queue: self.active.config.settings.queue,
             queues: self.queues,
@@ -567,7 +548,7 @@ impl Daemon<'_> {
             queue_stats,
             unattributed: stats.unattributed,
             passed: stats.passed,
-            log_lost: shared.log.lost(),
+            log_lost: self.log.lost(),
             start_unix: self.start_unix,
             reloads_ok: self.reloads_ok,
             reloads_refused: self.reloads_refused,
@@ -582,16 +563,14 @@ impl Daemon<'_> {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
-                self.lock().log.error(format_args!("interface watch: {e}"));
+                self.log.error(format_args!("interface watch: {e}"));
                 return;
             }
         }
         let newer = match Snapshot::read() {
             Ok(s) => s,
             Err(e) => {
-                self.lock()
-                    .log
-                    .error(format_args!("reading interfaces: {e}"));
+                self.log.error(format_args!("reading interfaces: {e}"));
                 return;
             }
         };
@@ -600,12 +579,17 @@ impl Daemon<'_> {
             return;
         }
         self.active.follow(newer);
-        let mut shared = consumer::lock(&self.shared);
-        shared.table = Arc::clone(&self.active.table);
+        let settings = &self.active.config.settings;
+        self.hub.publish(
+            Arc::clone(&self.active.table),
+            None,
+            settings.mark,
+            Rate::of(settings),
+        );
         for c in &changes {
-            shared.log.info(format_args!("interface change: {c}"));
+            self.log.info(format_args!("interface change: {c}"));
         }
-        self.active.report(&mut shared.log, &self.opts.config);
+        self.active.report(&mut self.log, &self.opts.config);
     }
 
     /// [`Daemon::reload`], logged the same way whoever asked (`via`: SIGHUP, `netnat reload`).
@@ -615,12 +599,12 @@ impl Daemon<'_> {
             Ok(_) => self.reloads_ok += 1,
             Err(_) => self.reloads_refused += 1,
         }
-        let mut s = self.lock();
         match &result {
-            Ok(msg) => s.log.info(format_args!("{msg} ({via})")),
+            Ok(msg) => self.log.info(format_args!("{msg} ({via})")),
             Err(r) => {
                 for line in r.body.lines() {
-                    s.log.error(format_args!("reload refused ({via}): {line}"));
+                    self.log
+                        .error(format_args!("reload refused ({via}): {line}"));
                 }
             }
         }
@@ -675,13 +659,12 @@ impl Daemon<'_> {
             Ok(false) => {
                 let draining = self.active.draining.clone();
                 let result = self.install(self.active.config.clone(), draining, None);
-                let mut shared = self.lock();
                 match result {
-                    Ok(()) => shared.log.warn(
+                    Ok(()) => self.log.warn(
                         "the leak guard (table inet netnat_guard) was deleted from outside \
                          (nft flush ruleset?): installed again",
                     ),
-                    Err(r) => shared.log.error(format_args!(
+                    Err(r) => self.log.error(format_args!(
                         "the leak guard (table inet netnat_guard) is gone and could not be \
                          installed again: {}",
                         r.body.trim()
@@ -689,7 +672,6 @@ impl Daemon<'_> {
                 }
             }
             Err(e) => self
-                .lock()
                 .log
                 .error(format_args!("looking for the leak guard: {e}")),
         }
@@ -705,8 +687,7 @@ impl Daemon<'_> {
         let now = wall_secs();
         let first = self.active.config.services.len();
         let idle: Vec<bool> = {
-            let shared = self.lock();
-            let stats = shared.monitor.stats();
+            let stats = self.hub.stats();
             self.active
                 .draining
                 .iter()
@@ -730,16 +711,14 @@ impl Daemon<'_> {
         }
         match self.install(self.active.config.clone(), keep, None) {
             Ok(()) => {
-                let mut shared = self.lock();
                 for d in &gone {
-                    shared.log.info(format_args!(
+                    self.log.info(format_args!(
                         "service drained (idle {idle_max} s): {}",
                         d.service
                     ));
                 }
             }
             Err(r) => self
-                .lock()
                 .log
                 .error(format_args!("drained services stay: {}", r.body.trim())),
         }
@@ -777,24 +756,24 @@ impl Daemon<'_> {
         })?;
         drop(policy);
         // Rules and lookup table change together, as far as the queue threads can tell: they
-        // decide a batch under this lock, by one table or the other.
-        let mut shared = consumer::lock(&self.shared);
-        next.report(&mut shared.log, &self.opts.config);
+        // decide each batch by one published generation or the next.
+        next.report(&mut self.log, &self.opts.config);
         for d in next
             .draining
             .iter()
             .filter(|d| !self.active.draining.contains(d))
         {
-            shared.log.info(format_args!(
+            self.log.info(format_args!(
                 "service removed, draining its established connections (until idle {} s): {}",
                 next.config.settings.drain_idle_secs, d.service
             ));
         }
-        shared.monitor.replace(next.services());
-        shared.monitor.set_rate(Rate::of(&next.config.settings));
-        shared.table = Arc::clone(&next.table);
-        shared.mark = next.config.settings.mark;
-        drop(shared);
+        self.hub.publish(
+            Arc::clone(&next.table),
+            Some(next.services()),
+            next.config.settings.mark,
+            Rate::of(&next.config.settings),
+        );
         self.busy_poll
             .store(next.config.settings.busy_poll_us, Ordering::Relaxed);
         self.active = next;
@@ -815,9 +794,7 @@ impl Daemon<'_> {
             settings: self.active.config.settings.clone(),
         };
         self.apply(config, Some(new))?;
-        self.lock()
-            .log
-            .info(format_args!("service added: {service}"));
+        self.log.info(format_args!("service added: {service}"));
         let mut msg = format!("added: {service}\n");
         self.finish_save(saving, &mut msg, "added")?;
         Ok(msg)
@@ -837,9 +814,7 @@ impl Daemon<'_> {
             settings: self.active.config.settings.clone(),
         };
         self.apply(config, None)?;
-        self.lock()
-            .log
-            .info(format_args!("service deleted: {service}"));
+        self.log.info(format_args!("service deleted: {service}"));
         let mut msg = format!("deleted: {service}\n");
         self.finish_save(saving, &mut msg, "deleted")?;
         Ok(msg)
@@ -891,7 +866,7 @@ impl Daemon<'_> {
                 Ok(())
             }
             Err(e) => {
-                self.lock().log.error(format_args!("saving {file}: {e}"));
+                self.log.error(format_args!("saving {file}: {e}"));
                 Err(Response::err(
                     Outcome::Unsaved,
                     format!(

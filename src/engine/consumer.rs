@@ -1,11 +1,23 @@
-//! The queue threads: one per bound queue, each receiving, deciding and returning verdicts for
-//! its own queue, all sharing one [`Shared`] with the daemon's main thread.
+//! The queue threads, one per bound queue, each receiving, deciding and returning verdicts for
+//! its own queue, and the main thread's side of what they share ([`Hub`]).
 //!
 //! Why this shape: the rules spread packets over the queues by the CPU that handles them
 //! (`fanout`), so with one thread per queue each CPU's packets are handled by their own thread
 //! and the expensive parts, the two system calls that copy packets out of and back into the
-//! kernel, run in parallel. The shared part (lookup table, counters, flow memory, log) is
-//! locked once per batch and only while the packets are decided, never across a system call.
+//! kernel, run in parallel. No queue thread takes a lock, and none waits for the main thread:
+//! - what the main thread decides (lookup table, services and their flags, mark, rate limit)
+//!   is one immutable [`Generation`], published whole by an atomic pointer swap
+//!   (`arc_swap::ArcSwap`). A thread looks once per batch; when there is a newer one it carries
+//!   its own state over (counters, rate limits, UDP flows: by the generation's carry map, as a
+//!   reload keeps the counters of equal services) and decides the batch by it. A batch is
+//!   decided by one generation, never half by one and half by the next;
+//! - each thread owns its [`Worker`]: its [`Monitor`] (counters in a [`Shard`] of
+//!   single-writer atomics, rate limits, UDP new-flow memory) and its own log handle (a sender
+//!   of the bounded log queue; a full queue counts and drops). The main thread reads the
+//!   shards it publishes here and sums them (`status`, metrics, `top`, drain expiry) and
+//!   writes the volume records from the sums;
+//! - the one thing the threads write together, the [`FlowMemory`] of `*` services (a flow's
+//!   inbound packet and its reply may meet different queues), is a lock-free table.
 //!
 //! After a batch a thread keeps looking for the next one for a short while (`busy-poll`) before
 //! it sleeps in `poll`: a request/response exchange brings its next packet within tens of
@@ -14,45 +26,295 @@
 //! only spins right after it had work.
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
+
+use crate::config::{Flags, Service};
 use crate::engine::datapath;
-use crate::engine::monitor::{Clock, Monitor};
+use crate::engine::monitor::{Clock, Monitor, ServiceSet};
+use crate::engine::record::VolumeRecord;
 use crate::engine::service::{FlowMemory, ServiceTable};
+use crate::engine::stats::{
+    Carry, Counters, LiveStats, Rate, Shard, Stats, add_queue_stats, carried, carry_map, compose,
+};
 use crate::log::Logger;
-use crate::queue::{Queue, QueueStats};
+use crate::queue::{Decision, Packet, Queue, QueueStats};
 
 /// Batches handled before the thread looks at the stop flag again.
 const BATCHES_PER_ROUND: usize = 64;
 
-/// What the queue threads and the main thread share.
-pub struct Shared {
-    /// The lookup table the packets are decided by; swapped whole on reload.
+/// Everything a batch is decided by, as the main thread published it; never changed after.
+pub struct Generation {
+    /// Counts up from 0, one per publication.
+    pub id: u64,
+    /// The lookup table the packets are decided by.
     pub table: Arc<ServiceTable>,
-    /// Which address the flows of `*` services keep; outlives table swaps.
-    pub flows: FlowMemory,
-    /// Mark bits for translated inbound packets.
+    /// The services and their flags, by the ids of `table` and of the counters.
+    pub set: Arc<ServiceSet>,
+    /// Mark bits for translated packets.
     pub mark: u32,
-    pub monitor: Monitor,
+    /// Each queue's share of the record rate limit.
+    pub rate: Rate,
+    /// For every generation a queue thread may still be at when this one is published (the
+    /// previous one, and those of threads that have not had a batch since), how its service ids
+    /// map to this one's: carry maps composed over the generations between.
+    carries: Vec<(u64, Carry)>,
+}
+
+impl Generation {
+    /// How generation `id`'s service ids map to this one's; `None` when `id` is not one a
+    /// thread could be at (then the services themselves are compared).
+    fn carry_from(&self, id: u64) -> Option<&Carry> {
+        self.carries.iter().find(|(g, _)| *g == id).map(|(_, c)| c)
+    }
+}
+
+/// The shards the queue threads publish, one slot per queue: each thread stores its current
+/// [`Shard`] (a new one when the services change), the main thread loads them to sum.
+struct Shards(Box<[ArcSwap<Shard>]>);
+
+/// The main thread's side: publishes generations, sums the shards, writes volume records.
+pub struct Hub {
+    published: Arc<ArcSwap<Generation>>,
+    shards: Arc<Shards>,
+    flows: Arc<FlowMemory>,
+    current: Arc<Generation>,
+    queues: usize,
+    /// Per service (current ids), the summed counters at its previous volume record.
+    volume_base: Vec<Counters>,
+}
+
+impl Hub {
+    /// Generation 0 for `queues` queue threads.
+    pub fn new(
+        table: Arc<ServiceTable>,
+        services: Vec<Service>,
+        mark: u32,
+        rate: Rate,
+        queues: usize,
+    ) -> Hub {
+        let set = Arc::new(ServiceSet::new(services));
+        let n = set.len();
+        let generation = Arc::new(Generation {
+            id: 0,
+            table,
+            set,
+            mark,
+            rate: rate.per_queue(queues),
+            carries: Vec::new(),
+        });
+        let shards = (0..queues)
+            .map(|_| ArcSwap::from_pointee(Shard::new(0, LiveStats::new(n))))
+            .collect();
+        Hub {
+            published: Arc::new(ArcSwap::new(Arc::clone(&generation))),
+            shards: Arc::new(Shards(shards)),
+            flows: Arc::new(FlowMemory::default()),
+            current: generation,
+            queues,
+            volume_base: vec![Counters::default(); n],
+        }
+    }
+
+    /// The part of queue thread `index` (< `queues`), logging to `log` (a handle of the
+    /// daemon's logger).
+    pub fn worker(&self, index: usize, log: Logger) -> Worker {
+        let generation = self.published.load_full();
+        let shard = Arc::new(Shard::new(
+            generation.id,
+            LiveStats::new(generation.set.len()),
+        ));
+        self.shards.0[index].store(Arc::clone(&shard));
+        Worker {
+            published: Arc::clone(&self.published),
+            monitor: Monitor::new(Arc::clone(&generation.set), shard, generation.rate),
+            generation,
+            flows: Arc::clone(&self.flows),
+            shards: Arc::clone(&self.shards),
+            index,
+            log,
+        }
+    }
+
+    /// Publishes a new generation: `table`, with `services` when the service set changed
+    /// (`None`: the same services, e.g. after an address change), `mark` and `rate`. The queue
+    /// threads take it at their next batch; nothing waits.
+    pub fn publish(
+        &mut self,
+        table: Arc<ServiceTable>,
+        services: Option<Vec<Service>>,
+        mark: u32,
+        rate: Rate,
+    ) {
+        let old = &self.current;
+        let (set, carry): (Arc<ServiceSet>, Carry) = match services {
+            None => (Arc::clone(&old.set), None),
+            Some(s) => {
+                let map = carry_map(old.set.services(), &s);
+                (Arc::new(ServiceSet::new(s)), Some(map.into()))
+            }
+        };
+        // A thread is at the current generation, or at one it was lagging at already (it can
+        // only move on to the current one): each gets its map to the new generation.
+        let mut carries = vec![(old.id, carry.clone())];
+        for slot in self.shards.0.iter() {
+            let at = slot.load().generation();
+            if carries.iter().any(|(g, _)| *g == at) {
+                continue;
+            }
+            if let Some(before) = old.carry_from(at) {
+                carries.push((at, compose(before, &carry)));
+            }
+        }
+        self.volume_base = carried(&self.volume_base, &carry, set.len());
+        let next = Arc::new(Generation {
+            id: old.id + 1,
+            table,
+            set,
+            mark,
+            rate: rate.per_queue(self.queues),
+            carries,
+        });
+        self.published.store(Arc::clone(&next));
+        self.current = next;
+    }
+
+    /// The services of the current generation (the ids of [`Hub::stats`]).
+    pub fn services(&self) -> &[Service] {
+        self.current.set.services()
+    }
+
+    /// Every queue thread's counters summed, by the current generation's service ids.
+    pub fn stats(&self) -> Stats {
+        let mut sum = Stats::new(self.current.set.len());
+        for slot in self.shards.0.iter() {
+            let shard = slot.load();
+            let at = shard.generation();
+            let carry = if at == self.current.id {
+                &None
+            } else if let Some(c) = self.current.carry_from(at) {
+                c
+            } else {
+                // Cannot happen: `publish` maps every generation a thread can be at.
+                continue;
+            };
+            shard.stats.add_to(carry, &mut sum);
+        }
+        sum
+    }
+
+    /// Every queue's statistics summed.
+    pub fn queue_stats(&self) -> QueueStats {
+        let mut sum = QueueStats::default();
+        for slot in self.shards.0.iter() {
+            add_queue_stats(&mut sum, &slot.load().queue_stats());
+        }
+        sum
+    }
+
+    /// Writes a volume record for every service with flag 0x4000: what it carried since its
+    /// previous one, summed over the queues.
+    pub fn volume_records(&mut self, log: &mut Logger) {
+        let stats = self.stats();
+        for (id, service) in self.current.set.services().iter().enumerate() {
+            if !service.flags.has(Flags::VOLUME) {
+                continue;
+            }
+            let Some(base) = self.volume_base.get_mut(id) else {
+                continue;
+            };
+            let now = stats.service(id);
+            let base = std::mem::replace(base, now);
+            log.record(VolumeRecord {
+                service,
+                in_packets: now.in_packets.saturating_sub(base.in_packets),
+                in_bytes: now.in_bytes.saturating_sub(base.in_bytes),
+                out_packets: now.out_packets.saturating_sub(base.out_packets),
+                out_bytes: now.out_bytes.saturating_sub(base.out_bytes),
+                new_connections: now.new_connections.saturating_sub(base.new_connections),
+            });
+        }
+    }
+}
+
+/// One queue thread's state and its per-batch logic, kernel-free: [`Consumer`] feeds it the
+/// queue's batches, a test feeds it packets.
+pub struct Worker {
+    published: Arc<ArcSwap<Generation>>,
+    generation: Arc<Generation>,
+    flows: Arc<FlowMemory>,
+    monitor: Monitor,
+    shards: Arc<Shards>,
+    index: usize,
     pub log: Logger,
-    /// Each queue's counters, as of its thread's last idle moment (index = queue − first).
-    pub queue_stats: Vec<QueueStats>,
 }
 
-/// Locks `shared`. A thread that panicked while holding the lock leaves consistent counters
-/// (they are plain increments), so poisoning is ignored; the daemon stops on a dead thread.
-pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(|e| e.into_inner())
+impl Worker {
+    /// Decides one batch at `now`: first takes the newest generation, then lets `each` run
+    /// every packet of the batch through the handler it is given. Returns what `each` returns
+    /// (the number of packets).
+    pub fn batch(
+        &mut self,
+        now: Clock,
+        each: impl FnOnce(&mut dyn FnMut(&mut Packet<'_>) -> Decision) -> usize,
+    ) -> usize {
+        self.refresh();
+        self.flows.set_now(now.ms);
+        let Worker {
+            generation,
+            flows,
+            monitor,
+            log,
+            ..
+        } = self;
+        let (table, mark) = (&*generation.table, generation.mark);
+        each(&mut |pkt| {
+            let (decision, event) = datapath::handle(table, flows, mark, pkt);
+            monitor.observe(event, pkt, now, log);
+            decision
+        })
+    }
+
+    /// Takes a newer generation if the main thread published one, carrying this queue's
+    /// state over to its service ids.
+    fn refresh(&mut self) {
+        let newest = self.published.load();
+        if newest.id == self.generation.id {
+            return;
+        }
+        let newest = arc_swap::Guard::into_inner(newest);
+        let computed;
+        let carry = match newest.carry_from(self.generation.id) {
+            Some(c) => c,
+            None => {
+                computed =
+                    Some(carry_map(self.generation.set.services(), newest.set.services()).into());
+                &computed
+            }
+        };
+        let before = Arc::as_ptr(self.monitor.shard());
+        self.monitor
+            .replace(Arc::clone(&newest.set), newest.id, carry);
+        self.monitor.set_rate(newest.rate);
+        if Arc::as_ptr(self.monitor.shard()) != before {
+            self.shards.0[self.index].store(Arc::clone(self.monitor.shard()));
+        }
+        self.generation = newest;
+    }
+
+    /// Shows the main thread the queue's statistics.
+    pub fn publish_queue_stats(&self, stats: &QueueStats) {
+        self.monitor.shard().set_queue_stats(stats);
+    }
 }
 
-/// One queue thread's part.
+/// One queue thread.
 pub struct Consumer {
     pub queue: Queue,
-    /// Index of the queue among the daemon's queues.
-    pub index: usize,
-    pub shared: Arc<Mutex<Shared>>,
+    pub worker: Worker,
     pub started: Instant,
     /// Set by the main thread when the table is gone: drain what is queued, then return.
     pub stop: Arc<AtomicBool>,
@@ -89,7 +351,7 @@ impl Consumer {
             }
             self.drain(1000);
         }
-        self.publish_stats();
+        self.worker.publish_queue_stats(&self.queue.stats());
     }
 
     /// Polls the queue without sleeping until `busy-poll` passes with nothing new.
@@ -120,7 +382,7 @@ impl Consumer {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) => {
-                    lock(&self.shared).log.error(format_args!("queue: {e}"));
+                    self.worker.log.error(format_args!("queue: {e}"));
                     break;
                 }
             }
@@ -131,37 +393,177 @@ impl Consumer {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |t| t.as_secs()),
             };
-            {
-                let mut guard = lock(&self.shared);
-                let Shared {
-                    table,
-                    flows,
-                    mark,
-                    monitor,
-                    log,
-                    ..
-                } = &mut *guard;
-                flows.set_now(now.ms);
-                handled += self.queue.decide(&mut |pkt| {
-                    let (decision, event) = datapath::handle(table, flows, *mark, pkt);
-                    monitor.observe(event, pkt, now, log);
-                    decision
-                });
-            }
+            let queue = &mut self.queue;
+            handled += self.worker.batch(now, |handler| queue.decide(handler));
             if let Err(e) = self.queue.send_verdicts() {
-                lock(&self.shared).log.error(format_args!("queue: {e}"));
+                self.worker.log.error(format_args!("queue: {e}"));
                 break;
             }
         }
         if handled > 0 {
-            self.publish_stats();
+            self.worker.publish_queue_stats(&self.queue.stats());
         }
         handled
     }
+}
 
-    fn publish_stats(&self) {
-        if let Some(s) = lock(&self.shared).queue_stats.get_mut(self.index) {
-            *s = self.queue.stats();
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_service;
+    use crate::engine::service::OnePublic;
+    use crate::queue::Verdict;
+
+    fn udp(sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 32];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&32u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[10, 99, 1, 2]);
+        p[16..20].copy_from_slice(&[10, 99, 1, 1]);
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p[24..26].copy_from_slice(&12u16.to_be_bytes());
+        let ip = pnet_packet::ipv4::Ipv4Packet::new(&p).unwrap();
+        let c = pnet_packet::ipv4::checksum(&ip);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    /// One batch of inbound packets (on ifindex 7, prerouting) through `w`.
+    fn batch(w: &mut Worker, packets: &mut [Vec<u8>]) -> Vec<Decision> {
+        let mut out = Vec::new();
+        w.batch(Clock { ms: 0, wall: 99 }, |handle| {
+            for bytes in packets.iter_mut() {
+                let mut pkt = Packet {
+                    id: 1,
+                    hw_protocol: 0x0800,
+                    hook: 0,
+                    indev: 7,
+                    outdev: 0,
+                    mark: 0,
+                    checksum_ready: true,
+                    gso: false,
+                    truncated: false,
+                    payload: bytes,
+                };
+                out.push(handle(&mut pkt));
+            }
+            out.len()
+        });
+        out
+    }
+
+    fn services(lines: &[&str]) -> Vec<Service> {
+        lines.iter().map(|l| parse_service(l).unwrap()).collect()
+    }
+
+    const A: &str = "service pub0 port * 53 UDP 192.168.77.10 5353 0x4000";
+    const B: &str = "service pub0 port * 54 UDP 192.168.77.10 5354 0x4000";
+
+    #[test]
+    fn batches_are_decided_by_the_newest_generation_and_counters_carry_over() {
+        let svcs = services(&[A]);
+        let table = Arc::new(ServiceTable::build(&svcs, &OnePublic));
+        let mut hub = Hub::new(table, svcs, 0x100, Rate::default(), 2);
+        let (mut q0, mut q1) = (
+            hub.worker(0, Logger::memory()),
+            hub.worker(1, Logger::memory()),
+        );
+        let d = batch(&mut q0, &mut [udp(1000, 53), udp(1001, 54)]);
+        assert_eq!(
+            d.iter()
+                .map(|d| (d.verdict, d.modified))
+                .collect::<Vec<_>>(),
+            [(Verdict::Accept, true), (Verdict::Accept, false)],
+            "54 is nobody's yet"
+        );
+        assert_eq!(d[0].mark, Some(0x100));
+        batch(&mut q1, &mut [udp(1002, 53)]);
+        let s = hub.stats();
+        assert_eq!(
+            (s.service(0).in_packets, s.passed),
+            (2, 1),
+            "both shards summed"
+        );
+        assert_eq!(s.service(0).last_seen, 99);
+
+        // A reload that puts B first: A moves to id 1. q1 is idle, q0 sees it at once.
+        let svcs = services(&[B, A]);
+        let table = Arc::new(ServiceTable::build(&svcs, &OnePublic));
+        hub.publish(table, Some(svcs), 0x200, Rate::default());
+        let s = hub.stats();
+        assert_eq!(
+            s.service(1).in_packets,
+            2,
+            "lagging shards mapped to the new ids"
+        );
+        assert_eq!(s.service(0).in_packets, 0);
+        let d = batch(&mut q0, &mut [udp(1003, 54)]);
+        assert!(
+            d[0].modified && d[0].mark == Some(0x200),
+            "the new table and mark"
+        );
+        // An address change (same services) while q1 still lags two generations behind.
+        let t = Arc::new(ServiceTable::build(hub.services(), &OnePublic));
+        hub.publish(t, None, 0x200, Rate::default());
+        let s = hub.stats();
+        assert_eq!((s.service(0).in_packets, s.service(1).in_packets), (1, 2));
+        batch(&mut q1, &mut [udp(1004, 53)]);
+        let s = hub.stats();
+        assert_eq!((s.service(0).in_packets, s.service(1).in_packets), (1, 3));
+        assert_eq!(s.passed, 1, "daemon-wide counters carried too");
+    }
+
+    #[test]
+    fn volume_records_sum_the_queues_and_survive_a_reload() {
+        let svcs = services(&[A]);
+        let table = Arc::new(ServiceTable::build(&svcs, &OnePublic));
+        let mut hub = Hub::new(table, svcs, 0, Rate::default(), 2);
+        let (mut q0, mut q1) = (
+            hub.worker(0, Logger::memory()),
+            hub.worker(1, Logger::memory()),
+        );
+        let mut log = Logger::memory();
+        let lines = |log: &mut Logger| -> Vec<String> {
+            log.take_lines().into_iter().map(|(_, l)| l).collect()
+        };
+        batch(&mut q0, &mut [udp(1000, 53)]);
+        batch(&mut q1, &mut [udp(2000, 53)]);
+        hub.volume_records(&mut log);
+        assert_eq!(lines(&mut log), ["vol:pub0:*:53:17:2:64:0:0:2"]);
+        hub.volume_records(&mut log);
+        assert_eq!(lines(&mut log), ["vol:pub0:*:53:17:0:0:0:0:0"]);
+        let svcs = services(&[B, A]);
+        let table = Arc::new(ServiceTable::build(&svcs, &OnePublic));
+        hub.publish(table, Some(svcs), 0, Rate::default());
+        // The same flow again on q0: remembered across the reload, not a new connection.
+        batch(&mut q0, &mut [udp(1000, 53)]);
+        hub.volume_records(&mut log);
+        assert_eq!(
+            lines(&mut log),
+            ["vol:pub0:*:54:17:0:0:0:0:0", "vol:pub0:*:53:17:1:32:0:0:0"]
+        );
+    }
+
+    #[test]
+    fn the_rate_limit_is_shared_out_among_the_queues() {
+        let svcs = services(&["service pub0 port * 53 UDP 192.168.77.10 5353 0x2000"]);
+        let table = Arc::new(ServiceTable::build(&svcs, &OnePublic));
+        let rate = Rate {
+            per_sec: 10,
+            burst: 20,
+        };
+        let hub = Hub::new(table, svcs, 0, rate, 2);
+        let mut q0 = hub.worker(0, Logger::memory());
+        let mut q1 = hub.worker(1, Logger::memory());
+        let flood = || (0..100).map(|_| udp(1000, 53)).collect::<Vec<_>>();
+        batch(&mut q0, &mut flood());
+        batch(&mut q1, &mut flood());
+        let written = q0.log.take_lines().len() + q1.log.take_lines().len();
+        assert_eq!(written, 20, "one burst in all");
+        let c = hub.stats().service(0);
+        assert_eq!((c.records, c.records_suppressed), (20, 180));
     }
 }

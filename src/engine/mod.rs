@@ -5,9 +5,10 @@
 //! - [`datapath`]: one packet's decision (lookup, rewrite through [`crate::wire`], verdict),
 //!   pure;
 //! - [`stats`] and [`record`]: counters and the records the flags ask for, pure;
-//! - [`monitor`]: counts each decision and writes its records;
+//! - [`monitor`]: counts each decision and writes its records, one per queue thread;
 //! - [`consumer`]: the queue threads that receive, decide and answer (the one part that talks
-//!   to the kernel, through [`crate::queue`]).
+//!   to the kernel, through [`crate::queue`]), and the main thread's side of what they share:
+//!   generations published by atomic swap, per-thread counter shards summed by the reader.
 //!
 //! May use: `config`, `wire`, `queue`, `log`. Used by: `daemon`, `control` (to report).
 

@@ -1,8 +1,11 @@
 //! Per-service counters and the rate limiter of per-packet records.
 //!
-//! The consumer thread owns every counter here: the packet path does plain integer increments
-//! indexed by service id (no atomics, no locks, no allocation, no formatting), and the control
-//! socket, served by the same thread between batches, reads them directly.
+//! Each queue thread owns a [`Shard`]: its counters ([`LiveStats`]) and its queue's statistics.
+//! They are single-writer atomics: the owner does a relaxed load and store per count (no
+//! locked instruction, no lock, no allocation, no formatting on the packet path), and the main
+//! thread reads them with relaxed loads and sums the shards into a plain [`Stats`]. Counters
+//! are indexed by the service ids of one generation of the service set; a change of the set
+//! moves them by a [`Carry`] (see [`crate::engine::consumer`]).
 //!
 //! What is counted, per service:
 //! - `in_*`: packets translated on the way in (public side → actual server), `out_*` on the way
@@ -19,9 +22,12 @@
 //!   packet, taken once per batch; 0 when none was seen yet.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::Service;
 use crate::engine::datapath::Refusal;
+use crate::queue::QueueStats;
 
 /// Why netnat dropped a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +100,8 @@ impl Counters {
     }
 }
 
-/// Every counter of the daemon.
+/// Every counter of the daemon, summed over the queue threads' shards (see [`Shard`]): what
+/// `status`, the metrics and the volume records read. Plain numbers, owned by the reader.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     services: Vec<Counters>,
@@ -114,78 +121,329 @@ impl Stats {
         }
     }
 
-    /// A translated packet of service `id`. `inbound` is the direction, `bytes` its IP length,
-    /// `now` the wall clock of the batch (Unix seconds).
-    #[inline]
-    pub fn translated(&mut self, id: usize, inbound: bool, bytes: usize, now: u64) {
-        if let Some(c) = self.services.get_mut(id) {
-            if inbound {
-                c.in_packets += 1;
-                c.in_bytes += bytes as u64;
-            } else {
-                c.out_packets += 1;
-                c.out_bytes += bytes as u64;
-            }
-            c.last_seen = now;
-        }
-    }
-
-    #[inline]
-    pub fn new_connection(&mut self, id: usize) {
-        if let Some(c) = self.services.get_mut(id) {
-            c.new_connections += 1;
-        }
-    }
-
-    #[inline]
-    pub fn icmp_error(&mut self, id: usize) {
-        if let Some(c) = self.services.get_mut(id) {
-            c.icmp_errors += 1;
-        }
-    }
-
-    /// A record of service `id` the rate limit wrote (`true`) or held back.
-    #[inline]
-    pub fn record(&mut self, id: usize, written: bool) {
-        if let Some(c) = self.services.get_mut(id) {
-            if written {
-                c.records += 1;
-            } else {
-                c.records_suppressed += 1;
-            }
-        }
-    }
-
-    /// A dropped packet, of service `id` when known.
-    #[inline]
-    pub fn dropped(&mut self, id: Option<usize>, reason: DropReason) {
-        match id.and_then(|id| self.services.get_mut(id)) {
-            Some(c) => c.drops[reason as usize] += 1,
-            None => self.unattributed[reason as usize] += 1,
-        }
-    }
-
     /// The counters of service `id` (zero for an unknown id).
     pub fn service(&self, id: usize) -> Counters {
         self.services.get(id).copied().unwrap_or_default()
     }
 
-    /// The counters for a new set of services after a reload or a `service add/del`: a service
-    /// keeps its counters when an equal service was running (`carry[old] == Some(new)`, see
-    /// [`carry_map`]); new services start at zero. Daemon-wide counters are kept.
-    pub fn carried(&self, carry: &[Option<usize>], new_len: usize) -> Stats {
-        let mut next = Stats {
-            services: vec![Counters::default(); new_len],
-            unattributed: self.unattributed,
-            passed: self.passed,
+    /// Adds one shard's counters of service `id`: sums, and the latest `last_seen`.
+    fn add(&mut self, id: usize, c: &Counters) {
+        let Some(s) = self.services.get_mut(id) else {
+            return;
         };
-        for (old, new) in carry.iter().enumerate() {
-            if let (Some(new), Some(c)) = (new, self.services.get(old)) {
-                next.services[*new] = *c;
+        s.in_packets += c.in_packets;
+        s.in_bytes += c.in_bytes;
+        s.out_packets += c.out_packets;
+        s.out_bytes += c.out_bytes;
+        s.new_connections += c.new_connections;
+        s.icmp_errors += c.icmp_errors;
+        s.records += c.records;
+        s.records_suppressed += c.records_suppressed;
+        for (d, n) in s.drops.iter_mut().zip(c.drops) {
+            *d += n;
+        }
+        s.last_seen = s.last_seen.max(c.last_seen);
+    }
+}
+
+/// How the service ids of one generation map to the next: `map[old] = Some(new)` (see
+/// [`carry_map`]); `None` for a change that kept the services (an address change: only the
+/// lookup table was swapped).
+pub type Carry = Option<Arc<[Option<usize>]>>;
+
+/// `first`, then `then`: how the ids of a generation map two (or more) changes later.
+pub fn compose(first: &Carry, then: &Carry) -> Carry {
+    match (first, then) {
+        (None, c) | (c, None) => c.clone(),
+        (Some(a), Some(b)) => Some(
+            a.iter()
+                .map(|x| x.and_then(|i| b.get(i).copied().flatten()))
+                .collect(),
+        ),
+    }
+}
+
+/// `old` (indexed by the previous generation's service ids) for `new_len` services, each kept
+/// where `carry` moves it; new services get the default.
+pub fn carried<T: Clone + Default>(old: &[T], carry: &Carry, new_len: usize) -> Vec<T> {
+    let mut next = vec![T::default(); new_len];
+    match carry {
+        None => {
+            for (n, o) in next.iter_mut().zip(old) {
+                *n = o.clone();
             }
         }
-        next
+        Some(map) => {
+            for (o, to) in old.iter().zip(map.iter()) {
+                if let Some(slot) = to.and_then(|to| next.get_mut(to)) {
+                    *slot = o.clone();
+                }
+            }
+        }
     }
+    next
+}
+
+/// `n` more on a counter only its owner thread writes: a plain load and store, no locked
+/// instruction, as cheap as an increment of a plain integer; readers see it whole.
+#[inline]
+fn bump(a: &AtomicU64, n: u64) {
+    a.store(a.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// One service's [`Counters`] in a [`LiveStats`].
+#[derive(Default)]
+struct LiveCounters {
+    in_packets: AtomicU64,
+    in_bytes: AtomicU64,
+    out_packets: AtomicU64,
+    out_bytes: AtomicU64,
+    new_connections: AtomicU64,
+    icmp_errors: AtomicU64,
+    records: AtomicU64,
+    records_suppressed: AtomicU64,
+    drops: [AtomicU64; DROP_REASONS],
+    last_seen: AtomicU64,
+}
+
+impl LiveCounters {
+    fn load(&self) -> Counters {
+        Counters {
+            in_packets: get(&self.in_packets),
+            in_bytes: get(&self.in_bytes),
+            out_packets: get(&self.out_packets),
+            out_bytes: get(&self.out_bytes),
+            new_connections: get(&self.new_connections),
+            icmp_errors: get(&self.icmp_errors),
+            records: get(&self.records),
+            records_suppressed: get(&self.records_suppressed),
+            drops: std::array::from_fn(|i| get(&self.drops[i])),
+            last_seen: get(&self.last_seen),
+        }
+    }
+
+    fn of(c: &Counters) -> LiveCounters {
+        LiveCounters {
+            in_packets: c.in_packets.into(),
+            in_bytes: c.in_bytes.into(),
+            out_packets: c.out_packets.into(),
+            out_bytes: c.out_bytes.into(),
+            new_connections: c.new_connections.into(),
+            icmp_errors: c.icmp_errors.into(),
+            records: c.records.into(),
+            records_suppressed: c.records_suppressed.into(),
+            drops: c.drops.map(AtomicU64::new),
+            last_seen: c.last_seen.into(),
+        }
+    }
+}
+
+/// One queue thread's counters, by the service ids of one generation. Single writer: only the
+/// owning thread changes them ([`bump`]); the main thread reads them to sum the shards. A
+/// reader sees each counter whole but not all of them at one instant (a packet's bytes may
+/// show before its count), which is what a live counter can promise.
+pub struct LiveStats {
+    services: Box<[LiveCounters]>,
+    unattributed: [AtomicU64; DROP_REASONS],
+    passed: AtomicU64,
+}
+
+impl LiveStats {
+    /// Zeroed counters for `services` services.
+    pub fn new(services: usize) -> LiveStats {
+        LiveStats {
+            services: (0..services).map(|_| LiveCounters::default()).collect(),
+            unattributed: Default::default(),
+            passed: AtomicU64::new(0),
+        }
+    }
+
+    /// A translated packet of service `id`. `inbound` is the direction, `bytes` its IP length,
+    /// `now` the wall clock of the batch (Unix seconds).
+    #[inline]
+    pub fn translated(&self, id: usize, inbound: bool, bytes: usize, now: u64) {
+        if let Some(c) = self.services.get(id) {
+            if inbound {
+                bump(&c.in_packets, 1);
+                bump(&c.in_bytes, bytes as u64);
+            } else {
+                bump(&c.out_packets, 1);
+                bump(&c.out_bytes, bytes as u64);
+            }
+            c.last_seen.store(now, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    pub fn new_connection(&self, id: usize) {
+        if let Some(c) = self.services.get(id) {
+            bump(&c.new_connections, 1);
+        }
+    }
+
+    #[inline]
+    pub fn icmp_error(&self, id: usize) {
+        if let Some(c) = self.services.get(id) {
+            bump(&c.icmp_errors, 1);
+        }
+    }
+
+    /// A record of service `id` the rate limit wrote (`true`) or held back.
+    #[inline]
+    pub fn record(&self, id: usize, written: bool) {
+        if let Some(c) = self.services.get(id) {
+            bump(
+                if written {
+                    &c.records
+                } else {
+                    &c.records_suppressed
+                },
+                1,
+            );
+        }
+    }
+
+    /// A dropped packet, of service `id` when known.
+    #[inline]
+    pub fn dropped(&self, id: Option<usize>, reason: DropReason) {
+        match id.and_then(|id| self.services.get(id)) {
+            Some(c) => bump(&c.drops[reason as usize], 1),
+            None => bump(&self.unattributed[reason as usize], 1),
+        }
+    }
+
+    /// A packet passed on unchanged (not a service's).
+    #[inline]
+    pub fn passed(&self) {
+        bump(&self.passed, 1);
+    }
+
+    /// The counters of service `id` (zero for an unknown id).
+    pub fn service(&self, id: usize) -> Counters {
+        self.services.get(id).map(|c| c.load()).unwrap_or_default()
+    }
+
+    /// Drops that named no service, by reason.
+    pub fn unattributed(&self) -> [u64; DROP_REASONS] {
+        self.unattributed.each_ref().map(get)
+    }
+
+    /// The counters for the next generation's `new_len` services: a service keeps its counters
+    /// when `carry` moves it; new services start at zero; daemon-wide counters are kept.
+    pub fn carried(&self, carry: &Carry, new_len: usize) -> LiveStats {
+        let old: Vec<Counters> = self.services.iter().map(|c| c.load()).collect();
+        LiveStats {
+            services: carried(&old, carry, new_len)
+                .iter()
+                .map(LiveCounters::of)
+                .collect(),
+            unattributed: std::array::from_fn(|i| get(&self.unattributed[i]).into()),
+            passed: get(&self.passed).into(),
+        }
+    }
+
+    /// Adds these counters to `sum`, whose ids are those `carry` maps this shard's to.
+    pub fn add_to(&self, carry: &Carry, sum: &mut Stats) {
+        for (old, c) in self.services.iter().enumerate() {
+            let id = match carry {
+                None => Some(old),
+                Some(map) => map.get(old).copied().flatten(),
+            };
+            if let Some(id) = id {
+                sum.add(id, &c.load());
+            }
+        }
+        for (s, a) in sum.unattributed.iter_mut().zip(&self.unattributed) {
+            *s += get(a);
+        }
+        sum.passed += get(&self.passed);
+    }
+}
+
+/// What one queue thread shows the main thread: its counters for the services of generation
+/// [`Shard::generation`], and its queue's statistics. Written by that thread only; the main
+/// thread sums every thread's shard (`status`, metrics, `top`, drain expiry, volume records).
+pub struct Shard {
+    generation: AtomicU64,
+    pub stats: LiveStats,
+    queue: [AtomicU64; 7],
+}
+
+impl Shard {
+    pub fn new(generation: u64, stats: LiveStats) -> Shard {
+        Shard {
+            generation: generation.into(),
+            stats,
+            queue: Default::default(),
+        }
+    }
+
+    /// The generation whose service ids the counters use.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Moves the shard to a generation with the same services (only the table changed).
+    pub fn set_generation(&self, id: u64) {
+        self.generation.store(id, Ordering::Release);
+    }
+
+    /// The queue's statistics as its thread last published them.
+    pub fn queue_stats(&self) -> QueueStats {
+        let [
+            received,
+            verdicts,
+            enobufs,
+            async_errors,
+            failed_closed,
+            send_failed_dropped,
+            verdicts_lost,
+        ] = self.queue.each_ref().map(get);
+        QueueStats {
+            received,
+            verdicts,
+            enobufs,
+            async_errors,
+            failed_closed,
+            send_failed_dropped,
+            verdicts_lost,
+        }
+    }
+
+    pub fn set_queue_stats(&self, q: &QueueStats) {
+        let values = [
+            q.received,
+            q.verdicts,
+            q.enobufs,
+            q.async_errors,
+            q.failed_closed,
+            q.send_failed_dropped,
+            q.verdicts_lost,
+        ];
+        for (a, v) in self.queue.iter().zip(values) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Carries the queue statistics over from the shard this one replaces.
+    pub fn take_queue_stats(&self, from: &Shard) {
+        self.set_queue_stats(&from.queue_stats());
+    }
+}
+
+/// `q` added to `sum`, field by field.
+pub fn add_queue_stats(sum: &mut QueueStats, q: &QueueStats) {
+    sum.received += q.received;
+    sum.verdicts += q.verdicts;
+    sum.enobufs += q.enobufs;
+    sum.async_errors += q.async_errors;
+    sum.failed_closed += q.failed_closed;
+    sum.send_failed_dropped += q.send_failed_dropped;
+    sum.verdicts_lost += q.verdicts_lost;
 }
 
 /// Which running service continues as which service of a new set: `map[old] = Some(new)` when
@@ -237,6 +495,17 @@ impl Default for Rate {
 }
 
 impl Rate {
+    /// One queue thread's share when `queues` threads each keep their own buckets: the rate
+    /// and the burst divided among them (each at least 1), so that all of them together write
+    /// about what one limit would (a flood spread over every CPU gets no more records).
+    pub fn per_queue(self, queues: usize) -> Rate {
+        let n = queues.max(1) as u64;
+        Rate {
+            per_sec: (self.per_sec / n).max(1),
+            burst: (self.burst / n).max(1),
+        }
+    }
+
     /// The `log-rate` and `log-burst` settings (each at least 1).
     pub fn of(settings: &crate::config::Settings) -> Rate {
         Rate {
@@ -303,7 +572,7 @@ mod tests {
 
     #[test]
     fn counts_by_direction_and_reason() {
-        let mut s = Stats::new(2);
+        let s = LiveStats::new(2);
         s.translated(0, true, 60, 1000);
         s.translated(0, true, 40, 1001);
         s.translated(0, false, 1500, 1002);
@@ -312,6 +581,7 @@ mod tests {
         s.dropped(Some(1), DropReason::Malformed);
         s.dropped(None, DropReason::UnmappedReply);
         s.dropped(Some(99), DropReason::Oversize); // unknown id: not lost, unattributed
+        s.passed();
         let c = s.service(0);
         assert_eq!(
             (c.in_packets, c.in_bytes, c.out_packets, c.out_bytes),
@@ -324,8 +594,11 @@ mod tests {
             (1, [0, 1, 0, 0], 1)
         );
         assert_eq!(d.last_seen, 0);
-        assert_eq!(s.unattributed, [1, 0, 1, 0]);
         assert_eq!(s.service(7), Counters::default());
+        let mut sum = Stats::new(2);
+        s.add_to(&None, &mut sum);
+        assert_eq!((sum.unattributed, sum.passed), ([1, 0, 1, 0], 1));
+        assert_eq!(sum.service(0), c);
     }
 
     #[test]
@@ -341,15 +614,92 @@ mod tests {
         // `a` moved to position 1; `b` changed its flags, so it is another service.
         assert_eq!(map, vec![Some(1), None]);
 
-        let mut s = Stats::new(2);
+        let s = LiveStats::new(2);
         s.translated(0, true, 10, 5);
         s.translated(1, true, 20, 5);
-        s.passed = 3;
-        let next = s.carried(&map, new.len());
+        s.passed();
+        let next = s.carried(&Some(map.into()), new.len());
         assert_eq!(next.service(1).in_bytes, 10);
         assert_eq!(next.service(0), Counters::default());
         assert_eq!(next.service(2), Counters::default());
-        assert_eq!(next.passed, 3);
+        let mut sum = Stats::new(3);
+        next.add_to(&None, &mut sum);
+        assert_eq!(sum.passed, 1);
+        // The same services (an address change): everything stays where it is.
+        let same = s.carried(&None, 2);
+        assert_eq!(same.service(1).in_bytes, 20);
+    }
+
+    #[test]
+    fn shards_sum_by_the_current_ids_whatever_their_generation() {
+        // Shard A is at the current generation; shard B still counts by the previous one,
+        // where the service now at id 0 was at id 1 and the one at id 0 is gone.
+        let a = LiveStats::new(2);
+        a.translated(0, true, 100, 50);
+        a.translated(1, false, 7, 40);
+        let b = LiveStats::new(2);
+        b.translated(1, true, 1000, 60);
+        b.translated(0, true, 1, 70);
+        b.dropped(None, DropReason::Malformed);
+        let carry: Carry = Some(vec![None, Some(0)].into());
+        let mut sum = Stats::new(2);
+        a.add_to(&None, &mut sum);
+        b.add_to(&carry, &mut sum);
+        let s0 = sum.service(0);
+        assert_eq!((s0.in_packets, s0.in_bytes, s0.last_seen), (2, 1100, 60));
+        let s1 = sum.service(1);
+        assert_eq!((s1.in_packets, s1.out_bytes, s1.last_seen), (0, 7, 40));
+        assert_eq!(sum.unattributed, [0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn carries_compose_and_none_keeps_the_ids() {
+        let ab: Carry = Some(vec![Some(1), None, Some(0)].into());
+        let bc: Carry = Some(vec![None, Some(2), Some(0)].into());
+        assert_eq!(
+            compose(&ab, &bc).as_deref(),
+            Some(&[Some(2), None, None][..])
+        );
+        assert_eq!(compose(&None, &bc), bc);
+        assert_eq!(compose(&ab, &None), ab);
+        assert_eq!(compose(&None, &None), None);
+        assert_eq!(carried(&[1, 2, 3], &ab, 2), vec![3, 1]);
+        assert_eq!(carried(&[1, 2, 3], &None, 4), vec![1, 2, 3, 0]);
+    }
+
+    #[test]
+    fn a_shard_keeps_its_queue_statistics() {
+        let s = Shard::new(3, LiveStats::new(0));
+        let q = QueueStats {
+            received: 1,
+            verdicts: 2,
+            enobufs: 3,
+            async_errors: 4,
+            failed_closed: 5,
+            send_failed_dropped: 6,
+            verdicts_lost: 7,
+        };
+        s.set_queue_stats(&q);
+        let t = Shard::new(4, LiveStats::new(0));
+        t.take_queue_stats(&s);
+        let mut sum = t.queue_stats();
+        add_queue_stats(&mut sum, &q);
+        assert_eq!(
+            format!("{sum:?}"),
+            format!(
+                "{:?}",
+                QueueStats {
+                    received: 2,
+                    verdicts: 4,
+                    enobufs: 6,
+                    async_errors: 8,
+                    failed_closed: 10,
+                    send_failed_dropped: 12,
+                    verdicts_lost: 14,
+                }
+            )
+        );
+        assert_eq!((s.generation(), t.generation()), (3, 4));
     }
 
     #[test]
@@ -372,6 +722,30 @@ mod tests {
         fn admit_default(&mut self, now_ms: u64) -> Option<u64> {
             self.admit(now_ms, Rate::default())
         }
+    }
+
+    #[test]
+    fn the_rate_is_divided_among_the_queues() {
+        let r = Rate {
+            per_sec: 50,
+            burst: 101,
+        };
+        assert_eq!(r.per_queue(1), r);
+        assert_eq!(r.per_queue(0), r);
+        assert_eq!(
+            r.per_queue(2),
+            Rate {
+                per_sec: 25,
+                burst: 50
+            }
+        );
+        assert_eq!(
+            r.per_queue(200),
+            Rate {
+                per_sec: 1,
+                burst: 1
+            }
+        );
     }
 
     #[test]
