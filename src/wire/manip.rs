@@ -5,7 +5,9 @@
 //!
 //! They write into a buffer validated before: they cannot fail. Each returns the sum of the
 //! 16-bit word changes it made, so that a checksum covering them from outside (the ICMP
-//! checksum around a quoted packet) can follow incrementally. What differs for a quoted packet
+//! checksum around a quoted packet) can follow incrementally. They are forced inline: this is
+//! the hot path, and inlined into a plain packet's rewrite, the changes it does not need are
+//! never computed (a call cost 7 more instructions per packet than the code before them). What differs for a quoted packet
 //! (a transport header cut before its checksum, a checksum that covers bytes not quoted) is
 //! decided by the caller and passed in as [`L4Checksum`]. Uses `addr`, `checksum`, `field`
 //! and `header`.
@@ -37,7 +39,7 @@ pub struct AddrChange {
 
 /// Writes `new` over the `end` address (`old`) of the IP header at `ip`, and updates the IPv4
 /// header checksum (IPv6 has none).
-#[inline]
+#[inline(always)]
 pub fn address<A: Octets>(pkt: &mut [u8], ip: usize, end: End, old: A, new: A) -> AddrChange {
     let at = ip
         + match end {
@@ -81,7 +83,7 @@ pub fn checksum_field(protocol: Protocol) -> usize {
 }
 
 /// The port manip of either transport protocol, for a dispatch by `protocol`.
-#[inline]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)] // the manip's inputs, each needed; a struct would only rename them
 pub fn transport<A: Octets>(
     pkt: &mut [u8],
@@ -102,7 +104,7 @@ pub fn transport<A: Octets>(
 /// TCP: writes the new `end` port (`port` is old, new) of the header at `l4` and follows with
 /// the checksum; `pseudo` is the address change its pseudo-header saw, `ip` the IP header's
 /// offset (for a computation). Returns the words changed in the TCP header.
-#[inline]
+#[inline(always)]
 pub fn tcp<A: Octets>(
     pkt: &mut [u8],
     ip: usize,
@@ -131,7 +133,7 @@ pub fn tcp<A: Octets>(
 /// 0 (when it is complete; a seed is never "none"); a checksum that updates or computes to 0
 /// is sent as 0xFFFF, over IPv4 because 0 would mean "none", over IPv6 because UDP there must
 /// always carry one (RFC 8200 section 8.1).
-#[inline]
+#[inline(always)]
 pub fn udp<A: Octets>(
     pkt: &mut [u8],
     ip: usize,
