@@ -349,7 +349,8 @@ pub fn json_str(s: &str) -> String {
     o
 }
 
-fn duration(secs: u64) -> String {
+/// Uptime-style `[Nd ]HH:MM:SS` (also `netnat top`'s).
+pub(crate) fn duration(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     if d > 0 {
         format!("{d}d {h:02}:{m:02}:{s:02}")

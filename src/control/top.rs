@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::control::status::duration;
 use crate::control::{self, Format, Outcome, Request};
 
 /// How `netnat top` runs.
@@ -180,15 +181,6 @@ fn human(rate: f64) -> String {
         format!("{:.1}M", r / 1e6)
     } else {
         format!("{:.1}G", r / 1e9)
-    }
-}
-
-fn duration(secs: u64) -> String {
-    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    if d > 0 {
-        format!("{d}d {h:02}:{m:02}:{s:02}")
-    } else {
-        format!("{h:02}:{m:02}:{s:02}")
     }
 }
 
