@@ -8,11 +8,11 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::scenario::{Netnat, netnat_bin};
-use common::{CmdOutput, PYTHON, Proc, Topology, require_root, run_bounded, script};
+use common::status::{self, Doc, Value};
+use common::{CmdOutput, PYTHON, Proc, Topology, require_root, script};
 
 const METRICS: &str = "127.0.0.1:9464";
 
@@ -23,18 +23,14 @@ fn config(queue: u16) -> String {
     )
 }
 
-fn status(t: &Topology, n: &Netnat, format: &str) -> CmdOutput {
-    let sock = n.config.with_extension("sock");
-    let mut c = t.rtr.command(&[
-        netnat_bin(),
-        "status",
-        "--format",
-        format,
-        "--control",
-        sock.to_str().unwrap(),
-    ]);
-    c.stdin(Stdio::null());
-    run_bounded(c, Duration::from_secs(10))
+/// `netnat status --format <format>` of `n`.
+fn status(n: &Netnat, format: &str) -> CmdOutput {
+    n.ctl(&["status", "--format", format])
+}
+
+/// `netnat status --json` of `n`, parsed.
+fn status_json(n: &Netnat) -> Value {
+    status::parse(&status(n, "json").expect_ok("status --json").stdout)
 }
 
 fn scrape(t: &Topology) -> CmdOutput {
@@ -61,16 +57,6 @@ fn sample(samples: &[String], name: &str) -> u64 {
     hits[0]
 }
 
-/// The number after `"key":` in the JSON (the first one: with one service, unique).
-fn json_num(j: &str, key: &str) -> u64 {
-    let at = j
-        .find(&format!("\"{key}\":"))
-        .unwrap_or_else(|| panic!("{key} in {j}"));
-    let rest = &j[at + key.len() + 3..];
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap();
-    rest[..end].parse().unwrap()
-}
-
 fn traffic(t: &Topology, seconds: u32) -> (Proc, Proc) {
     let server = t.spawn(
         &t.srv,
@@ -94,24 +80,24 @@ fn traffic(t: &Topology, seconds: u32) -> (Proc, Proc) {
 }
 
 const FIGURES: [(&str, &str); 7] = [
-    ("netnat_queue_received_total", "received"),
-    ("netnat_queue_verdicts_total", "verdicts"),
-    ("netnat_service_in_packets_total", "in_packets"),
-    ("netnat_service_in_bytes_total", "in_bytes"),
-    ("netnat_service_out_packets_total", "out_packets"),
-    ("netnat_service_out_bytes_total", "out_bytes"),
-    ("netnat_service_new_connections_total", "new_connections"),
+    ("netnat_queue_received_total", "queue.received"),
+    ("netnat_queue_verdicts_total", "queue.verdicts"),
+    ("netnat_service_in_packets_total", "services.0.in_packets"),
+    ("netnat_service_in_bytes_total", "services.0.in_bytes"),
+    ("netnat_service_out_packets_total", "services.0.out_packets"),
+    ("netnat_service_out_bytes_total", "services.0.out_bytes"),
+    (
+        "netnat_service_new_connections_total",
+        "services.0.new_connections",
+    ),
 ];
 
 /// Each figure of `samples` lies between the same figure of `before` and `after` (JSON taken
-/// just before and just after): the metrics are the status of a moment between the two.
-fn between(samples: &[String], before: &str, after: &str, what: &str) {
+/// just before and just after): the metrics are the status of a moment between the two. The
+/// service figures are the first service's (the configuration has one).
+fn between(samples: &[String], before: &Value, after: &Value, what: &str) {
     for (metric, key) in FIGURES {
-        let (lo, v, hi) = (
-            json_num(before, key),
-            sample(samples, metric),
-            json_num(after, key),
-        );
+        let (lo, v, hi) = (before.n(key), sample(samples, metric), after.n(key));
         assert!(
             lo <= v && v <= hi,
             "{what}: {metric} = {v}, status --json said {lo} before and {hi} after"
@@ -130,10 +116,10 @@ fn metrics_parse_and_match_status_json_under_traffic() {
     let (_server, _client) = traffic(&t, 8);
     std::thread::sleep(Duration::from_secs(2));
     for round in 0..3 {
-        let before = status(&t, &n, "json").expect_ok("status --json").stdout;
-        let prom = status(&t, &n, "prometheus").expect_ok("status --format prometheus");
+        let before = status_json(&n);
+        let prom = status(&n, "prometheus").expect_ok("status --format prometheus");
         let http = scrape(&t).expect_ok("curl /metrics");
-        let after = status(&t, &n, "json").expect_ok("status --json").stdout;
+        let after = status_json(&n);
         let from_status = common::prometheus_samples(&prom.stdout);
         let from_http = common::prometheus_samples(&http.stdout);
         between(&from_status, &before, &after, "status --format prometheus");
@@ -143,13 +129,13 @@ fn metrics_parse_and_match_status_json_under_traffic() {
         let outp = sample(&from_http, "netnat_service_out_packets_total");
         eprintln!(
             "round {round}: in {inp} out {outp} packets; json before {} after {}",
-            json_num(&before, "in_packets"),
-            json_num(&after, "in_packets")
+            before.n("services.0.in_packets"),
+            after.n("services.0.in_packets")
         );
         assert!(inp > 0 && outp > 0, "no traffic counted");
         assert_eq!(
             sample(&from_http, "netnat_start_time_seconds"),
-            json_num(&after, "start_unix")
+            after.n("start_unix")
         );
         assert!(
             from_http
@@ -213,7 +199,7 @@ fn metrics_endpoint_survives_500_idle_connections_and_a_10mb_request_line() {
     let n = Netnat::start(&t, &config(4863), "netnat").unwrap_or_else(|e| panic!("{e}"));
     let (_server, mut client) = traffic(&t, 15);
     std::thread::sleep(Duration::from_secs(1));
-    let quiet = status(&t, &n, "json").expect_ok("status");
+    let quiet = status_json(&n);
     let (host, port) = METRICS.split_once(':').unwrap();
     let mut flood = t.spawn(
         &t.rtr,
@@ -238,7 +224,7 @@ fn metrics_endpoint_survives_500_idle_connections_and_a_10mb_request_line() {
     let mut times = Vec::new();
     let mut scraped = 0;
     for _ in 0..5 {
-        let s = status(&t, &n, "text");
+        let s = status(&n, "text");
         assert!(s.success(), "{s}");
         times.push(s.elapsed);
         let m = scrape(&t);
@@ -252,22 +238,22 @@ fn metrics_endpoint_survives_500_idle_connections_and_a_10mb_request_line() {
     for d in &times {
         assert!(*d < Duration::from_secs(1), "{times:?}");
     }
-    let loud = status(&t, &n, "json").expect_ok("status");
+    let loud = status_json(&n);
     assert!(client.wait_timeout(Duration::from_secs(30)).is_some());
     let line = client.stdout();
     eprintln!(
         "queue before the flood: received {} enobufs {}; under it: received {} enobufs {} \
          verdicts_lost {}; client: {}",
-        json_num(&quiet.stdout, "received"),
-        json_num(&quiet.stdout, "enobufs"),
-        json_num(&loud.stdout, "received"),
-        json_num(&loud.stdout, "enobufs"),
-        json_num(&loud.stdout, "verdicts_lost"),
+        quiet.n("queue.received"),
+        quiet.n("queue.enobufs"),
+        loud.n("queue.received"),
+        loud.n("queue.enobufs"),
+        loud.n("queue.verdicts_lost"),
         line.trim()
     );
     // The packet path did not stall: the queue kept up and the ping-pong got its replies.
-    assert_eq!(json_num(&loud.stdout, "enobufs"), 0);
-    assert!(json_num(&loud.stdout, "received") > json_num(&quiet.stdout, "received"));
+    assert_eq!(loud.n("queue.enobufs"), 0);
+    assert!(loud.n("queue.received") > quiet.n("queue.received"));
     let field = |k: &str| -> f64 {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(k))

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::status::{self, Doc};
 use common::{CmdOutput, PYTHON, Proc, Topology, require_root, run_bounded, script};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netnat");
@@ -220,28 +221,16 @@ impl Netnat {
     }
 }
 
-/// A number of the service object whose `"service"` is `line`, or of the top level when
-/// `line` is empty. Hand-parsed: the document's shape is fixed (see `netnat::control::status`).
-fn json_num(json: &str, line: &str, key: &str) -> Option<u64> {
-    let from = if line.is_empty() {
-        0
-    } else {
-        json.find(&format!("{{\"service\":\"{line}\""))?
-    };
-    let obj = &json[from..];
+/// A number of the service object whose `"service"` is `line`, or at `path` from the top
+/// when `line` is empty; `path` as [`Doc::at`] takes it (`queue.received`).
+fn json_num(json: &str, line: &str, path: &str) -> Option<u64> {
+    let doc = status::parse(json);
     let obj = if line.is_empty() {
-        obj
+        &doc
     } else {
-        // `last_seen` is the object's last key: the object ends at the next `}`.
-        let last = obj.find("\"last_seen\"")?;
-        &obj[..last + obj[last..].find('}')? + 1]
+        status::service_exact(&doc, line)?
     };
-    let at = obj.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let digits: String = obj[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
+    obj.at(path)?.as_u64()
 }
 
 fn http_server(t: &Topology, port: u16) -> Proc {
@@ -449,15 +438,11 @@ fn ops_volume_drop_and_icmp_records() {
         "{dr:?}"
     );
     let json = n.status_json();
-    assert!(
-        json.contains(&format!("{{\"service\":\"{drops}\"")),
-        "{json}"
-    );
-    let at = json.find(&format!("{{\"service\":\"{drops}\"")).unwrap();
-    assert!(
-        json[at..].contains(
-            "\"drops\":{\"oversize\":0,\"malformed\":1,\"unmapped_reply\":0,\"unrelated_icmp\":0}"
-        ),
+    let doc = status::parse(&json);
+    let svc = status::service_exact(&doc, drops).unwrap_or_else(|| panic!("{drops} in {json}"));
+    assert_eq!(
+        svc["drops"],
+        serde_json::json!({"oversize": 0, "malformed": 1, "unmapped_reply": 0, "unrelated_icmp": 0}),
         "{json}"
     );
 
@@ -789,11 +774,11 @@ fn ops_status_counters_move_with_traffic() {
     let n = Netnat::start(&t, &format!("queue 4815\n{svc}\n"), &["--log-stderr"]);
     let before = n.status_json();
     assert_eq!(json_num(&before, svc, "in_packets"), Some(0), "{before}");
-    assert!(
-        before.contains("\"state\":\"active\",\"apparent\":\"10.99.1.1:80\""),
-        "{before}"
-    );
-    assert!(before.contains("\"last_seen\":null"), "{before}");
+    let doc = status::parse(&before);
+    let obj = status::service_exact(&doc, svc).unwrap_or_else(|| panic!("{svc} in {before}"));
+    assert_eq!(obj["state"], "active", "{before}");
+    assert_eq!(obj["apparent"], "10.99.1.1:80", "{before}");
+    assert!(obj["last_seen"].is_null(), "{before}");
     for _ in 0..3 {
         assert!(curl(&t, 80, None).success());
     }
@@ -806,7 +791,7 @@ fn ops_status_counters_move_with_traffic() {
     );
     assert!(num("in_bytes") > num("in_packets") * 40, "{after}");
     assert!(num("last_seen") > 1_600_000_000, "{after}");
-    let received = json_num(&after, "", "received").unwrap();
+    let received = json_num(&after, "", "queue.received").unwrap();
     assert_eq!(received, num("in_packets") + num("out_packets"), "{after}");
     let text = n.ctl(&["status"]);
     assert!(text.stdout.contains("  apparent 10.99.1.1:80\n"), "{text}");
@@ -867,12 +852,9 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
     assert_eq!(json_num(&after, dns, "new_connections"), Some(1), "{after}");
     assert_eq!(json_num(&after, dns, "in_packets"), Some(2), "{after}");
     // The removed TCP service stays only as draining (its established connections go on).
-    let removed = after
-        .find(&format!("{{\"service\":\"{old}\""))
-        .map(|at| &after[at..]);
+    let doc = status::parse(&after);
     assert!(
-        removed
-            .is_none_or(|r| r[..r.find('}').unwrap_or(r.len())].contains("\"state\":\"draining\"")),
+        status::service_exact(&doc, old).is_none_or(|r| r["state"] == "draining"),
         "{after}"
     );
 
@@ -952,7 +934,7 @@ fn ops_sigterm_during_traffic_exits_cleanly() {
     let _traffic = t.spawn(&t.cli, "flood", &[PYTHON, "-c", flood]);
     // Traffic is flowing through netnat before the signal.
     let end = Instant::now() + Duration::from_secs(5);
-    while json_num(&n.status_json(), "", "received").unwrap_or(0) < 100 {
+    while json_num(&n.status_json(), "", "queue.received").unwrap_or(0) < 100 {
         assert!(Instant::now() < end, "no traffic reached netnat");
         thread::sleep(Duration::from_millis(50));
     }

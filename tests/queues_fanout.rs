@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::scenario::{
     AppAddr, Case, HTTP, Netnat, Servers, Translator, http_get, queue_stats, udp_request,
 };
+use common::status::{self, Doc};
 use common::{Family, Topology, require_root, run_bounded};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netnat");
@@ -97,15 +98,10 @@ fn every_queue_is_served_and_fanout_spreads_by_cpu() {
         .arg(t.dir.file("netnat.sock"));
     let status = run_bounded(c, Duration::from_secs(30));
     assert!(status.success(), "{status}");
-    let want = format!("\"queue\":{{\"num\":4747,\"count\":{queues},");
-    assert!(status.stdout.contains(&want), "{}", status.stdout);
-    let received: u64 = status
-        .stdout
-        .split("\"received\":")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .and_then(|s| s.parse().ok())
-        .expect("received in status");
+    let doc = status::parse(&status.stdout);
+    assert_eq!(doc.n("queue.num"), 4747, "{}", status.stdout);
+    assert_eq!(doc.n("queue.count"), queues as u64, "{}", status.stdout);
+    let received = doc.n("queue.received");
     let queued: u64 = nums
         .iter()
         .map(|&q| queue_stats(&t, q).map_or(0, |s| s.id_sequence))

@@ -12,13 +12,13 @@ mod common;
 
 use std::fs;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::capture;
+use common::capture::{self, Capture};
 use common::scenario::{
     Active, AppAddr, Case, Netnat, Servers, Translator, UPLOAD, assert_http_ok, assert_udp_ok,
     random_file, sha256, transfer_both_ways,
@@ -166,56 +166,14 @@ fn assert_flood_service_ok(t: &Topology, what: &str) {
 
 /// tcpdump of everything the router *sends* on pub0 (`-Q out`): where a reply passed
 /// untranslated would show. Must drop nothing, or "no private address" proves nothing.
-struct OutCapture {
-    proc: Proc,
-    path: PathBuf,
-}
-
-impl OutCapture {
-    fn start(t: &Topology) -> OutCapture {
-        let path = t.dir.file("pub0-out.pcap");
-        let p = path.to_str().unwrap().to_string();
-        let mut proc = t.spawn(
-            &t.rtr,
-            "tcpdump-pub0-out",
-            &[
-                "tcpdump", "-i", "pub0", "-Q", "out", "-n", "-U", "-B", "32768", "-s", "128", "-Z",
-                "root", "-w", &p,
-            ],
-        );
-        if let Err(e) = proc.wait_stderr("listening on", Duration::from_secs(10)) {
-            panic!("tcpdump on pub0 did not start: {e}");
-        }
-        OutCapture { proc, path }
-    }
-
-    /// Stops tcpdump; returns the pcap and the number of packets written. Panics when the
-    /// kernel dropped any.
-    fn stop(mut self) -> (PathBuf, u64) {
-        // libpcap retires its blocks after 1 s at the latest (see common::capture).
-        thread::sleep(Duration::from_millis(1500));
-        self.proc.signal(libc::SIGINT);
-        assert!(
-            self.proc.wait_timeout(Duration::from_secs(10)).is_some(),
-            "tcpdump did not stop\n{}",
-            self.proc.evidence()
-        );
-        let err = self.proc.stderr();
-        let stat = |what: &str| {
-            err.lines()
-                .find(|l| l.contains(what))
-                .and_then(|l| l.split_whitespace().next())
-                .and_then(|n| n.parse::<u64>().ok())
-        };
-        let dropped = stat("dropped by kernel");
-        let captured = stat("packets captured");
-        assert_eq!(
-            dropped,
-            Some(0),
-            "tcpdump on pub0 dropped packets: the capture cannot prove anything\n{err}"
-        );
-        (self.path.clone(), captured.unwrap_or(0))
-    }
+fn pub0_out_capture(t: &Topology) -> Capture {
+    Capture::on("pub0")
+        .name("pub0-out")
+        .outbound()
+        .buffer_kib(32768)
+        .snaplen(128)
+        .open_tail()
+        .start(t, &t.rtr)
 }
 
 /// The capture shows not a single packet with a private address, and it did see the
@@ -253,16 +211,13 @@ fn rate_limit(ns: &Ns, dev: &str, rate: &str) {
     ]);
 }
 
+/// `netnat status` through the control socket `ctl` as text, with whatever it said on
+/// stderr (the daemon may be gone by then).
 fn netnat_status(ctl: &Path) -> String {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_netnat"));
     c.args(["status", "--control"]).arg(ctl);
     let out = common::run_bounded(c, Duration::from_secs(20));
     format!("{}{}", out.stdout, out.stderr)
-}
-
-fn control_path(t: &Topology, label: &str) -> PathBuf {
-    // Netnat::start passes `--control <dir>/<label>.sock`.
-    t.dir.file(&format!("{label}.sock"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -303,7 +258,7 @@ fn fault_sigkill_during_bulk_table_gone_restart_serves() {
     );
     t.srv
         .wait_listening("tcp", UPLOAD.act_port, Duration::from_secs(10));
-    let cap = OutCapture::start(&t);
+    let cap = pub0_out_capture(&t);
     let mut client = t.spawn(
         &t.cli,
         "socat-upload-client",
@@ -366,7 +321,7 @@ fn fault_sigkill_during_bulk_table_gone_restart_serves() {
         moved < BULK,
         "{name}: the transfer completed across a SIGKILL?"
     );
-    let (pcap, captured) = cap.stop();
+    let (pcap, captured) = cap.stop_counted();
     let private = capture::count(&pcap, PRIVATE);
     eprintln!(
         "{name}: {before_kill} bytes received when SIGKILL hit, {moved} in the end; table gone \
@@ -510,10 +465,10 @@ fn fault_sigstop_under_load_drops_never_leaks() {
     let servers = Servers::start(&t, Family::V4);
     let _responder = udp_responder(&t);
     let n = Netnat::start(&t, &config(), "netnat").unwrap_or_else(|e| panic!("{e}"));
-    let ctl = control_path(&t, "netnat");
+    let ctl = n.control.clone();
     let active = Active::Netnat(n);
     assert_flood_service_ok(&t, name);
-    let cap = OutCapture::start(&t);
+    let cap = pub0_out_capture(&t);
 
     let stop = Arc::new(AtomicBool::new(false));
     // 8000 datagrams/s: more than the queue's 8192 in a 3 s stop, little enough for the
@@ -573,7 +528,7 @@ fn fault_sigstop_under_load_drops_never_leaks() {
     assert_http_ok(&t, case(), &servers, &active);
     assert_udp_ok(&t, case(), &servers, &active);
     assert_flood_service_ok(&t, name);
-    let (pcap, captured) = cap.stop();
+    let (pcap, captured) = cap.stop_counted();
     assert_no_private_on_pub0(name, &pcap, captured);
     let waiting_end = kernel_queues(&t.rtr, 4747).map_or(u64::MAX, |q| q.waiting);
     assert_eq!(waiting_end, 0, "{name}: packets left in the queue");
@@ -609,10 +564,10 @@ fn fault_queue_overflow_under_udp_flood_drops_never_leaks() {
     let servers = Servers::start(&t, Family::V4);
     let _responder = udp_responder(&t);
     let n = Netnat::start(&t, &config(), "netnat").unwrap_or_else(|e| panic!("{e}"));
-    let ctl = control_path(&t, "netnat");
+    let ctl = n.control.clone();
     let active = Active::Netnat(n);
     assert_flood_service_ok(&t, name);
-    let cap = OutCapture::start(&t);
+    let cap = pub0_out_capture(&t);
     let before = kernel_queues(&t.rtr, 4747).expect("netnat's queues bound");
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -656,7 +611,7 @@ fn fault_queue_overflow_under_udp_flood_drops_never_leaks() {
     assert_http_ok(&t, case(), &servers, &active);
     assert_udp_ok(&t, case(), &servers, &active);
     assert_flood_service_ok(&t, name);
-    let (pcap, captured) = cap.stop();
+    let (pcap, captured) = cap.stop_counted();
     assert_no_private_on_pub0(name, &pcap, captured);
     let after = kernel_queues(&t.rtr, 4747).expect("netnat's queues bound");
     assert_eq!(after.waiting, 0, "{name}: packets left in the queue");

@@ -10,13 +10,13 @@
 //! Needs root and: iproute2 nftables conntrack tcpdump tshark python3.
 
 mod common;
-mod reliability;
 
 use std::time::Duration;
 
+use common::capture::{Capture, fields};
 use common::scenario::{Netnat, netnat_bin};
+use common::status::{Doc, service, settle};
 use common::{Family, PYTHON, Topology, require_root, script};
-use reliability::{FilteredCapture, fields, service, settle};
 
 fn fragments(name: &str, fam: Family) {
     if !require_root(name) {
@@ -64,7 +64,10 @@ fn fragments(name: &str, fam: Family) {
         "{name}: {ruleset}"
     );
 
-    let cap = FilteredCapture::start(&t, &t.rtr, "pub0", "pub0", "udp or icmp or icmp6 or ip6");
+    let cap = Capture::on("pub0")
+        .filter("udp or icmp or icmp6 or ip6")
+        .open_tail()
+        .start(&t, &t.rtr);
     let mut moved = 0u64;
     for size in [3000usize, 8000] {
         let out = t.cli.run(&[
@@ -84,13 +87,7 @@ fn fragments(name: &str, fam: Family) {
         assert_eq!(ok, 3, "{name}: {out}");
         moved += 2 * 3 * size as u64;
     }
-    let st = settle(
-        &t,
-        "netnat",
-        &n,
-        Duration::from_millis(300),
-        Duration::from_secs(10),
-    );
+    let st = settle(&n, Duration::from_millis(300), Duration::from_secs(10));
     let pcap = cap.stop();
 
     // netnat saw whole datagrams only: six in, six out, nothing dropped as a fragment.

@@ -16,15 +16,15 @@
 //! Needs root and: iproute2 nftables curl tcpdump tshark python3 with scapy.
 
 mod common;
-mod reliability;
 
 use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::capture::{Capture, fields};
 use common::scenario::Netnat;
+use common::status::{Doc, Value, service, settle};
 use common::{PYTHON, Topology, kernel_queues, require_root, script};
-use reliability::{FilteredCapture, Json, fields, service, settle};
 
 /// Packets per class.
 const COUNT: u64 = 200;
@@ -223,7 +223,7 @@ fn counted(t: &Topology) -> u64 {
         .sum()
 }
 
-fn measure(st: &Json, svc: &str, pre: u64) -> Seen {
+fn measure(st: &Value, svc: &str, pre: u64) -> Seen {
     let s = service(st, svc);
     Seen {
         pre,
@@ -324,13 +324,10 @@ fn hostile_packets_get_documented_verdicts_and_netnat_survives() {
     ] {
         t.rtr.must(&["sysctl", "-qw", s]);
     }
-    let cap = FilteredCapture::start(
-        &t,
-        &t.rtr,
-        "pub0",
-        "pub0",
-        "icmp or icmp6 or net 192.168.77.0/24 or net fd99:77::/64",
-    );
+    let cap = Capture::on("pub0")
+        .filter("icmp or icmp6 or net 192.168.77.0/24 or net fd99:77::/64")
+        .open_tail()
+        .start(&t, &t.rtr);
 
     let godir = t.dir.file("go");
     fs::create_dir_all(&godir).expect("go dir");
@@ -354,13 +351,13 @@ fn hostile_packets_get_documented_verdicts_and_netnat_survives() {
 
     let quiet = Duration::from_millis(200);
     let mut rows = Vec::new();
-    let mut before = settle(&t, "netnat", &n, quiet, Duration::from_secs(10));
+    let mut before = settle(&n, quiet, Duration::from_secs(10));
     let mut pre_before = counted(&t);
     for (i, &(class, _, fate)) in CLASSES.iter().enumerate() {
         let svc = service_line(i);
         let a = measure(&before, &svc, pre_before);
         wait_sent(&mut sender, class);
-        let after = settle(&t, "netnat", &n, quiet, Duration::from_secs(20));
+        let after = settle(&n, quiet, Duration::from_secs(20));
         let pre = counted(&t);
         let b = measure(&after, &svc, pre);
         rows.push((class, fate, delta(a, b)));
@@ -436,7 +433,7 @@ fn hostile_packets_get_documented_verdicts_and_netnat_survives() {
         "{name}: netnat died\n{}",
         n.proc.evidence()
     );
-    let st = settle(&t, "netnat", &n, quiet, Duration::from_secs(10));
+    let st = settle(&n, quiet, Duration::from_secs(10));
     assert_eq!(
         st.n("queue.received"),
         st.n("queue.verdicts"),

@@ -14,13 +14,13 @@
 //! Needs root and: iproute2 nftables socat tcpdump tshark python3 with scapy.
 
 mod common;
-mod reliability;
 
 use std::time::Duration;
 
+use common::capture::{Capture, fields};
 use common::scenario::{Netnat, random_file, sha256};
+use common::status::{Doc, service, settle};
 use common::{Family, PYTHON, Topology, heavy_lock, require_root};
-use reliability::{FilteredCapture, fields, service, settle};
 
 /// Captures what may carry a private address on pub0: any ICMP (errors quote packets) and any
 /// packet whose outer header holds a private address.
@@ -51,7 +51,11 @@ fn port_unreachable(name: &str, fam: Family) {
     );
     let n = Netnat::start(&t, &format!("{svc} 0x0800\n"), "netnat")
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let cap = FilteredCapture::start(&t, &t.rtr, "pub0", "pub0-icmp", LEAK_FILTER);
+    let cap = Capture::on("pub0")
+        .name("pub0-icmp")
+        .filter(LEAK_FILTER)
+        .open_tail()
+        .start(&t, &t.rtr);
 
     // A connected UDP socket reports the translated error as ECONNREFUSED on the next call.
     let af = if fam == Family::V4 {
@@ -77,7 +81,7 @@ fn port_unreachable(name: &str, fam: Family) {
         app = fam.extra_pub()
     );
     let out = t.cli.run(&[PYTHON, "-c", &code]);
-    let st = settle(&t, "netnat", &n, quiet(), Duration::from_secs(10));
+    let st = settle(&n, quiet(), Duration::from_secs(10));
     let pcap = cap.stop();
     assert!(
         out.success() && out.stdout.trim() == "refused",
@@ -192,7 +196,11 @@ fn pmtu_upload(name: &str, fam: Family) {
         ],
     );
     t.srv.wait_listening("tcp", 81, Duration::from_secs(10));
-    let cap = FilteredCapture::start(&t, &t.rtr, "pub0", "pub0-pmtu", LEAK_FILTER);
+    let cap = Capture::on("pub0")
+        .name("pub0-pmtu")
+        .filter(LEAK_FILTER)
+        .open_tail()
+        .start(&t, &t.rtr);
     let client = t.cli.run_timeout(
         &[
             "socat",
@@ -203,7 +211,7 @@ fn pmtu_upload(name: &str, fam: Family) {
         Duration::from_secs(90),
     );
     let done = server.wait_timeout(Duration::from_secs(20));
-    let st = settle(&t, "netnat", &n, quiet(), Duration::from_secs(10));
+    let st = settle(&n, quiet(), Duration::from_secs(10));
     let pcap = cap.stop();
     assert!(
         client.success() && done.is_some_and(|s| s.success()),
@@ -321,12 +329,16 @@ fn icmp_forged_errors_about_no_service_stay_on_the_public_side() {
     let v6 = "service pub0 port fd99:1::80 5300 UDP fd99:77::10 53";
     let n = Netnat::start(&t, &format!("{v4}\n{v6}\n"), "netnat")
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let cap = FilteredCapture::start(&t, &t.rtr, "priv0", "priv0-icmp", "icmp or icmp6");
-    let before = settle(&t, "netnat", &n, quiet(), Duration::from_secs(10));
+    let cap = Capture::on("priv0")
+        .name("priv0-icmp")
+        .filter("icmp or icmp6")
+        .open_tail()
+        .start(&t, &t.rtr);
+    let before = settle(&n, quiet(), Duration::from_secs(10));
     t.cli
         .run(&[PYTHON, "-c", FORGE, "unrelated"])
         .expect_ok("scapy forging unrelated errors");
-    let mid = settle(&t, "netnat", &n, quiet(), Duration::from_secs(10));
+    let mid = settle(&n, quiet(), Duration::from_secs(10));
 
     // All 20 were steered to netnat (they are ICMP errors to an apparent address) and passed
     // unchanged: none was translated, none dropped.
@@ -344,7 +356,7 @@ fn icmp_forged_errors_about_no_service_stay_on_the_public_side() {
     t.cli
         .run(&[PYTHON, "-c", FORGE, "service"])
         .expect_ok("scapy forging errors about no connection of the service");
-    let forged = settle(&t, "netnat", &n, quiet(), Duration::from_secs(10));
+    let forged = settle(&n, quiet(), Duration::from_secs(10));
     assert_eq!(
         service(&forged, v4).n("drops.unrelated_icmp"),
         2,
@@ -382,7 +394,7 @@ fn icmp_forged_errors_about_no_service_stay_on_the_public_side() {
     t.cli
         .run(&[PYTHON, "-c", FORGE, "flow"])
         .expect_ok("scapy sending an error about the real flow");
-    let after = settle(&t, "netnat", &n, quiet(), Duration::from_secs(10));
+    let after = settle(&n, quiet(), Duration::from_secs(10));
     assert_eq!(
         service(&after, v4).n("drops.unrelated_icmp"),
         2,

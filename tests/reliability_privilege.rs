@@ -444,6 +444,7 @@ fn scenario_net_admin_only(name: &str, as_nobody: bool) {
     let active = Active::Netnat(Netnat {
         proc,
         config: config.clone(),
+        control: ctl.clone(),
     });
     assert_http_ok(&t, case, &servers, &active);
     assert_udp_ok(&t, case, &servers, &active);

@@ -1,4 +1,5 @@
-//! Packet captures with tcpdump inside a namespace, read back with tshark.
+//! Packet captures with tcpdump inside a namespace ([`Capture`], the tests' one capture
+//! helper), read back with tshark ([`tshark`], [`count`], [`fields`], [`flows`], [`summary`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,39 +35,121 @@ const COLUMNS: &str = r#"gui.column.format:"No.","%m","Time","%t","Source","%s",
 /// Packets tcpdump may receive after the traffic and not write (see [`Capture::stop`]).
 const UNWRITTEN_TAIL: u64 = 10;
 
-/// A running tcpdump writing a pcap file.
+/// A running tcpdump writing a pcap file: the one capture helper of the tests.
 pub struct Capture {
     proc: Proc,
     pub path: PathBuf,
     pub dev: String,
+    whole_tail: bool,
 }
 
-impl Capture {
-    /// Starts `tcpdump -i dev` in `ns` and waits until it listens. `-Z root`: Debian's tcpdump
-    /// would otherwise drop to its own user and fail to write into the test's directory.
-    pub fn start(t: &Topology, ns: &Ns, dev: &str) -> Capture {
-        let path = t.dir.file(&format!("{dev}.pcap"));
+/// What to capture: [`Capture::on`] a device, then the options, then [`CaptureSpec::start`].
+pub struct CaptureSpec {
+    dev: String,
+    name: String,
+    outbound: bool,
+    buffer_kib: u32,
+    snaplen: Option<u32>,
+    filter: String,
+    whole_tail: bool,
+}
+
+impl CaptureSpec {
+    /// Names the pcap (`<name>.pcap`) and the process (`tcpdump-<name>`); the device's name
+    /// by default. Two captures on one device in one test need two names.
+    pub fn name(mut self, name: &str) -> CaptureSpec {
+        self.name = name.to_string();
+        self
+    }
+
+    /// A BPF filter (tcpdump's words): small pcaps beside bulk traffic.
+    pub fn filter(mut self, filter: &str) -> CaptureSpec {
+        self.filter = filter.to_string();
+        self
+    }
+
+    /// Only what the namespace *sends* on the device (`-Q out`).
+    pub fn outbound(mut self) -> CaptureSpec {
+        self.outbound = true;
+        self
+    }
+
+    /// The kernel buffer, in KiB (`-B`; 8192 by default).
+    pub fn buffer_kib(mut self, kib: u32) -> CaptureSpec {
+        self.buffer_kib = kib;
+        self
+    }
+
+    /// Only the first `bytes` of each packet (`-s`): headers are enough for most oracles.
+    pub fn snaplen(mut self, bytes: u32) -> CaptureSpec {
+        self.snaplen = Some(bytes);
+        self
+    }
+
+    /// [`Capture::stop`] checks only that the kernel dropped nothing, not that the last block
+    /// was written: for captures whose traffic may still run when they stop.
+    pub fn open_tail(mut self) -> CaptureSpec {
+        self.whole_tail = false;
+        self
+    }
+
+    /// Starts tcpdump in `ns` and waits until it listens. `-Z root`: Debian's tcpdump would
+    /// otherwise drop to its own user and fail to write into the test's directory.
+    pub fn start(self, t: &Topology, ns: &Ns) -> Capture {
+        let path = t.dir.file(&format!("{}.pcap", self.name));
         let p = path.to_str().expect("utf-8 path").to_string();
-        let mut proc = t.spawn(
-            ns,
-            &format!("tcpdump-{dev}"),
-            &[
-                "tcpdump", "-i", dev, "-n", "-U", "-B", "8192", "-Z", "root", "-w", &p,
-            ],
-        );
+        let buffer = self.buffer_kib.to_string();
+        let snaplen = self.snaplen.map(|s| s.to_string());
+        let mut argv = vec!["tcpdump", "-i", &self.dev];
+        if self.outbound {
+            argv.extend(["-Q", "out"]);
+        }
+        argv.extend(["-n", "-U", "-B", &buffer]);
+        if let Some(s) = &snaplen {
+            argv.extend(["-s", s]);
+        }
+        argv.extend(["-Z", "root", "-w", &p]);
+        argv.extend(self.filter.split_whitespace());
+        let mut proc = t.spawn(ns, &format!("tcpdump-{}", self.name), &argv);
         if let Err(e) = proc.wait_stderr("listening on", Duration::from_secs(10)) {
-            panic!("tcpdump on {dev} did not start: {e}");
+            panic!("tcpdump {} on {} did not start: {e}", self.name, self.dev);
         }
         Capture {
             proc,
             path,
+            dev: self.dev,
+            whole_tail: self.whole_tail,
+        }
+    }
+}
+
+impl Capture {
+    /// Everything on `dev` in `ns`, into `<dev>.pcap`.
+    pub fn start(t: &Topology, ns: &Ns, dev: &str) -> Capture {
+        Capture::on(dev).start(t, ns)
+    }
+
+    /// A capture on `dev` with options (see [`CaptureSpec`]).
+    pub fn on(dev: &str) -> CaptureSpec {
+        CaptureSpec {
             dev: dev.to_string(),
+            name: dev.to_string(),
+            outbound: false,
+            buffer_kib: 8192,
+            snaplen: None,
+            filter: String::new(),
+            whole_tail: true,
         }
     }
 
     /// Stops tcpdump (SIGINT flushes the file) and returns the pcap path. Panics when the
     /// kernel dropped packets: the capture would not show everything.
-    pub fn stop(mut self) -> PathBuf {
+    pub fn stop(self) -> PathBuf {
+        self.stop_counted().0
+    }
+
+    /// [`Capture::stop`], also returning how many packets tcpdump wrote.
+    pub fn stop_counted(mut self) -> (PathBuf, u64) {
         // libpcap hands packets over in TPACKET_V3 blocks, retired after 1 s at the latest;
         // a block still open at SIGINT is never written (--immediate-mode avoids that but
         // makes the kernel drop packets under bulk traffic). Wait for the last block.
@@ -80,9 +163,6 @@ impl Capture {
             );
         }
         // "N packets captured / N packets received by filter / N packets dropped by kernel".
-        // Packets of a block still open at SIGINT count as received but are never written.
-        // After the 1.5 s wait that block holds only what came after the traffic (IPv6
-        // multicast listener reports, neighbour discovery): allow a handful of those.
         let err = self.proc.stderr();
         let stat = |what: &str| {
             err.lines()
@@ -95,18 +175,28 @@ impl Capture {
             stat("received by filter"),
             stat("dropped by kernel"),
         );
-        assert!(
-            dropped == Some(0)
-                && captured.is_some()
-                && received
-                    .unwrap_or(u64::MAX)
-                    .saturating_sub(captured.unwrap_or(0))
-                    <= UNWRITTEN_TAIL,
-            "tcpdump on {} did not write every packet (captured {captured:?}, received \
-             {received:?}, dropped {dropped:?}):\n{err}",
+        assert_eq!(
+            dropped,
+            Some(0),
+            "tcpdump on {} dropped packets: the capture cannot prove anything\n{err}",
             self.dev
         );
-        self.path.clone()
+        // Packets of a block still open at SIGINT count as received but are never written.
+        // After the 1.5 s wait that block holds only what came after the traffic (IPv6
+        // multicast listener reports, neighbour discovery): allow a handful of those.
+        if self.whole_tail {
+            assert!(
+                captured.is_some()
+                    && received
+                        .unwrap_or(u64::MAX)
+                        .saturating_sub(captured.unwrap_or(0))
+                        <= UNWRITTEN_TAIL,
+                "tcpdump on {} did not write every packet (captured {captured:?}, received \
+                 {received:?}, dropped {dropped:?}):\n{err}",
+                self.dev
+            );
+        }
+        (self.path.clone(), captured.unwrap_or(0))
     }
 }
 
@@ -154,6 +244,21 @@ pub fn summary(pcap: &Path, filter: &str, max: usize) -> String {
         s.push_str(&format!("\n    [... {} more]", lines.len() - max));
     }
     s
+}
+
+/// Values of tshark fields for the packets matching `filter`, one Vec per packet.
+pub fn fields(pcap: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut args = vec!["-Y", filter, "-T", "fields", "-E", "separator=/t"];
+    for f in fields {
+        args.push("-e");
+        args.push(f);
+    }
+    let out = tshark(pcap, &args);
+    out.stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
 }
 
 /// One TCP or UDP packet as seen in a capture (ICMP errors, which quote packets, excluded).

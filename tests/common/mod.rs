@@ -6,6 +6,7 @@
 //! - [`topology`]: [`Topology`], client, router and server joined by veth pairs;
 //! - [`capture`]: tcpdump inside a namespace, read back with tshark;
 //! - [`scenario`]: the data-path scenarios, run against kernel NAT and netnat;
+//! - [`status`]: `netnat status --json` read with serde_json;
 //! - [`matrix!`]: one `#[test]` per combination of a scenario's parameters.
 //!
 //! Everything a test starts runs inside its namespaces; traffic only ever goes between them.
@@ -17,6 +18,7 @@
 pub mod capture;
 pub mod netns;
 pub mod scenario;
+pub mod status;
 pub mod topology;
 
 pub use netns::Ns;

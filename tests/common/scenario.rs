@@ -5,12 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use super::capture::{self, Capture};
+use super::status::{self, Value};
 use super::{
-    CmdOutput, Family, PYTHON, Proc, Topology, excerpt, heavy_lock, host, require_root, script,
+    CmdOutput, Family, PYTHON, Proc, Topology, excerpt, heavy_lock, host, require_root,
+    run_bounded, script,
 };
 
 /// Who translates apparent → actual on the router.
@@ -174,6 +176,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Netnat {
     pub proc: Proc,
     pub config: PathBuf,
+    /// Its control socket (`<label>.sock` in the test's directory).
+    pub control: PathBuf,
 }
 
 impl Netnat {
@@ -199,9 +203,32 @@ impl Netnat {
             ],
         );
         match proc.wait_stderr("ready", READY_TIMEOUT) {
-            Ok(()) => Ok(Netnat { proc, config: path }),
+            Ok(()) => Ok(Netnat {
+                proc,
+                config: path,
+                control,
+            }),
             Err(e) => Err(format!("{e}\n  config:\n{config}")),
         }
+    }
+
+    /// `netnat <args> --control <its socket>` on the host (a socket path reaches the daemon
+    /// from any network namespace), bounded.
+    pub fn ctl(&self, args: &[&str]) -> CmdOutput {
+        let mut c = Command::new(netnat_bin());
+        c.args(args).arg("--control").arg(&self.control);
+        run_bounded(c, Duration::from_secs(20))
+    }
+
+    /// `netnat status --json`, parsed; panics with the evidence when it fails.
+    pub fn status_json(&self) -> Value {
+        let out = self.ctl(&["status", "--json"]);
+        assert!(
+            out.success(),
+            "netnat status --json failed\n{out}\n{}",
+            self.proc.evidence()
+        );
+        status::parse(out.stdout.trim())
     }
 
     /// SIGTERM, then waits at most `timeout`.

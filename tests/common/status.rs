@@ -1,0 +1,96 @@
+//! `netnat status --json` read with a real JSON parser (`serde_json`): the document as a
+//! [`Value`], paths into it ([`Doc`]), a service found by its line, and waiting until netnat
+//! has settled. The daemon writes the document by hand, so every test that reads it also
+//! checks that it parses.
+//!
+//! It may use [`super::scenario::Netnat`] (which runs the command) and nothing of the daemon.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+use super::scenario::Netnat;
+
+/// Reading a status document by path.
+pub trait Doc {
+    /// The value at `a.b.0.c` (object keys, array indices), if there is one.
+    fn at(&self, path: &str) -> Option<&Value>;
+    /// The integer at `path`; panics with the document when absent (the shape is fixed).
+    fn n(&self, path: &str) -> u64;
+}
+
+impl Doc for Value {
+    fn at(&self, path: &str) -> Option<&Value> {
+        path.split('.').try_fold(self, |v, k| match v {
+            Value::Array(a) => a.get(k.parse::<usize>().ok()?),
+            _ => v.get(k),
+        })
+    }
+
+    fn n(&self, path: &str) -> u64 {
+        self.at(path)
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("no number at {path} in {self}"))
+    }
+}
+
+/// Parses a `status --json` document; panics with the text when it is not JSON.
+pub fn parse(text: &str) -> Value {
+    serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{text}"))
+}
+
+/// The service objects of the document (none when it has no `services` array).
+pub fn services(st: &Value) -> &[Value] {
+    st.get("services")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The service object whose line is `line`, if there is one.
+pub fn service_exact<'a>(st: &'a Value, line: &str) -> Option<&'a Value> {
+    services(st)
+        .iter()
+        .find(|s| s.get("service").and_then(Value::as_str) == Some(line))
+}
+
+/// The service object whose line starts with `prefix` (e.g. `service pub0 port 10.99.1.80
+/// 7001 `); panics with the document when there is none.
+pub fn service<'a>(st: &'a Value, prefix: &str) -> &'a Value {
+    services(st)
+        .iter()
+        .find(|s| {
+            s.get("service")
+                .and_then(Value::as_str)
+                .is_some_and(|l| l.starts_with(prefix))
+        })
+        .unwrap_or_else(|| panic!("no service {prefix:?} in status {st}"))
+}
+
+/// Waits until netnat has given a verdict for every packet it received and nothing new came
+/// for `quiet`, i.e. the kernel-side reactions (ICMP errors, RSTs) have passed through too.
+/// Returns the last status. Bounded by `timeout`.
+pub fn settle(n: &Netnat, quiet: Duration, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let mut last = n.status_json();
+    let mut since = Instant::now();
+    loop {
+        thread::sleep(Duration::from_millis(50));
+        let now = n.status_json();
+        let same = now.n("queue.received") == last.n("queue.received");
+        let balanced = now.n("queue.received") == now.n("queue.verdicts");
+        if !same || !balanced {
+            since = Instant::now();
+        }
+        last = now;
+        if balanced && since.elapsed() >= quiet {
+            return last;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "netnat did not settle within {timeout:?}: {last}\n{}",
+            n.proc.evidence()
+        );
+    }
+}
