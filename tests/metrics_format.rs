@@ -33,6 +33,7 @@ fn report() -> Report {
             failed_closed: 0,
             send_failed_dropped: 0,
             verdicts_lost: 0,
+            ..QueueStats::default()
         },
         unattributed: [1, 0, 0, 0],
         passed: 4,

@@ -201,7 +201,7 @@ fuzz_target!(|data: &[u8]| {
         truncated: meta.truncated,
         payload: &mut buf,
     };
-    let (decision, event) = datapath::handle(&table, &FlowMemory::default(), MARK, &mut pkt);
+    let (decision, event) = datapath::handle(&table, &FlowMemory::default(), (MARK, 0), &mut pkt);
     let dir = datapath::direction_of(meta.hook);
 
     match event {

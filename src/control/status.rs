@@ -9,7 +9,7 @@
 //! {"format": 1,
 //!  "queue": {"num": 4747, "count": 2, "expression": "native", "received": 0,
 //!            "verdicts": 0, "enobufs": 0, "async_errors": 0, "failed_closed": 0,
-//!            "send_failed_dropped": 0, "verdicts_lost": 0},
+//!            "send_failed_dropped": 0, "verdicts_lost": 0, "header_only": 0},
 //!  "uptime_secs": 12, "passed": 0, "log_lost": 0, "start_unix": 1764658800,
 //!  "reloads_ok": 0, "reloads_refused": 0,
 //!  "unattributed_drops": {"oversize": 0, "malformed": 0, "unmapped_reply": 0},
@@ -219,7 +219,7 @@ impl Report {
             o,
             "{{\"format\":{},\"queue\":{{\"num\":{},\"count\":{},\"expression\":{},\"received\":{},\
              \"verdicts\":{},\"enobufs\":{},\"async_errors\":{},\"failed_closed\":{},\
-             \"send_failed_dropped\":{},\"verdicts_lost\":{}}},\"uptime_secs\":{},\"passed\":{},\
+             \"send_failed_dropped\":{},\"verdicts_lost\":{},\"header_only\":{}}},\"uptime_secs\":{},\"passed\":{},\
              \"log_lost\":{},\"start_unix\":{},\"reloads_ok\":{},\"reloads_refused\":{},\
              \"unattributed_drops\":{},\"services\":[",
             Self::JSON_FORMAT,
@@ -233,6 +233,7 @@ impl Report {
             q.failed_closed,
             q.send_failed_dropped,
             q.verdicts_lost,
+            q.header_only,
             self.uptime_secs,
             self.passed,
             self.log_lost,
@@ -409,6 +410,7 @@ pub(crate) mod tests {
                 failed_closed: 2,
                 send_failed_dropped: 3,
                 verdicts_lost: 0,
+                header_only: 0,
             },
             unattributed: [0, 0, 4, 0],
             passed: 7,
@@ -438,7 +440,7 @@ pub(crate) mod tests {
     #[test]
     fn json_has_every_number_and_state() {
         let j = report().json();
-        assert!(j.starts_with("{\"format\":1,\"queue\":{\"num\":4747,\"count\":1,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1,\"failed_closed\":2,\"send_failed_dropped\":3,\"verdicts_lost\":0},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"start_unix\":1700000000,\"reloads_ok\":2,\"reloads_refused\":1,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4,\"unrelated_icmp\":0},\"services\":[{"), "{j}");
+        assert!(j.starts_with("{\"format\":1,\"queue\":{\"num\":4747,\"count\":1,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1,\"failed_closed\":2,\"send_failed_dropped\":3,\"verdicts_lost\":0,\"header_only\":0},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"start_unix\":1700000000,\"reloads_ok\":2,\"reloads_refused\":1,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4,\"unrelated_icmp\":0},\"services\":[{"), "{j}");
         assert!(j.contains("{\"service\":\"service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\",\"iface\":\"pub0\",\"protocol\":\"TCP\",\"apparent_addr\":\"*\",\"apparent_port\":80,\"actual_addr\":\"192.168.77.10\",\"actual_port\":8080,\"flags\":32768,\"state\":\"active\",\"apparent\":\"10.99.1.1:80\",\"in_packets\":3,\"in_bytes\":180,\"out_packets\":2,\"out_bytes\":1500,\"new_connections\":1,\"icmp_errors\":0,\"records\":0,\"records_suppressed\":0,\"drops\":{\"oversize\":0,\"malformed\":2,\"unmapped_reply\":0,\"unrelated_icmp\":0},\"last_seen\":1700000000}"), "{j}");
         assert!(
             j.contains("\"iface\":\"ppp0\",\"protocol\":\"TCP\",\"apparent_addr\":\"*\",\"apparent_port\":25,\"actual_addr\":\"192.168.77.25\",\"actual_port\":25,\"flags\":0,"),

@@ -85,6 +85,9 @@ pub struct Hub {
     queues: usize,
     /// Per service (current ids), the summed counters at its previous volume record.
     volume_base: Vec<Counters>,
+    /// The header-only path's mark bit (0: off); fixed for the daemon's life, like the copy
+    /// range the queues were bound with.
+    rewrite_mark: u32,
 }
 
 impl Hub {
@@ -116,7 +119,15 @@ impl Hub {
             current: generation,
             queues,
             volume_base: vec![Counters::default(); n],
+            rewrite_mark: 0,
         }
+    }
+
+    /// Header-only verdicts with bit `rewrite_mark` (0: full-payload verdicts only) for the
+    /// workers made from now on (see `datapath::handle`).
+    pub fn with_rewrite_mark(mut self, rewrite_mark: u32) -> Hub {
+        self.rewrite_mark = rewrite_mark;
+        self
     }
 
     /// The part of queue thread `index` (< `queues`), logging to `log` (a handle of the
@@ -136,6 +147,7 @@ impl Hub {
             shards: Arc::clone(&self.shards),
             index,
             log,
+            rewrite_mark: self.rewrite_mark,
         }
     }
 
@@ -250,6 +262,7 @@ pub struct Worker {
     shards: Arc<Shards>,
     index: usize,
     pub log: Logger,
+    rewrite_mark: u32,
 }
 
 impl Worker {
@@ -268,11 +281,12 @@ impl Worker {
             flows,
             monitor,
             log,
+            rewrite_mark,
             ..
         } = self;
-        let (table, mark) = (&*generation.table, generation.mark);
+        let (table, marks) = (&*generation.table, (generation.mark, *rewrite_mark));
         each(&mut |pkt| {
-            let (decision, event) = datapath::handle(table, flows, mark, pkt);
+            let (decision, event) = datapath::handle(table, flows, marks, pkt);
             monitor.observe(event, pkt, now, log);
             decision
         })

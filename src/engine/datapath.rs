@@ -64,10 +64,33 @@ pub fn direction_of(hook: u8) -> Option<Direction> {
 /// `flows` remembers which address each flow of a `*` service came to when that is not the
 /// address its replies leave from by default (see [`FlowMemory`]); it is only written when the
 /// service's interface has more than one address, and only read when it holds something.
+///
+/// `rewrite_mark` is the bit of the header-only path (`rewrite-mark`; 0 when `header-only
+/// off`): a truncated packet (longer than the copy range) is decided from its headers and
+/// accepted with `mark | rewrite_mark` and no payload, and netnat's rewrite chain applies the
+/// rewrite in the kernel (see `nft::rewrite`). Every other verdict clears that bit, so that
+/// only a header-only verdict ever asks the kernel for a rewrite.
 pub fn handle(
     table: &ServiceTable,
     flows: &FlowMemory,
-    mark: u32,
+    (mark, rewrite_mark): (u32, u32),
+    pkt: &mut Packet<'_>,
+) -> (Decision, Event) {
+    let (mut d, e) = decide(table, flows, (mark, rewrite_mark), pkt);
+    let header_only = pkt.truncated && matches!(e, Event::Translated { .. });
+    if rewrite_mark != 0 && !header_only {
+        let current = d.mark.unwrap_or(pkt.mark);
+        if current & rewrite_mark != 0 {
+            d.mark = Some(current & !rewrite_mark);
+        }
+    }
+    (d, e)
+}
+
+fn decide(
+    table: &ServiceTable,
+    flows: &FlowMemory,
+    (mark, rewrite_mark): (u32, u32),
     pkt: &mut Packet<'_>,
 ) -> (Decision, Event) {
     let Some(dir) = direction_of(pkt.hook) else {
@@ -81,6 +104,9 @@ pub fn handle(
         let id = quoted_reply_owner(table, pkt);
         let reason = Refusal::UnrelatedIcmp;
         return (drop(), Event::Dropped { reason, id });
+    }
+    if pkt.truncated && rewrite_mark != 0 {
+        return header_only(table, flows, (mark, rewrite_mark), dir, pkt);
     }
     if pkt.truncated {
         let id = attribute(table, dir, pkt);
@@ -151,6 +177,91 @@ pub fn handle(
             (drop(), Event::Dropped { reason, id })
         }
     }
+}
+
+/// The decision for a packet longer than the copy range, from its headers alone: the same
+/// lookups, flow memory, counters and refusals as [`decide`] on a whole packet, but instead of
+/// a rewritten payload an ACCEPT with `mark | rewrite_mark`, the request for netnat's rewrite
+/// chain to write the actual (inbound) or apparent (reply) endpoint from its maps. The maps
+/// hold what the table holds: the actual endpoint, and for replies the entry's
+/// [`Entry::reply_default`] (the daemon re-installs them when a `*` address moves).
+fn header_only(
+    table: &ServiceTable,
+    flows: &FlowMemory,
+    (mark, rewrite_mark): (u32, u32),
+    dir: Direction,
+    pkt: &Packet<'_>,
+) -> (Decision, Event) {
+    use wire::field::{be16, u8_at};
+    use wire::header::{ports, tcp};
+    let refuse = |reason| {
+        let id = attribute(table, dir, pkt);
+        (drop(), Event::Dropped { reason, id })
+    };
+    let Some(g) = wire::ip::glance(pkt.payload) else {
+        return refuse(Refusal::Malformed(wire::Malformed::Truncated));
+    };
+    let l = match g.transport {
+        Ok(l) => l,
+        Err(m) => return refuse(Refusal::Malformed(m)),
+    };
+    let Some(protocol) = Protocol::from_number(l.protocol) else {
+        // An ICMP error longer than the copy range (which covers every standard one): its
+        // quote cannot be rewritten from here.
+        return refuse(Refusal::Truncated);
+    };
+    if l.first_fragment {
+        // The kernel leaves a fragment's transport checksum alone; it would be wrong.
+        return refuse(Refusal::Malformed(wire::Malformed::Fragment));
+    }
+    let (Some(sport), Some(dport)) = (
+        be16(pkt.payload, l.l4 + ports::SRC),
+        be16(pkt.payload, l.l4 + ports::DST),
+    ) else {
+        return refuse(Refusal::Malformed(wire::Malformed::Truncated));
+    };
+    let flow = Flow {
+        protocol,
+        src: SocketAddr::new(g.src, sport),
+        dst: SocketAddr::new(g.dst, dport),
+    };
+    let syn = protocol == Protocol::Tcp
+        && u8_at(pkt.payload, l.l4 + tcp::FLAGS).is_some_and(|f| f & 0x12 == 0x02);
+    let kind = Kind::Plain { syn };
+    let entry = match dir {
+        Direction::Inbound => table.inbound(pkt.indev, protocol, flow.dst),
+        Direction::Reply => table.reply(pkt.outdev, protocol, flow.src),
+    };
+    let Some(e) = entry else {
+        return match dir {
+            Direction::Inbound => (pass(), Event::Passed),
+            Direction::Reply => refuse(Refusal::UnmappedReply),
+        };
+    };
+    match dir {
+        Direction::Inbound => flows.inbound(e, flow.src, flow.dst.ip(), syn),
+        Direction::Reply if table.has_others() && !flows.is_empty() => {
+            // The reply map holds the entry's default address only: a flow the memory keeps
+            // at another address cannot be rewritten by the kernel. Dropped and counted
+            // rather than sent from the wrong address (`header-only off` serves such flows).
+            if flows.reply(e, flow.dst).ip() != e.reply_default() {
+                return refuse(Refusal::Truncated);
+            }
+        }
+        Direction::Reply => {}
+    }
+    let decision = Decision {
+        verdict: Verdict::Accept,
+        modified: false,
+        mark: Some(pkt.mark | mark | rewrite_mark),
+    };
+    let dir_event = Event::Translated {
+        id: e.id,
+        dir,
+        flow,
+        kind,
+    };
+    (decision, dir_event)
 }
 
 /// The client endpoint of a reply: the destination of a TCP or UDP packet, the source of the
@@ -335,7 +446,7 @@ mod tests {
         let t = table();
         let mut bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), (0x4e00, 0), &mut pkt);
         assert_eq!(d.verdict, Verdict::Accept);
         assert!(d.modified);
         assert_eq!(
@@ -364,7 +475,7 @@ mod tests {
         let mut bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let before = bytes.clone();
         let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 8, 0);
-        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), (0x4e00, 0), &mut pkt);
         assert_eq!(
             (d.verdict, d.modified, e),
             (Verdict::Accept, false, Event::Passed)
@@ -378,7 +489,7 @@ mod tests {
         // From the right server but the wrong port: no service, so no translation.
         let mut bytes = tcp_syn([192, 168, 77, 10], 9999, [10, 99, 1, 2], 40312);
         let mut pkt = packet(&mut bytes, HOOK_POSTROUTING, 0, 7);
-        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), (0x4e00, 0), &mut pkt);
         assert_eq!(d.verdict, Verdict::Drop);
         assert_eq!(
             e,
@@ -394,7 +505,7 @@ mod tests {
         let t = table();
         let mut bytes = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
         let mut pkt = packet(&mut bytes, HOOK_POSTROUTING, 0, 7);
-        let (d, _) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, _) = handle(&t, &FlowMemory::default(), (0x4e00, 0), &mut pkt);
         assert_eq!(
             (d.verdict, d.modified, d.mark),
             (Verdict::Accept, true, Some(0x4e01))
@@ -409,7 +520,7 @@ mod tests {
         let mut bytes = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 7, 0);
         pkt.truncated = true;
-        let (d, e) = handle(&t, &FlowMemory::default(), 0, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), (0, 0), &mut pkt);
         // The headers still name service 0's apparent endpoint: the drop is its.
         assert_eq!(
             (d.verdict, e),
@@ -424,7 +535,7 @@ mod tests {
 
         let mut short = bytes[..30].to_vec();
         let mut pkt = packet(&mut short, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, &FlowMemory::default(), 0, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), (0, 0), &mut pkt);
         assert_eq!(d.verdict, Verdict::Drop);
         assert!(
             matches!(
@@ -440,7 +551,7 @@ mod tests {
         // Too short even for the ports: dropped, but nobody's.
         let mut shorter = bytes[..22].to_vec();
         let mut pkt = packet(&mut shorter, HOOK_PREROUTING, 7, 0);
-        let (_, e) = handle(&t, &FlowMemory::default(), 0, &mut pkt);
+        let (_, e) = handle(&t, &FlowMemory::default(), (0, 0), &mut pkt);
         assert!(
             matches!(
                 e,
@@ -450,6 +561,123 @@ mod tests {
                 }
             ),
             "{e:?}"
+        );
+    }
+
+    /// A 2000-byte TCP segment as a 1280-byte copy range delivers it: headers and the start of
+    /// the data, the IP length still the packet's.
+    fn long_segment(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+        let mut p = tcp_syn(src, sport, dst, dport);
+        p[2..4].copy_from_slice(&2000u16.to_be_bytes());
+        p[33] = 0x10; // ACK
+        p.resize(1280, 0xab);
+        p
+    }
+
+    #[test]
+    fn a_truncated_packet_gets_accept_and_the_rewrite_mark_never_a_payload() {
+        let t = table();
+        let marks = (0x4e00, 0x100);
+        let mut bytes = long_segment([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let before = bytes.clone();
+        let mut pkt = packet(&mut bytes, HOOK_PREROUTING, 7, 0);
+        pkt.truncated = true;
+        let (d, e) = handle(&t, &FlowMemory::default(), marks, &mut pkt);
+        assert_eq!(
+            (d.verdict, d.modified, d.mark),
+            (Verdict::Accept, false, Some(0x4f01)),
+            "netnat's bits and the rewrite bit, the packet's own kept"
+        );
+        assert!(
+            matches!(e, Event::Translated { id: 0, dir: Direction::Inbound, kind: Kind::Plain { syn: false }, flow }
+                if flow.dst == "10.99.1.1:80".parse().unwrap() && flow.src == "10.99.1.2:40312".parse().unwrap()),
+            "{e:?}"
+        );
+        assert_eq!(bytes, before, "the kernel rewrites it, not netnat");
+
+        // A reply the same way; one from an unmapped port is still dropped.
+        let mut reply = long_segment([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
+        let mut pkt = packet(&mut reply, HOOK_POSTROUTING, 0, 7);
+        pkt.truncated = true;
+        let (d, e) = handle(&t, &FlowMemory::default(), marks, &mut pkt);
+        assert_eq!(
+            (d.verdict, d.modified, d.mark),
+            (Verdict::Accept, false, Some(0x4f01))
+        );
+        assert!(
+            matches!(
+                e,
+                Event::Translated {
+                    dir: Direction::Reply,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let mut stray = long_segment([192, 168, 77, 10], 9999, [10, 99, 1, 2], 40312);
+        let mut pkt = packet(&mut stray, HOOK_POSTROUTING, 0, 7);
+        pkt.truncated = true;
+        let (d, e) = handle(&t, &FlowMemory::default(), marks, &mut pkt);
+        assert_eq!(d.verdict, Verdict::Drop);
+        assert_eq!(
+            e,
+            Event::Dropped {
+                reason: Refusal::UnmappedReply,
+                id: None
+            }
+        );
+
+        // Header-only off: a truncated packet is dropped, as before.
+        let mut again = long_segment([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let mut pkt = packet(&mut again, HOOK_PREROUTING, 7, 0);
+        pkt.truncated = true;
+        let (d, e) = handle(&t, &FlowMemory::default(), (0x4e00, 0), &mut pkt);
+        assert_eq!(d.verdict, Verdict::Drop);
+        assert!(matches!(
+            e,
+            Event::Dropped {
+                reason: Refusal::Truncated,
+                id: Some(0)
+            }
+        ));
+    }
+
+    #[test]
+    fn a_truncated_icmp_error_is_dropped_and_whole_packets_lose_the_rewrite_bit() {
+        let t = table();
+        let marks = (0x4e00, 0x100);
+        let mut err = port_unreachable(1000);
+        err[2..4].copy_from_slice(&1400u16.to_be_bytes());
+        let mut pkt = packet(&mut err, HOOK_POSTROUTING, 0, 7);
+        pkt.truncated = true;
+        let (d, e) = handle(&t, &FlowMemory::default(), marks, &mut pkt);
+        assert_eq!(d.verdict, Verdict::Drop);
+        assert!(
+            matches!(
+                e,
+                Event::Dropped {
+                    reason: Refusal::Truncated,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+
+        // A whole packet that arrives with the bit: rewritten here, the bit cleared, so the
+        // kernel's rewrite chain leaves it alone.
+        let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let mut pkt = packet(&mut syn, HOOK_PREROUTING, 7, 0);
+        pkt.mark = 0x101;
+        let (d, _) = handle(&t, &FlowMemory::default(), marks, &mut pkt);
+        assert_eq!((d.modified, d.mark), (true, Some(0x4e01)));
+        // Passed unchanged (not ours): the bit cleared too.
+        let mut other = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 81);
+        let mut pkt = packet(&mut other, HOOK_PREROUTING, 7, 0);
+        pkt.mark = 0x101;
+        let (d, e) = handle(&t, &FlowMemory::default(), marks, &mut pkt);
+        assert_eq!(
+            (d.verdict, d.modified, d.mark, e),
+            (Verdict::Accept, false, Some(0x1), Event::Passed)
         );
     }
 
@@ -468,7 +696,7 @@ mod tests {
         let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let before = syn.clone();
         let mut pkt = packet(&mut syn, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), (0x4e00, 0), &mut pkt);
         assert_eq!(
             (d.verdict, d.modified, e),
             (Verdict::Accept, false, Event::Passed)
@@ -478,7 +706,7 @@ mod tests {
         let mut ack = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         ack[33] = 0x10;
         let mut pkt = packet(&mut ack, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), (0x4e00, 0), &mut pkt);
         assert!(d.modified, "{e:?}");
         assert!(matches!(e, Event::Translated { id: 1, .. }), "{e:?}");
         assert_eq!(&ack[16..20], &[192, 168, 77, 10]);
@@ -486,13 +714,13 @@ mod tests {
         let mut reply = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
         reply[33] = 0x12; // SYN-ACK: a reply, not a new connection
         let mut pkt = packet(&mut reply, HOOK_POSTROUTING, 0, 7);
-        let (d, _) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, _) = handle(&t, &FlowMemory::default(), (0x4e00, 0), &mut pkt);
         assert_eq!((d.modified, d.mark), (true, Some(0x4e01)));
         // The configured service is untouched: its SYN is translated.
         let mut ssh = tcp_syn([10, 99, 1, 2], 40313, [10, 99, 1, 1], 22);
         let mut pkt = packet(&mut ssh, HOOK_PREROUTING, 7, 0);
         assert!(
-            handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt)
+            handle(&t, &FlowMemory::default(), (0x4e00, 0), &mut pkt)
                 .0
                 .modified
         );
@@ -515,7 +743,7 @@ mod tests {
         p.extend_from_slice(&quoted);
         let mut pkt = packet(&mut p, HOOK_PREROUTING, 7, 0);
         pkt.mark = 0x4e00;
-        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), (0x4e00, 0), &mut pkt);
         assert_eq!(d.verdict, Verdict::Drop);
         assert_eq!(
             e,
@@ -533,7 +761,7 @@ mod tests {
         let t = ServiceTable::build_draining(&[moved, gone], 1, &OnePublic);
         let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
         let mut pkt = packet(&mut syn, HOOK_PREROUTING, 7, 0);
-        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), (0x4e00, 0), &mut pkt);
         assert!(
             d.modified && matches!(e, Event::Translated { id: 0, .. }),
             "{e:?}"
@@ -549,7 +777,7 @@ mod tests {
         let mut reply = tcp_syn([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
         reply[33] = 0x10;
         let mut pkt = packet(&mut reply, HOOK_POSTROUTING, 0, 7);
-        let (d, e) = handle(&t, &FlowMemory::default(), 0x4e00, &mut pkt);
+        let (d, e) = handle(&t, &FlowMemory::default(), (0x4e00, 0), &mut pkt);
         assert!(
             d.modified && matches!(e, Event::Translated { id: 1, .. }),
             "{e:?}"
@@ -603,7 +831,7 @@ mod tests {
             (0, 7)
         };
         let mut pkt = packet(&mut bytes, hook, indev, outdev);
-        let (d, e) = handle(t, m, 0x4e00, &mut pkt);
+        let (d, e) = handle(t, m, (0x4e00, 0), &mut pkt);
         if !d.modified {
             return None;
         }

@@ -438,7 +438,7 @@ mod tests {
         let (_, e) = datapath::handle(
             table,
             &crate::engine::service::FlowMemory::default(),
-            0,
+            (0, 0),
             &mut pkt,
         );
         mon.observe(e, &pkt, now, log);

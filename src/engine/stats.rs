@@ -370,7 +370,7 @@ impl LiveStats {
 pub struct Shard {
     generation: AtomicU64,
     pub stats: LiveStats,
-    queue: [AtomicU64; 7],
+    queue: [AtomicU64; 8],
 }
 
 impl Shard {
@@ -402,6 +402,7 @@ impl Shard {
             failed_closed,
             send_failed_dropped,
             verdicts_lost,
+            header_only,
         ] = self.queue.each_ref().map(get);
         QueueStats {
             received,
@@ -411,6 +412,7 @@ impl Shard {
             failed_closed,
             send_failed_dropped,
             verdicts_lost,
+            header_only,
         }
     }
 
@@ -423,6 +425,7 @@ impl Shard {
             q.failed_closed,
             q.send_failed_dropped,
             q.verdicts_lost,
+            q.header_only,
         ];
         for (a, v) in self.queue.iter().zip(values) {
             a.store(v, Ordering::Relaxed);
@@ -444,6 +447,7 @@ pub fn add_queue_stats(sum: &mut QueueStats, q: &QueueStats) {
     sum.failed_closed += q.failed_closed;
     sum.send_failed_dropped += q.send_failed_dropped;
     sum.verdicts_lost += q.verdicts_lost;
+    sum.header_only += q.header_only;
 }
 
 /// Which running service continues as which service of a new set: `map[old] = Some(new)` when
@@ -678,6 +682,7 @@ mod tests {
             failed_closed: 5,
             send_failed_dropped: 6,
             verdicts_lost: 7,
+            header_only: 8,
         };
         s.set_queue_stats(&q);
         let t = Shard::new(4, LiveStats::new(0));
@@ -696,6 +701,7 @@ mod tests {
                     failed_closed: 10,
                     send_failed_dropped: 12,
                     verdicts_lost: 14,
+                    header_only: 16,
                 }
             )
         );

@@ -58,7 +58,24 @@ pub struct QueueOptions {
     /// Ask for GSO super-packets (`NFQA_CFG_F_GSO`) instead of having the kernel segment them
     /// first: far fewer packets per byte. Such packets may arrive "checksum not ready".
     pub gso: bool,
+    /// Bytes of each packet copied to us (`NFQNL_COPY_PACKET` range): [`COPY_WHOLE`] for
+    /// full-payload verdicts; [`COPY_HEADERS`] for header-only verdicts, where a longer packet
+    /// arrives truncated and the kernel applies the rewrite netnat decided (see
+    /// `nft::rewrite`).
+    pub copy_range: u32,
 }
+
+/// Copy range meaning "the whole packet"; the kernel clamps it to what fits an attribute.
+pub const COPY_WHOLE: u32 = 0xffff;
+
+/// Copy range of the header-only path. Why 1280: every ICMP error netnat translates must
+/// arrive whole (its quote is rewritten, and a truncated packet never gets a payload back);
+/// RFC 4443 caps an ICMPv6 error at the IPv6 minimum MTU, 1280 bytes, and IPv4 routers and
+/// hosts quote at most 576 bytes (RFC 1812, Linux's `icmp_send`). So errors are whole with the
+/// same queues as the rest, without queues of their own; a longer, truncated error is
+/// non-standard and dropped and counted (`Refusal::Truncated`). SYNs, ACKs, small UDP and
+/// everything else up to 1280 bytes keep full-payload verdicts from the Rust core.
+pub const COPY_HEADERS: u32 = 1280;
 
 impl Default for QueueOptions {
     fn default() -> Self {
@@ -67,6 +84,7 @@ impl Default for QueueOptions {
             rcvbuf: 8 << 20,
             max_len: 8192,
             gso: true,
+            copy_range: COPY_WHOLE,
         }
     }
 }
@@ -134,6 +152,9 @@ pub struct QueueStats {
     /// Packets whose verdict could not be sent at all, not even that DROP; the kernel holds
     /// them until the queue is unbound (then drops them, or passes them with `bypass`).
     pub verdicts_lost: u64,
+    /// Header-only verdicts: truncated packets accepted without payload, with a mark (the
+    /// kernel's rewrite chain applies the rewrite the mark asks for).
+    pub header_only: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,7 +272,8 @@ impl Queue {
     }
 
     /// Opens a netlink socket, sizes its buffers and binds + configures queue `opts.num` in one
-    /// atomic request: copy mode PACKET with range 0xffff, GSO flag as asked, max length.
+    /// atomic request: copy mode PACKET with the copy range asked, GSO flag as asked, max
+    /// length.
     /// Call it before any rule sends packets to the queue.
     pub fn open(opts: &QueueOptions) -> Result<Queue, QueueError> {
         let mut q = Queue::unbound(opts)?;
@@ -263,8 +285,7 @@ impl Queue {
             CONFIG_SEQ,
             &msg::ConfigRequest {
                 cmd: Some(msg::NFQNL_CFG_CMD_BIND),
-                // 0xffff: "the whole packet"; the kernel clamps it to what fits an attribute.
-                params: Some((msg::NFQNL_COPY_PACKET, 0xffff)),
+                params: Some((msg::NFQNL_COPY_PACKET, opts.copy_range)),
                 max_len: Some(opts.max_len),
                 flags: Some((gso_flag, msg::NFQA_CFG_F_GSO)),
                 ack: true,
@@ -395,6 +416,9 @@ impl Queue {
             let (verdict, with_payload) = verdict_of(d, truncated, pm.payload.len());
             if d.verdict == Verdict::Accept && verdict == msg::NF_DROP {
                 stats.failed_closed += 1;
+            }
+            if truncated && verdict == msg::NF_ACCEPT && d.mark.is_some() {
+                stats.header_only += 1;
             }
             let start = heads.len();
             let pad = msg::encode_verdict_head(
@@ -867,6 +891,38 @@ mod tests {
             ]
         );
         assert_eq!((q.stats().failed_closed, q.stats().verdicts), (1, 3));
+    }
+
+    #[test]
+    fn a_header_only_verdict_carries_the_mark_and_no_payload() {
+        let mut q = queue_with(&[(1, true), (2, false)]);
+        q.decide(&mut |_| Decision {
+            verdict: Verdict::Accept,
+            modified: false,
+            mark: Some(0x4f00),
+        });
+        let mut sent = Vec::new();
+        q.send_verdicts_with(&mut |iov, _| {
+            sent.extend(verdicts_in(iov));
+            Ok(())
+        })
+        .unwrap();
+        let v: Vec<(u32, u32, Option<u32>, bool)> = sent
+            .iter()
+            .map(|m| (m.id, m.verdict, m.mark, m.payload.is_some()))
+            .collect();
+        assert_eq!(
+            v,
+            vec![
+                (1, msg::NF_ACCEPT, Some(0x4f00), false),
+                (2, msg::NF_ACCEPT, Some(0x4f00), false)
+            ]
+        );
+        assert_eq!(
+            (q.stats().header_only, q.stats().failed_closed),
+            (1, 0),
+            "only the truncated one counts as header-only"
+        );
     }
 
     #[test]
