@@ -127,7 +127,11 @@ fn settings() {
     assert_eq!(c.settings.mark, 1);
     assert_eq!(c.settings.syslog_facility, "local7");
     assert_eq!(c.settings.syslog_priority, "warning");
-    let c = ok("queue 65535\nmark ffffffff\nsyslog-facility daemon\nsyslog-priority debug\n");
+    // Every bit for `mark` leaves none for header-only's `rewrite-mark`.
+    let c = ok(
+        "queue 65535\nmark ffffffff\nheader-only off\nsyslog-facility daemon\nsyslog-priority \
+         debug\n",
+    );
     assert_eq!(c.settings.queue, 65535);
     assert_eq!(c.settings.mark, 0xffff_ffff);
     assert_eq!(c.settings.syslog_facility, "daemon");
@@ -192,7 +196,7 @@ fn unknown_directive_lists_the_known_ones() {
     assert_eq!(
         e.message,
         "unknown directive \"servce\" (known directives: service, queue, queues, busy-poll, \
-         drain-idle, mark, \
+         drain-idle, mark, header-only, rewrite-mark, \
          syslog-facility, syslog-priority, log-rate, log-burst, metrics-listen)"
     );
 }

@@ -8,6 +8,8 @@
 //! busy-poll 50                   µs a queue thread polls after work before it sleeps, 0-1000
 //! drain-idle 300                 s a removed service's TCP connection may idle, 0-86400
 //! mark 0x4e00                    nonzero hex u32, at most once
+//! header-only on                 on|off: long packets' rewrite applied by the kernel, at most once
+//! rewrite-mark 0x100             one hex bit, not in `mark`: header-only's request bit
 //! syslog-facility local2         kern|user|daemon|auth|local0..local7, at most once
 //! syslog-priority info           emerg|alert|crit|err|warning|notice|info|debug, at most once
 //! log-rate 100                   records/s per service and record class, 1-100000, at most once
@@ -43,13 +45,15 @@ pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_LINE_BYTES: usize = 4096;
 
 /// The directives, in the order error messages list them.
-pub const DIRECTIVES: [&str; 11] = [
+pub const DIRECTIVES: [&str; 13] = [
     "service",
     "queue",
     "queues",
     "busy-poll",
     "drain-idle",
     "mark",
+    "header-only",
+    "rewrite-mark",
     "syslog-facility",
     "syslog-priority",
     "log-rate",
@@ -288,6 +292,9 @@ struct Parser {
     settings: Settings,
     /// Line and column of the `queues` value (checked against `queue` at the end).
     queues_at: Option<(usize, usize)>,
+    /// Where `mark` and `rewrite-mark` were set, for the error when they overlap.
+    mark_at: Option<(usize, usize)>,
+    rewrite_mark_at: Option<(usize, usize)>,
     /// Line on which each setting directive was first given.
     set_on: HashMap<&'static str, usize>,
     /// First line claiming each apparent endpoint.
@@ -305,6 +312,8 @@ impl Parser {
             settings: Settings::default(),
             set_on: HashMap::new(),
             queues_at: None,
+            mark_at: None,
+            rewrite_mark_at: None,
             apparent: HashMap::new(),
             actual: HashMap::new(),
         }
@@ -356,6 +365,20 @@ impl Parser {
                     ),
                 );
             }
+        }
+        if self.settings.header_only && self.settings.rewrite_mark & self.settings.mark != 0 {
+            // The bit would be set by every translating verdict: the kernel would rewrite
+            // packets netnat had rewritten already.
+            let (line, column) = self.rewrite_mark_at.or(self.mark_at).unwrap_or((0, 0));
+            self.bad_value(
+                "rewrite-mark",
+                line,
+                column,
+                format!(
+                    "rewrite-mark {:#x} overlaps mark {:#x}: choose a bit outside it",
+                    self.settings.rewrite_mark, self.settings.mark
+                ),
+            );
         }
         if self.errors.is_empty() {
             Ok(Config {
@@ -415,6 +438,8 @@ impl Parser {
             "busy-poll" => self.busy_poll(number, &words),
             "drain-idle" => self.drain_idle(number, &words),
             "mark" => self.mark(number, &words),
+            "header-only" => self.header_only(number, &words),
+            "rewrite-mark" => self.rewrite_mark(number, &words),
             "syslog-facility" => self.facility(number, &words),
             "syslog-priority" => self.priority(number, &words),
             "log-rate" | "log-burst" => self.log_limit(number, &words, directive == "log-rate"),
@@ -708,27 +733,57 @@ impl Parser {
         let Some(w) = self.setting(number, words, "mark", "mark") else {
             return;
         };
-        let digits = w
-            .text
-            .strip_prefix("0x")
-            .or_else(|| w.text.strip_prefix("0X"))
-            .unwrap_or(w.text);
-        let value = (!digits.is_empty()
-            && digits.len() <= 8
-            && digits.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| u32::from_str_radix(digits, 16).ok())
-        .flatten();
-        match value {
+        match hex_u32(w.text) {
             // Zero would mark nothing: the firewall rule that lets mapped traffic through could
             // never match.
             Some(0) => self.bad_value("mark", number, w.column, "the mark must not be zero".into()),
-            Some(m) => self.settings.mark = m,
+            Some(m) => {
+                self.settings.mark = m;
+                self.mark_at = Some((number, w.column));
+            }
             None => self.bad_value(
                 "mark",
                 number,
                 w.column,
                 format!(
                     "expected a mark as 1-8 hex digits (e.g. 0x4e00), found {:?}",
+                    w.text
+                ),
+            ),
+        }
+    }
+
+    fn header_only(&mut self, number: usize, words: &[Word<'_>]) {
+        let Some(w) = self.setting(number, words, "header-only", "on or off") else {
+            return;
+        };
+        match w.text.to_ascii_lowercase().as_str() {
+            "on" => self.settings.header_only = true,
+            "off" => self.settings.header_only = false,
+            _ => self.bad_value(
+                "header-only",
+                number,
+                w.column,
+                format!("expected on or off, found {:?}", w.text),
+            ),
+        }
+    }
+
+    fn rewrite_mark(&mut self, number: usize, words: &[Word<'_>]) {
+        let Some(w) = self.setting(number, words, "rewrite-mark", "mark bit") else {
+            return;
+        };
+        match hex_u32(w.text) {
+            Some(m) if m.count_ones() == 1 => {
+                self.settings.rewrite_mark = m;
+                self.rewrite_mark_at = Some((number, w.column));
+            }
+            _ => self.bad_value(
+                "rewrite-mark",
+                number,
+                w.column,
+                format!(
+                    "expected one bit as hex digits (e.g. 0x100), found {:?}",
                     w.text
                 ),
             ),
@@ -816,6 +871,17 @@ fn decimal_in(text: &str, range: std::ops::RangeInclusive<u32>) -> Option<u32> {
         .then(|| text.parse::<u32>().ok())
         .flatten()
         .filter(|n| range.contains(n))
+}
+
+/// A u32 as 1-8 hex digits, with or without `0x`.
+fn hex_u32(text: &str) -> Option<u32> {
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    (!digits.is_empty() && digits.len() <= 8 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u32::from_str_radix(digits, 16).ok())
+        .flatten()
 }
 
 #[cfg(test)]
@@ -1141,6 +1207,47 @@ mod tests {
             let e = q(text).unwrap_err();
             assert_eq!(e.len(), 1, "{text:?}: {e:?}");
             assert_eq!(e[0].column, column, "{text:?}: {}", e[0]);
+            assert!(e[0].message.contains(says), "{text:?}: {}", e[0]);
+        }
+    }
+
+    #[test]
+    fn header_only_and_rewrite_mark_directives() {
+        let q = |text: &str| parse_config(text, "t").map(|c| c.settings);
+        let d = q("").unwrap();
+        assert_eq!((d.header_only, d.rewrite_mark), (true, 0x100));
+        assert!(!q("header-only off\n").unwrap().header_only);
+        assert!(q("Header-Only ON\n").unwrap().header_only);
+        assert_eq!(
+            q("rewrite-mark 0x80000000\n").unwrap().rewrite_mark,
+            1 << 31
+        );
+        assert_eq!(q("mark 0x1\nrewrite-mark 2\n").unwrap().rewrite_mark, 2);
+        // Unused with header-only off: any mark goes.
+        assert!(q("mark 0xffffffff\nheader-only off\n").is_ok());
+        for (text, line, column, says) in [
+            ("header-only yes\n", 1, 13, "expected on or off"),
+            ("rewrite-mark 0x300\n", 1, 14, "one bit"),
+            ("rewrite-mark 0\n", 1, 14, "one bit"),
+            ("rewrite-mark 0x200\n", 1, 14, "overlaps mark 0x4e00"),
+            (
+                "rewrite-mark 0x10\nmark 0x30\n",
+                1,
+                14,
+                "overlaps mark 0x30",
+            ),
+            ("mark 0x100\n", 1, 6, "overlaps mark 0x100"),
+            ("header-only on\nheader-only off\n", 2, 1, "given twice"),
+            ("mark 0xffffffff\n", 1, 6, "overlaps mark 0xffffffff"),
+        ] {
+            let e = q(text).unwrap_err();
+            assert_eq!(e.len(), 1, "{text:?}: {e:?}");
+            assert_eq!(
+                (e[0].line, e[0].column),
+                (line, column),
+                "{text:?}: {}",
+                e[0]
+            );
             assert!(e[0].message.contains(says), "{text:?}: {}", e[0]);
         }
     }

@@ -143,6 +143,9 @@ pub const MAX_LOG_RATE: u32 = 100_000;
 /// Default packet mark bit set on translated inbound packets (`mark` directive).
 pub const DEFAULT_MARK: u32 = 0x0000_4e00;
 
+/// Default `rewrite-mark`: one bit beside the default `mark`, not in it.
+pub const DEFAULT_REWRITE_MARK: u32 = 0x0000_0100;
+
 /// Settings from directives other than `service`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -162,6 +165,13 @@ pub struct Settings {
     /// Bits OR-ed into the packet mark of translated inbound packets, so that one firewall rule
     /// (`meta mark & MARK == MARK accept`) lets mapped traffic through a default-drop forward chain.
     pub mark: u32,
+    /// Header-only verdicts (`header-only on|off`, default on): packets longer than the copy
+    /// range reach netnat with their headers only and the kernel applies the rewrite netnat
+    /// decided; off: every packet comes and goes whole (the reference path).
+    pub header_only: bool,
+    /// The mark bit a header-only verdict sets to ask for the kernel's rewrite
+    /// (`rewrite-mark`); never one of `mark`'s.
+    pub rewrite_mark: u32,
     /// Syslog facility name (e.g. "local2").
     pub syslog_facility: String,
     /// Syslog priority name (e.g. "info").
@@ -184,6 +194,8 @@ impl Default for Settings {
             busy_poll_us: DEFAULT_BUSY_POLL_US,
             drain_idle_secs: DEFAULT_DRAIN_IDLE_SECS,
             mark: DEFAULT_MARK,
+            header_only: true,
+            rewrite_mark: DEFAULT_REWRITE_MARK,
             syslog_facility: "local2".into(),
             syslog_priority: "info".into(),
             log_rate: DEFAULT_LOG_RATE,

@@ -10,19 +10,32 @@ use crate::config::{self, Config, ConfigError, GivenService, Protocol, Service, 
 use crate::config::{Settings, parse_config};
 use crate::control::{Outcome, Response};
 use crate::nft::Policy;
+use crate::nft::rewrite::Rewrite;
 
 /// The rules `config` asks for, spread over `queues` queues: what `rules` prints and `run`
 /// installs (plus the draining services, see [`policy_with`]).
+/// Without a lookup table, the `*` services' reply map elements are left out (`netnat rules`).
 pub fn policy_of(config: &Config, queues: u16) -> Policy {
-    policy_with(config, &services_of(config), queues)
+    policy_with(config, &services_of(config), queues, &|_| None)
 }
 
 /// The rules for `services` (the configuration's and the draining ones, whose packets must
-/// still reach the queue) with `config`'s settings.
-pub(super) fn policy_with(config: &Config, services: &[Service], queues: u16) -> Policy {
-    Policy::new(services, config.settings.queue)
+/// still reach the queue) with `config`'s settings. `reply_from(i)`: the address replies of
+/// the `*` service `services[i]` leave from now, for the header-only path's reply map.
+pub(super) fn policy_with(
+    config: &Config,
+    services: &[Service],
+    queues: u16,
+    reply_from: &dyn Fn(usize) -> Option<std::net::IpAddr>,
+) -> Policy {
+    let s = &config.settings;
+    let rewrite = s
+        .header_only
+        .then(|| Rewrite::new(services, reply_from, s.mark, s.rewrite_mark));
+    Policy::new(services, s.queue)
         .with_queues(queues)
-        .with_mark(config.settings.mark)
+        .with_mark(s.mark)
+        .with_rewrite(rewrite)
 }
 
 /// The services of a configuration, without their line numbers.
@@ -110,6 +123,9 @@ pub(super) fn restart_needed(running: &Settings, new: &Settings, queues: u16) ->
         "changing the queue number needs a restart"
     } else if new.queue_count() != queues {
         "changing the number of queues needs a restart"
+    } else if (new.header_only, new.rewrite_mark) != (running.header_only, running.rewrite_mark) {
+        // The queues were bound with the copy range `header-only` asks for.
+        "changing header-only or rewrite-mark needs a restart"
     } else {
         return None;
     };
@@ -293,7 +309,7 @@ mod tests {
         // The old mapping stays in the rules and the table, after the new one, for its replies
         // only (the table takes ids from the configuration's count on as draining).
         assert_eq!(all_services(&new, &d), [service(moved), service(WEB)]);
-        let policy = policy_with(&new, &all_services(&new, &d), 1);
+        let policy = policy_with(&new, &all_services(&new, &d), 1, &|_| None);
         let want = Policy::new(&[service(moved), service(WEB)], config::DEFAULT_QUEUE)
             .with_queues(1)
             .with_mark(config::DEFAULT_MARK);

@@ -160,6 +160,13 @@ impl Active {
         ServiceTable::build_draining(&self.services(), self.config.services.len(), ifaces)
     }
 
+    /// The rules of this set over `queues` queues, the header-only reply map from the table.
+    fn policy(&self, queues: u16) -> crate::nft::Policy {
+        let table = &self.table;
+        let reply_from = |i: usize| table.entry(i).map(|e| e.reply_default());
+        policy_with(&self.config, &self.services(), queues, &reply_from)
+    }
+
     /// The service interfaces' changes between the table's snapshot and `newer`.
     fn changes(&self, newer: &Snapshot) -> Vec<Change> {
         self.ifaces.diff(newer, &self.config.interfaces())
@@ -295,13 +302,18 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     for num in (0..queue_count).map(|i| queue_num + i) {
         let q = Queue::open(&QueueOptions {
             num,
+            copy_range: if active.config.settings.header_only {
+                crate::queue::COPY_HEADERS
+            } else {
+                crate::queue::COPY_WHOLE
+            },
             ..QueueOptions::default()
         })
         .map_err(|e| sys("binding the queue", e))?;
         queues.push(q);
     }
     let mut nft = NftSession::open().map_err(|e| sys("opening netlink", e))?;
-    let policy = policy_of(&active.config, queue_count);
+    let policy = active.policy(queue_count);
     let kind = nft
         .install(&policy)
         .map_err(|e| sys("installing rules", e))?;
@@ -340,7 +352,12 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         active.config.settings.mark,
         Rate::of(&active.config.settings),
         queues.len(),
-    );
+    )
+    .with_rewrite_mark(if active.config.settings.header_only {
+        active.config.settings.rewrite_mark
+    } else {
+        0
+    });
     let busy_poll = Arc::new(AtomicU32::new(active.config.settings.busy_poll_us));
     let threads = spawn_threads(queues, &hub, &log, started, &busy_poll)?;
     let mut d = Daemon {
@@ -579,6 +596,17 @@ impl Daemon<'_> {
             return;
         }
         self.active.follow(newer);
+        if self.active.config.settings.header_only {
+            // The reply map holds the `*` addresses the table now answers from: installed
+            // before the queue threads decide by the new table.
+            let policy = self.active.policy(self.queues);
+            if let Err(e) = self.nft.install(&policy) {
+                self.log.error(format_args!(
+                    "header-only reply map not updated ({e}): long replies of `*` services \
+                     are dropped until the next install"
+                ));
+            }
+        }
         let settings = &self.active.config.settings;
         self.hub.publish(
             Arc::clone(&self.active.table),
@@ -750,7 +778,7 @@ impl Daemon<'_> {
                 ),
             ));
         }
-        let policy = policy_with(&next.config, &next.services(), self.queues);
+        let policy = next.policy(self.queues);
         self.nft.install(&policy).map_err(|e| {
             Response::err(Outcome::System, format!("refused, rules unchanged: {e}"))
         })?;

@@ -104,8 +104,10 @@ pub(super) fn install(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch, 
         for elements in spec.raw().chunks(elements_per_msg(spec.kind)) {
             let msg = ElementsMsg {
                 table: &name,
+                name: set_name,
                 set: spec,
                 elements,
+                data: None,
                 id,
             };
             batch.add(&msg, MsgType::Add);
@@ -121,6 +123,9 @@ pub(super) fn install(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch, 
         sets: &sets,
     };
     rules.add(&mut batch, &mut labels, &specs, &chains);
+    if let Some(rw) = &policy.rewrite {
+        super::rewrite::add_to_batch(&mut batch, &mut labels, rw, (&name, &table));
+    }
 
     // The leak guard, in the same commit: there is no moment in which a connection is
     // translated but not guarded, or the guard is keyed to a mark netnat no longer sets. Its
@@ -204,7 +209,7 @@ pub(super) fn set_id(kind: SetKind, live: bool) -> u32 {
 }
 
 /// A base chain (filter, policy accept) or, without a hook, a regular chain.
-fn chain<'a>(spec: &ChainSpec, table: &'a Table) -> Chain<'a> {
+pub(super) fn chain<'a>(spec: &ChainSpec, table: &'a Table) -> Chain<'a> {
     let name = CString::new(spec.name).expect("chain name without NUL");
     let mut c = Chain::new(&name, table);
     if let Some(hook) = spec.hook {

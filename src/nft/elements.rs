@@ -43,6 +43,7 @@ const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
 pub(super) const NFTA_DATA_VALUE: u16 = 1;
 
 /// Bytes one element takes in the element list: its nest, the key nest, the value attribute.
@@ -63,9 +64,13 @@ pub(super) fn elements_per_msg(kind: SetKind) -> usize {
 /// holding its key. A unit test checks the bytes against libnftnl's.
 pub(super) struct ElementsMsg<'a> {
     pub(super) table: &'a CStr,
+    /// The set's name (a map's differs from its key layout's set).
+    pub(super) name: &'a str,
     pub(super) set: &'a SetSpec,
     /// The elements of this message: at most [`elements_per_msg`].
     pub(super) elements: &'a [Element],
+    /// For a map: each element's data, `elements.len()` values of one length, back to back.
+    pub(super) data: Option<(&'a [u8], usize)>,
     pub(super) id: u32,
 }
 
@@ -75,7 +80,7 @@ impl ElementsMsg<'_> {
         let kind = self.set.kind;
         let mut out =
             Vec::with_capacity(64 + self.elements.len() * element_attr_len(kind) + NLA_HDRLEN);
-        let mut name = kind.name().as_bytes().to_vec();
+        let mut name = self.name.as_bytes().to_vec();
         name.push(0);
         put_attr(&mut out, NFTA_SET_ELEM_LIST_SET, &name);
         put_attr(&mut out, NFTA_SET_ELEM_LIST_SET_ID, &self.id.to_be_bytes());
@@ -95,6 +100,13 @@ impl ElementsMsg<'_> {
             push_element_key(&mut out, self.set, e);
             end_nest(&mut out, value);
             end_nest(&mut out, key);
+            if let Some((data, len)) = self.data {
+                let nest = start_nest(&mut out, NFTA_SET_ELEM_DATA);
+                let value = start_attr(&mut out, NFTA_DATA_VALUE);
+                out.extend_from_slice(data.get(i * len..(i + 1) * len).unwrap_or_default());
+                end_nest(&mut out, value);
+                end_nest(&mut out, nest);
+            }
             end_nest(&mut out, elem);
         }
         end_nest(&mut out, list);
@@ -234,8 +246,10 @@ mod tests {
             for elements in spec.raw().chunks(elements_per_msg(kind)) {
                 let msg = ElementsMsg {
                     table: &table_name,
+                    name: kind.name(),
                     set: &spec,
                     elements,
+                    data: None,
                     id: 42,
                 };
                 ours.add(&msg, MsgType::Add);

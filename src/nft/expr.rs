@@ -263,6 +263,83 @@ impl Expression for Load {
     }
 }
 
+/// A map lookup (`k1 . k2 ... map @name`): the key read from 32-bit registers from `sreg` on,
+/// the element's data written to consecutive 32-bit registers from `dreg` on (the kernel reads
+/// the whole key before it writes the data, so the two may overlap). No match: the rule stops.
+/// nftnl's `Lookup` has no data register.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapLookup {
+    pub map: std::ffi::CString,
+    /// Batch id of the map, for a map created in the same batch.
+    pub map_id: u32,
+    pub sreg: u32,
+    pub dreg: u32,
+}
+
+impl Expression for MapLookup {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc(c"lookup");
+        // SAFETY: `expr` is a live lookup expression; the name is copied, the rest are u32.
+        unsafe {
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, self.map.as_ptr());
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, self.map_id);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SREG as u16, self.sreg);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_DREG as u16, self.dreg);
+        }
+        expr
+    }
+}
+
+/// `NFT_PAYLOAD_CSUM_INET`: update an Internet checksum at `csum_offset` (from the header the
+/// write's base names) for the bytes written.
+pub const CSUM_INET: u32 = 1;
+/// `NFT_PAYLOAD_L4CSUM_PSEUDOHDR`: the bytes are part of the pseudo-header; also update the
+/// transport checksum (the kernel finds it, knows UDP's "no checksum" and CHECKSUM_PARTIAL).
+pub const L4CSUM_PSEUDOHDR: u32 = 1;
+
+/// A payload write (`ip daddr set ...`, `th dport set ...`): `len` bytes from register `sreg`
+/// into the packet, with the checksum updates asked for. The kernel makes only the headers
+/// writable and keeps GSO and CHECKSUM_PARTIAL packets as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PayloadWrite {
+    /// The transport header's bytes (else the network header's).
+    pub transport: bool,
+    pub offset: u32,
+    pub len: u32,
+    pub sreg: u32,
+    pub csum_type: u32,
+    pub csum_offset: u32,
+    pub csum_flags: u32,
+}
+
+impl Expression for PayloadWrite {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let base = if self.transport {
+            libc::NFT_PAYLOAD_TRANSPORT_HEADER
+        } else {
+            libc::NFT_PAYLOAD_NETWORK_HEADER
+        };
+        let expr = alloc(c"payload");
+        // SAFETY: `expr` is a live payload expression; every attribute set is a u32.
+        unsafe {
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_BASE as u16, base as u32);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, self.offset);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, self.len);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_SREG as u16, self.sreg);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_CSUM_TYPE as u16, self.csum_type);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_PAYLOAD_CSUM_OFFSET as u16,
+                self.csum_offset,
+            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_FLAGS as u16, self.csum_flags);
+        }
+        expr
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,8 @@
 //!   as long as the socket. [`NftError`] (`error`) is what the administrator is told.
 //! - [`flush_leftover`]: delete everything netnat installed: a table left by an earlier
 //!   netnat and the leak guard.
+//! - [`rewrite`]: the header-only path's maps and chains (`header-only on`): the kernel writes
+//!   the rewrite netnat decided for packets it saw the headers of only.
 //! - [`Guard`]: table `inet netnat_guard`, without the owner flag, installed and replaced in the
 //!   same batch as netnat's table but left in place when netnat stops: it drops replies of
 //!   translated connections that netnat did not translate, so that no private address leaks
@@ -29,6 +31,7 @@ pub mod expr;
 mod objects;
 pub mod policy;
 mod render;
+pub mod rewrite;
 mod session;
 mod translate;
 #[cfg(test)]

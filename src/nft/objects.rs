@@ -11,7 +11,7 @@ use nftnl::nftnl_sys as sys;
 use nftnl::set::{Set, SetKey};
 use nftnl::{MsgType, NlMsg, ProtoFamily, Table};
 
-use super::policy::{SetKind, concat_type, key_len};
+use super::policy::{KeyField, SetKind, concat_type, key_len};
 
 /// A table message built with raw libnftnl calls, because `nftnl::Table` always sends flags 0
 /// and offers no way to set the owner flag.
@@ -121,9 +121,32 @@ unsafe impl NlMsg for FlushRules {
 /// are set on the libnftnl object afterwards. `id` must be unique within the batch (the kernel
 /// uses it to find a set created in the same batch when the name does not).
 pub(super) fn new_set<'a>(kind: SetKind, id: u32, table: &'a Table) -> Set<'a, NoKey> {
-    let name = CString::new(kind.name()).expect("set name without NUL");
+    named_set(kind.name(), kind.key(), id, table)
+}
+
+/// A map named `name` from keys laid out as `key` to concatenated data laid out as `data`
+/// (each component in a 32-bit register of its own, as in keys), no elements yet.
+pub(super) fn new_map<'a>(
+    name: &str,
+    key: &[KeyField],
+    data: &[KeyField],
+    id: u32,
+    table: &'a Table,
+) -> Set<'a, NoKey> {
+    let set = named_set(name, key, id, table);
+    // SAFETY: as in `named_set`: a live set object, u32 attributes copied.
+    unsafe {
+        let p = set.as_ptr().as_ptr();
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_MAP as u32);
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_TYPE as u16, concat_type(data));
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_LEN as u16, key_len(data) as u32);
+    }
+    set
+}
+
+fn named_set<'a>(name: &str, key: &[KeyField], id: u32, table: &'a Table) -> Set<'a, NoKey> {
+    let name = CString::new(name).expect("set name without NUL");
     let set = Set::<NoKey>::new_named(&name, id, table, ProtoFamily::Inet);
-    let key = kind.key();
     // SAFETY: `set` owns a live libnftnl set object; both attributes are u32 and copied.
     unsafe {
         let p = set.as_ptr().as_ptr();

@@ -541,6 +541,8 @@ pub struct Policy {
     pub conntrack: ChainSpec,
     /// The leak guard, installed in the same batch as the table, in a table of its own.
     pub guard: Guard,
+    /// The header-only path's maps and chains (`header-only on`), see `nft::rewrite`.
+    pub rewrite: Option<super::rewrite::Rewrite>,
 }
 
 /// The leak guard: what makes sure that no reply ever leaves with the actual server's private
@@ -678,7 +680,14 @@ impl Policy {
             ),
             conntrack: conntrack_chain(),
             guard: Guard::new(crate::config::DEFAULT_MARK),
+            rewrite: None,
         }
+    }
+
+    /// The same rules with the header-only path's maps and chains (or without, `None`).
+    pub fn with_rewrite(mut self, rewrite: Option<super::rewrite::Rewrite>) -> Policy {
+        self.rewrite = rewrite;
+        self
     }
 
     /// The same rules with the guard keyed to `mark`, the bits netnat's verdicts set (the

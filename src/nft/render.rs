@@ -53,6 +53,9 @@ pub fn render_table(policy: &Policy) -> String {
         out.push('\n');
         render_chain(&mut out, chain, &policy.queue_spec());
     }
+    if let Some(rw) = &policy.rewrite {
+        super::rewrite::render(&mut out, rw);
+    }
     out.push_str("}\n");
     out
 }

@@ -39,7 +39,7 @@ fn th(offset: u32, len: u32) -> Payload {
 }
 
 /// Where a key component comes from.
-fn key_source(f: KeyField) -> Source {
+pub(super) fn key_source(f: KeyField) -> Source {
     let meta = |k: libc::c_int| Source::Meta(k as u32);
     let net = |offset, len| Source::Network { offset, len };
     match f {

@@ -1,0 +1,255 @@
+//! Header-only verdicts (`header-only on`, the default) against the full-payload path
+//! (`header-only off`, the reference): the same traffic through a router whose firewall has
+//! `ct state invalid drop`, and the same result at the far ends.
+//!
+//! - captures at the client and at the server (TX checksum offload off, so every checksum on
+//!   the wire is final): only apparent endpoints at the client, only actual ones at the server,
+//!   the same connections on both sides, no bad checksum; for both modes;
+//! - bulk TCP both ways with offloads on (GSO super-packets, CHECKSUM_PARTIAL), sha256 equal;
+//! - UDP datagrams longer than the copy range, and one fragmented datagram, echoed intact;
+//! - in every run: conntrack marked nothing INVALID (the firewall's counter), and netnat
+//!   counted header-only verdicts exactly when the mode is on;
+//! - SIGKILL during a header-only download: no packet with the server's address leaves on the
+//!   public side.
+//!
+//! Run as root: `cargo test --test header_only -- --include-ignored`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::capture::{self, Capture};
+use common::scenario::{
+    AppAddr, Case, HTTP, Netnat, Translator, UDP, check_captures, firewall_ruleset, http_get,
+    random_file, transfer_both_ways,
+};
+use common::status::Doc;
+use common::{Family, PYTHON, Proc, Topology, heavy_lock, require_root, script};
+
+/// The two modes compared.
+const MODES: [bool; 2] = [true, false];
+
+fn config(case: Case, header_only: bool) -> String {
+    let mode = if header_only { "on" } else { "off" };
+    format!("{}header-only {mode}\n", case.netnat_config())
+}
+
+/// The router with its firewall (default-drop forward chain with the mark rule and `ct state
+/// invalid counter drop`), netnat in `header_only` mode, the HTTP server and a UDP echo server
+/// at the actual server.
+struct Run {
+    t: Topology,
+    case: Case,
+    netnat: Netnat,
+    _servers: [Proc; 2],
+}
+
+impl Run {
+    fn start(case: Case, header_only: bool, offload: bool) -> Run {
+        let t = Topology::new();
+        if !offload {
+            t.tx_offload_off();
+        }
+        t.rtr
+            .nft_load(&t.dir.path, &firewall_ruleset(true))
+            .expect_ok("loading the router's firewall");
+        let fam = case.fam;
+        let log = t.dir.file("http-peers.log");
+        let http = t.spawn(
+            &t.srv,
+            "http-server",
+            &[
+                PYTHON,
+                &script("http_server.py"),
+                fam.server(),
+                &HTTP.act_port.to_string(),
+                log.to_str().expect("utf-8"),
+                "300",
+            ],
+        );
+        let echo = t.spawn(
+            &t.srv,
+            "udp-echo",
+            &[
+                PYTHON,
+                &script("udp_echo.py"),
+                fam.server(),
+                &UDP.act_port.to_string(),
+                "300",
+            ],
+        );
+        t.srv
+            .wait_listening("tcp", HTTP.act_port, Duration::from_secs(10));
+        t.srv
+            .wait_listening("udp", UDP.act_port, Duration::from_secs(10));
+        let netnat = Netnat::start(&t, &config(case, header_only), "netnat")
+            .unwrap_or_else(|e| panic!("netnat did not become ready: {e}"));
+        Run {
+            t,
+            case,
+            netnat,
+            _servers: [http, echo],
+        }
+    }
+
+    /// HTTP once, then UDP datagrams of `sizes` bytes echoed intact.
+    fn http_and_udp(&self, name: &str, sizes: &[usize]) {
+        let out = http_get(&self.t, self.case, 10);
+        assert!(
+            out.success() && out.stdout.contains("REMOTE"),
+            "{name}: HTTP failed\n{out}\n{}",
+            self.netnat.proc.evidence()
+        );
+        for size in sizes {
+            let out = self.t.cli.run(&[
+                PYTHON,
+                &script("udp_big.py"),
+                self.case.app_ip(),
+                &UDP.app_port.to_string(),
+                &size.to_string(),
+                "5",
+                "2",
+            ]);
+            assert!(
+                out.success(),
+                "{name}: {size}-byte UDP datagrams not echoed intact\n{out}\n{}",
+                self.netnat.proc.evidence()
+            );
+        }
+    }
+
+    /// The firewall's `ct state invalid counter drop` packets.
+    fn invalid_dropped(&self) -> u64 {
+        let fw = self
+            .t
+            .rtr
+            .run(&["nft", "list", "chain", "inet", "filter", "forward"]);
+        fw.stdout
+            .lines()
+            .find(|l| l.contains("ct state invalid"))
+            .and_then(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let i = w.iter().position(|x| *x == "packets")?;
+                w.get(i + 1)?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no invalid counter in\n{}", fw.stdout))
+    }
+
+    /// Both modes' common checks: nothing INVALID, no fail-closed drop, header-only verdicts
+    /// exactly when on.
+    fn assert_clean(&self, name: &str, header_only: bool) {
+        let st = self.netnat.status_json();
+        let hov = st.n("queue.header_only");
+        eprintln!(
+            "{name}: header-only {header_only}: {hov} header-only verdicts of {} received",
+            st.n("queue.received")
+        );
+        assert_eq!(
+            self.invalid_dropped(),
+            0,
+            "{name}: conntrack found packets INVALID\n{}",
+            self.netnat.proc.evidence()
+        );
+        assert_eq!(st.n("queue.failed_closed"), 0, "{name}: {st}");
+        if header_only {
+            assert!(hov > 0, "{name}: no header-only verdict: {st}");
+        } else {
+            assert_eq!(hov, 0, "{name}: header-only verdicts with header-only off");
+        }
+    }
+}
+
+/// Captures at the client and the server, offloads off; the same oracle for both modes.
+fn captures(name: &str, fam: Family, app: AppAddr) {
+    if !require_root(name) {
+        return;
+    }
+    let _heavy = heavy_lock();
+    let case = Case::new(Translator::Netnat, fam, app);
+    for header_only in MODES {
+        let run = Run::start(case, header_only, false);
+        let t = &run.t;
+        let file = random_file(t, "random.bin", 4 * 1024 * 1024);
+        let cap_cli = Capture::on("eth0").name("cli").start(t, &t.cli);
+        let cap_srv = Capture::on("eth0").name("srv").start(t, &t.srv);
+        run.http_and_udp(name, &[100, 1400]);
+        let s = transfer_both_ways(t, case, &file, Duration::from_secs(60));
+        let (cli, srv) = (cap_cli.stop(), cap_srv.stop());
+        eprintln!("{name}: header-only {header_only}: {s}");
+        let label = format!("{name} (header-only {header_only})");
+        check_captures(&label, case, &cli, &srv);
+        // Long segments really crossed: more than the copy range, at both ends.
+        let long = "frame.len > 1300 && tcp";
+        assert!(
+            capture::count(&cli, long) > 0 && capture::count(&srv, long) > 0,
+            "{label}: no long TCP segments"
+        );
+        run.assert_clean(&label, header_only);
+    }
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn captures_agree_v4_fixed() {
+    captures("captures_agree_v4_fixed", Family::V4, AppAddr::Fixed);
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn captures_agree_v4_star() {
+    captures("captures_agree_v4_star", Family::V4, AppAddr::Star);
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn captures_agree_v6_fixed() {
+    captures("captures_agree_v6_fixed", Family::V6, AppAddr::Fixed);
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn captures_agree_v6_star() {
+    captures("captures_agree_v6_star", Family::V6, AppAddr::Star);
+}
+
+/// Offloads on (GSO, CHECKSUM_PARTIAL): 16 MiB each way, sha256 equal, UDP longer than the copy
+/// range and one fragmented datagram, both modes.
+fn bulk(name: &str, fam: Family, app: AppAddr) {
+    if !require_root(name) {
+        return;
+    }
+    let _heavy = heavy_lock();
+    let case = Case::new(Translator::Netnat, fam, app);
+    for header_only in MODES {
+        let run = Run::start(case, header_only, true);
+        let file = random_file(&run.t, "random.bin", 16 * 1024 * 1024);
+        run.http_and_udp(name, &[1400, 3000]);
+        let s = transfer_both_ways(&run.t, case, &file, Duration::from_secs(120));
+        eprintln!("{name}: header-only {header_only}: {s}");
+        run.assert_clean(&format!("{name} (header-only {header_only})"), header_only);
+    }
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn bulk_and_udp_agree_v4_fixed() {
+    bulk("bulk_and_udp_agree_v4_fixed", Family::V4, AppAddr::Fixed);
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn bulk_and_udp_agree_v4_star() {
+    bulk("bulk_and_udp_agree_v4_star", Family::V4, AppAddr::Star);
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn bulk_and_udp_agree_v6_fixed() {
+    bulk("bulk_and_udp_agree_v6_fixed", Family::V6, AppAddr::Fixed);
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn bulk_and_udp_agree_v6_star() {
+    bulk("bulk_and_udp_agree_v6_star", Family::V6, AppAddr::Star);
+}
