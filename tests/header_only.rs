@@ -253,3 +253,111 @@ fn bulk_and_udp_agree_v6_fixed() {
 fn bulk_and_udp_agree_v6_star() {
     bulk("bulk_and_udp_agree_v6_star", Family::V6, AppAddr::Star);
 }
+
+/// SIGKILL during a download whose long segments take the header-only path: the owner table
+/// (queues and rewrite chains) goes with the process, the leak guard stays and drops what the
+/// server still sends; the client never sees the server's private address.
+fn sigkill(name: &str, fam: Family) {
+    if !require_root(name) {
+        return;
+    }
+    let case = Case::new(Translator::Netnat, fam, AppAddr::Fixed);
+    let mut run = Run::start(case, true, true);
+    let t = &run.t;
+    // Slow enough to be killed in the middle: 24 Mbit/s out of the server.
+    t.srv.must(&[
+        "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "24mbit", "burst", "64kb",
+        "latency", "200ms",
+    ]);
+    let bytes = 20 * 1024 * 1024;
+    let file = random_file(t, "bulk.bin", bytes);
+    let tcp = fam.socat_tcp();
+    let _server = t.spawn(
+        &t.srv,
+        "socat-server",
+        &[
+            "socat",
+            "-u",
+            &format!("OPEN:{}", file.display()),
+            &format!("{tcp}-LISTEN:{},reuseaddr", DOWNLOAD_ACT_PORT),
+        ],
+    );
+    t.srv
+        .wait_listening("tcp", DOWNLOAD_ACT_PORT, Duration::from_secs(10));
+    let cap = Capture::on("eth0").name("cli-leak").start(t, &t.cli);
+    let recv = t.dir.file("bulk.recv");
+    let mut client = t.spawn(
+        &t.cli,
+        "socat-client",
+        &[
+            "socat",
+            "-u",
+            &format!("{tcp}:{}", fam.hostport(case.app_ip(), DOWNLOAD_APP_PORT)),
+            &format!("CREATE:{}", recv.display()),
+        ],
+    );
+    let size = || std::fs::metadata(&recv).map(|m| m.len()).unwrap_or(0);
+    let start = std::time::Instant::now();
+    while size() < 1024 * 1024 && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = run.netnat.status_json().n("queue.header_only");
+    let at_kill = size();
+    assert!(
+        at_kill >= 1024 * 1024 && at_kill < bytes,
+        "{name}: {at_kill} bytes downloaded when netnat was to be killed"
+    );
+    assert!(
+        before > 0,
+        "{name}: the download took no header-only verdict"
+    );
+    run.netnat.proc.signal(libc::SIGKILL);
+    assert!(
+        run.netnat
+            .proc
+            .wait_timeout(Duration::from_secs(5))
+            .is_some()
+    );
+    // The server keeps sending (retransmissions) for a while: give it time to leak.
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = client.wait_timeout(Duration::from_millis(100));
+    let pcap = cap.stop();
+    let leaks = capture::count(&pcap, fam.private_net_filter());
+    assert_eq!(
+        leaks,
+        0,
+        "{name}: private addresses reached the client after SIGKILL:\n{}",
+        capture::summary(&pcap, fam.private_net_filter(), 20)
+    );
+    let from_app = capture::count(
+        &pcap,
+        &format!("{}.src == {} && tcp", fam.ip_field(), case.app_ip()),
+    );
+    assert!(from_app > 0, "{name}: the capture saw no download");
+    eprintln!(
+        "{name}: killed at {at_kill} bytes after {before} header-only verdicts; {from_app} \
+         packets from the apparent endpoint, none with a private address"
+    );
+}
+
+/// The download service of [`Case::netnat_config`].
+const DOWNLOAD_APP_PORT: u16 = common::scenario::DOWNLOAD.app_port;
+const DOWNLOAD_ACT_PORT: u16 = common::scenario::DOWNLOAD.act_port;
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn sigkill_during_a_header_only_download_never_leaks_v4() {
+    sigkill(
+        "sigkill_during_a_header_only_download_never_leaks_v4",
+        Family::V4,
+    );
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn sigkill_during_a_header_only_download_never_leaks_v6() {
+    sigkill(
+        "sigkill_during_a_header_only_download_never_leaks_v6",
+        Family::V6,
+    );
+}
