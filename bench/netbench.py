@@ -265,7 +265,7 @@ class Bench:
         shutil.rmtree(self.work, ignore_errors=True)
         log(f"cleaned up (namespaces {self.tag}-* removed)")
 
-    # -- the three paths --------------------------------------------------------------------
+    # -- the paths --------------------------------------------------------------------------
     def config_text(self, path, services):
         lines = [f"queue {QUEUE}"] + ([f"queues {self.a.queues}"] if self.a.queues else []) \
             + ([f"busy-poll {self.a.busy_poll}"] if self.a.busy_poll is not None else []) \
