@@ -161,19 +161,24 @@ def crr_server(host, port, procs):
     sys.exit("connection-rate server: a worker exited")
 
 
+def recv_count(s, n):
+    """Reads up to `n` bytes (fewer if the peer closes first); returns how many came."""
+    got = 0
+    while got < n:
+        d = s.recv(n - got)
+        if not d:
+            break
+        got += len(d)
+    return got
+
+
 def crr_serve(ls, answer):
     gc.disable()
     while True:
         c, _ = ls.accept()
         try:
             c.settimeout(CRR_TIMEOUT_S)
-            got = 0
-            while got < CRR_REQ:
-                d = c.recv(CRR_REQ - got)
-                if not d:
-                    break
-                got += len(d)
-            if got == CRR_REQ:
+            if recv_count(c, CRR_REQ) == CRR_REQ:
                 c.sendall(answer)
                 # Wait for the client's close (bounded by the timeout).
                 while c.recv(256):
@@ -205,12 +210,7 @@ def crr_worker(host, port, t_start, t_end):
             s.settimeout(CRR_TIMEOUT_S)
             s.connect((host, port))
             s.sendall(req)
-            got = 0
-            while got < CRR_ANS:
-                d = s.recv(CRR_ANS - got)
-                if not d:
-                    break
-                got += len(d)
+            got = recv_count(s, CRR_ANS)
             if got != CRR_ANS:
                 raise OSError(f"answer of {got} bytes")
             done += 1
