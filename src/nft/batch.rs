@@ -16,8 +16,10 @@ use nftnl::{
 use super::elements::{ElementsMsg, element_attr_len, elements_per_msg};
 use super::error::Label;
 use super::objects::{FlushRules, NoKey, TableMsg, new_set};
-use super::policy::{ChainSpec, Hook, Policy, QueueSpec, SetKind, Verdict};
+use super::policy::Policy;
 use super::render::render_rule;
+use super::rules::{ChainSpec, Hook, QueueSpec, Verdict};
+use super::sets::SetKind;
 use super::translate;
 
 /// `NFT_TABLE_F_OWNER` from linux/netfilter/nf_tables.h (kernel ≥ 5.12).
@@ -233,7 +235,7 @@ pub(super) fn delete_tables(tables: &[&'static str]) -> (FinalizedBatch, Vec<Lab
 #[cfg(test)]
 mod tests {
     use super::super::elements::{NFTA_DATA_VALUE, NFTA_SET_ELEM_KEY, push_element_key};
-    use super::super::policy::{concat_type, key_len};
+    use super::super::sets::{concat_type, key_len};
     use super::super::walk::*;
     use super::*;
     use crate::config::{AppAddr, Flags, Protocol, Service};

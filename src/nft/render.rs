@@ -11,10 +11,10 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use super::policy::{
-    ChainSpec, CtDirection, Family, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, KeyField, KeyValue, Match,
-    Policy, QueueSpec, Rule, SetSpec, Verdict,
-};
+use super::family::{Family, IPPROTO_ICMP, IPPROTO_ICMPV6};
+use super::policy::Policy;
+use super::rules::{ChainSpec, CtDirection, Hook, Match, QueueSpec, Rule, Verdict};
+use super::sets::{KeyField, KeyValue, SetSpec};
 
 /// Both tables, netnat's and the leak guard's, each ending in a newline, a blank line between.
 pub fn render(policy: &Policy) -> String {

@@ -18,7 +18,9 @@ use nftnl::{FinalizedBatch, ProtoFamily};
 use super::batch::{self, QueueExprKind};
 use super::error::{Failure, Label, NftError};
 use super::expr::IFNAMSIZ;
-use super::policy::{GUARD_TABLE, Match, Policy, TABLE_NAME, Verdict};
+use super::guard::GUARD_TABLE;
+use super::policy::{Policy, TABLE_NAME};
+use super::rules::{Match, Verdict};
 use crate::netlink::socket::{NETLINK_CAP_ACK, NETLINK_EXT_ACK, SOL_NETLINK};
 use crate::netlink::{Buffer, ErrorMsg, Socket, ack, frame};
 
