@@ -234,7 +234,10 @@ pub(super) fn delete_tables(tables: &[&'static str]) -> (FinalizedBatch, Vec<Lab
 
 #[cfg(test)]
 mod tests {
-    use super::super::elements::{NFTA_DATA_VALUE, NFTA_SET_ELEM_KEY, push_element_key};
+    use super::super::elements::{
+        NFTA_DATA_VALUE, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+        push_element_key,
+    };
     use super::super::sets::{concat_type, key_len};
     use super::super::walk::*;
     use super::*;
@@ -246,8 +249,6 @@ mod tests {
         const NFTA_SET_NAME: u16 = 2;
         const NFTA_SET_KEY_TYPE: u16 = 4;
         const NFTA_SET_KEY_LEN: u16 = 5;
-        const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-        const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
         let (batch, labels) = install(&sample(), QueueExprKind::Native);
         let msgs = messages(&batch);
         assert_eq!(msgs.len(), labels.len());
@@ -342,8 +343,6 @@ mod tests {
         );
 
         // Decoded, the element messages give back every key of every set, in order.
-        const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-        const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
         let mut got: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
         for (ty, _, a) in messages(&batch) {
             if ty != libc::NFT_MSG_NEWSETELEM as u16 {

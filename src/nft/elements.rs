@@ -39,8 +39,8 @@ pub(super) fn push_element_key(out: &mut Vec<u8>, set: &SetSpec, e: &Element) {
 
 // nf_tables netlink attributes of a NEWSETELEM message (linux/netfilter/nf_tables.h).
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
 pub(super) const NFTA_DATA_VALUE: u16 = 1;

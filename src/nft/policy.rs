@@ -447,6 +447,18 @@ mod tests {
         AppAddr::Fixed(a.parse().unwrap())
     }
 
+    /// A service of apparent address 10.99.1.1 on pub0, actual server 192.168.77.10.
+    fn pub0_v4(app_port: u16, p: Protocol, act_port: u16) -> Service {
+        svc(
+            "pub0",
+            fixed("10.99.1.1"),
+            app_port,
+            p,
+            "192.168.77.10",
+            act_port,
+        )
+    }
+
     fn q(m: Vec<Match>) -> Rule {
         queue_rule(m)
     }
@@ -516,14 +528,7 @@ mod tests {
 
     #[test]
     fn ipv4_fixed_service() {
-        let s = svc(
-            "pub0",
-            fixed("10.99.1.1"),
-            80,
-            Protocol::Tcp,
-            "192.168.77.10",
-            8080,
-        );
+        let s = pub0_v4(80, Protocol::Tcp, 8080);
         let p = Policy::new(&[s], 7);
         assert_eq!(
             p.sets,
@@ -677,14 +682,7 @@ mod tests {
     #[test]
     fn icmp_rules_are_deduplicated() {
         let services = [
-            svc(
-                "pub0",
-                fixed("10.99.1.1"),
-                80,
-                Protocol::Tcp,
-                "192.168.77.10",
-                80,
-            ),
+            pub0_v4(80, Protocol::Tcp, 80),
             svc(
                 "pub0",
                 fixed("10.99.1.1"),
@@ -792,14 +790,7 @@ mod tests {
 
     #[test]
     fn identical_services_give_one_element() {
-        let s = svc(
-            "pub0",
-            fixed("10.99.1.1"),
-            80,
-            Protocol::Tcp,
-            "192.168.77.10",
-            80,
-        );
+        let s = pub0_v4(80, Protocol::Tcp, 80);
         let p = Policy::new(&[s.clone(), s], 1);
         assert_eq!(p.prerouting.rules.len(), 1 + 3);
         assert_eq!(p.postrouting.rules.len(), 1 + 3 * 2);
@@ -808,14 +799,7 @@ mod tests {
 
     #[test]
     fn protocols_map_to_numbers() {
-        let s = svc(
-            "pub0",
-            fixed("10.99.1.1"),
-            53,
-            Protocol::Udp,
-            "192.168.77.10",
-            53,
-        );
+        let s = pub0_v4(53, Protocol::Udp, 53);
         let p = Policy::new(&[s], 1);
         for set in &p.sets {
             if set.kind != SetKind::IcmpIn4 {
