@@ -7,7 +7,7 @@
 //!   rules, and an unhooked rule whose `ct` expression keeps conntrack (and so reassembly) on.
 //!   Its parts, pure as well: [`sets`] (the set kinds, their key fields, the elements),
 //!   [`rules`] (matches, verdicts, rules, chains, the queue), [`family`] (address family and
-//!   ICMP flavour) and [`guard`] (the leak guard's chains).
+//!   ICMP flavour), `icmp` (the rules for ICMP errors) and [`guard`] (the leak guard's chains).
 //! - [`render`]: the same table in nft syntax (`netnat rules`), as `nft list` prints it.
 //! - `translate`: a policy rule into nftables expressions; `elements`: set elements encoded by
 //!   hand; `objects`: raw libnftnl objects the crate lacks; `batch`: the install and delete
@@ -31,6 +31,7 @@ mod error;
 pub mod expr;
 pub mod family;
 pub mod guard;
+mod icmp;
 mod objects;
 pub mod policy;
 mod render;

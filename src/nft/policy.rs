@@ -12,14 +12,15 @@
 //! of addresses either; only the ICMP rules of `*` services and of replies are per interface,
 //! and interfaces are few.
 //!
-//! Pure; uses `config` (the services), `family`, `sets`, `rules` and `guard`.
+//! Pure; uses `config` (the services), `family`, `sets`, `rules`, `icmp` (the ICMP error
+//! rules) and `guard`.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::family::Family;
 use super::guard::Guard;
-use super::rules::{ChainSpec, Hook, Match, QueueSpec, Rule, Verdict};
+use super::icmp::{fixed_address_icmp_rules, interface_icmp_rules, outbound_icmp_rules};
+use super::rules::{ChainSpec, Hook, Match, QueueSpec, Rule, RuleList, Verdict, queue_rule};
 use super::sets::{ElementList, SetKind, SetSpec, UNSPECIFIED};
 use crate::config::{AppAddr, Protocol, Service};
 
@@ -202,68 +203,6 @@ fn lookup_rules(sets: &[SetSpec], pre: &mut RuleList, post: &mut RuleList) {
     }
 }
 
-/// ICMP errors addressed to fixed apparent addresses: one rule per error type and family.
-fn fixed_address_icmp_rules(sets: &[SetSpec], pre: &mut RuleList) {
-    for kind in [SetKind::IcmpIn4, SetKind::IcmpIn6] {
-        if sets[kind as usize].is_empty() {
-            continue;
-        }
-        let f = kind.family();
-        let (proto, types) = f.icmp();
-        for &t in types {
-            pre.push(queue_rule(vec![
-                Match::NfProto(f),
-                Match::Lookup(kind),
-                Match::L4Proto(proto),
-                Match::IcmpType(t),
-            ]));
-        }
-    }
-}
-
-/// ICMP errors addressed to `*` services' interfaces: per interface and family.
-///
-/// These rules depend only on the interface and family (and for `*` services the way the
-/// destination is matched), not on the port: each combination is built once rather than once
-/// per service and deduplicated (10,000 services on one interface make a handful of rules
-/// either way, but building 80,000 first costs time and memory).
-fn interface_icmp_rules(services: &[Service], pre: &mut RuleList) {
-    let mut done: HashSet<(&str, Family)> = HashSet::new();
-    for s in services {
-        if let AppAddr::Fixed(_) = s.app_addr {
-            continue;
-        }
-        let (family, dst) = inbound_destination(s);
-        if !done.insert((&s.iface, family)) {
-            continue;
-        }
-        let (proto, types) = family.icmp();
-        for &t in types {
-            let mut m = vec![Match::IifName(s.iface.clone())];
-            m.extend(dst.iter().cloned());
-            m.push(Match::L4Proto(proto));
-            m.push(Match::IcmpType(t));
-            pre.push(queue_rule(m));
-        }
-    }
-}
-
-/// ICMP errors leaving on the services' public interfaces that may quote a mapped flow (see
-/// [`reply_icmp_rules`]): per interface and family of the actual servers.
-fn outbound_icmp_rules(services: &[Service], post: &mut RuleList) {
-    let mut done: HashSet<(&str, Family)> = HashSet::new();
-    for s in services {
-        let family = Family::of(&s.act_addr);
-        if !done.insert((&s.iface, family)) {
-            continue;
-        }
-        let (proto, types) = family.icmp();
-        for &t in types {
-            reply_icmp_rules(post, &s.iface, family, proto, t);
-        }
-    }
-}
-
 /// A base chain of netnat's table: filter type, policy accept.
 fn base_chain(name: &'static str, hook: Hook, priority: i32, rules: Vec<Rule>) -> ChainSpec {
     ChainSpec {
@@ -294,45 +233,6 @@ fn icmp_set(addr: IpAddr) -> SetKind {
     match Family::of(&addr) {
         Family::Ipv4 => SetKind::IcmpIn4,
         Family::Ipv6 => SetKind::IcmpIn6,
-    }
-}
-
-/// Rules in order, without duplicates.
-#[derive(Default)]
-struct RuleList {
-    rules: Vec<Rule>,
-    seen: HashSet<Rule>,
-}
-
-impl RuleList {
-    fn push(&mut self, r: Rule) {
-        if self.seen.insert(r.clone()) {
-            self.rules.push(r);
-        }
-    }
-}
-
-fn queue_rule(matches: Vec<Match>) -> Rule {
-    Rule {
-        matches,
-        verdict: Verdict::Queue,
-        comment: None,
-    }
-}
-
-/// Family and destination matches of packets addressed to the service's apparent address.
-/// The family guard (`meta nfproto`) comes first because the address load reads the network
-/// header at a family-specific offset.
-fn inbound_destination(s: &Service) -> (Family, Vec<Match>) {
-    match s.app_addr {
-        AppAddr::Fixed(a) => {
-            let f = Family::of(&a);
-            (f, vec![Match::NfProto(f), Match::Daddr(a)])
-        }
-        AppAddr::Interface => {
-            let f = Family::of(&s.act_addr);
-            (f, vec![Match::NfProto(f), Match::FibDaddrIifLocal])
-        }
     }
 }
 
@@ -370,53 +270,6 @@ fn reply_element(s: &Service) -> (SetKind, IpAddr, u16) {
     (kind, s.act_addr, s.act_port)
 }
 
-/// ICMP errors leaving on a public interface that may quote a mapped flow: from the actual
-/// server (quoting the client's packet to the private address) or from the router itself
-/// (quoting the rewritten tuple, as "fragmentation needed" does). Only errors whose quote names
-/// a service's actual endpoint are queued, plus the few whose quote the lookup cannot read.
-///
-/// Why not every error: the router's own error about a packet whose conntrack entry is not
-/// confirmed yet (TTL exceeded or port unreachable for the first packet of a flow) shares that
-/// entry, and the kernel refuses to queue such packets: it drops them. Queued broadly, the
-/// router's traceroute hop and its refusals would vanish for traffic that is none of netnat's.
-fn reply_icmp_rules(list: &mut RuleList, iface: &str, family: Family, proto: u8, t: u8) {
-    let out = match family {
-        Family::Ipv4 => SetKind::Out4,
-        Family::Ipv6 => SetKind::Out6,
-    };
-    list.push(queue_rule(vec![
-        Match::NfProto(family),
-        Match::L4Proto(proto),
-        Match::IcmpType(t),
-        Match::LookupQuoted(out),
-    ]));
-    // Quotes the lookup cannot read: an IPv4 header with options (first byte not 0x45), an
-    // IPv6 header followed by an extension header (next header neither TCP nor UDP).
-    let mut odd = vec![
-        Match::OifName(iface.to_string()),
-        Match::NfProto(family),
-        Match::L4Proto(proto),
-        Match::IcmpType(t),
-    ];
-    match family {
-        Family::Ipv4 => odd.push(Match::QuotedByteNot {
-            offset: 8,
-            value: 0x45,
-        }),
-        Family::Ipv6 => odd.extend([
-            Match::QuotedByteNot {
-                offset: 14,
-                value: 6,
-            },
-            Match::QuotedByteNot {
-                offset: 14,
-                value: 17,
-            },
-        ]),
-    }
-    list.push(queue_rule(odd));
-}
-
 /// A service for the unit tests of this module and of `render`.
 #[cfg(test)]
 pub(super) fn svc(
@@ -440,6 +293,8 @@ pub(super) fn svc(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::super::sets::{KeyValue, values};
     use super::*;
 

@@ -5,6 +5,7 @@
 //! or the loads of a concatenated key and a set lookup); the order of the items is the order of
 //! the expressions in the rule. Pure; uses `family` and `sets` (which set a lookup names).
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::family::Family;
@@ -153,5 +154,29 @@ impl QueueSpec {
             f |= libc::NFT_QUEUE_FLAG_CPU_FANOUT as u16;
         }
         f
+    }
+}
+
+/// Rules in order, without duplicates.
+#[derive(Default)]
+pub(super) struct RuleList {
+    pub(super) rules: Vec<Rule>,
+    seen: HashSet<Rule>,
+}
+
+impl RuleList {
+    pub(super) fn push(&mut self, r: Rule) {
+        if self.seen.insert(r.clone()) {
+            self.rules.push(r);
+        }
+    }
+}
+
+/// A rule sending its packets to the queue.
+pub(super) fn queue_rule(matches: Vec<Match>) -> Rule {
+    Rule {
+        matches,
+        verdict: Verdict::Queue,
+        comment: None,
     }
 }
