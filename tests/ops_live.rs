@@ -347,6 +347,10 @@ fn ops_mapping_event_records_are_exact() {
     let raw = log.raw();
     let line = raw.iter().find(|l| l.ends_with(want[0])).unwrap();
     assert!(line.starts_with("<150>"), "{line}");
+    // Both flow memories had room: `status --json` says how many flows each refused.
+    let doc = status::parse(&n.status_json());
+    assert_eq!(doc["flows_refused"]["udp"], 0, "{doc}");
+    assert_eq!(doc["flows_refused"]["star"], 0, "{doc}");
 }
 
 /// 0x4000 volume records add up to the status counters; 0x1000 reports a malformed packet
