@@ -12,8 +12,8 @@
 //!
 //! The table never changes after [`ServiceTable::build`]; a reload or an address change builds
 //! a new one and publishes it whole (see [`crate::engine::consumer`]), so the packet path needs
-//! no lock. The one thing the queue threads write together, the [`FlowMemory`], is a fixed
-//! table of atomic slots, shared without a lock.
+//! no lock. What the queue threads write together here, the [`FlowMemory`], keeps its flows
+//! in the lock-free slot table of [`crate::engine::flows`].
 //!
 //! An interface can have more than one address that receives packets: IPv4 secondaries, IPv6
 //! addresses beside the one `*` takes, deprecated IPv6 addresses. A `*` service answers at all
