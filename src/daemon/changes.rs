@@ -309,10 +309,13 @@ mod tests {
         // The old mapping stays in the rules and the table, after the new one, for its replies
         // only (the table takes ids from the configuration's count on as draining).
         assert_eq!(all_services(&new, &d), [service(moved), service(WEB)]);
+        let both = [service(moved), service(WEB)];
         let policy = policy_with(&new, &all_services(&new, &d), 1, &|_| None);
-        let want = Policy::new(&[service(moved), service(WEB)], config::DEFAULT_QUEUE)
+        let rewrite = Rewrite::new(&both, &|_| None, config::DEFAULT_MARK, 0x100);
+        let want = Policy::new(&both, config::DEFAULT_QUEUE)
             .with_queues(1)
-            .with_mark(config::DEFAULT_MARK);
+            .with_mark(config::DEFAULT_MARK)
+            .with_rewrite(Some(rewrite));
         assert_eq!(policy, want);
     }
 
@@ -375,6 +378,23 @@ mod tests {
         };
         let r = restart_needed(&running, &more, n).unwrap();
         assert_eq!(r.body, "changing the number of queues needs a restart");
+        // The queues were bound with header-only's copy range; the threads keep its bit.
+        for other in [
+            Settings {
+                header_only: false,
+                ..Settings::default()
+            },
+            Settings {
+                rewrite_mark: 0x200,
+                ..Settings::default()
+            },
+        ] {
+            let r = restart_needed(&running, &other, n).unwrap();
+            assert_eq!(
+                r.body,
+                "changing header-only or rewrite-mark needs a restart"
+            );
+        }
     }
 
     #[test]
@@ -502,12 +522,18 @@ mod tests {
         c.settings.queue = 100;
         c.settings.mark = 0x10;
         let p = policy_of(&c, 2);
+        let both = [service(WEB), service(DNS)];
+        let rewrite = Rewrite::new(&both, &|_| None, 0x10, config::DEFAULT_REWRITE_MARK);
         assert_eq!(
             p,
-            Policy::new(&[service(WEB), service(DNS)], 100)
+            Policy::new(&both, 100)
                 .with_queues(2)
                 .with_mark(0x10)
+                .with_rewrite(Some(rewrite))
         );
+        // header-only off: no rewrite maps or chains.
+        c.settings.header_only = false;
+        assert_eq!(policy_of(&c, 2).rewrite, None);
         assert_ne!(p, policy_of(&c, 1));
         assert_eq!(services_of(&c), [service(WEB), service(DNS)]);
     }

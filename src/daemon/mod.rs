@@ -570,6 +570,7 @@ impl Daemon<'_> {
             reloads_ok: self.reloads_ok,
             reloads_refused: self.reloads_refused,
             services,
+            flows_refused: self.hub.flows_refused(),
         }
     }
 
@@ -986,7 +987,8 @@ mod tests {
             [
                 "f:1:7: expected a queue number 0-65535, found \"x\"",
                 "f:2:1: unknown directive \"bogus\" (known directives: service, queue, queues, \
-                 busy-poll, drain-idle, mark, syslog-facility, syslog-priority, log-rate, \
+                 busy-poll, drain-idle, mark, header-only, rewrite-mark, syslog-facility, \
+                 syslog-priority, log-rate, \
                  log-burst, metrics-listen)",
             ]
         );

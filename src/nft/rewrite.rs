@@ -21,7 +21,7 @@
 //! address moves). A `*` flow that the flow memory keeps at another address is not served here
 //! (the consumer drops its long packets; `header-only off` serves it).
 //!
-//! May use: `policy` (key layouts, set kinds), `expr`, `translate` (key loads), `objects` and
+//! May use: `sets`, `rules` and `family` (key layouts, set kinds, chains), `expr`, `translate` (key loads), `objects` and
 //! `elements` (the map and its elements), `config`.
 
 use std::collections::HashSet;
@@ -36,9 +36,11 @@ use nftnl::{Batch, Chain, MsgType, Table};
 use super::elements::{ElementsMsg, element_attr_len};
 use super::error::Label;
 use super::expr::{CSUM_INET, L4CSUM_PSEUDOHDR, Load, MapLookup, PayloadWrite, reg32_at};
+use super::family::Family;
 use super::objects::{NoKey, new_map};
-use super::policy::{ChainSpec, Family, Hook, KeyField, KeyValue, SetKind, SetSpec, key_len};
 use super::render::render_element;
+use super::rules::{ChainSpec, Hook};
+use super::sets::{KeyField, KeyValue, SetKind, SetSpec, key_len};
 use super::translate::key_source;
 use crate::config::{AppAddr, Protocol, Service};
 use crate::netlink::frame::{NLA_HDRLEN, NLA_MAX_LEN};
