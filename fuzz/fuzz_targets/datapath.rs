@@ -187,18 +187,21 @@ fuzz_target!(|data: &[u8]| {
 
     let mut buf = packet.to_vec();
     let mut pkt = Packet {
-        id: 1,
-        hw_protocol: match packet.first().map(|b| b >> 4) {
-            Some(6) => 0x86dd,
-            _ => 0x0800,
+        meta: netnat::queue::PacketMeta {
+            id: 1,
+            hw_protocol: match packet.first().map(|b| b >> 4) {
+                Some(6) => 0x86dd,
+                _ => 0x0800,
+            },
+            hook: meta.hook,
+            indev: meta.indev,
+            outdev: meta.outdev,
+            mark: meta.mark,
         },
-        hook: meta.hook,
-        indev: meta.indev,
-        outdev: meta.outdev,
-        mark: meta.mark,
         checksum_ready: meta.checksum_ready,
         gso: meta.gso,
         truncated: meta.truncated,
+        orig_len: None,
         payload: &mut buf,
     };
     let (decision, event) = datapath::handle(&table, &FlowMemory::default(), (MARK, 0), &mut pkt);

@@ -470,15 +470,18 @@ mod tests {
         w.batch(Clock { ms: 0, wall: 99 }, |handle| {
             for bytes in packets.iter_mut() {
                 let mut pkt = Packet {
-                    id: 1,
-                    hw_protocol: 0x0800,
-                    hook: 0,
-                    indev: 7,
-                    outdev: 0,
-                    mark: 0,
+                    meta: crate::queue::PacketMeta {
+                        id: 1,
+                        hw_protocol: 0x0800,
+                        hook: 0,
+                        indev: 7,
+                        outdev: 0,
+                        mark: 0,
+                    },
                     checksum_ready: true,
                     gso: false,
                     truncated: false,
+                    orig_len: None,
                     payload: bytes,
                 };
                 out.push(handle(&mut pkt));

@@ -428,15 +428,18 @@ mod tests {
 
     fn packet(payload: &mut [u8], hook: u8, indev: u32, outdev: u32) -> Packet<'_> {
         Packet {
-            id: 1,
-            hw_protocol: 0x0800,
-            hook,
-            indev,
-            outdev,
-            mark: 0x1,
+            meta: crate::queue::PacketMeta {
+                id: 1,
+                hw_protocol: 0x0800,
+                hook,
+                indev,
+                outdev,
+                mark: 0x1,
+            },
             checksum_ready: true,
             gso: false,
             truncated: false,
+            orig_len: None,
             payload,
         }
     }

@@ -237,7 +237,7 @@ impl Monitor {
                 kind,
             } => {
                 let inbound = dir == Direction::Inbound;
-                stats.translated(id, inbound, pkt.payload.len(), now.wall);
+                stats.translated(id, inbound, pkt.len(), now.wall);
                 let flags = set.flags.get(id).copied().unwrap_or_default();
                 let Some(service) = set.services.get(id) else {
                     return;
@@ -275,7 +275,7 @@ impl Monitor {
                                 iface: &service.iface,
                                 dir,
                                 flow: &flow,
-                                len: pkt.payload.len(),
+                                len: pkt.len(),
                             });
                         }
                     }
@@ -459,15 +459,18 @@ mod tests {
         log: &mut Logger,
     ) -> Event {
         let mut pkt = Packet {
-            id: 1,
-            hw_protocol: 0x0800,
-            hook,
-            indev: if hook == 0 { 7 } else { 3 },
-            outdev: if hook == 4 { 7 } else { 0 },
-            mark: 0,
+            meta: crate::queue::PacketMeta {
+                id: 1,
+                hw_protocol: 0x0800,
+                hook,
+                indev: if hook == 0 { 7 } else { 3 },
+                outdev: if hook == 4 { 7 } else { 0 },
+                mark: 0,
+            },
             checksum_ready: true,
             gso: false,
             truncated: false,
+            orig_len: None,
             payload: bytes,
         };
         let (_, e) = datapath::handle(

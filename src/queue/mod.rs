@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::netlink::socket::{self, NETLINK_CAP_ACK, NETLINK_NO_ENOBUFS, SOL_NETLINK, iovec};
 use crate::netlink::{Buffer, Socket};
+pub use msg::PacketMeta;
 use msg::{Message, PacketMsg};
 
 /// Datagrams fetched per `recvmmsg`, and so the most packets handled per batch.
@@ -104,20 +105,37 @@ pub struct Decision {
     pub mark: Option<u32>,
 }
 
+impl std::ops::Deref for Packet<'_> {
+    type Target = PacketMeta;
+    fn deref(&self) -> &PacketMeta {
+        &self.meta
+    }
+}
+
+impl std::ops::DerefMut for Packet<'_> {
+    fn deref_mut(&mut self) -> &mut PacketMeta {
+        &mut self.meta
+    }
+}
+
+impl Packet<'_> {
+    /// The packet's length in bytes: the payload's, or for a truncated packet its length
+    /// before the copy range cut it (what counters count).
+    pub fn len(&self) -> usize {
+        self.orig_len.map_or(self.payload.len(), |l| l as usize)
+    }
+
+    /// Never true for a queued packet (it has at least an IP header); for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A queued packet handed to the [`Queue::decide`] handler.
 #[derive(Debug)]
 pub struct Packet<'a> {
-    /// Kernel packet id, what the verdict refers to.
-    pub id: u32,
-    /// EtherType of the packet in host order (0x0800 IPv4, 0x86dd IPv6).
-    pub hw_protocol: u16,
-    /// Netfilter hook: 0 prerouting, 1 input, 2 forward, 3 output, 4 postrouting.
-    pub hook: u8,
-    /// Input interface index, 0 when none.
-    pub indev: u32,
-    /// Output interface index, 0 when none.
-    pub outdev: u32,
-    pub mark: u32,
+    /// Id, hook, interfaces, mark (read through `Deref`: `pkt.hook`).
+    pub meta: PacketMeta,
     /// False when `NFQA_SKB_INFO` has CSUMNOTREADY: the L4 checksum field holds only the
     /// pseudo-header seed, so an incremental update would be wrong.
     pub checksum_ready: bool,
@@ -126,6 +144,9 @@ pub struct Packet<'a> {
     /// The payload is shorter than the packet (`NFQA_CAP_LEN`, the original length, is larger
     /// than what was copied). A payload is never returned for such a packet: it would cut it.
     pub truncated: bool,
+    /// The packet's length as the kernel reported it (`NFQA_CAP_LEN`), when the payload is
+    /// shorter (truncated); see [`Packet::len`].
+    pub orig_len: Option<u32>,
     /// The packet from its network header on, in the receive buffer (zero copy). Rewrite it in
     /// place and return `modified: true`.
     pub payload: &'a mut [u8],
@@ -401,15 +422,11 @@ impl Queue {
         for (idx, pm) in parsed.iter() {
             let truncated = pm.truncated();
             let mut pkt = Packet {
-                id: pm.id,
-                hw_protocol: pm.hw_protocol,
-                hook: pm.hook,
-                indev: pm.indev,
-                outdev: pm.outdev,
-                mark: pm.mark,
+                meta: pm.meta,
                 checksum_ready: pm.checksum_ready(),
                 gso: pm.gso(),
                 truncated,
+                orig_len: if truncated { pm.cap_len } else { None },
                 payload: &mut bufs.slot_mut(*idx)[pm.payload.clone()],
             };
             let d = handler(&mut pkt);
@@ -896,11 +913,20 @@ mod tests {
     #[test]
     fn a_header_only_verdict_carries_the_mark_and_no_payload() {
         let mut q = queue_with(&[(1, true), (2, false)]);
-        q.decide(&mut |_| Decision {
-            verdict: Verdict::Accept,
-            modified: false,
-            mark: Some(0x4f00),
+        let mut lens = Vec::new();
+        q.decide(&mut |p| {
+            lens.push((p.payload.len(), p.len()));
+            Decision {
+                verdict: Verdict::Accept,
+                modified: false,
+                mark: Some(0x4f00),
+            }
         });
+        assert_eq!(
+            lens,
+            [(60, 9000), (60, 60)],
+            "counted at the length the kernel reported"
+        );
         let mut sent = Vec::new();
         q.send_verdicts_with(&mut |iov, _| {
             sent.extend(verdicts_in(iov));

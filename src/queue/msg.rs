@@ -111,18 +111,30 @@ impl From<FrameError> for ParseError {
     }
 }
 
+/// What the kernel says about a queued packet besides its bytes: the same for the decoded
+/// message and for the [`super::Packet`] handed to the handler (both deref to it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketMeta {
+    /// Kernel packet id, what the verdict refers to.
+    pub id: u32,
+    /// EtherType of the packet in host order (0x0800 IPv4, 0x86dd IPv6).
+    pub hw_protocol: u16,
+    /// Netfilter hook: 0 prerouting, 1 input, 2 forward, 3 output, 4 postrouting.
+    pub hook: u8,
+    /// Input interface index, 0 when none.
+    pub indev: u32,
+    /// Output interface index, 0 when none.
+    pub outdev: u32,
+    pub mark: u32,
+}
+
 /// One queued packet as the kernel described it. Offsets are absolute within the datagram
 /// given to [`parse_datagram`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PacketMsg {
     /// Queue number from `nfgenmsg.res_id`.
     pub queue: u16,
-    pub id: u32,
-    pub hw_protocol: u16,
-    pub hook: u8,
-    pub indev: u32,
-    pub outdev: u32,
-    pub mark: u32,
+    pub meta: PacketMeta,
     /// `NFQA_SKB_INFO` bits, 0 when absent.
     pub skb_info: u32,
     /// `NFQA_CAP_LEN`: the kernel sends it only when it copied fewer bytes than the packet
@@ -130,6 +142,19 @@ pub struct PacketMsg {
     pub cap_len: Option<u32>,
     /// The `NFQA_PAYLOAD` value; empty range when absent.
     pub payload: Range<usize>,
+}
+
+impl std::ops::Deref for PacketMsg {
+    type Target = PacketMeta;
+    fn deref(&self) -> &PacketMeta {
+        &self.meta
+    }
+}
+
+impl std::ops::DerefMut for PacketMsg {
+    fn deref_mut(&mut self) -> &mut PacketMeta {
+        &mut self.meta
+    }
 }
 
 impl PacketMsg {
@@ -231,12 +256,7 @@ fn decode_packet(buf: &[u8], start: usize, end: usize) -> Result<Message, ParseE
     let queue = be_u16(buf, nfg + 2);
     let mut pkt = PacketMsg {
         queue,
-        id: 0,
-        hw_protocol: 0,
-        hook: 0,
-        indev: 0,
-        outdev: 0,
-        mark: 0,
+        meta: PacketMeta::default(),
         skb_info: 0,
         cap_len: None,
         payload: 0..0,
