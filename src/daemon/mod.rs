@@ -596,11 +596,15 @@ impl Daemon<'_> {
         if changes.is_empty() {
             return;
         }
+        let header_only = self.active.config.settings.header_only;
+        let before = header_only.then(|| self.active.policy(self.queues).rewrite);
         self.active.follow(newer);
-        if self.active.config.settings.header_only {
+        let policy = header_only.then(|| self.active.policy(self.queues));
+        if let (Some(before), Some(policy)) = (before, policy)
+            && policy.rewrite != before
+        {
             // The reply map holds the `*` addresses the table now answers from: installed
             // before the queue threads decide by the new table.
-            let policy = self.active.policy(self.queues);
             if let Err(e) = self.nft.install(&policy) {
                 self.log.error(format_args!(
                     "header-only reply map not updated ({e}): long replies of `*` services \
