@@ -361,3 +361,100 @@ fn sigkill_during_a_header_only_download_never_leaks_v6() {
         Family::V6,
     );
 }
+
+/// `*` follows a renumbered interface on the header-only path too: the reply map is installed
+/// again with the new address, so a download's long replies (written by the kernel) leave from
+/// it, and nothing leaves from the old one or with the private address.
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn star_reply_map_follows_a_renumbered_address_v4() {
+    let name = "star_reply_map_follows_a_renumbered_address_v4";
+    if !require_root(name) {
+        return;
+    }
+    let case = Case::new(Translator::Netnat, Family::V4, AppAddr::Star);
+    let run = Run::start(case, true, true);
+    let t = &run.t;
+    let bytes = 8 * 1024 * 1024;
+    let file = random_file(t, "bulk.bin", bytes);
+    let download = |to: &str, label: &str| {
+        let recv = t.dir.file(&format!("{label}.recv"));
+        let mut server = t.spawn(
+            &t.srv,
+            &format!("socat-{label}"),
+            &[
+                "socat",
+                "-u",
+                &format!("OPEN:{}", file.display()),
+                &format!("TCP4-LISTEN:{DOWNLOAD_ACT_PORT},reuseaddr"),
+            ],
+        );
+        t.srv
+            .wait_listening("tcp", DOWNLOAD_ACT_PORT, Duration::from_secs(10));
+        let out = t.cli.run_timeout(
+            &[
+                "socat",
+                "-u",
+                &format!("TCP4:{to}:{DOWNLOAD_APP_PORT},connect-timeout=2"),
+                &format!("CREATE:{}", recv.display()),
+            ],
+            Duration::from_secs(30),
+        );
+        let _ = server.wait_timeout(Duration::from_secs(5));
+        (
+            out.success() && common::scenario::sha256(&recv) == common::scenario::sha256(&file),
+            out,
+        )
+    };
+    let (ok, out) = download("10.99.1.1", "before");
+    assert!(ok, "{name}: download before the change\n{out}");
+    let before = run.netnat.status_json().n("queue.header_only");
+
+    t.rtr
+        .must(&["ip", "addr", "del", "10.99.1.1/24", "dev", "pub0"]);
+    t.rtr
+        .must(&["ip", "addr", "add", "10.99.1.5/24", "dev", "pub0"]);
+    // Wait until netnat answers from the new address (it follows within milliseconds).
+    let start = std::time::Instant::now();
+    loop {
+        let st = run.netnat.status_json();
+        let now = common::status::services(&st).iter().any(|s| {
+            s.at("apparent")
+                .and_then(|v| v.as_str())
+                .is_some_and(|a| a.starts_with("10.99.1.5:"))
+        });
+        if now {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{name}: `*` did not follow: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cap = Capture::on("eth0").name("cli-renumbered").start(t, &t.cli);
+    let (ok, out) = download("10.99.1.5", "after");
+    let pcap = cap.stop();
+    assert!(
+        ok,
+        "{name}: download after the change\n{out}\n{}",
+        run.netnat.proc.evidence()
+    );
+    let after = run.netnat.status_json().n("queue.header_only");
+    assert!(
+        after > before,
+        "{name}: no header-only verdict after the change"
+    );
+    let sport = format!("tcp.srcport == {DOWNLOAD_APP_PORT}");
+    let from_new = capture::count(&pcap, &format!("ip.src == 10.99.1.5 && {sport}"));
+    let from_other = capture::count(&pcap, &format!("ip.src != 10.99.1.5 && {sport}"));
+    assert!(
+        from_new > 0 && from_other == 0,
+        "{name}: {from_new} packets from the new address, {from_other} from another\n{}",
+        capture::summary(&pcap, &sport, 20)
+    );
+    eprintln!(
+        "{name}: {} header-only verdicts after the change, {from_new} packets from 10.99.1.5",
+        after - before
+    );
+}
