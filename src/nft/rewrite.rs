@@ -684,4 +684,92 @@ mod tests {
         assert_eq!(b.len(), key_len(&MapKind::Out6.data()));
         assert_eq!(&b[16..], &[0x11, 0x5b, 0, 0]);
     }
+
+    #[test]
+    fn the_batch_holds_maps_with_data_and_rules_that_write_from_registers() {
+        use super::super::batch::{QueueExprKind, install};
+        use super::super::policy::Policy;
+        use super::super::sets::concat_type;
+        use super::super::walk::*;
+        let svcs = services();
+        let rw = Rewrite::new(&svcs, &star_at, 0x4e00, 0x100);
+        let p = Policy::new(&svcs, 4747).with_rewrite(Some(rw));
+        let (batch, _) = install(&p, QueueExprKind::Native);
+        let msgs = messages(&batch);
+
+        // NFTA_SET_NAME 2, FLAGS 3, DATA_TYPE 6, DATA_LEN 7.
+        let live = msgs
+            .iter()
+            .filter(|(t, _, _)| *t == libc::NFT_MSG_NEWSET as u16)
+            .map(|(_, _, a)| attrs(a))
+            .filter(|a| attr(a, 2).map(cstr) == Some("rw_in4"))
+            .last()
+            .expect("rw_in4 created");
+        assert_eq!(u32_attr(&live, 3), Some(libc::NFT_SET_MAP as u32));
+        let data = MapKind::In4.data();
+        assert_eq!(u32_attr(&live, 6), Some(concat_type(&data)));
+        assert_eq!(u32_attr(&live, 7), Some(8));
+
+        // Its element: key nest (1) and data nest (2) holding the value (1).
+        let elements = msgs
+            .iter()
+            .filter(|(t, _, _)| *t == libc::NFT_MSG_NEWSETELEM as u16)
+            .map(|(_, _, a)| attrs(a))
+            .find(|a| attr(a, 2).map(cstr) == Some("rw_in4"))
+            .expect("rw_in4 elements");
+        let list = attrs(attr(&elements, 3).unwrap());
+        assert_eq!(list.len(), 1);
+        let element = attrs(list[0].1);
+        let value = attrs(attr(&element, 2).expect("data nest"));
+        assert_eq!(
+            attr(&value, 1),
+            Some(&[192, 168, 77, 10, 0x1f, 0x90, 0, 0][..])
+        );
+
+        // The first rewrite rule: mark, family, protocol, key loads, lookup into registers,
+        // two payload writes from them, the bit cleared.
+        let all = rules(&batch);
+        let r = all
+            .iter()
+            .find(|r| {
+                r.iter()
+                    .any(|(n, d)| n == "lookup" && u32_attr(&attrs(d), 3).is_some())
+            })
+            .expect("a map lookup with a data register");
+        let names: Vec<&str> = r.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "meta", "bitwise", "cmp", "meta", "cmp", "meta", "cmp", "meta", "payload", "meta",
+                "payload", "lookup", "payload", "payload", "meta", "bitwise", "meta"
+            ]
+        );
+        assert_eq!(cmp_value(&r[2]), 0x4f00u32.to_ne_bytes());
+        let lookup = attrs(&r[11].1);
+        // NFTA_LOOKUP_SET 1, SREG 2, DREG 3.
+        assert_eq!(cstr(attr(&lookup, 1).unwrap()), "rw_in4");
+        assert_eq!(
+            (u32_attr(&lookup, 2), u32_attr(&lookup, 3)),
+            (Some(8), Some(8))
+        );
+        // NFTA_PAYLOAD_SREG 5, BASE 2, OFFSET 3, LEN 4, CSUM_TYPE 6, CSUM_OFFSET 7, FLAGS 8.
+        let write = |i: usize| {
+            let a = attrs(&r[i].1);
+            [5, 2, 3, 4, 6, 7, 8].map(|t| u32_attr(&a, t).unwrap_or(u32::MAX))
+        };
+        let (net, th) = (
+            libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+            libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
+        );
+        assert_eq!(write(12), [8, net, 16, 4, CSUM_INET, 10, L4CSUM_PSEUDOHDR]);
+        assert_eq!(write(13), [9, th, 2, 2, CSUM_INET, 16, 0]);
+        // The last rule of each chain drops what still asks for a rewrite.
+        let drops = all
+            .iter()
+            .filter(|r| {
+                r.len() == 4 && r[3].0 == "immediate" && cmp_value(&r[2]) == 0x4f00u32.to_ne_bytes()
+            })
+            .count();
+        assert_eq!(drops, 2);
+    }
 }
