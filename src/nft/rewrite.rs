@@ -703,7 +703,7 @@ mod tests {
             .filter(|(t, _, _)| *t == libc::NFT_MSG_NEWSET as u16)
             .map(|(_, _, a)| attrs(a))
             .filter(|a| attr(a, 2).map(cstr) == Some("rw_in4"))
-            .last()
+            .next_back()
             .expect("rw_in4 created");
         assert_eq!(u32_attr(&live, 3), Some(libc::NFT_SET_MAP as u32));
         let data = MapKind::In4.data();
