@@ -702,8 +702,7 @@ mod tests {
             .iter()
             .filter(|(t, _, _)| *t == libc::NFT_MSG_NEWSET as u16)
             .map(|(_, _, a)| attrs(a))
-            .filter(|a| attr(a, 2).map(cstr) == Some("rw_in4"))
-            .next_back()
+            .rfind(|a| attr(a, 2).map(cstr) == Some("rw_in4"))
             .expect("rw_in4 created");
         assert_eq!(u32_attr(&live, 3), Some(libc::NFT_SET_MAP as u32));
         let data = MapKind::In4.data();
