@@ -366,7 +366,9 @@ impl Parser {
                 );
             }
         }
-        if self.settings.header_only && self.settings.rewrite_mark & self.settings.mark != 0 {
+        let rw = self.settings.rewrite_mark;
+        let borrowed = rw | rw >> 1 | rw >> 2;
+        if self.settings.header_only && borrowed & self.settings.mark != 0 {
             // The bit would be set by every translating verdict: the kernel would rewrite
             // packets netnat had rewritten already.
             let (line, column) = self.rewrite_mark_at.or(self.mark_at).unwrap_or((0, 0));
@@ -375,8 +377,9 @@ impl Parser {
                 line,
                 column,
                 format!(
-                    "rewrite-mark {:#x} overlaps mark {:#x}: choose a bit outside it",
-                    self.settings.rewrite_mark, self.settings.mark
+                    "rewrite-mark {rw:#x} (with the two bits below it, {borrowed:#x}) overlaps \
+                     mark {:#x}: choose a bit outside it",
+                    self.settings.mark
                 ),
             );
         }
@@ -774,7 +777,8 @@ impl Parser {
             return;
         };
         match hex_u32(w.text) {
-            Some(m) if m.count_ones() == 1 => {
+            // The two bits below it name an address slot (`*` flows kept at other addresses).
+            Some(m) if m.count_ones() == 1 && m >= 4 => {
                 self.settings.rewrite_mark = m;
                 self.rewrite_mark_at = Some((number, w.column));
             }
@@ -783,7 +787,7 @@ impl Parser {
                 number,
                 w.column,
                 format!(
-                    "expected one bit as hex digits (e.g. 0x100), found {:?}",
+                    "expected one bit from 0x4 up as hex digits (e.g. 0x100), found {:?}",
                     w.text
                 ),
             ),
@@ -1222,7 +1226,7 @@ mod tests {
             q("rewrite-mark 0x80000000\n").unwrap().rewrite_mark,
             1 << 31
         );
-        assert_eq!(q("mark 0x1\nrewrite-mark 2\n").unwrap().rewrite_mark, 2);
+        assert_eq!(q("mark 0x1\nrewrite-mark 8\n").unwrap().rewrite_mark, 8);
         // Unused with header-only off: any mark goes.
         assert!(q("mark 0xffffffff\nheader-only off\n").is_ok());
         for (text, line, column, says) in [

@@ -16,17 +16,18 @@ use crate::nft::rewrite::Rewrite;
 /// installs (plus the draining services, see [`policy_with`]).
 /// Without a lookup table, the `*` services' reply map elements are left out (`netnat rules`).
 pub fn policy_of(config: &Config, queues: u16) -> Policy {
-    policy_with(config, &services_of(config), queues, &|_| None)
+    policy_with(config, &services_of(config), queues, &|_| Vec::new())
 }
 
 /// The rules for `services` (the configuration's and the draining ones, whose packets must
-/// still reach the queue) with `config`'s settings. `reply_from(i)`: the address replies of
-/// the `*` service `services[i]` leave from now, for the header-only path's reply map.
+/// still reach the queue) with `config`'s settings. `reply_from(i)`: the addresses replies of
+/// the `*` service `services[i]` leave from now (default, then slots), for the header-only
+/// path's reply maps (see `engine::datapath::reply_slots`).
 pub(super) fn policy_with(
     config: &Config,
     services: &[Service],
     queues: u16,
-    reply_from: &dyn Fn(usize) -> Option<std::net::IpAddr>,
+    reply_from: &dyn Fn(usize) -> Vec<std::net::IpAddr>,
 ) -> Policy {
     let s = &config.settings;
     let rewrite = s
@@ -310,8 +311,8 @@ mod tests {
         // only (the table takes ids from the configuration's count on as draining).
         assert_eq!(all_services(&new, &d), [service(moved), service(WEB)]);
         let both = [service(moved), service(WEB)];
-        let policy = policy_with(&new, &all_services(&new, &d), 1, &|_| None);
-        let rewrite = Rewrite::new(&both, &|_| None, config::DEFAULT_MARK, 0x100);
+        let policy = policy_with(&new, &all_services(&new, &d), 1, &|_| Vec::new());
+        let rewrite = Rewrite::new(&both, &|_| Vec::new(), config::DEFAULT_MARK, 0x100);
         let want = Policy::new(&both, config::DEFAULT_QUEUE)
             .with_queues(1)
             .with_mark(config::DEFAULT_MARK)
@@ -523,7 +524,7 @@ mod tests {
         c.settings.mark = 0x10;
         let p = policy_of(&c, 2);
         let both = [service(WEB), service(DNS)];
-        let rewrite = Rewrite::new(&both, &|_| None, 0x10, config::DEFAULT_REWRITE_MARK);
+        let rewrite = Rewrite::new(&both, &|_| Vec::new(), 0x10, config::DEFAULT_REWRITE_MARK);
         assert_eq!(
             p,
             Policy::new(&both, 100)

@@ -163,7 +163,12 @@ impl Active {
     /// The rules of this set over `queues` queues, the header-only reply map from the table.
     fn policy(&self, queues: u16) -> crate::nft::Policy {
         let table = &self.table;
-        let reply_from = |i: usize| table.entry(i).map(|e| e.reply_default());
+        let reply_from = |i: usize| {
+            table
+                .entry(i)
+                .map(crate::engine::datapath::reply_slots)
+                .unwrap_or_default()
+        };
         policy_with(&self.config, &self.services(), queues, &reply_from)
     }
 

@@ -240,20 +240,27 @@ fn header_only(
     };
     match dir {
         Direction::Inbound => flows.inbound(e, flow.src, flow.dst.ip(), syn),
-        Direction::Reply if table.has_others() && !flows.is_empty() => {
-            // The reply map holds the entry's default address only: a flow the memory keeps
-            // at another address cannot be rewritten by the kernel. Dropped and counted
-            // rather than sent from the wrong address (`header-only off` serves such flows).
-            if flows.reply(e, flow.dst).ip() != e.reply_default() {
-                return refuse(Refusal::Truncated);
-            }
-        }
         Direction::Reply => {}
     }
+    let mut slot = 0;
+    if dir == Direction::Reply && table.has_others() && !flows.is_empty() {
+        // A flow the memory keeps at another address: its slot in the mark picks the reply
+        // map that holds it. Past the last slot the kernel cannot write it: dropped and
+        // counted rather than sent from the wrong address (`header-only off` serves it).
+        let at = flows.reply(e, flow.dst).ip();
+        if at != e.reply_default() {
+            match slot_addresses(e).position(|a| a == at) {
+                Some(i) => slot = i as u32 + 1,
+                None => return refuse(Refusal::Truncated),
+            }
+        }
+    }
+    // The slot in the two bits below the rewrite bit (`nft::rewrite::slot_bits`).
+    let slot_bits = slot * (rewrite_mark >> 2);
     let decision = Decision {
         verdict: Verdict::Accept,
         modified: false,
-        mark: Some(pkt.mark | mark | rewrite_mark),
+        mark: Some(pkt.mark | mark | rewrite_mark | slot_bits),
     };
     let dir_event = Event::Translated {
         id: e.id,
@@ -262,6 +269,21 @@ fn header_only(
         kind,
     };
     (decision, dir_event)
+}
+
+/// The addresses of slots 1-3 of a `*` entry, in order: its apparent address, then its others.
+fn slot_addresses(e: &Entry) -> impl Iterator<Item = IpAddr> + '_ {
+    std::iter::once(e.app.ip())
+        .chain(e.others.iter().copied())
+        .take(3)
+}
+
+/// The addresses the header-only reply maps hold for entry `e`: the default (the map without a
+/// slot), then slots 1-3 (a flow's address, named in the verdict's mark).
+pub fn reply_slots(e: &Entry) -> Vec<IpAddr> {
+    std::iter::once(e.reply_default())
+        .chain(slot_addresses(e))
+        .collect()
 }
 
 /// The client endpoint of a reply: the destination of a TCP or UDP packet, the source of the
@@ -912,6 +934,29 @@ mod tests {
             through(&removed, &mut m, syn(1004, a), HOOK_PREROUTING),
             None
         );
+    }
+
+    #[test]
+    fn a_long_reply_of_a_flow_kept_at_another_address_names_its_slot() {
+        let svcs = [parse_service("service pub0 port * 80 TCP 192.168.77.10 8080").unwrap()];
+        let t = ServiceTable::build(&svcs, &Pub0("10.99.1.1", &["10.99.1.80"]));
+        let e = t.entry(0).unwrap();
+        let slots: Vec<String> = reply_slots(e).iter().map(|a| a.to_string()).collect();
+        assert_eq!(slots, ["10.99.1.1", "10.99.1.1", "10.99.1.80"]);
+        let mut m = FlowMemory::default();
+        let syn = tcp_syn([10, 99, 1, 2], 1001, [10, 99, 1, 80], 80);
+        assert!(through(&t, &mut m, syn, HOOK_PREROUTING).is_some());
+        let reply = |port| {
+            let mut r = long_segment([192, 168, 77, 10], 8080, [10, 99, 1, 2], port);
+            let mut pkt = packet(&mut r, HOOK_POSTROUTING, 0, 7);
+            pkt.truncated = true;
+            let (d, e) = handle(&t, &m, (0x4e00, 0x100), &mut pkt);
+            assert!(matches!(e, Event::Translated { .. }), "{e:?}");
+            d.mark
+        };
+        // Kept at .80, slot 2 (0x80); another flow leaves from the default, no slot bits.
+        assert_eq!(reply(1001), Some(0x4f81));
+        assert_eq!(reply(1002), Some(0x4f01));
     }
 
     #[test]

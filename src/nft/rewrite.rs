@@ -18,8 +18,12 @@
 //! The maps hold what the consumer decides by: inbound the actual endpoint; for replies the
 //! apparent endpoint, for a `*` service the address its replies leave from by default
 //! (`reply_from`, supplied by the daemon from its lookup table and installed again when the
-//! address moves). A `*` flow that the flow memory keeps at another address is not served here
-//! (the consumer drops its long packets; `header-only off` serves it).
+//! address moves). A `*` flow that the flow memory keeps at another of the interface's
+//! addresses names it in the verdict's mark: the two bits below the rewrite bit hold a slot
+//! 1-3, the position of the address in the entry's list (apparent address, then the others,
+//! see [`slot_bits`]), and the reply maps `rw_out4_1` .. `rw_out6_3` hold, per slot, that
+//! address. A flow at a fourth or later address is not served here (the consumer drops its long
+//! packets; `header-only off` serves it).
 //!
 //! May use: `sets`, `rules` and `family` (key layouts, set kinds, chains), `expr`, `translate` (key loads), `objects` and
 //! `elements` (the map and its elements), `config`.
@@ -64,16 +68,38 @@ pub enum MapKind {
     In6Local,
     Out4,
     Out6,
+    /// Replies of `*` flows kept at the address in slot 1, 2, 3 (see [`slot_bits`]).
+    Out4Slot1,
+    Out4Slot2,
+    Out4Slot3,
+    Out6Slot1,
+    Out6Slot2,
+    Out6Slot3,
+}
+
+/// Slots for addresses other than a reply's default (bits below the rewrite bit).
+pub const SLOTS: u8 = 3;
+
+/// The mark bits naming slot `slot` (0: the default address, 1-3) with rewrite bit `bit`: the
+/// slot number in the two bits right below it.
+pub fn slot_bits(bit: u32, slot: u8) -> u32 {
+    (u32::from(slot) & 3) * (bit >> 2)
 }
 
 impl MapKind {
-    pub const ALL: [MapKind; 6] = [
+    pub const ALL: [MapKind; 12] = [
         MapKind::In4,
         MapKind::In4Local,
         MapKind::In6,
         MapKind::In6Local,
         MapKind::Out4,
         MapKind::Out6,
+        MapKind::Out4Slot1,
+        MapKind::Out4Slot2,
+        MapKind::Out4Slot3,
+        MapKind::Out6Slot1,
+        MapKind::Out6Slot2,
+        MapKind::Out6Slot3,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,7 +110,34 @@ impl MapKind {
             MapKind::In6Local => "rw_in6_local",
             MapKind::Out4 => "rw_out4",
             MapKind::Out6 => "rw_out6",
+            MapKind::Out4Slot1 => "rw_out4_1",
+            MapKind::Out4Slot2 => "rw_out4_2",
+            MapKind::Out4Slot3 => "rw_out4_3",
+            MapKind::Out6Slot1 => "rw_out6_1",
+            MapKind::Out6Slot2 => "rw_out6_2",
+            MapKind::Out6Slot3 => "rw_out6_3",
         }
+    }
+
+    /// The address slot this reply map serves (0: the default address).
+    pub fn slot(self) -> u8 {
+        match self {
+            MapKind::Out4Slot1 | MapKind::Out6Slot1 => 1,
+            MapKind::Out4Slot2 | MapKind::Out6Slot2 => 2,
+            MapKind::Out4Slot3 | MapKind::Out6Slot3 => 3,
+            _ => 0,
+        }
+    }
+
+    /// The reply map of `slot` of the family.
+    fn reply(v6: bool, slot: u8) -> MapKind {
+        let [four, six] = match slot {
+            1 => [MapKind::Out4Slot1, MapKind::Out6Slot1],
+            2 => [MapKind::Out4Slot2, MapKind::Out6Slot2],
+            3 => [MapKind::Out4Slot3, MapKind::Out6Slot3],
+            _ => [MapKind::Out4, MapKind::Out6],
+        };
+        if v6 { six } else { four }
     }
 
     /// The queueing set whose key this map has.
@@ -94,13 +147,20 @@ impl MapKind {
             MapKind::In4Local => SetKind::In4Local,
             MapKind::In6 => SetKind::In6,
             MapKind::In6Local => SetKind::In6Local,
-            MapKind::Out4 => SetKind::Out4,
-            MapKind::Out6 => SetKind::Out6,
+            MapKind::Out4 | MapKind::Out4Slot1 | MapKind::Out4Slot2 | MapKind::Out4Slot3 => {
+                SetKind::Out4
+            }
+            MapKind::Out6 | MapKind::Out6Slot1 | MapKind::Out6Slot2 | MapKind::Out6Slot3 => {
+                SetKind::Out6
+            }
         }
     }
 
     pub fn inbound(self) -> bool {
-        !matches!(self, MapKind::Out4 | MapKind::Out6)
+        matches!(
+            self,
+            MapKind::In4 | MapKind::In4Local | MapKind::In6 | MapKind::In6Local
+        )
     }
 
     /// The data: the endpoint written, destination inbound, source on replies.
@@ -139,6 +199,13 @@ pub struct RewriteRule {
     pub udp_zero: Option<bool>,
 }
 
+impl RewriteRule {
+    /// Reply rules test the slot bits (0 for the default map), inbound ones do not.
+    fn slot(&self) -> Option<u8> {
+        (!self.map.inbound()).then(|| self.map.slot())
+    }
+}
+
 /// The header-only path's maps and chains, part of netnat's table when `header-only on`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rewrite {
@@ -165,12 +232,13 @@ pub fn chains() -> [ChainSpec; 2] {
 }
 
 impl Rewrite {
-    /// The maps for `services`; `reply_from(i)` is the address replies of the `*` service
-    /// `services[i]` leave from now (None: unresolved, no reply element). A key is mapped once,
-    /// by the first service that has it (the lookup table's rule too).
+    /// The maps for `services`; `reply_from(i)` lists the addresses replies of the `*`
+    /// service `services[i]` leave from now: first the default, then slots 1-3 (empty:
+    /// unresolved, no reply element). A key is mapped once, by the first service that has it
+    /// (the lookup table's rule too).
     pub fn new(
         services: &[Service],
-        reply_from: &dyn Fn(usize) -> Option<IpAddr>,
+        reply_from: &dyn Fn(usize) -> Vec<IpAddr>,
         mark: u32,
         bit: u32,
     ) -> Rewrite {
@@ -206,13 +274,15 @@ impl Rewrite {
                 }
             }
             let from = match s.app_addr {
-                AppAddr::Fixed(a) => Some(a),
+                AppAddr::Fixed(a) => vec![a],
                 AppAddr::Interface => reply_from(i),
             };
-            if let Some(from) = from.filter(|a| Family::of(a) == Family::of(&s.act_addr)) {
-                let kind = if v6 { MapKind::Out6 } else { MapKind::Out4 };
-                let key = vec![iface(), KeyValue::Addr(s.act_addr), proto, port(s.act_port)];
-                put(kind, key, SocketAddr::new(from, s.app_port));
+            let key = vec![iface(), KeyValue::Addr(s.act_addr), proto, port(s.act_port)];
+            for (slot, a) in (0..=SLOTS).zip(from) {
+                if Family::of(&a) == Family::of(&s.act_addr) {
+                    let to = SocketAddr::new(a, s.app_port);
+                    put(MapKind::reply(v6, slot), key.clone(), to);
+                }
             }
         }
         let maps = MapKind::ALL
@@ -261,6 +331,11 @@ impl Rewrite {
     /// Both bits: what a header-only verdict sets.
     fn both(&self) -> u32 {
         self.mark | self.bit
+    }
+
+    /// The rewrite bit and the slot bits, cleared together once the rewrite is done.
+    fn ours(&self) -> u32 {
+        self.bit | slot_bits(self.bit, 3)
     }
 }
 
@@ -377,6 +452,11 @@ fn translate<'a>(
     let mut rule = nftnl::Rule::new(chain);
     let family = r.map.keyed_like().family();
     mark_has(&mut rule, rw.both());
+    if let Some(slot) = r.slot() {
+        rule.add_expr(&Meta::Mark { set: false });
+        rule.add_expr(&Bitwise::new(slot_bits(rw.bit, 3), 0u32));
+        rule.add_expr(&Cmp::new(CmpOp::Eq, slot_bits(rw.bit, slot)));
+    }
     rule.add_expr(&Meta::NfProto);
     rule.add_expr(&Cmp::new(CmpOp::Eq, &[family.nfproto()][..]));
     rule.add_expr(&Meta::L4Proto);
@@ -444,7 +524,7 @@ fn translate<'a>(
         csum_flags: 0,
     });
     rule.add_expr(&Meta::Mark { set: false });
-    rule.add_expr(&Bitwise::new(!rw.bit, 0u32));
+    rule.add_expr(&Bitwise::new(!rw.ours(), 0u32));
     rule.add_expr(&Meta::Mark { set: true });
     rule
 }
@@ -498,10 +578,18 @@ pub fn render_rule(rw: &Rewrite, r: &RewriteRule) -> String {
             _ => s,
         })
         .collect();
-    let mut out = format!(
-        "meta mark & {:#010x} == {:#010x} meta nfproto {} meta l4proto {proto} ",
-        rw.both(),
-        rw.both(),
+    let mut out = format!("meta mark & {:#010x} == {:#010x} ", rw.both(), rw.both());
+    if let Some(slot) = r.slot() {
+        let _ = write!(
+            out,
+            "meta mark & {:#010x} == {:#010x} ",
+            slot_bits(rw.bit, 3),
+            slot_bits(rw.bit, slot)
+        );
+    }
+    let _ = write!(
+        out,
+        "meta nfproto {} meta l4proto {proto} ",
         match family {
             Family::Ipv4 => "ipv4",
             Family::Ipv6 => "ipv6",
@@ -517,7 +605,7 @@ pub fn render_rule(rw: &Rewrite, r: &RewriteRule) -> String {
         "{ip} {addr} . {proto} {port} set {} map @{} meta mark set meta mark & {:#010x}",
         key.join(" . "),
         r.map.name(),
-        !rw.bit
+        !rw.ours()
     );
     out
 }
@@ -594,8 +682,11 @@ mod tests {
         .collect()
     }
 
-    fn star_at(i: usize) -> Option<IpAddr> {
-        (i == 1).then(|| "10.99.1.1".parse().unwrap())
+    fn star_at(i: usize) -> Vec<IpAddr> {
+        match i {
+            1 => vec!["10.99.1.1".parse().unwrap()],
+            _ => Vec::new(),
+        }
     }
 
     #[test]
@@ -641,7 +732,7 @@ mod tests {
             ["\"pub0\" . fd00::10 . tcp . 4443 : [2001:db8:1::1]:443"]
         );
         // An unresolved `*`: no reply element (its long replies are dropped by the last rule).
-        let rw = Rewrite::new(&services(), &|_| None, 0x4e00, 0x100);
+        let rw = Rewrite::new(&services(), &|_| Vec::new(), 0x4e00, 0x100);
         let out4 = rw.maps.iter().find(|m| m.kind == MapKind::Out4).unwrap();
         assert_eq!(out4.keys.len(), 2);
     }
@@ -669,7 +760,58 @@ mod tests {
             text,
             "meta mark & 0x00004f00 == 0x00004f00 meta nfproto ipv4 meta l4proto tcp ip daddr . \
              tcp dport set iifname . ip daddr . meta l4proto . th dport map @rw_in4 meta mark set \
-             meta mark & 0xfffffeff"
+             meta mark & 0xfffffe3f"
+        );
+    }
+
+    #[test]
+    fn a_star_service_s_other_addresses_get_slot_maps_and_slot_rules() {
+        let svcs = services();
+        let at = |i: usize| match i {
+            // Default .1 (the address held for older flows), slots .5, .1, .80.
+            1 => ["10.99.1.1", "10.99.1.5", "10.99.1.1", "10.99.1.80"]
+                .map(|a| a.parse().unwrap())
+                .to_vec(),
+            _ => Vec::new(),
+        };
+        let rw = Rewrite::new(&svcs, &at, 0x4e00, 0x100);
+        let slot_maps: Vec<(MapKind, Vec<SocketAddr>)> = rw
+            .maps
+            .iter()
+            .filter(|m| m.kind.slot() > 0)
+            .map(|m| (m.kind, m.data.clone()))
+            .collect();
+        let to = |a: &str| vec![a.parse::<SocketAddr>().unwrap()];
+        assert_eq!(
+            slot_maps,
+            [
+                (MapKind::Out4Slot1, to("10.99.1.5:53")),
+                (MapKind::Out4Slot2, to("10.99.1.1:53")),
+                (MapKind::Out4Slot3, to("10.99.1.80:53")),
+            ]
+        );
+        let r = rw
+            .rules(false)
+            .into_iter()
+            .find(|r| r.map == MapKind::Out4Slot2)
+            .unwrap();
+        assert!(
+            render_rule(&rw, &r).starts_with(
+                "meta mark & 0x00004f00 == 0x00004f00 meta mark & 0x000000c0 == 0x00000080 "
+            ),
+            "{}",
+            render_rule(&rw, &r)
+        );
+        let default = rw.rules(false).into_iter().next().unwrap();
+        assert_eq!(default.map, MapKind::Out4);
+        assert!(render_rule(&rw, &default).contains("meta mark & 0x000000c0 == 0x00000000 "));
+        assert_eq!(
+            (
+                slot_bits(0x100, 0),
+                slot_bits(0x100, 1),
+                slot_bits(0x100, 3)
+            ),
+            (0, 0x40, 0xc0)
         );
     }
 
