@@ -16,7 +16,7 @@ use std::fmt::Write;
 
 use crate::config::{self, AppAddr};
 use crate::control::status::{Report, ServiceReport, ServiceState};
-use crate::engine::stats::{DROP_REASONS, DropReason};
+use crate::engine::stats::{DROP_REASONS, DropReason, queue_fields};
 
 /// The `Content-Type` of [`render`]'s output over HTTP.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -61,42 +61,15 @@ pub fn render(r: &Report) -> String {
         "First queue number",
         u64::from(r.queue),
     );
+    for (name, v) in queue_fields(q) {
+        counter(
+            &mut o,
+            &format!("netnat_queue_{name}_total"),
+            queue_help(name),
+            v,
+        );
+    }
     for (name, help, v) in [
-        (
-            "netnat_queue_received_total",
-            "Packets received from the queues",
-            q.received,
-        ),
-        (
-            "netnat_queue_verdicts_total",
-            "Verdicts sent to the queues",
-            q.verdicts,
-        ),
-        (
-            "netnat_queue_enobufs_total",
-            "ENOBUFS on the queue sockets: the kernel dropped packets it could not queue",
-            q.enobufs,
-        ),
-        (
-            "netnat_queue_async_errors_total",
-            "Asynchronous errors reported by the queue sockets",
-            q.async_errors,
-        ),
-        (
-            "netnat_queue_failed_closed_total",
-            "Rewritten packets whose payload could not be returned, dropped",
-            q.failed_closed,
-        ),
-        (
-            "netnat_queue_send_failed_dropped_total",
-            "Packets whose verdict could not be sent, dropped by a second verdict",
-            q.send_failed_dropped,
-        ),
-        (
-            "netnat_queue_verdicts_lost_total",
-            "Packets whose verdict could not be sent at all",
-            q.verdicts_lost,
-        ),
         (
             "netnat_passed_total",
             "Queued packets of no service passed on unchanged",
@@ -295,6 +268,23 @@ fn drops(o: &mut String, name: &str, prefix: &str, d: &[u64; DROP_REASONS]) {
     }
 }
 
+/// The HELP of the metric of the queue figure `name` (a [`queue_fields`] name).
+fn queue_help(name: &str) -> &'static str {
+    match name {
+        "received" => "Packets received from the queues",
+        "verdicts" => "Verdicts sent to the queues",
+        "enobufs" => "ENOBUFS on the queue sockets: the kernel dropped packets it could not queue",
+        "async_errors" => "Asynchronous errors reported by the queue sockets",
+        "failed_closed" => "Rewritten packets whose payload could not be returned, dropped",
+        "send_failed_dropped" => {
+            "Packets whose verdict could not be sent, dropped by a second verdict"
+        }
+        "verdicts_lost" => "Packets whose verdict could not be sent at all",
+        // A figure added to the queue statistics without a text here (a unit test says so).
+        _ => "A figure of the queue statistics",
+    }
+}
+
 fn state_name(s: ServiceState) -> &'static str {
     match s {
         ServiceState::Active { .. } => "active",
@@ -359,6 +349,7 @@ mod tests {
     use super::*;
     use crate::control::status::tests::report;
     use crate::engine::stats::Counters;
+    use crate::queue::QueueStats;
 
     /// The value of the one sample whose name and labels are `sample` exactly.
     fn value(text: &str, sample: &str) -> Option<u64> {
@@ -470,6 +461,14 @@ mod tests {
         );
         // A fixed address is in the `apparent` label already: no apparent-address sample.
         assert!(!t.contains("address=\"2001:db8::1\""), "{t}");
+    }
+
+    #[test]
+    fn every_queue_figure_has_its_own_help() {
+        let fallback = queue_help("");
+        for (name, _) in queue_fields(&QueueStats::default()) {
+            assert_ne!(queue_help(name), fallback, "{name}");
+        }
     }
 
     #[test]

@@ -45,7 +45,7 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 
 use crate::config::{self, AppAddr};
-use crate::engine::stats::{Counters, DROP_REASONS, DropReason};
+use crate::engine::stats::{Counters, DROP_REASONS, DropReason, queue_fields};
 use crate::queue::QueueStats;
 
 /// Where a service stands in the lookup table.
@@ -213,26 +213,22 @@ impl Report {
 
     /// The JSON `netnat status --json` prints (see the module comment).
     pub fn json(&self) -> String {
-        let q = &self.queue_stats;
         let mut o = String::new();
         let _ = write!(
             o,
-            "{{\"format\":{},\"queue\":{{\"num\":{},\"count\":{},\"expression\":{},\"received\":{},\
-             \"verdicts\":{},\"enobufs\":{},\"async_errors\":{},\"failed_closed\":{},\
-             \"send_failed_dropped\":{},\"verdicts_lost\":{}}},\"uptime_secs\":{},\"passed\":{},\
-             \"log_lost\":{},\"start_unix\":{},\"reloads_ok\":{},\"reloads_refused\":{},\
-             \"unattributed_drops\":{},\"services\":[",
+            "{{\"format\":{},\"queue\":{{\"num\":{},\"count\":{},\"expression\":{}",
             Self::JSON_FORMAT,
             self.queue,
             self.queues,
             json_str(&self.expression),
-            q.received,
-            q.verdicts,
-            q.enobufs,
-            q.async_errors,
-            q.failed_closed,
-            q.send_failed_dropped,
-            q.verdicts_lost,
+        );
+        for (name, v) in queue_fields(&self.queue_stats) {
+            let _ = write!(o, ",\"{name}\":{v}");
+        }
+        let _ = write!(
+            o,
+            "}},\"uptime_secs\":{},\"passed\":{},\"log_lost\":{},\"start_unix\":{},\
+             \"reloads_ok\":{},\"reloads_refused\":{},\"unattributed_drops\":{},\"services\":[",
             self.uptime_secs,
             self.passed,
             self.log_lost,

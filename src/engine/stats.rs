@@ -370,7 +370,7 @@ impl LiveStats {
 pub struct Shard {
     generation: AtomicU64,
     pub stats: LiveStats,
-    queue: [AtomicU64; 7],
+    queue: [AtomicU64; QUEUE_FIELDS],
 }
 
 impl Shard {
@@ -394,37 +394,15 @@ impl Shard {
 
     /// The queue's statistics as its thread last published them.
     pub fn queue_stats(&self) -> QueueStats {
-        let [
-            received,
-            verdicts,
-            enobufs,
-            async_errors,
-            failed_closed,
-            send_failed_dropped,
-            verdicts_lost,
-        ] = self.queue.each_ref().map(get);
-        QueueStats {
-            received,
-            verdicts,
-            enobufs,
-            async_errors,
-            failed_closed,
-            send_failed_dropped,
-            verdicts_lost,
+        let mut q = QueueStats::default();
+        for ((_, f), a) in queue_fields_mut(&mut q).into_iter().zip(&self.queue) {
+            *f = get(a);
         }
+        q
     }
 
     pub fn set_queue_stats(&self, q: &QueueStats) {
-        let values = [
-            q.received,
-            q.verdicts,
-            q.enobufs,
-            q.async_errors,
-            q.failed_closed,
-            q.send_failed_dropped,
-            q.verdicts_lost,
-        ];
-        for (a, v) in self.queue.iter().zip(values) {
+        for (a, (_, v)) in self.queue.iter().zip(queue_fields(q)) {
             a.store(v, Ordering::Relaxed);
         }
     }
@@ -435,15 +413,43 @@ impl Shard {
     }
 }
 
+/// How many figures a [`QueueStats`] holds.
+pub const QUEUE_FIELDS: usize = 7;
+
+/// The figures of `q`, each with its field's name, in the order of the struct: the one list
+/// of them that the shards, `status --json` (the names are its keys) and the metrics (the
+/// names are in theirs) go through.
+pub fn queue_fields_mut(q: &mut QueueStats) -> [(&'static str, &mut u64); QUEUE_FIELDS] {
+    let QueueStats {
+        received,
+        verdicts,
+        enobufs,
+        async_errors,
+        failed_closed,
+        send_failed_dropped,
+        verdicts_lost,
+    } = q;
+    [
+        ("received", received),
+        ("verdicts", verdicts),
+        ("enobufs", enobufs),
+        ("async_errors", async_errors),
+        ("failed_closed", failed_closed),
+        ("send_failed_dropped", send_failed_dropped),
+        ("verdicts_lost", verdicts_lost),
+    ]
+}
+
+/// [`queue_fields_mut`]'s names with the values.
+pub fn queue_fields(q: &QueueStats) -> [(&'static str, u64); QUEUE_FIELDS] {
+    queue_fields_mut(&mut q.clone()).map(|(name, v)| (name, *v))
+}
+
 /// `q` added to `sum`, field by field.
 pub fn add_queue_stats(sum: &mut QueueStats, q: &QueueStats) {
-    sum.received += q.received;
-    sum.verdicts += q.verdicts;
-    sum.enobufs += q.enobufs;
-    sum.async_errors += q.async_errors;
-    sum.failed_closed += q.failed_closed;
-    sum.send_failed_dropped += q.send_failed_dropped;
-    sum.verdicts_lost += q.verdicts_lost;
+    for ((_, s), (_, v)) in queue_fields_mut(sum).into_iter().zip(queue_fields(q)) {
+        *s += v;
+    }
 }
 
 /// Which running service continues as which service of a new set: `map[old] = Some(new)` when
@@ -700,6 +706,28 @@ mod tests {
             )
         );
         assert_eq!((s.generation(), t.generation()), (3, 4));
+    }
+
+    #[test]
+    fn queue_fields_are_named_after_the_struct() {
+        let q = QueueStats {
+            received: 1,
+            verdicts: 2,
+            enobufs: 3,
+            async_errors: 4,
+            failed_closed: 5,
+            send_failed_dropped: 6,
+            verdicts_lost: 7,
+        };
+        let listed: Vec<String> = queue_fields(&q)
+            .iter()
+            .map(|(name, v)| format!("{name}: {v}"))
+            .collect();
+        // `{:?}` is "QueueStats { received: 1, verdicts: 2, ... }": the same names, in order.
+        assert_eq!(
+            format!("{q:?}"),
+            format!("QueueStats {{ {} }}", listed.join(", "))
+        );
     }
 
     #[test]
