@@ -216,6 +216,17 @@ mod tests {
         p
     }
 
+    /// [`transport`] on the UDP header of a test packet (at 20, after an IP header at 0).
+    fn udp<A: Octets>(
+        p: &mut [u8],
+        end: End,
+        port: (u16, u16),
+        pseudo: Delta,
+        how: L4Checksum,
+    ) -> Delta {
+        transport::<A>(p, Protocol::Udp, 0, 20, end, port, pseudo, how)
+    }
+
     fn verify_udp_v4(p: &[u8]) -> bool {
         let mut pseudo = p[12..20].to_vec();
         pseudo.extend_from_slice(&[0, proto::UDP]);
@@ -232,16 +243,7 @@ mod tests {
         let before = checksum(&p);
         let (old, new) = ([10, 0, 0, 2], [192, 168, 1, 9]);
         let a = address::<[u8; 4]>(&mut p, 0, End::Dst, old, new);
-        let u = transport::<[u8; 4]>(
-            &mut p,
-            Protocol::Udp,
-            0,
-            20,
-            End::Dst,
-            (53, 5353),
-            a.pseudo,
-            L4Checksum::Update,
-        );
+        let u = udp::<[u8; 4]>(&mut p, End::Dst, (53, 5353), a.pseudo, L4Checksum::Update);
         assert!(verify_udp_v4(&p));
         assert_eq!(&p[16..20], &new);
         assert_eq!(u16::from_be_bytes([p[22], p[23]]), 5353);
@@ -259,16 +261,7 @@ mod tests {
             (&mut b, L4Checksum::Compute { covered: 14 }),
         ] {
             let ch = address::<[u8; 4]>(p, 0, End::Src, [10, 0, 0, 1], [10, 9, 8, 7]);
-            transport::<[u8; 4]>(
-                p,
-                Protocol::Udp,
-                0,
-                20,
-                End::Src,
-                (1000, 2000),
-                ch.pseudo,
-                how,
-            );
+            udp::<[u8; 4]>(p, End::Src, (1000, 2000), ch.pseudo, how);
         }
         assert_eq!(a, b);
         assert!(verify_udp_v4(&a));
@@ -278,16 +271,7 @@ mod tests {
     fn udp_v4_without_checksum_stays_without_and_absent_leaves_it() {
         let mut p = udp_v4(b"x");
         p[26..28].copy_from_slice(&[0, 0]);
-        let d = transport::<[u8; 4]>(
-            &mut p,
-            Protocol::Udp,
-            0,
-            20,
-            End::Dst,
-            (53, 54),
-            Delta::new(),
-            L4Checksum::Update,
-        );
+        let d = udp::<[u8; 4]>(&mut p, End::Dst, (53, 54), Delta::new(), L4Checksum::Update);
         assert_eq!(&p[26..28], &[0, 0]);
         let mut port_only = Delta::new();
         port_only.word(53, 54);
@@ -295,16 +279,7 @@ mod tests {
 
         let mut p = udp_v4(b"x");
         let c = [p[26], p[27]];
-        let d = transport::<[u8; 4]>(
-            &mut p,
-            Protocol::Udp,
-            0,
-            20,
-            End::Dst,
-            (53, 54),
-            Delta::new(),
-            L4Checksum::Absent,
-        );
+        let d = udp::<[u8; 4]>(&mut p, End::Dst, (53, 54), Delta::new(), L4Checksum::Absent);
         assert_eq!([p[26], p[27]], c);
         assert_eq!(d, port_only);
     }
@@ -324,26 +299,8 @@ mod tests {
             .expect("some port update sums to 0");
         let (mut v4, mut v6) = (p0.clone(), p0);
         let how = L4Checksum::Update;
-        transport::<[u8; 4]>(
-            &mut v4,
-            Protocol::Udp,
-            0,
-            20,
-            End::Dst,
-            (53, new_port),
-            Delta::new(),
-            how,
-        );
-        transport::<[u8; 16]>(
-            &mut v6,
-            Protocol::Udp,
-            0,
-            20,
-            End::Dst,
-            (53, new_port),
-            Delta::new(),
-            how,
-        );
+        udp::<[u8; 4]>(&mut v4, End::Dst, (53, new_port), Delta::new(), how);
+        udp::<[u8; 16]>(&mut v6, End::Dst, (53, new_port), Delta::new(), how);
         for p in [v4, v6] {
             assert_eq!(u16::from_be_bytes([p[26], p[27]]), udp::ZERO_SENT_AS);
         }
