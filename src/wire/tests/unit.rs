@@ -129,29 +129,23 @@ fn plain_packets_both_families_both_directions() {
     for proto in [Protocol::Tcp, Protocol::Udp] {
         for (client, app, act) in [(CLIENT4, APP4, ACT4), (CLIENT6, APP6, ACT6)] {
             for csum in [ChecksumState::Complete, ChecksumState::NotReady] {
-                // Inbound: client -> apparent becomes client -> actual.
-                let mut spec = Spec::new(proto, client, app);
-                let mut pkt = build(&spec);
-                if csum == ChecksumState::NotReady {
-                    make_partial(&mut pkt);
+                // Inbound: client -> apparent becomes client -> actual (`app` looked up,
+                // `act` its mapping); reply: actual -> client becomes apparent -> client.
+                for (dir, (from, to), (key, mapped), (new_from, new_to)) in [
+                    (Direction::Inbound, (client, app), (app, act), (client, act)),
+                    (Direction::Reply, (act, client), (act, app), (app, client)),
+                ] {
+                    let mut spec = Spec::new(proto, from, to);
+                    let mut pkt = build(&spec);
+                    if csum == ChecksumState::NotReady {
+                        make_partial(&mut pkt);
+                    }
+                    let (out, after) = run_map(&pkt, dir, csum, key, mapped);
+                    let (flow, _) = rewritten(&out);
+                    assert_eq!((flow.src, flow.dst), (sa(from), sa(to)));
+                    (spec.src, spec.dst) = (sa(new_from), sa(new_to));
+                    assert_eq!(after, build(&spec), "{proto:?} {client} {csum:?} {dir:?}");
                 }
-                let (out, after) = run_map(&pkt, Direction::Inbound, csum, app, act);
-                let (flow, _) = rewritten(&out);
-                assert_eq!((flow.src, flow.dst), (sa(client), sa(app)));
-                spec.dst = sa(act);
-                assert_eq!(after, build(&spec), "{proto:?} {client} {csum:?} inbound");
-
-                // Reply: actual -> client becomes apparent -> client.
-                let mut spec = Spec::new(proto, act, client);
-                let mut pkt = build(&spec);
-                if csum == ChecksumState::NotReady {
-                    make_partial(&mut pkt);
-                }
-                let (out, after) = run_map(&pkt, Direction::Reply, csum, act, app);
-                let (flow, _) = rewritten(&out);
-                assert_eq!((flow.src, flow.dst), (sa(act), sa(client)));
-                spec.src = sa(app);
-                assert_eq!(after, build(&spec), "{proto:?} {client} {csum:?} reply");
             }
         }
     }
