@@ -57,6 +57,11 @@ fn run_map(
     run(pkt, dir, csum, &Map::new(from, to))
 }
 
+/// [`run_map`] of the commonest case: inbound to `APP4`, mapped to `ACT4`, checksum complete.
+fn inbound4(pkt: &[u8]) -> (Outcome<u32>, Vec<u8>) {
+    run_map(pkt, Direction::Inbound, ChecksumState::Complete, APP4, ACT4)
+}
+
 /// Sets the transport checksum of `pkt` to the pseudo-header seed, as a CHECKSUM_PARTIAL
 /// packet carries it.
 fn make_partial(pkt: &mut [u8]) {
@@ -178,13 +183,7 @@ fn udp_v4_without_checksum_stays_without() {
     spec.udp_no_csum = true;
     let pkt = build(&spec);
     assert_eq!(&pkt[26..28], &[0, 0]);
-    let (out, after) = run_map(
-        &pkt,
-        Direction::Inbound,
-        ChecksumState::Complete,
-        APP4,
-        ACT4,
-    );
+    let (out, after) = inbound4(&pkt);
     rewritten(&out);
     assert_eq!(&after[26..28], &[0, 0]);
     only_changed(&pkt, &after, &[10..12, 16..20, 22..24]);
@@ -244,13 +243,7 @@ fn ipv4_options_and_tcp_options() {
         let mut spec = Spec::new(Protocol::Tcp, CLIENT4, APP4);
         spec.v4_option_words = words;
         spec.tcp_option_words = words;
-        let (out, after) = run_map(
-            &build(&spec),
-            Direction::Inbound,
-            ChecksumState::Complete,
-            APP4,
-            ACT4,
-        );
+        let (out, after) = inbound4(&build(&spec));
         rewritten(&out);
         spec.dst = sa(ACT4);
         assert_eq!(after, build(&spec), "{words} option words");
@@ -380,13 +373,7 @@ fn bad_transport_headers() {
     ] {
         let mut pkt = build(&Spec::new(Protocol::Udp, CLIENT4, APP4));
         pkt[24..26].copy_from_slice(&ulen.to_be_bytes());
-        let (out, _) = run_map(
-            &pkt,
-            Direction::Inbound,
-            ChecksumState::Complete,
-            APP4,
-            ACT4,
-        );
+        let (out, _) = inbound4(&pkt);
         assert_eq!(out, Outcome::Malformed(want));
     }
     // TCP data offset below 5, and beyond the segment.
@@ -396,25 +383,13 @@ fn bad_transport_headers() {
     ] {
         let mut pkt = build(&Spec::new(Protocol::Tcp, CLIENT4, APP4));
         pkt[32] = doff << 4;
-        let (out, _) = run_map(
-            &pkt,
-            Direction::Inbound,
-            ChecksumState::Complete,
-            APP4,
-            ACT4,
-        );
+        let (out, _) = inbound4(&pkt);
         assert_eq!(out, Outcome::Malformed(want));
     }
     // An IP total length that leaves only 10 bytes of TCP.
     let mut pkt = build(&Spec::new(Protocol::Tcp, CLIENT4, APP4));
     pkt[2..4].copy_from_slice(&30u16.to_be_bytes());
-    let (out, _) = run_map(
-        &pkt,
-        Direction::Inbound,
-        ChecksumState::Complete,
-        APP4,
-        ACT4,
-    );
+    let (out, _) = inbound4(&pkt);
     assert_eq!(out, Outcome::Malformed(Malformed::Truncated));
 }
 
@@ -826,13 +801,7 @@ fn icmp_padding_after_quote_is_not_the_quote() {
 #[test]
 fn round_trip_concrete() {
     let pkt = build(&Spec::new(Protocol::Tcp, CLIENT4, APP4));
-    let (_, mut b) = run_map(
-        &pkt,
-        Direction::Inbound,
-        ChecksumState::Complete,
-        APP4,
-        ACT4,
-    );
+    let (_, mut b) = inbound4(&pkt);
     mirror(&mut b);
     let (_, mut c) = run_map(&b, Direction::Reply, ChecksumState::Complete, ACT4, APP4);
     mirror(&mut c);
