@@ -62,6 +62,11 @@ fn inbound4(pkt: &[u8]) -> (Outcome<u32>, Vec<u8>) {
     run_map(pkt, Direction::Inbound, ChecksumState::Complete, APP4, ACT4)
 }
 
+/// What an ICMP message left alone gives.
+const NOT_OURS_ICMP: Outcome<u32> = Outcome::NotOurs {
+    kind: Kind::IcmpError,
+};
+
 /// Sets the transport checksum of `pkt` to the pseudo-header seed, as a CHECKSUM_PARTIAL
 /// packet carries it.
 fn make_partial(pkt: &mut [u8]) {
@@ -715,12 +720,7 @@ fn icmp_not_ours_is_left_alone() {
     let pkt = port_unreachable_v4(1000);
     let map = Map::new("192.168.77.11:8080", APP4);
     let (out, _) = run(&pkt, Direction::Reply, ChecksumState::Complete, &map);
-    assert_eq!(
-        out,
-        Outcome::NotOurs {
-            kind: Kind::IcmpError
-        }
-    );
+    assert_eq!(out, NOT_OURS_ICMP);
     assert_eq!(map.calls.get(), 1);
 
     // Echo request and reply, ICMPv6 echo and neighbour solicitation: never looked up.
@@ -737,12 +737,7 @@ fn icmp_not_ours_is_left_alone() {
         for dir in [Direction::Inbound, Direction::Reply] {
             let map = Map::new(APP4, ACT4);
             let (out, _) = run(&pkt, dir, ChecksumState::Complete, &map);
-            assert_eq!(
-                out,
-                Outcome::NotOurs {
-                    kind: Kind::IcmpError
-                }
-            );
+            assert_eq!(out, NOT_OURS_ICMP);
             assert_eq!(map.calls.get(), 0);
         }
     }
@@ -752,12 +747,7 @@ fn icmp_not_ours_is_left_alone() {
     let pkt = icmp(v4b, v4, 3, 1, [0; 4], &echo);
     let map = Map::new(APP4, ACT4);
     let (out, _) = run(&pkt, Direction::Reply, ChecksumState::Complete, &map);
-    assert_eq!(
-        out,
-        Outcome::NotOurs {
-            kind: Kind::IcmpError
-        }
-    );
+    assert_eq!(out, NOT_OURS_ICMP);
     assert_eq!(map.calls.get(), 0);
 }
 
