@@ -527,22 +527,25 @@ fn later_fragments_are_refused() {
 
 // ---------------------------------------------------------------- ICMP errors
 
+/// The port unreachable `from` sends `client` about the UDP datagram `client` -> `server`,
+/// quoting `quote_len` bytes of it (all of it when shorter); ICMPv6 for IPv6 addresses.
+fn port_unreachable(from: &str, client: &str, server: &str, quote_len: usize) -> Vec<u8> {
+    let mut spec = Spec::new(Protocol::Udp, client, server);
+    spec.payload = b"dns query, say".to_vec();
+    let quoted = build(&spec);
+    let q = &quoted[..quote_len.min(quoted.len())];
+    let (ty, code) = if sa(from).is_ipv6() { (1, 4) } else { (3, 3) };
+    icmp(sa(from).ip(), sa(client).ip(), ty, code, [0; 4], q)
+}
+
 /// The actual server's port unreachable about an inbound (already translated) UDP packet,
 /// quoting `quote_len` bytes of it.
 fn port_unreachable_v4(quote_len: usize) -> Vec<u8> {
-    let mut spec = Spec::new(Protocol::Udp, CLIENT4, ACT4);
-    spec.payload = b"dns query, say".to_vec();
-    let quoted = build(&spec);
-    let q = &quoted[..quote_len.min(quoted.len())];
-    icmp(sa(ACT4).ip(), sa(CLIENT4).ip(), 3, 3, [0; 4], q)
+    port_unreachable(ACT4, CLIENT4, ACT4, quote_len)
 }
 
 fn port_unreachable_v6(quote_len: usize) -> Vec<u8> {
-    let mut spec = Spec::new(Protocol::Udp, CLIENT6, ACT6);
-    spec.payload = b"dns query, say".to_vec();
-    let quoted = build(&spec);
-    let q = &quoted[..quote_len.min(quoted.len())];
-    icmp(sa(ACT6).ip(), sa(CLIENT6).ip(), 1, 4, [0; 4], q)
+    port_unreachable(ACT6, CLIENT6, ACT6, quote_len)
 }
 
 #[test]
@@ -562,17 +565,7 @@ fn icmp_port_unreachable_from_server_full_quote() {
             assert_eq!((flow.src, flow.dst), (sa(client), sa(act)));
             verify(&after).unwrap();
             // The whole message is now what the apparent endpoint would have sent.
-            let mut spec = Spec::new(Protocol::Udp, client, app);
-            spec.payload = b"dns query, say".to_vec();
-            let ty = if v6 { (1, 4) } else { (3, 3) };
-            let expect = icmp(
-                sa(app).ip(),
-                sa(client).ip(),
-                ty.0,
-                ty.1,
-                [0; 4],
-                &build(&spec),
-            );
+            let expect = port_unreachable(app, client, app, usize::MAX);
             assert_eq!(after, expect, "v6 {v6} {csum:?}");
         }
     }
@@ -590,18 +583,7 @@ fn icmp_truncated_quotes() {
         let (out, after) = run_map(&pkt, Direction::Reply, ChecksumState::Complete, act, app);
         rewritten(&out);
         verify(&after).unwrap();
-        let mut spec = Spec::new(Protocol::Udp, client, app);
-        spec.payload = b"dns query, say".to_vec();
-        let full = build(&spec);
-        let ty = if v6 { (1, 4) } else { (3, 3) };
-        let expect = icmp(
-            sa(app).ip(),
-            sa(client).ip(),
-            ty.0,
-            ty.1,
-            [0; 4],
-            &full[..quote_len],
-        );
+        let expect = port_unreachable(app, client, app, quote_len);
         assert_eq!(after, expect, "quote of {quote_len}");
     }
     // Fewer than 8 bytes of the transport header: no ports.
