@@ -720,25 +720,22 @@ mod tests {
             ok("service pub-0_x port * 80 TCP 10.0.0.1 80").iface,
             "pub-0_x"
         );
-        fails(
-            "service abcdefghijklmnop port * 80 TCP 10.0.0.1 80",
-            9,
-            "longer than 15 bytes",
-        );
-        // 8 two-byte characters: 16 bytes although 8 characters.
-        fails(
-            "service éééééééé port * 80 TCP 10.0.0.1 80",
-            9,
-            "longer than 15 bytes",
-        );
-        fails("service eth/0 port * 80 TCP 10.0.0.1 80", 9, "'/'");
-        fails("service eth0:1 port * 80 TCP 10.0.0.1 80", 9, "':'");
-        fails("service . port * 80 TCP 10.0.0.1 80", 9, "\".\"");
-        fails("service .. port * 80 TCP 10.0.0.1 80", 9, "\"..\"");
-        fails("service #x port * 80 TCP 10.0.0.1 80", 9, "comment");
-        // `service add` would save it to the file, where `#` starts a comment anywhere.
-        fails("service eth#1 port * 80 TCP 10.0.0.1 80", 9, "contains '#'");
-        fails("service eth\u{0}0 port * 80 TCP 10.0.0.1 80", 9, "'\\0'");
+        // Each name is refused at its own column, 9, saying why.
+        for (name, why) in [
+            ("abcdefghijklmnop", "longer than 15 bytes"),
+            // 8 two-byte characters: 16 bytes although 8 characters.
+            ("éééééééé", "longer than 15 bytes"),
+            ("eth/0", "'/'"),
+            ("eth0:1", "':'"),
+            (".", "\".\""),
+            ("..", "\"..\""),
+            ("#x", "comment"),
+            // `service add` would save it to the file, where `#` starts a comment anywhere.
+            ("eth#1", "contains '#'"),
+            ("eth\u{0}0", "'\\0'"),
+        ] {
+            fails(&format!("service {name} port * 80 TCP 10.0.0.1 80"), 9, why);
+        }
     }
 
     #[test]
