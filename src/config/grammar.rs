@@ -511,38 +511,23 @@ mod tests {
             ok("service eth0 port * 1 TCP 10.0.0.1 65535").act_port,
             65535
         );
-        fails(
-            "service eth0 port * 0 TCP 10.0.0.1 80",
-            21,
-            "expected a port number 1-65535, found \"0\"",
-        );
-        fails(
-            "service eth0 port * 65536 TCP 10.0.0.1 80",
-            21,
-            "found \"65536\"",
-        );
-        fails(
-            "service eth0 port * 99999999999 TCP 10.0.0.1 80",
-            21,
-            "found \"99999999999\"",
-        );
+        // Each refused apparent port at its column, 21.
+        for (port, why) in [
+            ("0", "expected a port number 1-65535, found \"0\""),
+            ("65536", "found \"65536\""),
+            ("99999999999", "found \"99999999999\""),
+            ("+80", "found \"+80\""),
+            ("-80", "found \"-80\""),
+            ("080", "leading zeros"),
+        ] {
+            fails(
+                &format!("service eth0 port * {port} TCP 10.0.0.1 80"),
+                21,
+                why,
+            );
+        }
         let e = fails("service eth0 port * http TCP 10.0.0.1 80", 21, "");
         assert_eq!(e.message, "expected a port number 1-65535, found \"http\"");
-        fails(
-            "service eth0 port * +80 TCP 10.0.0.1 80",
-            21,
-            "found \"+80\"",
-        );
-        fails(
-            "service eth0 port * -80 TCP 10.0.0.1 80",
-            21,
-            "found \"-80\"",
-        );
-        fails(
-            "service eth0 port * 080 TCP 10.0.0.1 80",
-            21,
-            "leading zeros",
-        );
         fails("service eth0 port * 80 TCP 10.0.0.1 0", 37, "found \"0\"");
         fails(
             "service eth0 port * 80 TCP 10.0.0.1 65536",
