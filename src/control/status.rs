@@ -253,23 +253,19 @@ impl Report {
             };
             let _ = write!(
                 o,
-                "{}{{\"service\":{},\"iface\":{},{}\"state\":\"{state}\",\"apparent\":{apparent},\
-                 \"in_packets\":{},\"in_bytes\":{},\"out_packets\":{},\"out_bytes\":{},\
-                 \"new_connections\":{},\"icmp_errors\":{},\"records\":{},\
-                 \"records_suppressed\":{},\"drops\":{},\"last_seen\":{last}}}",
+                "{}{{\"service\":{},\"iface\":{},{}\"state\":\"{state}\",\"apparent\":{apparent}",
                 if i > 0 { "," } else { "" },
                 json_str(&s.line),
                 json_str(&s.iface),
                 fields_json(&s.line),
-                c.in_packets,
-                c.in_bytes,
-                c.out_packets,
-                c.out_bytes,
-                c.new_connections,
-                c.icmp_errors,
-                c.records,
-                c.records_suppressed,
-                drops_json(&c.drops),
+            );
+            for (name, v) in c.figures() {
+                let _ = write!(o, ",\"{name}\":{v}");
+            }
+            let _ = write!(
+                o,
+                ",\"drops\":{},\"last_seen\":{last}}}",
+                drops_json(&c.drops)
             );
         }
         o.push_str("]}\n");

@@ -94,9 +94,46 @@ pub struct Counters {
     pub last_seen: u64,
 }
 
+/// How many figures [`Counters::figures`] lists.
+pub const FIGURES: usize = 8;
+
 impl Counters {
     pub fn drops_total(&self) -> u64 {
         self.drops.iter().sum()
+    }
+
+    /// The figures that are plain sums (all but `drops` and `last_seen`), each with its
+    /// field's name, in the order of the struct: the one list of them that the sums,
+    /// `status --json` (the names are its keys) and the metrics (in their names) go through.
+    pub fn figures_mut(&mut self) -> [(&'static str, &mut u64); FIGURES] {
+        let Counters {
+            in_packets,
+            in_bytes,
+            out_packets,
+            out_bytes,
+            new_connections,
+            icmp_errors,
+            records,
+            records_suppressed,
+            drops: _,
+            last_seen: _,
+        } = self;
+        [
+            ("in_packets", in_packets),
+            ("in_bytes", in_bytes),
+            ("out_packets", out_packets),
+            ("out_bytes", out_bytes),
+            ("new_connections", new_connections),
+            ("icmp_errors", icmp_errors),
+            ("records", records),
+            ("records_suppressed", records_suppressed),
+        ]
+    }
+
+    /// [`Counters::figures_mut`]'s names with the values.
+    pub fn figures(&self) -> [(&'static str, u64); FIGURES] {
+        let mut c = *self;
+        c.figures_mut().map(|(name, v)| (name, *v))
     }
 }
 
@@ -131,14 +168,9 @@ impl Stats {
         let Some(s) = self.services.get_mut(id) else {
             return;
         };
-        s.in_packets += c.in_packets;
-        s.in_bytes += c.in_bytes;
-        s.out_packets += c.out_packets;
-        s.out_bytes += c.out_bytes;
-        s.new_connections += c.new_connections;
-        s.icmp_errors += c.icmp_errors;
-        s.records += c.records;
-        s.records_suppressed += c.records_suppressed;
+        for ((_, s), (_, n)) in s.figures_mut().into_iter().zip(c.figures()) {
+            *s += n;
+        }
         for (d, n) in s.drops.iter_mut().zip(c.drops) {
             *d += n;
         }
@@ -707,6 +739,31 @@ mod tests {
             format!("{q:?}"),
             format!("QueueStats {{ {} }}", listed.join(", "))
         );
+    }
+
+    #[test]
+    fn counter_figures_are_named_after_the_struct() {
+        let mut c = Counters::default();
+        for (i, (_, f)) in c.figures_mut().into_iter().enumerate() {
+            *f = i as u64 + 1;
+        }
+        let listed: Vec<String> = c
+            .figures()
+            .iter()
+            .map(|(name, v)| format!("{name}: {v}"))
+            .collect();
+        // `{:?}` lists the fields in order: the figures first, then drops and last_seen.
+        assert_eq!(
+            format!("{c:?}"),
+            format!(
+                "Counters {{ {}, drops: [0, 0, 0, 0], last_seen: 0 }}",
+                listed.join(", ")
+            )
+        );
+        let mut sum = Stats::new(1);
+        sum.add(0, &c);
+        sum.add(0, &c);
+        assert_eq!(sum.service(0).records_suppressed, 16);
     }
 
     #[test]
