@@ -13,132 +13,45 @@ to and what the router does differ:
                 per measured service (replies un-NATed by conntrack)
     netnat-1    client → 10.99.1.80:<app port>, netnat with just the measured service(s)
     netnat-10k  the same with 10,000 services configured, the measured ones last in the file
+    netnat-full netnat-1 with `header-only off` (every packet verdicted with its payload)
+    netnat-offload  netnat-1 with `offload on` (flows handed to the kernel after their start)
     netnat-base (with --baseline PATH) netnat-1 run by another netnat binary, an earlier build:
                 before/after a change, measured interleaved in the same run
 
 Runs stdlib only. Started by bench/run (which installs iperf3 etc. and builds netnat); see
-bench/README.md. Internal subcommands `_rr-server` and `_rr-client` are the latency tool.
+bench/README.md. The traffic tools of the latency and connection-rate tests are traffic.py; the
+table, the spread and the targets are made by report.py.
 """
 
 import argparse
-import gc
 import json
 import os
 import platform
 import re
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+import report  # bench/report.py, beside this file (the script's directory is on sys.path)
+
 SRV = "192.168.77.10"
 APP = "10.99.1.80"
 IPERF_APP, IPERF_ACT = 15201, 5201
 RR_APP, RR_ACT = 15202, 5202
 QUEUE = 4747
-RR_SIZE = 64
-TESTS = ["tcp_fwd", "tcp_rev", "udp_rate", "udp_overload", "rr_tcp", "rr_udp"]
-PATHS = ["plain", "kernel", "netnat-1", "netnat-10k", "netnat-base"]
-
-# ---------------------------------------------------------------------------------------------
-# Latency tool: echo server and sequential round-trip client (identical for every path)
-
-
-def rr_server(port):
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind((SRV, port))
-    tcp.listen(16)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind((SRV, port))
-
-    def tcp_conn(c):
-        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with c:
-            while True:
-                d = c.recv(65536)
-                if not d:
-                    return
-                c.sendall(d)
-
-    def tcp_loop():
-        while True:
-            c, _ = tcp.accept()
-            threading.Thread(target=tcp_conn, args=(c,), daemon=True).start()
-
-    def udp_loop():
-        while True:
-            d, a = udp.recvfrom(65536)
-            udp.sendto(d, a)
-
-    threading.Thread(target=tcp_loop, daemon=True).start()
-    threading.Thread(target=udp_loop, daemon=True).start()
-    print("ready", flush=True)
-    while True:
-        time.sleep(3600)
-
-
-def rr_client(proto, host, port, count, warmup, deadline_s):
-    gc.disable()
-    msg = b"x" * RR_SIZE
-    buf = bytearray(RR_SIZE)
-    rtts = []
-    lost = 0
-    end = time.monotonic() + deadline_s
-    if proto == "tcp":
-        s = socket.create_connection((host, port), timeout=3)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.settimeout(2)
-        view = memoryview(buf)
-        for i in range(warmup + count):
-            t0 = time.perf_counter_ns()
-            s.sendall(msg)
-            got = 0
-            while got < RR_SIZE:
-                n = s.recv_into(view[got:])
-                if n == 0:
-                    raise SystemExit("server closed the connection")
-                got += n
-            t1 = time.perf_counter_ns()
-            if i >= warmup:
-                rtts.append(t1 - t0)
-            if time.monotonic() > end:
-                break
-    else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.connect((host, port))
-        s.settimeout(0.5)
-        for i in range(warmup + count):
-            t0 = time.perf_counter_ns()
-            s.send(msg)
-            try:
-                s.recv_into(buf)
-            except socket.timeout:
-                lost += 1
-                if lost > 50:
-                    raise SystemExit("more than 50 UDP round trips lost")
-                continue
-            t1 = time.perf_counter_ns()
-            if i >= warmup:
-                rtts.append(t1 - t0)
-            if time.monotonic() > end:
-                break
-    s.close()
-    rtts.sort()
-    n = len(rtts)
-    print(json.dumps({
-        "n": n,
-        "lost": lost,
-        "median_us": rtts[n // 2] / 1000,
-        "p99_us": rtts[min(n - 1, int(n * 0.99))] / 1000,
-        "mean_us": sum(rtts) / n / 1000,
-    }))
-
+CRR_APP, CRR_ACT = 15203, 5203
+TESTS = ["tcp_fwd", "tcp_rev", "udp_rate", "udp_overload", "rr_tcp", "rr_udp", "crr"]
+PATHS = ["plain", "kernel", "netnat-1", "netnat-10k", "netnat-full", "netnat-offload",
+         "netnat-base"]
+# The setting each optional netnat path writes into its configuration; the path runs only with
+# a binary that accepts it (checked with `netnat check` before the first round).
+PATH_SETTING = {"netnat-full": "header-only off", "netnat-offload": "offload on"}
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAFFIC = os.path.join(HERE, "traffic.py")
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -152,11 +65,6 @@ def log(*a):
     print("..", *a, file=sys.stderr, flush=True)
 
 
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
 def proc_cpu_s(pid):
     """(utime, stime) of the whole process (all threads), seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -165,12 +73,18 @@ def proc_cpu_s(pid):
     return int(fields[11]) / tck, int(fields[12]) / tck
 
 
-def machine_ticks():
-    """(busy, total) jiffies over all CPUs, from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + v[4]  # idle + iowait
-    return sum(v[:8]) - idle, sum(v[:8])
+def machine_ticks(text=None):
+    """(busy, total) jiffies over all CPUs, from the `cpu` line of /proc/stat (or `text`).
+    Busy is user + nice + system + irq + softirq: the kernel's forwarding work, done in softirq
+    on whichever CPU, is in it. Idle, iowait and steal (time the hypervisor gave to other
+    guests) are not; guest time is already counted in user."""
+    if text is None:
+        with open("/proc/stat") as f:
+            text = f.readline()
+    v = [int(x) for x in text.split()[1:9]]
+    v += [0] * (8 - len(v))
+    busy = v[0] + v[1] + v[2] + v[5] + v[6]
+    return busy, sum(v)
 
 
 def proc_status_kib(pid, key):
@@ -231,6 +145,7 @@ class Bench:
         self.results = {}
         self.made_ns = []
         self.starts = 0
+        self.left_out = {}
 
     def binary(self, path):
         """The netnat binary that runs `path`."""
@@ -306,13 +221,20 @@ class Bench:
             "table ip nnbench_count {\n chain in {\n"
             "  type filter hook input priority 0; policy accept;\n"
             f"  udp dport {IPERF_ACT} counter\n }}\n}}\n"))
-        # The latency echo server, shared by every path.
-        p = self.spawn("srv", [sys.executable, os.path.abspath(__file__), "_rr-server",
-                               str(RR_ACT)], stdout=subprocess.PIPE, text=True)
-        self.rr_srv = p
-        line = self.readline_bounded(p.stdout, 10)
-        if "ready" not in (line or ""):
-            raise BenchError("latency echo server did not start")
+        # The client's ports: the connection-rate test opens tens of thousands of connections
+        # to one address and closes first, so its ports sit in TIME_WAIT; reusing one that has
+        # been there for a second (timestamps tell the connections apart) keeps ports free.
+        self.at("cli", ["sysctl", "-qw", "net.ipv4.ip_local_port_range=10240 65000"])
+        self.at("cli", ["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
+        # The latency echo server and the connection-rate server, shared by every path.
+        for name, argv in (("latency echo server", ["rr-server", SRV, str(RR_ACT)]),
+                           ("connection-rate server",
+                            ["crr-server", SRV, str(CRR_ACT), str(self.a.crr_procs)])):
+            p = self.spawn("srv", [sys.executable, TRAFFIC] + argv, stdout=subprocess.PIPE,
+                           text=True)
+            line = self.readline_bounded(p.stdout, 10)
+            if "ready" not in (line or ""):
+                raise BenchError(f"{name} did not start")
         # Neighbours resolved before anything is timed.
         self.at("cli", ["ping", "-c1", "-W2", SRV], check=False)
         self.at("cli", ["ping", "-c1", "-W2", APP], check=False)
@@ -343,10 +265,11 @@ class Bench:
         shutil.rmtree(self.work, ignore_errors=True)
         log(f"cleaned up (namespaces {self.tag}-* removed)")
 
-    # -- the three paths --------------------------------------------------------------------
+    # -- the paths --------------------------------------------------------------------------
     def config_text(self, path, services):
         lines = [f"queue {QUEUE}"] + ([f"queues {self.a.queues}"] if self.a.queues else []) \
-            + ([f"busy-poll {self.a.busy_poll}"] if self.a.busy_poll is not None else [])
+            + ([f"busy-poll {self.a.busy_poll}"] if self.a.busy_poll is not None else []) \
+            + ([PATH_SETTING[path]] if path in PATH_SETTING else [])
         if path == "netnat-10k":  # netnat-base: as netnat-1
             fill = self.a.services - len(services)
             half = (fill + 1) // 2
@@ -358,12 +281,47 @@ class Bench:
             lines.append(f"service pub0 port {APP} {app} {proto.upper()} {SRV} {act}")
         return "\n".join(lines) + "\n"
 
+    def accepts(self, binary, setting):
+        """None if `binary` accepts `setting` in a configuration, else its complaint. Checked
+        with `netnat check` in the router namespace on a scratch file: only the line of the
+        setting counts (check also reports the system, e.g. interfaces that are absent)."""
+        conf = os.path.join(self.work, "setting-check.conf")
+        with open(conf, "w") as f:
+            f.write(f"queue {QUEUE}\n{setting}\n")
+        r = self.at("rtr", [binary, "check", "--config", conf], check=False, timeout=20)
+        out = r.stdout + r.stderr
+        bad = [ln.strip() for ln in out.splitlines() if f"{conf}:2:" in ln]
+        if bad:
+            return bad[0].replace(conf, "<config>")
+        if r.returncode == 2:  # the configuration's exit status, with no line of ours named
+            return out.strip().splitlines()[-1] if out.strip() else "exit status 2"
+        return None
+
+    def choose_paths(self):
+        """Checks the optional netnat paths against the binary: explicitly asked for and
+        rejected fails the run; in the default list, a rejected one is left out with one line
+        saying why."""
+        for path, setting in PATH_SETTING.items():
+            if path not in self.a.paths:
+                continue
+            why = self.accepts(self.binary(path), setting)
+            if why is None:
+                continue
+            if self.a.paths_given:
+                raise BenchError(f"path {path}: {self.binary(path)} rejects the setting "
+                                 f"`{setting}` ({why}); this path needs a netnat that has it")
+            self.a.paths.remove(path)
+            print(f"netbench: path {path} left out: the binary rejects `{setting}` ({why})",
+                  file=sys.stderr, flush=True)
+            self.left_out[path] = f"binary rejects `{setting}`: {why}"
+
     class Active:
         """What one path did during one test: target address and, for netnat, its costs."""
         def __init__(self, host, ports):
             self.host, self.ports = host, ports
             self.nn = None
             self.machine_busy_pct = None
+            self.machine_busy_s = None
 
     def activate(self, path, services):
         """Context manager: sets the router up for `path` with `services`, tears it down."""
@@ -371,9 +329,14 @@ class Bench:
 
         class Ctx:
             def __enter__(ctx):
-                ctx.m0 = machine_ticks()
+                # Every path starts with an empty conntrack table in the router: the
+                # connection-rate test leaves tens of thousands of entries behind.
+                bench.at("rtr", ["conntrack", "-F"], check=False)
+                # The machine's CPU (ctx.m0) is counted from the moment the path is set up
+                # (netnat's start and the kernel table's load are not in it) to __exit__.
                 if path == "plain":
                     ctx.act = Bench.Active(SRV, {app: act for _, app, act in services})
+                    ctx.m0 = machine_ticks()
                     return ctx.act
                 ctx.act = Bench.Active(APP, {app: app for _, app, act in services})
                 if path == "kernel":
@@ -384,6 +347,7 @@ class Bench:
                         "table ip nnbench_dnat {\n chain pre {\n"
                         "  type nat hook prerouting priority dstnat; policy accept;\n"
                         f"{rules}\n }}\n}}\n"))
+                    ctx.m0 = machine_ticks()
                     return ctx.act
                 conf = os.path.join(bench.work, f"{path}.conf")
                 with open(conf, "w") as f:
@@ -425,12 +389,14 @@ class Bench:
                     raise BenchError(f"netnat is ready but its queue is not bound:\n"
                                      f"{text[-3000:]}")
                 ctx.act.nn = {"ready_s": ready}
+                ctx.m0 = machine_ticks()
                 return ctx.act
 
             def __exit__(ctx, et, ev, tb):
                 m1 = machine_ticks()
                 dt = m1[1] - ctx.m0[1]
                 ctx.act.machine_busy_pct = 100 * (m1[0] - ctx.m0[0]) / dt if dt else None
+                ctx.act.machine_busy_s = (m1[0] - ctx.m0[0]) / os.sysconf("SC_CLK_TCK")
                 if path == "kernel":
                     r = bench.at("rtr", ["nft", "list", "table", "ip", "nnbench_dnat"],
                                  check=False)
@@ -506,11 +472,12 @@ class Bench:
                                                    if self.a.streams > 1 else [])
             j = self.iperf(act, IPERF_APP, extra, self.a.bulk_time)
         e = j["end"]["sum_received"]
+        gb = e["bytes"] / 1e9
         res = {"gbps": e["bits_per_second"] / 1e9, "bytes": e["bytes"],
-               "machine_busy_pct": act.machine_busy_pct}
+               "machine_busy_pct": act.machine_busy_pct, "machine_busy_s": act.machine_busy_s,
+               "machine_cpu_s_per_gb": act.machine_busy_s / gb if gb else None}
         if act.nn:
             res.update(act.nn)
-            gb = e["bytes"] / 1e9
             res["cpu_s_per_gb"] = act.nn["cpu_s"] / gb if gb else None
             res["kpkt_per_gb"] = act.nn["packets"] / 1e3 / gb if gb else None
             res["cpu_pct"] = 100 * act.nn["cpu_s"] / act.nn["wall_s"]
@@ -603,6 +570,9 @@ class Bench:
         with self.activate(path, self.udp_services()) as act:
             r = self.udp_run(act, self.a.overload_pps, self.a.overload_time)
         r["machine_busy_pct"] = act.machine_busy_pct
+        r["machine_busy_s"] = act.machine_busy_s
+        mp = r["wire_rx"] / 1e6
+        r["machine_cpu_s_per_mpkt"] = act.machine_busy_s / mp if mp else None
         if act.nn:
             r.update(act.nn)
             mp = act.nn["packets"] / 1e6
@@ -613,8 +583,7 @@ class Bench:
 
     def rr(self, path, proto):
         with self.activate(path, [(proto, RR_APP, RR_ACT)]) as act:
-            r = self.at("cli", [sys.executable, os.path.abspath(__file__), "_rr-client",
-                                proto, act.host, str(act.ports[RR_APP]),
+            r = self.at("cli", [sys.executable, TRAFFIC, "rr-client", proto, act.host, str(act.ports[RR_APP]),
                                 str(self.a.rr_count), str(self.a.rr_warmup),
                                 str(self.a.rr_deadline)],
                         timeout=90, check=False)
@@ -623,6 +592,28 @@ class Bench:
             res = json.loads(r.stdout)
         if act.nn:
             res.update(act.nn)
+        return res
+
+    def crr(self, path):
+        """New TCP connections per second: `crr_procs` client processes each doing connect,
+        32-byte request, 64-byte answer, close, one after the other, for crr_time seconds."""
+        with self.activate(path, [("tcp", CRR_APP, CRR_ACT)]) as act:
+            r = self.at("cli", [sys.executable, TRAFFIC, "crr-client", act.host,
+                                str(act.ports[CRR_APP]), str(self.a.crr_procs),
+                                str(self.a.crr_time)],
+                        timeout=self.a.crr_time + 30, check=False)
+            if r.returncode != 0:
+                raise BenchError(f"connection-rate client failed: {r.stdout}{r.stderr}")
+            res = json.loads(r.stdout)
+        if res["done"] == 0:
+            raise BenchError(f"no connection completed via {path}: {res['errors']}")
+        res["machine_busy_pct"] = act.machine_busy_pct
+        res["machine_busy_s"] = act.machine_busy_s
+        res["machine_cpu_us_per_conn"] = 1e6 * act.machine_busy_s / res["done"]
+        if act.nn:
+            res.update(act.nn)
+            res["cpu_us_per_conn"] = 1e6 * act.nn["cpu_s"] / res["done"]
+            res["cpu_pct"] = 100 * act.nn["cpu_s"] / act.nn["wall_s"]
         return res
 
     # -- the run ----------------------------------------------------------------------------
@@ -634,6 +625,7 @@ class Bench:
             ("udp_overload", self.udp_overload),
             ("rr_tcp", lambda p: self.rr(p, "tcp")),
             ("rr_udp", lambda p: self.rr(p, "udp")),
+            ("crr", self.crr),
         ]
 
     def run(self):
@@ -649,216 +641,33 @@ class Bench:
                     brief = {k: round(v, 3) for k, v in r.items()
                              if isinstance(v, float) and k in (
                                  "gbps", "lossfree_pps", "recv_pps", "loss_pct", "median_us",
-                                 "p99_us", "cpu_pct")}
+                                 "p99_us", "cpu_pct", "conn_per_s")}
                     log(f"   {brief}")
 
 
 # ---------------------------------------------------------------------------------------------
-# Report
+# The report's header (the table itself is report.py's)
 
 
-def agg(results, test, path, key):
-    runs = results.get(test, {}).get(path, [])
-    return median([r.get(key) for r in runs]) if runs else None
-
-
-def summarize(b):
-    R = b.results
-    rows = []  # (label, unit, {path: value}, kind) kind: 'hi' higher is better, 'lo' lower
-
-    def row(label, unit, test, key, kind, scale=1.0, paths=PATHS):
-        vals = {}
-        for p in paths:
-            v = agg(R, test, p, key)
-            vals[p] = v * scale if v is not None else None
-        rows.append({"figure": label, "unit": unit, "values": vals, "better": kind,
-                     "test": test, "key": key})
-
-    row("TCP bulk client→server", "Gbit/s", "tcp_fwd", "gbps", "hi")
-    row("TCP bulk server→client", "Gbit/s", "tcp_rev", "gbps", "hi")
-    row("UDP 64 B loss-free rate", "kpps", "udp_rate", "lossfree_pps", "hi", 1e-3)
-    vals = {}
-    for p in PATHS:
-        ends = [r.get("ended_by") for r in R.get("udp_rate", {}).get(p, [])]
-        vals[p] = max(set(ends), key=ends.count) if ends else None
-    rows.append({"figure": "UDP loss-free search stopped by", "unit": "most runs",
-                 "values": vals, "better": "", "test": "udp_rate", "key": "ended_by"})
-    row("UDP 64 B overload: sent", "kpps", "udp_overload", "sent_pps", "hi", 1e-3)
-    row("UDP 64 B overload: delivered", "kpps", "udp_overload", "recv_pps", "hi", 1e-3)
-    row("UDP 64 B overload: loss", "%", "udp_overload", "loss_pct", "lo")
-    row("TCP RR latency median", "µs", "rr_tcp", "median_us", "lo")
-    row("TCP RR latency p99", "µs", "rr_tcp", "p99_us", "lo")
-    row("UDP RR latency median", "µs", "rr_udp", "median_us", "lo")
-    row("UDP RR latency p99", "µs", "rr_udp", "p99_us", "lo")
-    row("machine CPU busy, bulk client→server", "% of all", "tcp_fwd", "machine_busy_pct", "")
-    row("machine CPU busy, bulk server→client", "% of all", "tcp_rev", "machine_busy_pct", "")
-    row("machine CPU busy, UDP overload", "% of all", "udp_overload", "machine_busy_pct", "")
-    nnp = [p for p in PATHS if p.startswith("netnat")]
-    row("netnat queued packets per GB, client→server", "k", "tcp_fwd", "kpkt_per_gb", "lo",
-        paths=nnp)
-    row("netnat queued packets per GB, server→client", "k", "tcp_rev", "kpkt_per_gb", "lo",
-        paths=nnp)
-    row("netnat CPU per GB, client→server", "s/GB", "tcp_fwd", "cpu_s_per_gb", "lo", paths=nnp)
-    row("netnat CPU per GB, server→client", "s/GB", "tcp_rev", "cpu_s_per_gb", "lo", paths=nnp)
-    row("netnat CPU, bulk client→server", "% of 1 CPU", "tcp_fwd", "cpu_pct", "lo", paths=nnp)
-    row("netnat CPU, bulk server→client", "% of 1 CPU", "tcp_rev", "cpu_pct", "lo", paths=nnp)
-    row("  of which user space, client→server", "% of 1 CPU", "tcp_fwd", "user_pct", "lo",
-        paths=nnp)
-    row("  of which user space, server→client", "% of 1 CPU", "tcp_rev", "user_pct", "lo",
-        paths=nnp)
-    row("netnat CPU per Mpkt (UDP overload)", "s/Mpkt", "udp_overload", "cpu_s_per_mpkt", "lo",
-        paths=nnp)
-    row("netnat CPU, UDP overload", "% of 1 CPU", "udp_overload", "cpu_pct", "lo", paths=nnp)
-    row("  of which user space, UDP overload", "% of 1 CPU", "udp_overload", "user_pct", "lo",
-        paths=nnp)
-    # Queue drops summed over every run of every test.
-    for key, label in (("queue_dropped", "queue full drops, all runs"),
-                       ("user_dropped", "netlink send-fail drops, all runs")):
-        vals = {}
-        for p in nnp:
-            vals[p] = sum(r.get(key, 0) for t in R.values() for r in t.get(p, []))
-        rows.append({"figure": f"nfnetlink_queue {label}", "unit": "packets", "values": vals,
-                     "better": "lo", "test": "*", "key": key})
-    rows.append({"figure": "netnat peak RSS (VmHWM)", "unit": "MiB", "better": "lo",
-                 "values": {p: b.hwm[p] / 1024 for p in nnp}, "test": "*", "key": "vmhwm"})
-    rows.append({"figure": "netnat start → ready, median", "unit": "ms", "better": "lo",
-                 "values": {p: (median(b.ready[p]) or 0) * 1e3 for p in nnp},
-                 "test": "*", "key": "ready"})
-    rows.append({"figure": "netnat start → ready, max", "unit": "ms", "better": "lo",
-                 "values": {p: max(b.ready[p] or [0]) * 1e3 for p in nnp},
-                 "test": "*", "key": "ready_max"})
-
-    def ratio(x, y):
-        if isinstance(x, str) or isinstance(y, str):
-            return None
-        return x / y if x is not None and y not in (None, 0) else None
-
-    for r in rows:
-        v = r["values"]
-        if not r["better"]:  # context rows: ratios would mean nothing
-            v = {}
-        r["ratios"] = {
-            "netnat-1/kernel": ratio(v.get("netnat-1"), v.get("kernel")),
-            "netnat-10k/kernel": ratio(v.get("netnat-10k"), v.get("kernel")),
-            "netnat-10k/netnat-1": ratio(v.get("netnat-10k"), v.get("netnat-1")),
-            "kernel/plain": ratio(v.get("kernel"), v.get("plain")),
-            "netnat-1/plain": ratio(v.get("netnat-1"), v.get("plain")),
-            "netnat-1/netnat-base": ratio(v.get("netnat-1"), v.get("netnat-base")),
-        }
-    return rows
-
-
-def targets(rows, b):
-    by = {(r["test"], r["key"]): r for r in rows}
-
-    def v(test, key, path):
-        return by[(test, key)]["values"].get(path)
-
-    out = []
-
-    def check(name, ok, detail):
-        out.append({"target": name, "pass": ok, "detail": detail})
-
-    for t, lab in (("tcp_fwd", "client→server"), ("tcp_rev", "server→client")):
-        rr = by[(t, "gbps")]["ratios"]["netnat-1/kernel"]
-        check(f"bulk TCP {lab} ≥ 0.8× kernel NAT", rr is not None and rr >= 0.8, fmt_r(rr))
-    rr = by[("udp_rate", "lossfree_pps")]["ratios"]["netnat-1/kernel"]
-    check("small-packet UDP rate ≥ 0.5× kernel NAT", rr is not None and rr >= 0.5, fmt_r(rr))
-    for t, lab in (("rr_tcp", "TCP"), ("rr_udp", "UDP")):
-        k, n = v(t, "median_us", "kernel"), v(t, "median_us", "netnat-1")
-        d = n - k if None not in (k, n) else None
-        check(f"added median {lab} latency ≤ 30 µs over kernel NAT", d is not None and d <= 30,
-              f"{d:+.1f} µs" if d is not None else "n/a")
-    for t, key, lab in (("tcp_fwd", "gbps", "bulk client→server"),
-                        ("tcp_rev", "gbps", "bulk server→client"),
-                        ("udp_rate", "lossfree_pps", "UDP loss-free rate")):
-        rr = by[(t, key)]["ratios"]["netnat-10k/netnat-1"]
-        check(f"10k services {lab} ≥ 0.9× 1 service", rr is not None and rr >= 0.9, fmt_r(rr))
-    rmax = max(b.ready["netnat-10k"] or [float("nan")])
-    check("install with 10k services ≤ 1 s (worst start → ready)", rmax <= 1.0,
-          f"{rmax * 1e3:.0f} ms")
-    hwm = b.hwm["netnat-10k"] / 1024
-    check("peak RSS ≤ 20 MiB with 10k services", 0 < hwm <= 20, f"{hwm:.1f} MiB")
-    return out
-
-
-def fmt_r(x):
-    return "n/a" if x is None else f"{x:.2f}×"
-
-
-def fmt_v(x):
-    if x is None:
-        return "-"
-    if isinstance(x, str):
-        return x
-    if abs(x) >= 100:
-        return f"{x:.0f}"
-    if abs(x) >= 10:
-        return f"{x:.1f}"
-    return f"{x:.2f}" if abs(x) >= 0.1 or x == 0 else f"{x:.3f}"
-
-
-# Figures whose spread is printed, with the scale of the table's unit.
-SPREAD_KEYS = {"gbps": 1.0, "lossfree_pps": 1e-3, "median_us": 1.0, "cpu_s_per_gb": 1.0}
-
-
-def render(b, rows, tg, info):
-    L = []
-    L.append("netnat benchmark — plain routing vs kernel dnat vs netnat (side by side, one run)")
-    L.append(f"machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}, "
-             f"loadavg {info['loadavg_start']} at start, {info['loadavg_end']} at end")
-    L.append(f"netnat:  {info['netnat']} ({info['netnat_version']}), "
-             f"queues {b.a.queues or 'auto'}, busy-poll "
-             f"{'default' if b.a.busy_poll is None else b.a.busy_poll} µs")
-    L.append(f"mode:    {info['mode']}, {info['rounds']} round(s) interleaved, medians shown; "
-             f"bulk {b.a.bulk_time}s, UDP step {b.a.udp_step_time}s, overload "
-             f"{b.a.overload_pps / 1e3:.0f} kpps offered for {b.a.overload_time}s, "
-             f"RR {b.a.rr_count} round trips of {RR_SIZE} B (at most {b.a.rr_deadline}s); loss-free = loss ≤ "
-             f"{b.a.loss_threshold}%; wall time {info['wall_s']:.0f}s")
-    L.append("")
-    base = bool(b.a.baseline)
-    paths = PATHS if base else PATHS[:-1]
-    ratio_keys = ["netnat-1/kernel", "netnat-10k/kernel", "netnat-10k/netnat-1",
-                  "netnat-1/plain"] + (["netnat-1/netnat-base"] if base else [])
-    heads = ["plain", "kernel", "nn-1", "nn-10k"] + (["nn-base"] if base else []) + \
-        ["nn1/kern", "nn10k/kern", "nn10k/nn1", "nn1/plain"] + (["nn1/base"] if base else [])
-    w0 = max(len(f"{r['figure']} [{r['unit']}]") for r in rows) + 1
-    L.append(f"{'figure [unit]':<{w0}}" + "".join(f"{h:>11}" for h in heads))
-    L.append("-" * (w0 + 11 * len(heads)))
-    for r in rows:
-        v, q = r["values"], r["ratios"]
-        cells = [fmt_v(v.get(p)) for p in paths]
-        cells += [fmt_r(q[k]) if q[k] is not None else "-" for k in ratio_keys]
-        L.append(f"{r['figure'] + ' [' + r['unit'] + ']':<{w0}}" +
-                 "".join(f"{c:>11}" for c in cells))
-    L.append("")
-    L.append("spread over the rounds, min / median / max (the table above shows the medians):")
-    for r in rows:
-        if r["test"] == "*" or r["key"] not in SPREAD_KEYS:
-            continue
-        runs = b.results.get(r["test"], {})
-        cells = []
-        for p in paths:
-            xs = [x.get(r["key"]) for x in runs.get(p, [])]
-            xs = [x * SPREAD_KEYS[r["key"]] for x in xs if isinstance(x, (int, float))]
-            if xs:
-                cells.append(f"{p} {fmt_v(min(xs))}/{fmt_v(median(xs))}/{fmt_v(max(xs))}")
-        if cells:
-            L.append(f"  {r['figure']} [{r['unit']}]: " + ", ".join(cells))
-    L.append("")
-    L.append("targets (netnat with 1 service unless said):")
-    for t in tg:
-        L.append(f"  [{'PASS' if t['pass'] else 'FAIL'}] {t['target']}: {t['detail']}")
-    return "\n".join(L)
+def header(b, info):
+    a = b.a
+    L = ["netnat benchmark — plain routing vs kernel dnat vs netnat (side by side, one run)",
+         f"machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}, "
+         f"loadavg {info['loadavg_start']} at start, {info['loadavg_end']} at end",
+         f"netnat:  {info['netnat']} ({info['netnat_version']}), queues {a.queues or 'auto'}, "
+         f"busy-poll {'default' if a.busy_poll is None else a.busy_poll} µs",
+         f"mode:    {info['mode']}, {info['rounds']} round(s) interleaved, medians shown; "
+         f"bulk {a.bulk_time}s, UDP step {a.udp_step_time}s, overload "
+         f"{a.overload_pps / 1e3:.0f} kpps offered for {a.overload_time}s, RR {a.rr_count} "
+         f"round trips of 64 B (at most {a.rr_deadline}s), connection rate {a.crr_time}s with "
+         f"{a.crr_procs} client and {a.crr_procs} server processes; loss-free = loss ≤ "
+         f"{a.loss_threshold}%; wall time {info['wall_s']:.0f}s"]
+    for path, why in b.left_out.items():
+        L.append(f"left out: {path} ({why})")
+    return L
 
 
 def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "_rr-server":
-        return rr_server(int(sys.argv[2]))
-    if len(sys.argv) > 1 and sys.argv[1] == "_rr-client":
-        _, _, proto, host, port, count, warmup, deadline = sys.argv
-        return rr_client(proto, host, int(port), int(count), int(warmup), float(deadline))
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--netnat", required=True, help="the netnat binary to measure")
     ap.add_argument("--baseline", metavar="PATH",
@@ -873,7 +682,8 @@ def main():
                     help="path loss (%%) still counted as loss-free (default 0: none)")
     ap.add_argument("--paths", default=None,
                     help="comma-separated subset of " + ",".join(PATHS) + " (default: all; "
-                         "netnat-base only with --baseline)")
+                         "netnat-full and netnat-offload when the binary accepts their "
+                         "setting, netnat-base only with --baseline)")
     ap.add_argument("--queues",
                     help="netnat's `queues` setting, 1-64 or auto (default: not set, which is "
                          "auto: one per CPU)")
@@ -881,6 +691,9 @@ def main():
                     help="netnat's `busy-poll` setting in µs (default: not set, which is 50)")
     ap.add_argument("--streams", type=int, default=1,
                     help="parallel TCP streams of the bulk tests (iperf3 -P, default 1)")
+    ap.add_argument("--crr-procs", type=int, default=4,
+                    help="processes of the connection-rate client and of its server "
+                         "(default 4)")
     ap.add_argument("--tests", default=",".join(TESTS),
                     help="comma-separated subset of " + ",".join(TESTS))
     a = ap.parse_args()
@@ -888,14 +701,17 @@ def main():
         a.rounds = a.rounds or 1
         a.bulk_time, a.udp_step_time, a.overload_time = 2, 1, 2
         a.rr_count, a.rr_warmup, a.bisect_steps, a.rr_deadline = 2000, 200, 2, 5
+        a.crr_time = 2
     else:
         a.rounds = a.rounds or 5
         a.bulk_time, a.udp_step_time, a.overload_time = 10, 2, 5
         a.rr_count, a.rr_warmup, a.bisect_steps, a.rr_deadline = 20000, 1000, 4, 20
+        a.crr_time = 5
     a.udp_start, a.udp_max, a.overload_pps = 20000, 2_000_000, 2_000_000
     a.tests = [t for t in a.tests.split(",") if t]
     if any(t not in TESTS for t in a.tests):
         ap.error(f"--tests: choose among {TESTS}")
+    a.paths_given = a.paths is not None
     if a.paths is None:
         a.paths = ",".join(PATHS if a.baseline else PATHS[:-1])
     a.paths = [p for p in a.paths.split(",") if p]
@@ -908,7 +724,7 @@ def main():
         a.baseline = os.path.abspath(a.baseline)
     if os.geteuid() != 0:
         sys.exit("netbench: needs root (network namespaces, nftables, NFQUEUE)")
-    for tool in ("ip", "nft", "iperf3", "ss", "ping"):
+    for tool in ("ip", "nft", "iperf3", "ss", "ping", "conntrack"):
         if not shutil.which(tool):
             sys.exit(f"netbench: {tool} is missing (bench/run installs it)")
 
@@ -937,6 +753,7 @@ def main():
     t0 = time.monotonic()
     try:
         b.setup()
+        b.choose_paths()
         b.run()
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -957,22 +774,19 @@ def main():
     info["wall_s"] = time.monotonic() - t0
     with open("/proc/loadavg") as f:
         info["loadavg_end"] = " ".join(f.read().split()[:3])
-    for p in PATHS:
-        if p not in a.paths:
-            for t in b.results.values():
-                t.setdefault(p, [])
-    b.ready.setdefault("netnat-10k", [])
-    rows = summarize(b)
-    tg = targets(rows, b)
-    print(render(b, rows, tg, info))
+    paths = [p for p in PATHS if p in a.paths]
+    rows = report.summarize(b.results, b.ready, b.hwm, paths)
+    tg = report.targets(rows, b.results, b.ready, b.hwm, paths)
+    print(report.render(rows, tg, paths, header(b, info)))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": info, "settings": {
                 k: getattr(a, k) for k in ("quick", "rounds", "services", "loss_threshold",
                                            "bulk_time", "udp_step_time", "overload_time",
                                            "overload_pps", "rr_count", "rr_warmup", "rr_deadline",
-                                           "udp_start", "bisect_steps")},
-                "figures": rows, "targets": tg, "runs": b.results,
+                                           "udp_start", "bisect_steps", "crr_time",
+                                           "crr_procs", "paths")},
+                "left_out": b.left_out, "figures": rows, "targets": tg, "runs": b.results,
                 "ready_s": b.ready, "vmhwm_kib": b.hwm}, f, indent=1)
         log(f"JSON written to {a.json}")
 

@@ -317,11 +317,11 @@ fn ops_mapping_event_records_are_exact() {
     let log = Syslog::bind(&t);
     let _h = http_server(&t, 8080);
     let _u = udp_server(&t, 5353);
-    // One queue: the UDP new-flow memory is per queue thread, so one flow's packets sent from
-    // two CPUs would be two new flows (a known limit since the lock-free packet path).
+    // The default queues (one per CPU): one flow's packets sent from two CPUs are still one
+    // flow, one mapping record (the new-flow memory is shared by the queue threads).
     let n = Netnat::start(
         &t,
-        "queue 4811\nqueues 1\n\
+        "queue 4811\n\
          service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\n\
          service pub0 port * 53 UDP 192.168.77.10 5353 0x8000\n",
         &["--syslog-socket", log.path.to_str().unwrap()],
@@ -347,6 +347,10 @@ fn ops_mapping_event_records_are_exact() {
     let raw = log.raw();
     let line = raw.iter().find(|l| l.ends_with(want[0])).unwrap();
     assert!(line.starts_with("<150>"), "{line}");
+    // Both flow memories had room: `status --json` says how many flows each refused.
+    let doc = status::parse(&n.status_json());
+    assert_eq!(doc["flows_refused"]["udp"], 0, "{doc}");
+    assert_eq!(doc["flows_refused"]["star"], 0, "{doc}");
 }
 
 /// 0x4000 volume records add up to the status counters; 0x1000 reports a malformed packet
@@ -821,9 +825,9 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
     let new = "service pub0 port * 82 TCP 192.168.77.10 8082 0x0000";
     let mut n = Netnat::start(
         &t,
-        // One queue: the UDP new-flow memory is per queue thread, and the second exchange of
-        // the same flow (a new client process) may be sent from the other CPU.
-        &format!("queue 4816\nqueues 1\n{web}\n{dns}\n{old}\n"),
+        // The default queues: the second exchange of the same flow (a new client process) may
+        // be sent from the other CPU, and is still the same flow.
+        &format!("queue 4816\n{web}\n{dns}\n{old}\n"),
         &["--log-stderr"],
     );
     assert!(curl(&t, 80, None).success());
@@ -834,11 +838,7 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
     assert!(web_in > 0);
     assert_eq!(json_num(&before, dns, "new_connections"), Some(1));
 
-    fs::write(
-        &n.conf,
-        format!("queue 4816\nqueues 1\n{dns}\n{new}\n{web}\n"),
-    )
-    .unwrap();
+    fs::write(&n.conf, format!("queue 4816\n{dns}\n{new}\n{web}\n")).unwrap();
     n.proc.signal(libc::SIGHUP);
     n.proc
         .wait_stderr("reloaded: 3 services", Duration::from_secs(10))
@@ -860,7 +860,7 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
 
     fs::write(
         &n.conf,
-        format!("queue 4816\nqueues 1\n{web}\nservice pub0 port * 83 SCTP 10.0.0.1 1\n"),
+        format!("queue 4816\n{web}\nservice pub0 port * 83 SCTP 10.0.0.1 1\n"),
     )
     .unwrap();
     n.proc.signal(libc::SIGHUP);
@@ -870,7 +870,7 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
     assert!(curl(&t, 82, None).success(), "the running set stays");
     let r = n.ctl(&["reload"]);
     assert_eq!(r.status.and_then(|s| s.code()), Some(2), "{r}");
-    let located = format!("{}:4:", n.conf.display());
+    let located = format!("{}:3:", n.conf.display());
     assert!(
         r.stderr.contains(&located) && r.stderr.contains("SCTP"),
         "{r}"
@@ -889,7 +889,7 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
     );
     assert!(curl(&t, 82, None).success());
 
-    fs::write(&n.conf, format!("queue 4816\nqueues 1\n{web}\n")).unwrap();
+    fs::write(&n.conf, format!("queue 4816\n{web}\n")).unwrap();
     let r = n.ctl(&["reload"]);
     assert!(
         r.success() && r.stdout.contains("reloaded: 1 services"),

@@ -65,8 +65,8 @@ const UNSAFE_ALLOWED: [(&str, &str); 11] = [
     ),
     ("src/iface/name.rs", "if_indextoname(3)"),
     (
-        "src/engine/service.rs",
-        "the flow memory's slot table from zeroed pages (alloc_zeroed: untouched pages cost no memory)",
+        "src/engine/flows.rs",
+        "the flow memories' slot table from zeroed pages (alloc_zeroed: untouched pages cost no memory)",
     ),
     (
         "src/control/top.rs",

@@ -21,7 +21,8 @@
 //!                "in_packets": 0, "in_bytes": 0, "out_packets": 0, "out_bytes": 0,
 //!                "new_connections": 0, "icmp_errors": 0,
 //!                "drops": {"oversize": 0, "malformed": 0, "unmapped_reply": 0},
-//!                "last_seen": null}]}
+//!                "last_seen": null}],
+//!  "flows_refused": {"star": 0, "udp": 0}}
 //! ```
 //!
 //! `format` is the version of this layout: it grows when a key changes meaning or goes away,
@@ -39,12 +40,15 @@
 //! verdict could not be sent, dropped by a second, small verdict; `verdicts_lost`: packets whose
 //! verdict could not be sent at all (held by the kernel until the queue is unbound).
 //! `start_unix`: when the daemon started, Unix seconds; `reloads_ok`/`reloads_refused`: reloads
-//! (SIGHUP, `netnat reload`) applied and refused since then.
+//! (SIGHUP, `netnat reload`) applied and refused since then. `flows_refused`: flows the two
+//! flow memories found no room for (`star`: a `*` flow whose address is not remembered, its
+//! replies leave from the default address; `udp`: a UDP flow counted new at each packet).
 
 use std::fmt::Write;
 use std::net::SocketAddr;
 
 use crate::config::{self, AppAddr};
+use crate::engine::flows::FlowsRefused;
 use crate::engine::stats::{Counters, DROP_REASONS, DropReason, queue_fields};
 use crate::queue::QueueStats;
 
@@ -90,6 +94,7 @@ pub struct Report {
     pub reloads_ok: u64,
     pub reloads_refused: u64,
     pub services: Vec<ServiceReport>,
+    pub flows_refused: FlowsRefused,
 }
 
 /// How `netnat status` prints the report.
@@ -268,7 +273,12 @@ impl Report {
                 drops_json(&c.drops)
             );
         }
-        o.push_str("]}\n");
+        let f = self.flows_refused;
+        let _ = writeln!(
+            o,
+            "],\"flows_refused\":{{\"star\":{},\"udp\":{}}}}}",
+            f.star, f.udp
+        );
         o
     }
 }
@@ -408,6 +418,7 @@ pub(crate) mod tests {
             start_unix: 1_700_000_000,
             reloads_ok: 2,
             reloads_refused: 1,
+            flows_refused: FlowsRefused { star: 3, udp: 4 },
             services: vec![
                 ServiceReport {
                     line: "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000".into(),
@@ -437,7 +448,8 @@ pub(crate) mod tests {
             "{j}"
         );
         assert!(
-            j.contains("\"state\":\"waiting\",\"apparent\":null,") && j.ends_with("null}]}\n"),
+            j.contains("\"state\":\"waiting\",\"apparent\":null,")
+                && j.ends_with("null}],\"flows_refused\":{\"star\":3,\"udp\":4}}\n"),
             "{j}"
         );
         // Balanced braces and brackets: a cheap well-formedness check.

@@ -553,6 +553,7 @@ impl Daemon<'_> {
             reloads_ok: self.reloads_ok,
             reloads_refused: self.reloads_refused,
             services,
+            flows_refused: self.hub.flows_refused(),
         }
     }
 

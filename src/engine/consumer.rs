@@ -8,16 +8,18 @@
 //! - what the main thread decides (lookup table, services and their flags, mark, rate limit)
 //!   is one immutable [`Generation`], published whole by an atomic pointer swap
 //!   (`arc_swap::ArcSwap`). A thread looks once per batch; when there is a newer one it carries
-//!   its own state over (counters, rate limits, UDP flows: by the generation's carry map, as a
-//!   reload keeps the counters of equal services) and decides the batch by it. A batch is
+//!   its own state over (counters, rate limits: by the generation's carry map, as a reload
+//!   keeps the counters of equal services) and decides the batch by it. A batch is
 //!   decided by one generation, never half by one and half by the next;
 //! - each thread owns its [`Worker`]: its [`Monitor`] (counters in a [`Shard`] of
-//!   single-writer atomics, rate limits, UDP new-flow memory) and its own log handle (a sender
+//!   single-writer atomics, rate limits) and its own log handle (a sender
 //!   of the bounded log queue; a full queue counts and drops). The main thread reads the
 //!   shards it publishes here and sums them (`status`, metrics, `top`, drain expiry) and
 //!   writes the volume records from the sums;
-//! - the one thing the threads write together, the [`FlowMemory`] of `*` services (a flow's
-//!   inbound packet and its reply may meet different queues), is a lock-free table.
+//! - the two things the threads write together are lock-free tables: the [`FlowMemory`] of
+//!   `*` services (a flow's inbound packet and its reply may meet different queues) and the
+//!   UDP new-flow memory ([`NewFlows`]: a flow's packets may meet different queues too; keyed
+//!   by service serials that a reload carries over).
 //!
 //! After a batch a thread keeps looking for the next one for a short while (`busy-poll`) before
 //! it sleeps in `poll`: a request/response exchange brings its next packet within tens of
@@ -34,8 +36,9 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Flags, Service};
 use crate::engine::datapath;
+use crate::engine::flows::FlowsRefused;
 use crate::engine::monitor::{Clock, Monitor, ServiceSet};
-use crate::engine::record::VolumeRecord;
+use crate::engine::record::{NewFlows, VolumeRecord};
 use crate::engine::service::{FlowMemory, ServiceTable};
 use crate::engine::stats::{
     Carry, Counters, LiveStats, Rate, Shard, Stats, add_queue_stats, carried, carry_map, compose,
@@ -81,6 +84,7 @@ pub struct Hub {
     published: Arc<ArcSwap<Generation>>,
     shards: Arc<Shards>,
     flows: Arc<FlowMemory>,
+    new_flows: Arc<NewFlows>,
     current: Arc<Generation>,
     queues: usize,
     /// Per service (current ids), the summed counters at its previous volume record.
@@ -113,6 +117,7 @@ impl Hub {
             published: Arc::new(ArcSwap::new(Arc::clone(&generation))),
             shards: Arc::new(Shards(shards)),
             flows: Arc::new(FlowMemory::default()),
+            new_flows: Arc::default(),
             current: generation,
             queues,
             volume_base: vec![Counters::default(); n],
@@ -130,7 +135,12 @@ impl Hub {
         self.shards.0[index].store(Arc::clone(&shard));
         Worker {
             published: Arc::clone(&self.published),
-            monitor: Monitor::new(Arc::clone(&generation.set), shard, generation.rate),
+            monitor: Monitor::new(
+                Arc::clone(&generation.set),
+                shard,
+                generation.rate,
+                Arc::clone(&self.new_flows),
+            ),
             generation,
             flows: Arc::clone(&self.flows),
             shards: Arc::clone(&self.shards),
@@ -154,7 +164,8 @@ impl Hub {
             None => (Arc::clone(&old.set), None),
             Some(s) => {
                 let map = carry_map(old.set.services(), &s);
-                (Arc::new(ServiceSet::new(s)), Some(map.into()))
+                let set = ServiceSet::new(s).carrying(&old.set, &map);
+                (Arc::new(set), Some(map.into()))
             }
         };
         // A thread is at the current generation, or at one it was lagging at already (it can
@@ -204,6 +215,14 @@ impl Hub {
             shard.stats.add_to(carry, &mut sum);
         }
         sum
+    }
+
+    /// Flows the `*` memory and the UDP new-flow memory had no room for.
+    pub fn flows_refused(&self) -> FlowsRefused {
+        FlowsRefused {
+            star: self.flows.refused(),
+            udp: self.new_flows.refused(),
+        }
     }
 
     /// Every queue's statistics summed.

@@ -2,8 +2,9 @@
 //! the records the services' flags ask for ([`crate::engine::record`]).
 //!
 //! One [`Monitor`] per queue thread, owned by it: its counters (the thread's [`Shard`], which
-//! the main thread reads and sums), its rate limits and its UDP new-flow memory. Nothing here
-//! is shared with another queue thread, so nothing is locked. What the services are and what
+//! the main thread reads and sums) and its rate limits; nothing of these is shared with another
+//! queue thread, so nothing is locked. The one thing the monitors share is the UDP new-flow
+//! memory ([`NewFlows`], lock-free). What the services are and what
 //! their flags ask for comes from the generation's [`ServiceSet`], built by the main thread and
 //! only read here. Per packet it does integer increments; it formats a record only when a flag
 //! asks for one and the rate limit of that service and record class admits it.
@@ -11,9 +12,9 @@
 //! Rate limits are per queue: each thread's buckets get `log-rate` and `log-burst` divided
 //! among the queues (at least 1 each, [`Rate::per_queue`]), so that a flood of spoofed sources
 //! spread over every CPU still gets about `log-rate` records per second per service and class,
-//! and one `sup` line per thread for the rest. The UDP new-flow memory is per queue too: the
-//! kernel hands a flow's packets to the CPU (and so the queue) its hash names, so a flow's
-//! inbound packets meet one memory. Volume records (0x4000) are the main thread's: it sums the
+//! and one `sup` line per thread for the rest. The UDP new-flow memory is not per queue: the
+//! packets of one flow can be handled by two CPUs (and so two queues), and the flow must count
+//! once. Volume records (0x4000) are the main thread's: it sums the
 //! shards ([`crate::engine::consumer::Hub::volume_records`]).
 
 use std::net::IpAddr;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use crate::config::{Flags, Protocol, Service};
 use crate::engine::datapath::{self, Event};
 use crate::engine::record::{
-    DropAction, DropRecord, FlowMemory, IcmpRecord, MappingEvent, PacketRecord, RecordKind,
+    DropAction, DropRecord, IcmpRecord, MappingEvent, NewFlows, PacketRecord, RecordKind,
     SuppressedRecord, icmp_type_code,
 };
 use crate::engine::stats::{Carry, DropReason, LiveStats, Rate, Shard, TokenBucket};
@@ -57,7 +58,13 @@ pub struct ServiceSet {
     /// flags ask for no rate limited record: with thousands of services, most have none.
     limit_of: Vec<u32>,
     limits: usize,
+    /// Per service, its serial: the key of its UDP flows in the [`NewFlows`] memory. A service
+    /// a reload carries over keeps it ([`ServiceSet::carrying`]), any other gets a new one.
+    serials: Vec<u64>,
 }
+
+/// The next service serial (0 is never given out).
+static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl ServiceSet {
     pub fn new(services: Vec<Service>) -> ServiceSet {
@@ -76,10 +83,28 @@ impl ServiceSet {
         ServiceSet {
             flags: services.iter().map(|s| s.flags).collect(),
             any_drops: services.iter().any(|s| s.flags.has(Flags::DROPS)),
+            serials: (0..services.len())
+                .map(|_| SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                .collect(),
             services,
             limit_of,
             limits,
         }
+    }
+
+    /// The services `map` carries over from `old` (`map[old] = Some(new)`, see
+    /// [`crate::engine::stats::carry_map`]) keep their serials, so their UDP flows are still
+    /// known; the others keep their new ones.
+    pub fn carrying(mut self, old: &ServiceSet, map: &[Option<usize>]) -> ServiceSet {
+        for (from, to) in map.iter().enumerate() {
+            if let (Some(&serial), Some(slot)) = (
+                old.serials.get(from),
+                to.and_then(|t| self.serials.get_mut(t)),
+            ) {
+                *slot = serial;
+            }
+        }
+        self
     }
 
     pub fn services(&self) -> &[Service] {
@@ -92,6 +117,11 @@ impl ServiceSet {
 
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+
+    /// The serial of service `id` (see [`ServiceSet::carrying`]).
+    pub fn serial(&self, id: usize) -> Option<u64> {
+        self.serials.get(id).copied()
     }
 }
 
@@ -108,7 +138,7 @@ struct Limits {
 pub struct Monitor {
     set: Arc<ServiceSet>,
     shard: Arc<Shard>,
-    flows: FlowMemory,
+    flows: Arc<NewFlows>,
     limits: Vec<Limits>,
     /// Rate limit of drop records for packets of no service.
     shared_drops: TokenBucket,
@@ -117,13 +147,19 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// A monitor for `set`, counting into `shard` (whose ids are `set`'s).
-    pub fn new(set: Arc<ServiceSet>, shard: Arc<Shard>, rate: Rate) -> Monitor {
+    /// A monitor for `set`, counting into `shard` (whose ids are `set`'s), telling new UDP
+    /// flows by `flows` (the memory every queue thread shares).
+    pub fn new(
+        set: Arc<ServiceSet>,
+        shard: Arc<Shard>,
+        rate: Rate,
+        flows: Arc<NewFlows>,
+    ) -> Monitor {
         Monitor {
             limits: vec![Limits::default(); set.limits],
             set,
             shard,
-            flows: FlowMemory::default(),
+            flows,
             shared_drops: TokenBucket::default(),
             rate,
         }
@@ -136,7 +172,7 @@ impl Monitor {
     }
 
     /// The next generation's services, generation `id`: a service `carry` moves keeps its
-    /// counters, UDP flows and rate limits; others start afresh. With the same services
+    /// counters and rate limits (and its UDP flows, by its serial); others start afresh. With the same services
     /// (`carry` is `None`) the shard stays and only says its new generation; otherwise a new
     /// shard takes the carried counters, and the caller publishes it.
     pub fn replace(&mut self, set: Arc<ServiceSet>, id: u64, carry: &Carry) {
@@ -160,11 +196,6 @@ impl Monitor {
                 *to = *from;
             }
         }
-        let map: Vec<Option<usize>> = match carry {
-            Some(map) => map.to_vec(),
-            None => (0..self.set.len()).map(Some).collect(),
-        };
-        self.flows.remap(&map);
         let shard = Shard::new(id, self.shard.stats.carried(carry, set.len()));
         shard.take_queue_stats(&self.shard);
         self.shard = Arc::new(shard);
@@ -216,7 +247,9 @@ impl Monitor {
                         if inbound {
                             let new = match flow.protocol {
                                 Protocol::Tcp => syn,
-                                Protocol::Udp => flows.is_new(id, flow.src, now.secs()),
+                                Protocol::Udp => set.serial(id).is_some_and(|serial| {
+                                    flows.is_new(serial, flow.src, now.secs())
+                                }),
                             };
                             if new {
                                 stats.new_connection(id);
@@ -389,13 +422,15 @@ pub(crate) mod tests {
 
     fn monitor(services: Vec<Service>) -> Monitor {
         let shard = Arc::new(Shard::new(0, LiveStats::new(services.len())));
-        Monitor::new(Arc::new(ServiceSet::new(services)), shard, Rate::default())
+        let set = Arc::new(ServiceSet::new(services));
+        Monitor::new(set, shard, Rate::default(), Default::default())
     }
 
     /// What the main thread publishes for a new service set, as the queue thread takes it.
     fn replace(mon: &mut Monitor, services: Vec<Service>) {
-        let carry = Some(carry_map(mon.services(), &services).into());
-        mon.replace(Arc::new(ServiceSet::new(services)), 1, &carry);
+        let map = carry_map(mon.services(), &services);
+        let set = ServiceSet::new(services).carrying(&mon.set, &map);
+        mon.replace(Arc::new(set), 1, &Some(map.into()));
     }
 
     /// `src`:`sport` -> `dst`:`dport`, UDP over IPv4 with 4 zero bytes of payload, no UDP

@@ -12,8 +12,8 @@
 //!
 //! The table never changes after [`ServiceTable::build`]; a reload or an address change builds
 //! a new one and publishes it whole (see [`crate::engine::consumer`]), so the packet path needs
-//! no lock. The one thing the queue threads write together, the [`FlowMemory`], is a fixed
-//! table of atomic slots, shared without a lock.
+//! no lock. What the queue threads write together here, the [`FlowMemory`], keeps its flows
+//! in the lock-free slot table of [`crate::engine::flows`].
 //!
 //! An interface can have more than one address that receives packets: IPv4 secondaries, IPv6
 //! addresses beside the one `*` takes, deprecated IPv6 addresses. A `*` service answers at all
@@ -30,9 +30,9 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::{AppAddr, Flags, Protocol, Service};
+use crate::engine::flows::{self, Claim, SlotTable};
 
 /// What the table needs to know about the interfaces; supplied from outside (rtnetlink, tests).
 pub trait Interfaces {
@@ -344,35 +344,18 @@ fn resolve(id: usize, s: &Service, ifaces: &impl Interfaces) -> Option<Entry> {
 /// [`FlowMemory::refused`] counts it. Keyed with a random seed: the keys come from packets,
 /// which could otherwise be chosen to collide.
 ///
-/// How, without a lock: a fixed table of slots allocated once (zeroed pages, so untouched
-/// slots cost no memory), open addressing over a window of [`PROBE`] slots. A slot is two
-/// `AtomicU64`s: the flow's tag, a 64-bit keyed hash of (interface, protocol, actual endpoint,
-/// client endpoint), and a value that packs a check (16 bits taken from the tag), a
-/// fingerprint of the apparent address the flow came to (16 bits of a keyed hash) and the
-/// second its memory expires. A reply takes the one address of its entry (`*` or one of
-/// `others`) with that fingerprint. The two words are written one after the other, so a
-/// reader may see a tag with another flow's value: the check then differs and the reply
-/// leaves from the entry's default address, as it does when two of the entry's addresses
-/// share a fingerprint. A race may cost a flow its remembered address for a packet; it never
-/// hands a reply an address that is not its entry's.
+/// How, without a lock: the flows live in a [`SlotTable`] ([`crate::engine::flows`]). A flow's
+/// key is a 64-bit keyed hash of (interface, protocol, actual endpoint, client endpoint); its
+/// data, a fingerprint of the apparent address the flow came to (16 bits of a keyed hash). A
+/// reply takes the one address of its entry (`*` or one of `others`) with that fingerprint.
+/// A reader that meets a slot in the middle of a claim passes over it (the value's check is
+/// not its key's), and the reply leaves from the entry's default address, as it does when two
+/// of the entry's addresses share a fingerprint. A race may cost a flow its remembered address
+/// for a packet; it never hands a reply an address that is not its entry's (but for a 1 in
+/// 32,768 check collision of two racing flows, which can give another of the entry's own).
 pub struct FlowMemory {
-    slots: Box<[Slot]>,
-    mask: usize,
-    limit: usize,
-    /// Slots holding a flow, live or expired; at most `limit` (reserved before an empty slot
-    /// is claimed).
-    used: AtomicUsize,
-    /// The newest clock a queue thread set ([`FlowMemory::set_now`]), in seconds.
-    now_s: AtomicU32,
-    refused: AtomicU64,
+    table: SlotTable,
     hasher: RandomState,
-}
-
-/// One flow: its tag (0: never used) and its packed value (see [`FlowMemory`]).
-#[derive(Default)]
-struct Slot {
-    tag: AtomicU64,
-    value: AtomicU64,
 }
 
 /// Flows remembered at most, by default. The table has twice as many slots of 16 bytes (2 MiB
@@ -386,9 +369,6 @@ pub const SYN_IDLE_MS: u64 = 30_000;
 /// How long a UDP flow is remembered after its last packet (the kernel's conntrack keeps an
 /// answered UDP flow for 120 s).
 pub const UDP_IDLE_MS: u64 = 180_000;
-/// Slots a flow may take, from the one its tag names: a lookup reads at most this many (two
-/// cache lines).
-const PROBE: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FlowKey {
@@ -412,27 +392,6 @@ impl FlowKey {
     }
 }
 
-/// The value word: check (bits 48..64, never 0), fingerprint (32..48), expiry second (0..32).
-fn pack(check: u16, fingerprint: u16, expires_s: u32) -> u64 {
-    (u64::from(check) << 48) | (u64::from(fingerprint) << 32) | u64::from(expires_s)
-}
-
-fn check_of(tag: u64) -> u16 {
-    ((tag >> 48) as u16) | 1
-}
-
-fn value_check(v: u64) -> u16 {
-    (v >> 48) as u16
-}
-
-fn value_fingerprint(v: u64) -> u16 {
-    (v >> 32) as u16
-}
-
-fn value_expires(v: u64) -> u32 {
-    v as u32
-}
-
 impl Default for FlowMemory {
     fn default() -> Self {
         FlowMemory::new(FLOW_LIMIT)
@@ -442,42 +401,32 @@ impl Default for FlowMemory {
 impl FlowMemory {
     /// An empty memory for at most `limit` flows.
     pub fn new(limit: usize) -> FlowMemory {
-        let n = limit.saturating_mul(2).next_power_of_two().max(PROBE);
         FlowMemory {
-            slots: zeroed_slots(n),
-            mask: n - 1,
-            limit,
-            used: AtomicUsize::new(0),
-            now_s: AtomicU32::new(0),
-            refused: AtomicU64::new(0),
+            table: SlotTable::new(limit),
             hasher: RandomState::new(),
         }
     }
 
     /// Moves the clock (milliseconds, monotonic, the same origin for every thread) that idle
-    /// times are measured by; called once per batch. It only goes forward, and is written at
-    /// most once a second, so the threads do not fight over its cache line.
+    /// times are measured by; called once per batch.
     #[inline]
     pub fn set_now(&self, ms: u64) {
-        let s = u32::try_from(ms / 1000).unwrap_or(u32::MAX);
-        if self.now_s.load(Ordering::Relaxed) < s {
-            self.now_s.fetch_max(s, Ordering::Relaxed);
-        }
+        self.table.set_now(ms);
     }
 
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.used.load(Ordering::Relaxed) == 0
+        self.table.is_empty()
     }
 
     /// Slots holding a flow (an expired flow counts until a new one takes its slot).
     pub fn len(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        self.table.len()
     }
 
     /// New flows not remembered because there was no room but live flows.
     pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.table.refused()
     }
 
     fn tag(&self, e: &Entry, client: SocketAddr) -> u64 {
@@ -505,70 +454,29 @@ impl FlowMemory {
             Protocol::Tcp => TCP_IDLE_MS,
             Protocol::Udp => UDP_IDLE_MS,
         };
-        let now = self.now_s.load(Ordering::Relaxed);
+        let now = self.table.now();
         let expires = now.saturating_add(idle_ms.div_ceil(1000) as u32);
-        let tag = self.tag(e, client);
-        let check = check_of(tag);
-        let value = pack(check, self.fingerprint(arrived), expires);
-        let start = tag as usize & self.mask;
+        let key = self.tag(e, client);
+        let fingerprint = self.fingerprint(arrived);
         // Twice at most: a lost race for a slot is worth one more look, not a loop.
         for _ in 0..2 {
-            let (mut expired, mut empty) = (None, None);
-            for k in 0..PROBE {
-                let slot = &self.slots[(start + k) & self.mask];
-                let t = slot.tag.load(Ordering::Acquire);
-                if t == tag {
-                    // A SYN again (a retransmission, a reused port) does not shorten a live flow.
-                    let old = slot.value.load(Ordering::Acquire);
-                    let v = if value_check(old) == check && value_expires(old) > expires {
-                        pack(check, value_fingerprint(value), value_expires(old))
-                    } else {
-                        value
-                    };
-                    slot.value.store(v, Ordering::Release);
-                    return;
-                }
-                if t == 0 {
-                    empty = empty.or(Some(slot));
-                } else if expired.is_none()
-                    && value_expires(slot.value.load(Ordering::Acquire)) <= now
-                {
-                    expired = Some((slot, t));
-                }
-            }
-            // An idle flow's slot first: it keeps the count where it is.
-            if let Some((slot, old)) = expired {
-                if slot
-                    .tag
-                    .compare_exchange(old, tag, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    slot.value.store(value, Ordering::Release);
-                    return;
-                }
-                continue;
-            }
-            let Some(slot) = empty else { break };
-            let reserved = self
-                .used
-                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                    (n < self.limit).then_some(n + 1)
-                })
-                .is_ok();
-            if !reserved {
-                break;
-            }
-            if slot
-                .tag
-                .compare_exchange(0, tag, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                slot.value.store(value, Ordering::Release);
+            if let Some((i, old)) = self.table.find(key) {
+                // A SYN again (a retransmission, a reused port) does not shorten a live flow.
+                let keep = flows::expires(old).max(expires);
+                // Lost to another packet of the flow: it refreshed the flow just now.
+                self.table
+                    .replace(i, old, flows::pack(key, fingerprint, keep));
                 return;
             }
-            self.used.fetch_sub(1, Ordering::AcqRel);
+            match self
+                .table
+                .claim(key, flows::pack(key, fingerprint, expires), now)
+            {
+                Claim::Won(_) | Claim::Full => return,
+                Claim::Lost => {}
+            }
         }
-        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.table.count_refused();
     }
 
     /// The apparent endpoint for a reply of `e` to `client`: the address the flow came to
@@ -580,57 +488,28 @@ impl FlowMemory {
         if e.others.is_empty() || self.is_empty() {
             return default;
         }
-        let tag = self.tag(e, client);
-        let start = tag as usize & self.mask;
-        for k in 0..PROBE {
-            let slot = &self.slots[(start + k) & self.mask];
-            if slot.tag.load(Ordering::Acquire) != tag {
-                continue;
-            }
-            let v = slot.value.load(Ordering::Acquire);
-            if value_check(v) != check_of(tag) {
-                return default;
-            }
-            let fp = value_fingerprint(v);
-            let mut found = None;
-            for ip in std::iter::once(e.app.ip()).chain(e.others.iter().copied()) {
-                if self.fingerprint(ip) == fp {
-                    if found.is_some_and(|f| f != ip) {
-                        return default; // two of the entry's addresses look alike
-                    }
-                    found = Some(ip);
+        let Some((_, v)) = self.table.find(self.tag(e, client)) else {
+            return default;
+        };
+        let fp = flows::data(v);
+        let mut found = None;
+        for ip in std::iter::once(e.app.ip()).chain(e.others.iter().copied()) {
+            if self.fingerprint(ip) == fp {
+                if found.is_some_and(|f| f != ip) {
+                    return default; // two of the entry's addresses look alike
                 }
+                found = Some(ip);
             }
-            return found.map_or(default, |ip| SocketAddr::new(ip, port));
         }
-        default
+        found.map_or(default, |ip| SocketAddr::new(ip, port))
     }
 }
 
 impl std::fmt::Debug for FlowMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlowMemory")
-            .field("len", &self.len())
-            .field("limit", &self.limit)
-            .field("refused", &self.refused())
+            .field("table", &self.table)
             .finish_non_exhaustive()
-    }
-}
-
-/// `n` (> 0) empty slots from zeroed memory: large tables come as fresh pages from the system,
-/// so only the slots that flows touch take memory.
-fn zeroed_slots(n: usize) -> Box<[Slot]> {
-    let layout = std::alloc::Layout::array::<Slot>(n).expect("slot table size");
-    // SAFETY: `layout` has a non-zero size (n > 0, a Slot is 16 bytes). All-zero bytes are a
-    // valid `Slot` (two `AtomicU64`s of value 0, the same layout as u64), so the zeroed block
-    // is `n` initialised slots; the Box takes ownership of exactly that allocation, with the
-    // layout the global allocator will free it with.
-    unsafe {
-        let ptr = std::alloc::alloc_zeroed(layout) as *mut Slot;
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n))
     }
 }
 
@@ -742,6 +621,7 @@ mod tests {
     use super::*;
     use crate::config::parse_service;
     use std::collections::HashSet;
+    use std::sync::atomic::Ordering;
 
     /// Interfaces as a test wants them: name → (ifindex, IPv4, IPv6).
     #[derive(Default)]

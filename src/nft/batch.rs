@@ -16,8 +16,10 @@ use nftnl::{
 use super::elements::{ElementsMsg, element_attr_len, elements_per_msg};
 use super::error::Label;
 use super::objects::{FlushRules, NoKey, TableMsg, new_set};
-use super::policy::{ChainSpec, Hook, Policy, QueueSpec, SetKind, Verdict};
+use super::policy::Policy;
 use super::render::render_rule;
+use super::rules::{ChainSpec, Hook, QueueSpec, Verdict};
+use super::sets::SetKind;
 use super::translate;
 
 /// `NFT_TABLE_F_OWNER` from linux/netfilter/nf_tables.h (kernel ≥ 5.12).
@@ -232,8 +234,11 @@ pub(super) fn delete_tables(tables: &[&'static str]) -> (FinalizedBatch, Vec<Lab
 
 #[cfg(test)]
 mod tests {
-    use super::super::elements::{NFTA_DATA_VALUE, NFTA_SET_ELEM_KEY, push_element_key};
-    use super::super::policy::{concat_type, key_len};
+    use super::super::elements::{
+        NFTA_DATA_VALUE, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+        push_element_key,
+    };
+    use super::super::sets::{concat_type, key_len};
     use super::super::walk::*;
     use super::*;
     use crate::config::{AppAddr, Flags, Protocol, Service};
@@ -244,8 +249,6 @@ mod tests {
         const NFTA_SET_NAME: u16 = 2;
         const NFTA_SET_KEY_TYPE: u16 = 4;
         const NFTA_SET_KEY_LEN: u16 = 5;
-        const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-        const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
         let (batch, labels) = install(&sample(), QueueExprKind::Native);
         let msgs = messages(&batch);
         assert_eq!(msgs.len(), labels.len());
@@ -340,8 +343,6 @@ mod tests {
         );
 
         // Decoded, the element messages give back every key of every set, in order.
-        const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-        const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
         let mut got: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
         for (ty, _, a) in messages(&batch) {
             if ty != libc::NFT_MSG_NEWSETELEM as u16 {

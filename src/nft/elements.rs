@@ -12,7 +12,7 @@ use nftnl::nftnl_sys as sys;
 use nftnl::{MsgType, NlMsg, ProtoFamily};
 
 use super::expr::ifname_bytes;
-use super::policy::{Element, KeyField, SetKind, SetSpec, key_len};
+use super::sets::{Element, KeyField, SetKind, SetSpec, key_len};
 use crate::netlink::frame::{NLA_HDRLEN, NLA_MAX_LEN, end_nest, put_attr, start_attr, start_nest};
 
 /// Appends a set element's key as the lookup sees the registers: each component in the byte
@@ -39,8 +39,8 @@ pub(super) fn push_element_key(out: &mut Vec<u8>, set: &SetSpec, e: &Element) {
 
 // nf_tables netlink attributes of a NEWSETELEM message (linux/netfilter/nf_tables.h).
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
 pub(super) const NFTA_DATA_VALUE: u16 = 1;
@@ -140,7 +140,8 @@ mod tests {
     use nftnl::set::{Set, SetKey};
     use nftnl::{Batch, Table};
 
-    use super::super::policy::{Family, KeyValue};
+    use super::super::family::Family;
+    use super::super::sets::KeyValue;
     use super::super::walk::*;
     use super::*;
 

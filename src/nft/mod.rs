@@ -5,6 +5,9 @@
 //! - [`policy`]: pure; which packets are steered to the queue ([`Policy::new`]), as plain data:
 //!   the services as elements of sets with concatenated keys, a constant handful of lookup
 //!   rules, and an unhooked rule whose `ct` expression keeps conntrack (and so reassembly) on.
+//!   Its parts, pure as well: [`sets`] (the set kinds, their key fields, the elements),
+//!   [`rules`] (matches, verdicts, rules, chains, the queue), [`family`] (address family and
+//!   ICMP flavour), `icmp` (the rules for ICMP errors) and [`guard`] (the leak guard's chains).
 //! - [`render`]: the same table in nft syntax (`netnat rules`), as `nft list` prints it.
 //! - `translate`: a policy rule into nftables expressions; `elements`: set elements encoded by
 //!   hand; `objects`: raw libnftnl objects the crate lacks; `batch`: the install and delete
@@ -26,10 +29,15 @@ mod batch;
 mod elements;
 mod error;
 pub mod expr;
+pub mod family;
+pub mod guard;
+mod icmp;
 mod objects;
 pub mod policy;
 mod render;
+pub mod rules;
 mod session;
+pub mod sets;
 mod translate;
 #[cfg(test)]
 mod walk;
@@ -38,9 +46,10 @@ mod walk;
 pub use batch::install_batch_bytes;
 pub use batch::{NFT_TABLE_F_OWNER, QueueExprKind};
 pub use error::NftError;
-pub use policy::{
-    ChainSpec, CtDirection, Family, GUARD_LABEL, GUARD_TABLE, Guard, Hook, KeyField, KeyValue,
-    Match, Policy, QueueSpec, Rule, SetKind, SetSpec, TABLE_NAME, Verdict,
-};
+pub use family::Family;
+pub use guard::{GUARD_LABEL, GUARD_TABLE, Guard};
+pub use policy::{Policy, TABLE_NAME};
 pub use render::{render, render_guard, render_rule, render_table};
+pub use rules::{ChainSpec, CtDirection, Hook, Match, QueueSpec, Rule, Verdict};
 pub use session::{NftSession, flush_leftover};
+pub use sets::{KeyField, KeyValue, SetKind, SetSpec};

@@ -11,7 +11,7 @@ use nftnl::nftnl_sys as sys;
 use nftnl::set::{Set, SetKey};
 use nftnl::{MsgType, NlMsg, ProtoFamily, Table};
 
-use super::policy::{SetKind, concat_type, key_len};
+use super::sets::{SetKind, concat_type, key_len};
 
 /// A table message built with raw libnftnl calls, because `nftnl::Table` always sends flags 0
 /// and offers no way to set the owner flag.

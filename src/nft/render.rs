@@ -11,10 +11,10 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use super::policy::{
-    ChainSpec, CtDirection, Family, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, KeyField, KeyValue, Match,
-    Policy, QueueSpec, Rule, SetSpec, Verdict,
-};
+use super::family::{Family, IPPROTO_ICMP, IPPROTO_ICMPV6};
+use super::policy::Policy;
+use super::rules::{ChainSpec, CtDirection, Hook, Match, QueueSpec, Rule, Verdict};
+use super::sets::{KeyField, KeyValue, SetSpec};
 
 /// Both tables, netnat's and the leak guard's, each ending in a newline, a blank line between.
 pub fn render(policy: &Policy) -> String {
@@ -331,75 +331,8 @@ mod tests {
             ),
         ];
         let text = render_table(&Policy::new(&services, 4747));
-        let expected = "\
-table inet netnat {
-\tflags owner
-
-\tset in4 {
-\t\ttype ifname . ipv4_addr . inet_proto . inet_service
-\t\telements = { \"pub0\" . 10.99.1.1 . tcp . 80,
-\t\t\t     \"pub0\" . 10.99.1.1 . udp . 53 }
-\t}
-
-\tset in6_local {
-\t\ttype ifname . inet_proto . inet_service
-\t\telements = { \"ppp0\" . udp . 53 }
-\t}
-
-\tset out4 {
-\t\ttype ifname . ipv4_addr . inet_proto . inet_service
-\t\telements = { \"pub0\" . 192.168.77.10 . tcp . 8080,
-\t\t\t     \"pub0\" . 192.168.77.10 . udp . 53 }
-\t}
-
-\tset out6 {
-\t\ttype ifname . ipv6_addr . inet_proto . inet_service
-\t\telements = { \"ppp0\" . fd00::53 . udp . 53 }
-\t}
-
-\tset icmp_in4 {
-\t\ttype ifname . ipv4_addr
-\t\telements = { \"pub0\" . 10.99.1.1 }
-\t}
-
-\tchain prerouting {
-\t\ttype filter hook prerouting priority raw; policy accept;
-\t\tiifname . ip daddr . meta l4proto . th dport @in4 queue num 4747
-\t\tmeta nfproto ipv6 iifname . meta l4proto . th dport @in6_local fib daddr . iif type local queue num 4747
-\t\tiifname . ip daddr @icmp_in4 icmp type destination-unreachable queue num 4747
-\t\tiifname . ip daddr @icmp_in4 icmp type time-exceeded queue num 4747
-\t\tiifname . ip daddr @icmp_in4 icmp type parameter-problem queue num 4747
-\t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type destination-unreachable queue num 4747
-\t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type packet-too-big queue num 4747
-\t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type time-exceeded queue num 4747
-\t\tiifname \"ppp0\" fib daddr . iif type local icmpv6 type parameter-problem queue num 4747
-\t}
-
-\tchain postrouting {
-\t\ttype filter hook postrouting priority 300; policy accept;
-\t\toifname . ip saddr . meta l4proto . th sport @out4 queue num 4747
-\t\toifname . ip6 saddr . meta l4proto . th sport @out6 queue num 4747
-\t\ticmp type destination-unreachable oifname . @th,192,32 . @th,136,8 . @th,240,16 @out4 queue num 4747
-\t\toifname \"pub0\" icmp type destination-unreachable @th,64,8 != 0x45 queue num 4747
-\t\ticmp type time-exceeded oifname . @th,192,32 . @th,136,8 . @th,240,16 @out4 queue num 4747
-\t\toifname \"pub0\" icmp type time-exceeded @th,64,8 != 0x45 queue num 4747
-\t\ticmp type parameter-problem oifname . @th,192,32 . @th,136,8 . @th,240,16 @out4 queue num 4747
-\t\toifname \"pub0\" icmp type parameter-problem @th,64,8 != 0x45 queue num 4747
-\t\ticmpv6 type destination-unreachable oifname . @th,256,128 . @th,112,8 . @th,400,16 @out6 queue num 4747
-\t\toifname \"ppp0\" icmpv6 type destination-unreachable @th,112,8 != 0x6 @th,112,8 != 0x11 queue num 4747
-\t\ticmpv6 type packet-too-big oifname . @th,256,128 . @th,112,8 . @th,400,16 @out6 queue num 4747
-\t\toifname \"ppp0\" icmpv6 type packet-too-big @th,112,8 != 0x6 @th,112,8 != 0x11 queue num 4747
-\t\ticmpv6 type time-exceeded oifname . @th,256,128 . @th,112,8 . @th,400,16 @out6 queue num 4747
-\t\toifname \"ppp0\" icmpv6 type time-exceeded @th,112,8 != 0x6 @th,112,8 != 0x11 queue num 4747
-\t\ticmpv6 type parameter-problem oifname . @th,256,128 . @th,112,8 . @th,400,16 @out6 queue num 4747
-\t\toifname \"ppp0\" icmpv6 type parameter-problem @th,112,8 != 0x6 @th,112,8 != 0x11 queue num 4747
-\t}
-
-\tchain conntrack {
-\t\tct state new comment \"never jumped to: its ct expression keeps conntrack, and with it reassembly, active\"
-\t}
-}
-";
+        // A file, so that the expected listing reads as nft prints it (tabs, quotes).
+        let expected = include_str!("testdata/table.nft");
         assert_eq!(text, expected);
     }
 

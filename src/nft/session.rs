@@ -18,7 +18,9 @@ use nftnl::{FinalizedBatch, ProtoFamily};
 use super::batch::{self, QueueExprKind};
 use super::error::{Failure, Label, NftError};
 use super::expr::IFNAMSIZ;
-use super::policy::{GUARD_TABLE, Match, Policy, TABLE_NAME, Verdict};
+use super::guard::GUARD_TABLE;
+use super::policy::{Policy, TABLE_NAME};
+use super::rules::{Match, Verdict};
 use crate::netlink::socket::{NETLINK_CAP_ACK, NETLINK_EXT_ACK, SOL_NETLINK};
 use crate::netlink::{Buffer, ErrorMsg, Socket, ack, frame};
 
@@ -140,10 +142,10 @@ impl NftSession {
         }
     }
 
-    /// Delete table `inet netnat` (and with it everything netnat installed). An absent table is
-    /// fine.
+    /// Delete table `inet netnat` (and with it everything netnat installed; the guard stays:
+    /// what a stopping netnat does). An absent table is fine.
     pub fn remove(&mut self) -> Result<(), NftError> {
-        delete_table(self).map(|_| ())
+        delete_if_present(self, TABLE_NAME).map(|_| ())
     }
 
     /// Throws away whatever is waiting on the socket.
@@ -252,42 +254,32 @@ pub fn flush_leftover() -> Result<bool, NftError> {
     // One batch: if the owned table cannot be deleted, the guard stays too.
     match delete_tables(&mut s, &[TABLE_NAME, GUARD_TABLE]) {
         Ok(()) => Ok(true),
-        // The first table absent: the batch was aborted; try the guard alone.
-        Err(Failure {
-            errno: libc::ENOENT,
-            label: Label::DelTable(TABLE_NAME),
-            ..
-        }) => match delete_tables(&mut s, &[GUARD_TABLE]) {
-            Ok(()) => Ok(true),
-            Err(Failure {
-                errno: libc::ENOENT,
-                label: Label::DelTable(_),
-                ..
-            }) => Ok(false),
-            Err(f) => Err(f.into_error()),
+        // One table absent aborts the whole batch; the other is then deleted alone.
+        Err(f) => match absent_table(&f) {
+            Some(TABLE_NAME) => delete_if_present(&mut s, GUARD_TABLE),
+            // netnat's table was there (its delete came first and passed): it must go now.
+            Some(GUARD_TABLE) => delete_tables(&mut s, &[TABLE_NAME])
+                .map(|()| true)
+                .map_err(Failure::into_error),
+            _ => Err(f.into_error()),
         },
-        // netnat's table was there but the guard was not: the batch was aborted; again alone.
-        Err(Failure {
-            errno: libc::ENOENT,
-            label: Label::DelTable(GUARD_TABLE),
-            ..
-        }) => delete_tables(&mut s, &[TABLE_NAME])
-            .map(|()| true)
-            .map_err(Failure::into_error),
+    }
+}
+
+/// Delete `table` alone; whether it existed.
+fn delete_if_present(s: &mut NftSession, table: &'static str) -> Result<bool, NftError> {
+    match delete_tables(s, &[table]) {
+        Ok(()) => Ok(true),
+        Err(f) if absent_table(&f).is_some() => Ok(false),
         Err(f) => Err(f.into_error()),
     }
 }
 
-/// Delete netnat's own table: what a stopping netnat does. The guard stays.
-fn delete_table(s: &mut NftSession) -> Result<bool, NftError> {
-    match delete_tables(s, &[TABLE_NAME]) {
-        Ok(()) => Ok(true),
-        Err(Failure {
-            errno: libc::ENOENT,
-            label: Label::DelTable(_),
-            ..
-        }) => Ok(false),
-        Err(f) => Err(f.into_error()),
+/// The table whose absence made a delete batch fail, if that is why it failed.
+fn absent_table(f: &Failure) -> Option<&'static str> {
+    match f.label {
+        Label::DelTable(table) if f.errno == libc::ENOENT => Some(table),
+        _ => None,
     }
 }
 

@@ -18,8 +18,10 @@ use super::expr::{
     CompatNfqueue, Ct, FibDaddrIifType, Load, NativeQueue, RTN_LOCAL, Source, ct_label_bytes,
     ifname_bytes, reg32_at,
 };
+use super::family::Family;
 use super::objects::NoKey;
-use super::policy::{Family, KeyField, Match, QueueSpec, Rule as PolicyRule, Verdict};
+use super::rules::{Match, QueueSpec, Rule as PolicyRule, Verdict};
+use super::sets::KeyField;
 
 fn eq(data: &[u8]) -> Cmp<&[u8]> {
     Cmp::new(CmpOp::Eq, data)
@@ -224,7 +226,8 @@ pub(super) fn rule<'a>(
 mod tests {
     use super::super::batch::{self, NFT_TABLE_F_OWNER, set_id};
     use super::super::error::Label;
-    use super::super::policy::{GUARD_TABLE, SetKind};
+    use super::super::guard::GUARD_TABLE;
+    use super::super::sets::SetKind;
     use super::super::walk::*;
     use super::*;
 

@@ -3,7 +3,8 @@
 
 use nftnl::FinalizedBatch;
 
-use super::policy::{Policy, Verdict};
+use super::policy::Policy;
+use super::rules::Verdict;
 use crate::config::{AppAddr, Flags, Protocol, Service};
 use crate::netlink::frame;
 
