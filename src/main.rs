@@ -189,31 +189,28 @@ struct ControlArg {
     control: PathBuf,
 }
 
+/// The words and options of `service add` and `service del`.
+#[derive(clap::Args)]
+struct ServiceChange {
+    /// The service, as in the configuration file (the leading `service` is optional).
+    #[arg(required = true, num_args = 1.., value_name = "WORD")]
+    words: Vec<String>,
+    /// Also change the daemon's configuration file: `add` appends the service, `del`
+    /// comments it out.
+    #[arg(long)]
+    save: bool,
+    #[command(flatten)]
+    control: ControlArg,
+}
+
 #[derive(Subcommand)]
 enum ServiceCommand {
     /// Add a service to the running netnat:
     /// <int> port <app IP|*> <app port> <TCP|UDP> <act IP> <act port> [flags].
     /// The new set is checked like a configuration file; rules and table change together.
-    Add {
-        /// The service, as in the configuration file (the leading `service` is optional).
-        #[arg(required = true, num_args = 1.., value_name = "WORD")]
-        words: Vec<String>,
-        /// Also append the service to the daemon's configuration file.
-        #[arg(long)]
-        save: bool,
-        #[command(flatten)]
-        control: ControlArg,
-    },
+    Add(ServiceChange),
     /// Delete a running service (the same words; flags, when given, must match too).
-    Del {
-        #[arg(required = true, num_args = 1.., value_name = "WORD")]
-        words: Vec<String>,
-        /// Also comment the service out in the daemon's configuration file.
-        #[arg(long)]
-        save: bool,
-        #[command(flatten)]
-        control: ControlArg,
-    },
+    Del(ServiceChange),
     /// List the running services, one canonical line each.
     List {
         #[command(flatten)]
@@ -316,22 +313,20 @@ fn main() -> ExitCode {
         Command::Service(ServiceCommand::List { control }) => {
             client(&control.control, Request::List)
         }
-        Command::Service(ServiceCommand::Add {
-            words,
-            save,
-            control,
-        }) => match check_words(words) {
-            Ok(words) => client(&control.control, Request::Add { save, words }),
-            Err(code) => code,
-        },
-        Command::Service(ServiceCommand::Del {
-            words,
-            save,
-            control,
-        }) => match check_words(words) {
-            Ok(words) => client(&control.control, Request::Del { save, words }),
-            Err(code) => code,
-        },
+        Command::Service(ServiceCommand::Add(c)) => {
+            service_change(c, |save, words| Request::Add { save, words })
+        }
+        Command::Service(ServiceCommand::Del(c)) => {
+            service_change(c, |save, words| Request::Del { save, words })
+        }
+    }
+}
+
+/// `service add` or `service del`: the words checked here, then `request` to the daemon.
+fn service_change(c: ServiceChange, request: fn(bool, Vec<String>) -> Request) -> ExitCode {
+    match check_words(c.words) {
+        Ok(words) => client(&c.control.control, request(c.save, words)),
+        Err(code) => code,
     }
 }
 

@@ -511,38 +511,23 @@ mod tests {
             ok("service eth0 port * 1 TCP 10.0.0.1 65535").act_port,
             65535
         );
-        fails(
-            "service eth0 port * 0 TCP 10.0.0.1 80",
-            21,
-            "expected a port number 1-65535, found \"0\"",
-        );
-        fails(
-            "service eth0 port * 65536 TCP 10.0.0.1 80",
-            21,
-            "found \"65536\"",
-        );
-        fails(
-            "service eth0 port * 99999999999 TCP 10.0.0.1 80",
-            21,
-            "found \"99999999999\"",
-        );
+        // Each refused apparent port at its column, 21.
+        for (port, why) in [
+            ("0", "expected a port number 1-65535, found \"0\""),
+            ("65536", "found \"65536\""),
+            ("99999999999", "found \"99999999999\""),
+            ("+80", "found \"+80\""),
+            ("-80", "found \"-80\""),
+            ("080", "leading zeros"),
+        ] {
+            fails(
+                &format!("service eth0 port * {port} TCP 10.0.0.1 80"),
+                21,
+                why,
+            );
+        }
         let e = fails("service eth0 port * http TCP 10.0.0.1 80", 21, "");
         assert_eq!(e.message, "expected a port number 1-65535, found \"http\"");
-        fails(
-            "service eth0 port * +80 TCP 10.0.0.1 80",
-            21,
-            "found \"+80\"",
-        );
-        fails(
-            "service eth0 port * -80 TCP 10.0.0.1 80",
-            21,
-            "found \"-80\"",
-        );
-        fails(
-            "service eth0 port * 080 TCP 10.0.0.1 80",
-            21,
-            "leading zeros",
-        );
         fails("service eth0 port * 80 TCP 10.0.0.1 0", 37, "found \"0\"");
         fails(
             "service eth0 port * 80 TCP 10.0.0.1 65536",
@@ -720,25 +705,22 @@ mod tests {
             ok("service pub-0_x port * 80 TCP 10.0.0.1 80").iface,
             "pub-0_x"
         );
-        fails(
-            "service abcdefghijklmnop port * 80 TCP 10.0.0.1 80",
-            9,
-            "longer than 15 bytes",
-        );
-        // 8 two-byte characters: 16 bytes although 8 characters.
-        fails(
-            "service éééééééé port * 80 TCP 10.0.0.1 80",
-            9,
-            "longer than 15 bytes",
-        );
-        fails("service eth/0 port * 80 TCP 10.0.0.1 80", 9, "'/'");
-        fails("service eth0:1 port * 80 TCP 10.0.0.1 80", 9, "':'");
-        fails("service . port * 80 TCP 10.0.0.1 80", 9, "\".\"");
-        fails("service .. port * 80 TCP 10.0.0.1 80", 9, "\"..\"");
-        fails("service #x port * 80 TCP 10.0.0.1 80", 9, "comment");
-        // `service add` would save it to the file, where `#` starts a comment anywhere.
-        fails("service eth#1 port * 80 TCP 10.0.0.1 80", 9, "contains '#'");
-        fails("service eth\u{0}0 port * 80 TCP 10.0.0.1 80", 9, "'\\0'");
+        // Each name is refused at its own column, 9, saying why.
+        for (name, why) in [
+            ("abcdefghijklmnop", "longer than 15 bytes"),
+            // 8 two-byte characters: 16 bytes although 8 characters.
+            ("éééééééé", "longer than 15 bytes"),
+            ("eth/0", "'/'"),
+            ("eth0:1", "':'"),
+            (".", "\".\""),
+            ("..", "\"..\""),
+            ("#x", "comment"),
+            // `service add` would save it to the file, where `#` starts a comment anywhere.
+            ("eth#1", "contains '#'"),
+            ("eth\u{0}0", "'\\0'"),
+        ] {
+            fails(&format!("service {name} port * 80 TCP 10.0.0.1 80"), 9, why);
+        }
     }
 
     #[test]

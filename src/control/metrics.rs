@@ -16,7 +16,7 @@ use std::fmt::Write;
 
 use crate::config::{self, AppAddr};
 use crate::control::status::{Report, ServiceReport, ServiceState};
-use crate::engine::stats::{DROP_REASONS, DropReason};
+use crate::engine::stats::{Counters, DROP_REASONS, DropReason, queue_fields};
 
 /// The `Content-Type` of [`render`]'s output over HTTP.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -61,42 +61,15 @@ pub fn render(r: &Report) -> String {
         "First queue number",
         u64::from(r.queue),
     );
+    for (name, v) in queue_fields(q) {
+        counter(
+            &mut o,
+            &format!("netnat_queue_{name}_total"),
+            queue_help(name),
+            v,
+        );
+    }
     for (name, help, v) in [
-        (
-            "netnat_queue_received_total",
-            "Packets received from the queues",
-            q.received,
-        ),
-        (
-            "netnat_queue_verdicts_total",
-            "Verdicts sent to the queues",
-            q.verdicts,
-        ),
-        (
-            "netnat_queue_enobufs_total",
-            "ENOBUFS on the queue sockets: the kernel dropped packets it could not queue",
-            q.enobufs,
-        ),
-        (
-            "netnat_queue_async_errors_total",
-            "Asynchronous errors reported by the queue sockets",
-            q.async_errors,
-        ),
-        (
-            "netnat_queue_failed_closed_total",
-            "Rewritten packets whose payload could not be returned, dropped",
-            q.failed_closed,
-        ),
-        (
-            "netnat_queue_send_failed_dropped_total",
-            "Packets whose verdict could not be sent, dropped by a second verdict",
-            q.send_failed_dropped,
-        ),
-        (
-            "netnat_queue_verdicts_lost_total",
-            "Packets whose verdict could not be sent at all",
-            q.verdicts_lost,
-        ),
         (
             "netnat_passed_total",
             "Queued packets of no service passed on unchanged",
@@ -189,53 +162,12 @@ pub fn render(r: &Report) -> String {
             );
         }
     }
-    type Figure = fn(&ServiceReport) -> u64;
-    let per_service: [(&str, &str, Figure); 8] = [
-        (
-            "netnat_service_in_packets_total",
-            "Packets translated on the way in (public side to actual server)",
-            |s| s.counters.in_packets,
-        ),
-        (
-            "netnat_service_in_bytes_total",
-            "IP bytes translated on the way in",
-            |s| s.counters.in_bytes,
-        ),
-        (
-            "netnat_service_out_packets_total",
-            "Packets translated on the way back (actual server to public side)",
-            |s| s.counters.out_packets,
-        ),
-        (
-            "netnat_service_out_bytes_total",
-            "IP bytes translated on the way back",
-            |s| s.counters.out_bytes,
-        ),
-        (
-            "netnat_service_new_connections_total",
-            "New connections (inbound TCP SYNs, new UDP flows)",
-            |s| s.counters.new_connections,
-        ),
-        (
-            "netnat_service_icmp_errors_total",
-            "ICMP errors translated for the service",
-            |s| s.counters.icmp_errors,
-        ),
-        (
-            "netnat_service_records_total",
-            "Records written for the service's flags",
-            |s| s.counters.records,
-        ),
-        (
-            "netnat_service_records_suppressed_total",
-            "Records held back by the service's rate limit (log-rate, log-burst)",
-            |s| s.counters.records_suppressed,
-        ),
-    ];
-    for (name, help, get) in per_service {
-        family(&mut o, name, "counter", help);
-        for (s, l) in r.services.iter().zip(&labels) {
-            let _ = writeln!(o, "{name}{{{l}}} {}", get(s));
+    let figures: Vec<_> = r.services.iter().map(|s| s.counters.figures()).collect();
+    for (i, (name, _)) in Counters::default().figures().into_iter().enumerate() {
+        let metric = format!("netnat_service_{name}_total");
+        family(&mut o, &metric, "counter", service_help(name));
+        for (f, l) in figures.iter().zip(&labels) {
+            let _ = writeln!(o, "{metric}{{{l}}} {}", f[i].1);
         }
     }
     family(
@@ -292,6 +224,42 @@ fn drops(o: &mut String, name: &str, prefix: &str, d: &[u64; DROP_REASONS]) {
             r.name(),
             d[r as usize]
         );
+    }
+}
+
+/// The HELP of the metric of the queue figure `name` (a [`queue_fields`] name).
+fn queue_help(name: &str) -> &'static str {
+    match name {
+        "received" => "Packets received from the queues",
+        "verdicts" => "Verdicts sent to the queues",
+        "enobufs" => "ENOBUFS on the queue sockets: the kernel dropped packets it could not queue",
+        "async_errors" => "Asynchronous errors reported by the queue sockets",
+        "failed_closed" => "Rewritten packets whose payload could not be returned, dropped",
+        "send_failed_dropped" => {
+            "Packets whose verdict could not be sent, dropped by a second verdict"
+        }
+        "verdicts_lost" => "Packets whose verdict could not be sent at all",
+        "header_only" => "Header-only verdicts: long packets accepted for the kernel's rewrite",
+        // A figure added to the queue statistics without a text here (a unit test says so).
+        _ => "A figure of the queue statistics",
+    }
+}
+
+/// The HELP of the metric of the service figure `name` (a [`Counters::figures`] name).
+fn service_help(name: &str) -> &'static str {
+    match name {
+        "in_packets" => "Packets translated on the way in (public side to actual server)",
+        "in_bytes" => "IP bytes translated on the way in",
+        "out_packets" => "Packets translated on the way back (actual server to public side)",
+        "out_bytes" => "IP bytes translated on the way back",
+        "new_connections" => "New connections (inbound TCP SYNs, new UDP flows)",
+        "icmp_errors" => "ICMP errors translated for the service",
+        "records" => "Records written for the service's flags",
+        "records_suppressed" => {
+            "Records held back by the service's rate limit (log-rate, log-burst)"
+        }
+        // A figure added to the counters without a text here (a unit test says so).
+        _ => "A figure of the service's counters",
     }
 }
 
@@ -358,7 +326,7 @@ fn escape_help(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::control::status::tests::report;
-    use crate::engine::stats::Counters;
+    use crate::queue::QueueStats;
 
     /// The value of the one sample whose name and labels are `sample` exactly.
     fn value(text: &str, sample: &str) -> Option<u64> {
@@ -470,6 +438,18 @@ mod tests {
         );
         // A fixed address is in the `apparent` label already: no apparent-address sample.
         assert!(!t.contains("address=\"2001:db8::1\""), "{t}");
+    }
+
+    #[test]
+    fn every_queue_and_service_figure_has_its_own_help() {
+        let fallback = queue_help("");
+        for (name, _) in queue_fields(&QueueStats::default()) {
+            assert_ne!(queue_help(name), fallback, "{name}");
+        }
+        let fallback = service_help("");
+        for (name, _) in Counters::default().figures() {
+            assert_ne!(service_help(name), fallback, "{name}");
+        }
     }
 
     #[test]

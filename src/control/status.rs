@@ -49,7 +49,7 @@ use std::net::SocketAddr;
 
 use crate::config::{self, AppAddr};
 use crate::engine::flows::FlowsRefused;
-use crate::engine::stats::{Counters, DROP_REASONS, DropReason};
+use crate::engine::stats::{Counters, DROP_REASONS, DropReason, queue_fields};
 use crate::queue::QueueStats;
 
 /// Where a service stands in the lookup table.
@@ -218,27 +218,22 @@ impl Report {
 
     /// The JSON `netnat status --json` prints (see the module comment).
     pub fn json(&self) -> String {
-        let q = &self.queue_stats;
         let mut o = String::new();
         let _ = write!(
             o,
-            "{{\"format\":{},\"queue\":{{\"num\":{},\"count\":{},\"expression\":{},\"received\":{},\
-             \"verdicts\":{},\"enobufs\":{},\"async_errors\":{},\"failed_closed\":{},\
-             \"send_failed_dropped\":{},\"verdicts_lost\":{},\"header_only\":{}}},\"uptime_secs\":{},\"passed\":{},\
-             \"log_lost\":{},\"start_unix\":{},\"reloads_ok\":{},\"reloads_refused\":{},\
-             \"unattributed_drops\":{},\"services\":[",
+            "{{\"format\":{},\"queue\":{{\"num\":{},\"count\":{},\"expression\":{}",
             Self::JSON_FORMAT,
             self.queue,
             self.queues,
             json_str(&self.expression),
-            q.received,
-            q.verdicts,
-            q.enobufs,
-            q.async_errors,
-            q.failed_closed,
-            q.send_failed_dropped,
-            q.verdicts_lost,
-            q.header_only,
+        );
+        for (name, v) in queue_fields(&self.queue_stats) {
+            let _ = write!(o, ",\"{name}\":{v}");
+        }
+        let _ = write!(
+            o,
+            "}},\"uptime_secs\":{},\"passed\":{},\"log_lost\":{},\"start_unix\":{},\
+             \"reloads_ok\":{},\"reloads_refused\":{},\"unattributed_drops\":{},\"services\":[",
             self.uptime_secs,
             self.passed,
             self.log_lost,
@@ -263,23 +258,19 @@ impl Report {
             };
             let _ = write!(
                 o,
-                "{}{{\"service\":{},\"iface\":{},{}\"state\":\"{state}\",\"apparent\":{apparent},\
-                 \"in_packets\":{},\"in_bytes\":{},\"out_packets\":{},\"out_bytes\":{},\
-                 \"new_connections\":{},\"icmp_errors\":{},\"records\":{},\
-                 \"records_suppressed\":{},\"drops\":{},\"last_seen\":{last}}}",
+                "{}{{\"service\":{},\"iface\":{},{}\"state\":\"{state}\",\"apparent\":{apparent}",
                 if i > 0 { "," } else { "" },
                 json_str(&s.line),
                 json_str(&s.iface),
                 fields_json(&s.line),
-                c.in_packets,
-                c.in_bytes,
-                c.out_packets,
-                c.out_bytes,
-                c.new_connections,
-                c.icmp_errors,
-                c.records,
-                c.records_suppressed,
-                drops_json(&c.drops),
+            );
+            for (name, v) in c.figures() {
+                let _ = write!(o, ",\"{name}\":{v}");
+            }
+            let _ = write!(
+                o,
+                ",\"drops\":{},\"last_seen\":{last}}}",
+                drops_json(&c.drops)
             );
         }
         let f = self.flows_refused;

@@ -447,21 +447,9 @@ mod tests {
     use crate::engine::service::OnePublic;
     use crate::queue::Verdict;
 
+    /// 10.99.1.2:`sport` -> 10.99.1.1:`dport`, UDP over IPv4.
     fn udp(sport: u16, dport: u16) -> Vec<u8> {
-        let mut p = vec![0u8; 32];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&32u16.to_be_bytes());
-        p[8] = 64;
-        p[9] = 17;
-        p[12..16].copy_from_slice(&[10, 99, 1, 2]);
-        p[16..20].copy_from_slice(&[10, 99, 1, 1]);
-        p[20..22].copy_from_slice(&sport.to_be_bytes());
-        p[22..24].copy_from_slice(&dport.to_be_bytes());
-        p[24..26].copy_from_slice(&12u16.to_be_bytes());
-        let ip = pnet_packet::ipv4::Ipv4Packet::new(&p).unwrap();
-        let c = pnet_packet::ipv4::checksum(&ip);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
-        p
+        crate::engine::monitor::tests::udp([10, 99, 1, 2], sport, [10, 99, 1, 1], dport)
     }
 
     /// One batch of inbound packets (on ifindex 7, prerouting) through `w`.

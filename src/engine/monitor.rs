@@ -414,7 +414,7 @@ pub fn resolved_app(table: &crate::engine::service::ServiceTable, id: usize) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::parse_service;
     use crate::engine::service::{OnePublic, ServiceTable};
@@ -433,7 +433,9 @@ mod tests {
         mon.replace(Arc::new(set), 1, &Some(map.into()));
     }
 
-    fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    /// `src`:`sport` -> `dst`:`dport`, UDP over IPv4 with 4 zero bytes of payload, no UDP
+    /// checksum, a correct IP header checksum (also the consumer's tests' packet).
+    pub(crate) fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
         let mut p = vec![0u8; 32];
         p[0] = 0x45;
         p[2..4].copy_from_slice(&32u16.to_be_bytes());

@@ -94,9 +94,46 @@ pub struct Counters {
     pub last_seen: u64,
 }
 
+/// How many figures [`Counters::figures`] lists.
+pub const FIGURES: usize = 8;
+
 impl Counters {
     pub fn drops_total(&self) -> u64 {
         self.drops.iter().sum()
+    }
+
+    /// The figures that are plain sums (all but `drops` and `last_seen`), each with its
+    /// field's name, in the order of the struct: the one list of them that the sums,
+    /// `status --json` (the names are its keys) and the metrics (in their names) go through.
+    pub fn figures_mut(&mut self) -> [(&'static str, &mut u64); FIGURES] {
+        let Counters {
+            in_packets,
+            in_bytes,
+            out_packets,
+            out_bytes,
+            new_connections,
+            icmp_errors,
+            records,
+            records_suppressed,
+            drops: _,
+            last_seen: _,
+        } = self;
+        [
+            ("in_packets", in_packets),
+            ("in_bytes", in_bytes),
+            ("out_packets", out_packets),
+            ("out_bytes", out_bytes),
+            ("new_connections", new_connections),
+            ("icmp_errors", icmp_errors),
+            ("records", records),
+            ("records_suppressed", records_suppressed),
+        ]
+    }
+
+    /// [`Counters::figures_mut`]'s names with the values.
+    pub fn figures(&self) -> [(&'static str, u64); FIGURES] {
+        let mut c = *self;
+        c.figures_mut().map(|(name, v)| (name, *v))
     }
 }
 
@@ -131,14 +168,9 @@ impl Stats {
         let Some(s) = self.services.get_mut(id) else {
             return;
         };
-        s.in_packets += c.in_packets;
-        s.in_bytes += c.in_bytes;
-        s.out_packets += c.out_packets;
-        s.out_bytes += c.out_bytes;
-        s.new_connections += c.new_connections;
-        s.icmp_errors += c.icmp_errors;
-        s.records += c.records;
-        s.records_suppressed += c.records_suppressed;
+        for ((_, s), (_, n)) in s.figures_mut().into_iter().zip(c.figures()) {
+            *s += n;
+        }
         for (d, n) in s.drops.iter_mut().zip(c.drops) {
             *d += n;
         }
@@ -370,7 +402,7 @@ impl LiveStats {
 pub struct Shard {
     generation: AtomicU64,
     pub stats: LiveStats,
-    queue: [AtomicU64; 8],
+    queue: [AtomicU64; QUEUE_FIELDS],
 }
 
 impl Shard {
@@ -394,40 +426,15 @@ impl Shard {
 
     /// The queue's statistics as its thread last published them.
     pub fn queue_stats(&self) -> QueueStats {
-        let [
-            received,
-            verdicts,
-            enobufs,
-            async_errors,
-            failed_closed,
-            send_failed_dropped,
-            verdicts_lost,
-            header_only,
-        ] = self.queue.each_ref().map(get);
-        QueueStats {
-            received,
-            verdicts,
-            enobufs,
-            async_errors,
-            failed_closed,
-            send_failed_dropped,
-            verdicts_lost,
-            header_only,
+        let mut q = QueueStats::default();
+        for ((_, f), a) in queue_fields_mut(&mut q).into_iter().zip(&self.queue) {
+            *f = get(a);
         }
+        q
     }
 
     pub fn set_queue_stats(&self, q: &QueueStats) {
-        let values = [
-            q.received,
-            q.verdicts,
-            q.enobufs,
-            q.async_errors,
-            q.failed_closed,
-            q.send_failed_dropped,
-            q.verdicts_lost,
-            q.header_only,
-        ];
-        for (a, v) in self.queue.iter().zip(values) {
+        for (a, (_, v)) in self.queue.iter().zip(queue_fields(q)) {
             a.store(v, Ordering::Relaxed);
         }
     }
@@ -438,16 +445,45 @@ impl Shard {
     }
 }
 
+/// How many figures a [`QueueStats`] holds.
+pub const QUEUE_FIELDS: usize = 8;
+
+/// The figures of `q`, each with its field's name, in the order of the struct: the one list
+/// of them that the shards, `status --json` (the names are its keys) and the metrics (the
+/// names are in theirs) go through.
+pub fn queue_fields_mut(q: &mut QueueStats) -> [(&'static str, &mut u64); QUEUE_FIELDS] {
+    let QueueStats {
+        received,
+        verdicts,
+        enobufs,
+        async_errors,
+        failed_closed,
+        send_failed_dropped,
+        verdicts_lost,
+        header_only,
+    } = q;
+    [
+        ("received", received),
+        ("verdicts", verdicts),
+        ("enobufs", enobufs),
+        ("async_errors", async_errors),
+        ("failed_closed", failed_closed),
+        ("send_failed_dropped", send_failed_dropped),
+        ("verdicts_lost", verdicts_lost),
+        ("header_only", header_only),
+    ]
+}
+
+/// [`queue_fields_mut`]'s names with the values.
+pub fn queue_fields(q: &QueueStats) -> [(&'static str, u64); QUEUE_FIELDS] {
+    queue_fields_mut(&mut q.clone()).map(|(name, v)| (name, *v))
+}
+
 /// `q` added to `sum`, field by field.
 pub fn add_queue_stats(sum: &mut QueueStats, q: &QueueStats) {
-    sum.received += q.received;
-    sum.verdicts += q.verdicts;
-    sum.enobufs += q.enobufs;
-    sum.async_errors += q.async_errors;
-    sum.failed_closed += q.failed_closed;
-    sum.send_failed_dropped += q.send_failed_dropped;
-    sum.verdicts_lost += q.verdicts_lost;
-    sum.header_only += q.header_only;
+    for ((_, s), (_, v)) in queue_fields_mut(sum).into_iter().zip(queue_fields(q)) {
+        *s += v;
+    }
 }
 
 /// Which running service continues as which service of a new set: `map[old] = Some(new)` when
@@ -671,41 +707,65 @@ mod tests {
         assert_eq!(carried(&[1, 2, 3], &None, 4), vec![1, 2, 3, 0]);
     }
 
+    /// Queue statistics whose figures are `k`, `2k`, ... `7k` in the order of the struct.
+    fn numbered(k: u64) -> QueueStats {
+        let mut q = QueueStats::default();
+        for (i, (_, f)) in queue_fields_mut(&mut q).into_iter().enumerate() {
+            *f = k * (i as u64 + 1);
+        }
+        q
+    }
+
     #[test]
     fn a_shard_keeps_its_queue_statistics() {
         let s = Shard::new(3, LiveStats::new(0));
-        let q = QueueStats {
-            received: 1,
-            verdicts: 2,
-            enobufs: 3,
-            async_errors: 4,
-            failed_closed: 5,
-            send_failed_dropped: 6,
-            verdicts_lost: 7,
-            header_only: 8,
-        };
+        let q = numbered(1);
         s.set_queue_stats(&q);
         let t = Shard::new(4, LiveStats::new(0));
         t.take_queue_stats(&s);
         let mut sum = t.queue_stats();
         add_queue_stats(&mut sum, &q);
+        assert_eq!(format!("{sum:?}"), format!("{:?}", numbered(2)));
+        assert_eq!((s.generation(), t.generation()), (3, 4));
+    }
+
+    #[test]
+    fn queue_fields_are_named_after_the_struct() {
+        let q = numbered(1);
+        let listed: Vec<String> = queue_fields(&q)
+            .iter()
+            .map(|(name, v)| format!("{name}: {v}"))
+            .collect();
+        // `{:?}` is "QueueStats { received: 1, verdicts: 2, ... }": the same names, in order.
         assert_eq!(
-            format!("{sum:?}"),
+            format!("{q:?}"),
+            format!("QueueStats {{ {} }}", listed.join(", "))
+        );
+    }
+
+    #[test]
+    fn counter_figures_are_named_after_the_struct() {
+        let mut c = Counters::default();
+        for (i, (_, f)) in c.figures_mut().into_iter().enumerate() {
+            *f = i as u64 + 1;
+        }
+        let listed: Vec<String> = c
+            .figures()
+            .iter()
+            .map(|(name, v)| format!("{name}: {v}"))
+            .collect();
+        // `{:?}` lists the fields in order: the figures first, then drops and last_seen.
+        assert_eq!(
+            format!("{c:?}"),
             format!(
-                "{:?}",
-                QueueStats {
-                    received: 2,
-                    verdicts: 4,
-                    enobufs: 6,
-                    async_errors: 8,
-                    failed_closed: 10,
-                    send_failed_dropped: 12,
-                    verdicts_lost: 14,
-                    header_only: 16,
-                }
+                "Counters {{ {}, drops: [0, 0, 0, 0], last_seen: 0 }}",
+                listed.join(", ")
             )
         );
-        assert_eq!((s.generation(), t.generation()), (3, 4));
+        let mut sum = Stats::new(1);
+        sum.add(0, &c);
+        sum.add(0, &c);
+        assert_eq!(sum.service(0).records_suppressed, 16);
     }
 
     #[test]

@@ -57,6 +57,16 @@ fn run_map(
     run(pkt, dir, csum, &Map::new(from, to))
 }
 
+/// [`run_map`] of the commonest case: inbound to `APP4`, mapped to `ACT4`, checksum complete.
+fn inbound4(pkt: &[u8]) -> (Outcome<u32>, Vec<u8>) {
+    run_map(pkt, Direction::Inbound, ChecksumState::Complete, APP4, ACT4)
+}
+
+/// What an ICMP message left alone gives.
+const NOT_OURS_ICMP: Outcome<u32> = Outcome::NotOurs {
+    kind: Kind::IcmpError,
+};
+
 /// Sets the transport checksum of `pkt` to the pseudo-header seed, as a CHECKSUM_PARTIAL
 /// packet carries it.
 fn make_partial(pkt: &mut [u8]) {
@@ -129,29 +139,23 @@ fn plain_packets_both_families_both_directions() {
     for proto in [Protocol::Tcp, Protocol::Udp] {
         for (client, app, act) in [(CLIENT4, APP4, ACT4), (CLIENT6, APP6, ACT6)] {
             for csum in [ChecksumState::Complete, ChecksumState::NotReady] {
-                // Inbound: client -> apparent becomes client -> actual.
-                let mut spec = Spec::new(proto, client, app);
-                let mut pkt = build(&spec);
-                if csum == ChecksumState::NotReady {
-                    make_partial(&mut pkt);
+                // Inbound: client -> apparent becomes client -> actual (`app` looked up,
+                // `act` its mapping); reply: actual -> client becomes apparent -> client.
+                for (dir, (from, to), (key, mapped), (new_from, new_to)) in [
+                    (Direction::Inbound, (client, app), (app, act), (client, act)),
+                    (Direction::Reply, (act, client), (act, app), (app, client)),
+                ] {
+                    let mut spec = Spec::new(proto, from, to);
+                    let mut pkt = build(&spec);
+                    if csum == ChecksumState::NotReady {
+                        make_partial(&mut pkt);
+                    }
+                    let (out, after) = run_map(&pkt, dir, csum, key, mapped);
+                    let (flow, _) = rewritten(&out);
+                    assert_eq!((flow.src, flow.dst), (sa(from), sa(to)));
+                    (spec.src, spec.dst) = (sa(new_from), sa(new_to));
+                    assert_eq!(after, build(&spec), "{proto:?} {client} {csum:?} {dir:?}");
                 }
-                let (out, after) = run_map(&pkt, Direction::Inbound, csum, app, act);
-                let (flow, _) = rewritten(&out);
-                assert_eq!((flow.src, flow.dst), (sa(client), sa(app)));
-                spec.dst = sa(act);
-                assert_eq!(after, build(&spec), "{proto:?} {client} {csum:?} inbound");
-
-                // Reply: actual -> client becomes apparent -> client.
-                let mut spec = Spec::new(proto, act, client);
-                let mut pkt = build(&spec);
-                if csum == ChecksumState::NotReady {
-                    make_partial(&mut pkt);
-                }
-                let (out, after) = run_map(&pkt, Direction::Reply, csum, act, app);
-                let (flow, _) = rewritten(&out);
-                assert_eq!((flow.src, flow.dst), (sa(act), sa(client)));
-                spec.src = sa(app);
-                assert_eq!(after, build(&spec), "{proto:?} {client} {csum:?} reply");
             }
         }
     }
@@ -184,13 +188,7 @@ fn udp_v4_without_checksum_stays_without() {
     spec.udp_no_csum = true;
     let pkt = build(&spec);
     assert_eq!(&pkt[26..28], &[0, 0]);
-    let (out, after) = run_map(
-        &pkt,
-        Direction::Inbound,
-        ChecksumState::Complete,
-        APP4,
-        ACT4,
-    );
+    let (out, after) = inbound4(&pkt);
     rewritten(&out);
     assert_eq!(&after[26..28], &[0, 0]);
     only_changed(&pkt, &after, &[10..12, 16..20, 22..24]);
@@ -250,13 +248,7 @@ fn ipv4_options_and_tcp_options() {
         let mut spec = Spec::new(Protocol::Tcp, CLIENT4, APP4);
         spec.v4_option_words = words;
         spec.tcp_option_words = words;
-        let (out, after) = run_map(
-            &build(&spec),
-            Direction::Inbound,
-            ChecksumState::Complete,
-            APP4,
-            ACT4,
-        );
+        let (out, after) = inbound4(&build(&spec));
         rewritten(&out);
         spec.dst = sa(ACT4);
         assert_eq!(after, build(&spec), "{words} option words");
@@ -386,13 +378,7 @@ fn bad_transport_headers() {
     ] {
         let mut pkt = build(&Spec::new(Protocol::Udp, CLIENT4, APP4));
         pkt[24..26].copy_from_slice(&ulen.to_be_bytes());
-        let (out, _) = run_map(
-            &pkt,
-            Direction::Inbound,
-            ChecksumState::Complete,
-            APP4,
-            ACT4,
-        );
+        let (out, _) = inbound4(&pkt);
         assert_eq!(out, Outcome::Malformed(want));
     }
     // TCP data offset below 5, and beyond the segment.
@@ -402,25 +388,13 @@ fn bad_transport_headers() {
     ] {
         let mut pkt = build(&Spec::new(Protocol::Tcp, CLIENT4, APP4));
         pkt[32] = doff << 4;
-        let (out, _) = run_map(
-            &pkt,
-            Direction::Inbound,
-            ChecksumState::Complete,
-            APP4,
-            ACT4,
-        );
+        let (out, _) = inbound4(&pkt);
         assert_eq!(out, Outcome::Malformed(want));
     }
     // An IP total length that leaves only 10 bytes of TCP.
     let mut pkt = build(&Spec::new(Protocol::Tcp, CLIENT4, APP4));
     pkt[2..4].copy_from_slice(&30u16.to_be_bytes());
-    let (out, _) = run_map(
-        &pkt,
-        Direction::Inbound,
-        ChecksumState::Complete,
-        APP4,
-        ACT4,
-    );
+    let (out, _) = inbound4(&pkt);
     assert_eq!(out, Outcome::Malformed(Malformed::Truncated));
 }
 
@@ -553,22 +527,25 @@ fn later_fragments_are_refused() {
 
 // ---------------------------------------------------------------- ICMP errors
 
+/// The port unreachable `from` sends `client` about the UDP datagram `client` -> `server`,
+/// quoting `quote_len` bytes of it (all of it when shorter); ICMPv6 for IPv6 addresses.
+fn port_unreachable(from: &str, client: &str, server: &str, quote_len: usize) -> Vec<u8> {
+    let mut spec = Spec::new(Protocol::Udp, client, server);
+    spec.payload = b"dns query, say".to_vec();
+    let quoted = build(&spec);
+    let q = &quoted[..quote_len.min(quoted.len())];
+    let (ty, code) = if sa(from).is_ipv6() { (1, 4) } else { (3, 3) };
+    icmp(sa(from).ip(), sa(client).ip(), ty, code, [0; 4], q)
+}
+
 /// The actual server's port unreachable about an inbound (already translated) UDP packet,
 /// quoting `quote_len` bytes of it.
 fn port_unreachable_v4(quote_len: usize) -> Vec<u8> {
-    let mut spec = Spec::new(Protocol::Udp, CLIENT4, ACT4);
-    spec.payload = b"dns query, say".to_vec();
-    let quoted = build(&spec);
-    let q = &quoted[..quote_len.min(quoted.len())];
-    icmp(sa(ACT4).ip(), sa(CLIENT4).ip(), 3, 3, [0; 4], q)
+    port_unreachable(ACT4, CLIENT4, ACT4, quote_len)
 }
 
 fn port_unreachable_v6(quote_len: usize) -> Vec<u8> {
-    let mut spec = Spec::new(Protocol::Udp, CLIENT6, ACT6);
-    spec.payload = b"dns query, say".to_vec();
-    let quoted = build(&spec);
-    let q = &quoted[..quote_len.min(quoted.len())];
-    icmp(sa(ACT6).ip(), sa(CLIENT6).ip(), 1, 4, [0; 4], q)
+    port_unreachable(ACT6, CLIENT6, ACT6, quote_len)
 }
 
 #[test]
@@ -588,17 +565,7 @@ fn icmp_port_unreachable_from_server_full_quote() {
             assert_eq!((flow.src, flow.dst), (sa(client), sa(act)));
             verify(&after).unwrap();
             // The whole message is now what the apparent endpoint would have sent.
-            let mut spec = Spec::new(Protocol::Udp, client, app);
-            spec.payload = b"dns query, say".to_vec();
-            let ty = if v6 { (1, 4) } else { (3, 3) };
-            let expect = icmp(
-                sa(app).ip(),
-                sa(client).ip(),
-                ty.0,
-                ty.1,
-                [0; 4],
-                &build(&spec),
-            );
+            let expect = port_unreachable(app, client, app, usize::MAX);
             assert_eq!(after, expect, "v6 {v6} {csum:?}");
         }
     }
@@ -616,18 +583,7 @@ fn icmp_truncated_quotes() {
         let (out, after) = run_map(&pkt, Direction::Reply, ChecksumState::Complete, act, app);
         rewritten(&out);
         verify(&after).unwrap();
-        let mut spec = Spec::new(Protocol::Udp, client, app);
-        spec.payload = b"dns query, say".to_vec();
-        let full = build(&spec);
-        let ty = if v6 { (1, 4) } else { (3, 3) };
-        let expect = icmp(
-            sa(app).ip(),
-            sa(client).ip(),
-            ty.0,
-            ty.1,
-            [0; 4],
-            &full[..quote_len],
-        );
+        let expect = port_unreachable(app, client, app, quote_len);
         assert_eq!(after, expect, "quote of {quote_len}");
     }
     // Fewer than 8 bytes of the transport header: no ports.
@@ -746,12 +702,7 @@ fn icmp_not_ours_is_left_alone() {
     let pkt = port_unreachable_v4(1000);
     let map = Map::new("192.168.77.11:8080", APP4);
     let (out, _) = run(&pkt, Direction::Reply, ChecksumState::Complete, &map);
-    assert_eq!(
-        out,
-        Outcome::NotOurs {
-            kind: Kind::IcmpError
-        }
-    );
+    assert_eq!(out, NOT_OURS_ICMP);
     assert_eq!(map.calls.get(), 1);
 
     // Echo request and reply, ICMPv6 echo and neighbour solicitation: never looked up.
@@ -768,12 +719,7 @@ fn icmp_not_ours_is_left_alone() {
         for dir in [Direction::Inbound, Direction::Reply] {
             let map = Map::new(APP4, ACT4);
             let (out, _) = run(&pkt, dir, ChecksumState::Complete, &map);
-            assert_eq!(
-                out,
-                Outcome::NotOurs {
-                    kind: Kind::IcmpError
-                }
-            );
+            assert_eq!(out, NOT_OURS_ICMP);
             assert_eq!(map.calls.get(), 0);
         }
     }
@@ -783,12 +729,7 @@ fn icmp_not_ours_is_left_alone() {
     let pkt = icmp(v4b, v4, 3, 1, [0; 4], &echo);
     let map = Map::new(APP4, ACT4);
     let (out, _) = run(&pkt, Direction::Reply, ChecksumState::Complete, &map);
-    assert_eq!(
-        out,
-        Outcome::NotOurs {
-            kind: Kind::IcmpError
-        }
-    );
+    assert_eq!(out, NOT_OURS_ICMP);
     assert_eq!(map.calls.get(), 0);
 }
 
@@ -832,13 +773,7 @@ fn icmp_padding_after_quote_is_not_the_quote() {
 #[test]
 fn round_trip_concrete() {
     let pkt = build(&Spec::new(Protocol::Tcp, CLIENT4, APP4));
-    let (_, mut b) = run_map(
-        &pkt,
-        Direction::Inbound,
-        ChecksumState::Complete,
-        APP4,
-        ACT4,
-    );
+    let (_, mut b) = inbound4(&pkt);
     mirror(&mut b);
     let (_, mut c) = run_map(&b, Direction::Reply, ChecksumState::Complete, ACT4, APP4);
     mirror(&mut c);
