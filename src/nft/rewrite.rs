@@ -59,22 +59,12 @@ pub const POSTROUTING_PRIORITY: i32 = 301;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
-/// The rewrite maps, one per queueing set of TCP/UDP services.
+/// A rewrite map: keyed like the queueing set `set`; for replies, the address slot it serves
+/// (0: the default address, 1-3: see [`slot_bits`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum MapKind {
-    In4,
-    In4Local,
-    In6,
-    In6Local,
-    Out4,
-    Out6,
-    /// Replies of `*` flows kept at the address in slot 1, 2, 3 (see [`slot_bits`]).
-    Out4Slot1,
-    Out4Slot2,
-    Out4Slot3,
-    Out6Slot1,
-    Out6Slot2,
-    Out6Slot3,
+pub struct MapKind {
+    pub set: SetKind,
+    pub slot: u8,
 }
 
 /// Slots for addresses other than a reply's default (bits below the rewrite bit).
@@ -87,80 +77,73 @@ pub fn slot_bits(bit: u32, slot: u8) -> u32 {
 }
 
 impl MapKind {
+    pub const IN4: MapKind = MapKind::of(SetKind::In4, 0);
+    pub const IN4_LOCAL: MapKind = MapKind::of(SetKind::In4Local, 0);
+    pub const IN6: MapKind = MapKind::of(SetKind::In6, 0);
+    pub const IN6_LOCAL: MapKind = MapKind::of(SetKind::In6Local, 0);
+    pub const OUT4: MapKind = MapKind::of(SetKind::Out4, 0);
+    pub const OUT6: MapKind = MapKind::of(SetKind::Out6, 0);
+
+    /// Every map netnat may have, in the order they are created; their names, in that order.
     pub const ALL: [MapKind; 12] = [
-        MapKind::In4,
-        MapKind::In4Local,
-        MapKind::In6,
-        MapKind::In6Local,
-        MapKind::Out4,
-        MapKind::Out6,
-        MapKind::Out4Slot1,
-        MapKind::Out4Slot2,
-        MapKind::Out4Slot3,
-        MapKind::Out6Slot1,
-        MapKind::Out6Slot2,
-        MapKind::Out6Slot3,
+        MapKind::IN4,
+        MapKind::IN4_LOCAL,
+        MapKind::IN6,
+        MapKind::IN6_LOCAL,
+        MapKind::OUT4,
+        MapKind::OUT6,
+        MapKind::of(SetKind::Out4, 1),
+        MapKind::of(SetKind::Out4, 2),
+        MapKind::of(SetKind::Out4, 3),
+        MapKind::of(SetKind::Out6, 1),
+        MapKind::of(SetKind::Out6, 2),
+        MapKind::of(SetKind::Out6, 3),
+    ];
+    const NAMES: [&'static str; 12] = [
+        "rw_in4",
+        "rw_in4_local",
+        "rw_in6",
+        "rw_in6_local",
+        "rw_out4",
+        "rw_out6",
+        "rw_out4_1",
+        "rw_out4_2",
+        "rw_out4_3",
+        "rw_out6_1",
+        "rw_out6_2",
+        "rw_out6_3",
     ];
 
+    const fn of(set: SetKind, slot: u8) -> MapKind {
+        MapKind { set, slot }
+    }
+
+    /// Position in [`MapKind::ALL`].
+    fn index(self) -> usize {
+        MapKind::ALL.iter().position(|k| *k == self).unwrap_or(0)
+    }
+
     pub fn name(self) -> &'static str {
-        match self {
-            MapKind::In4 => "rw_in4",
-            MapKind::In4Local => "rw_in4_local",
-            MapKind::In6 => "rw_in6",
-            MapKind::In6Local => "rw_in6_local",
-            MapKind::Out4 => "rw_out4",
-            MapKind::Out6 => "rw_out6",
-            MapKind::Out4Slot1 => "rw_out4_1",
-            MapKind::Out4Slot2 => "rw_out4_2",
-            MapKind::Out4Slot3 => "rw_out4_3",
-            MapKind::Out6Slot1 => "rw_out6_1",
-            MapKind::Out6Slot2 => "rw_out6_2",
-            MapKind::Out6Slot3 => "rw_out6_3",
-        }
+        MapKind::NAMES[self.index()]
     }
 
     /// The address slot this reply map serves (0: the default address).
     pub fn slot(self) -> u8 {
-        match self {
-            MapKind::Out4Slot1 | MapKind::Out6Slot1 => 1,
-            MapKind::Out4Slot2 | MapKind::Out6Slot2 => 2,
-            MapKind::Out4Slot3 | MapKind::Out6Slot3 => 3,
-            _ => 0,
-        }
+        self.slot
     }
 
     /// The reply map of `slot` of the family.
     fn reply(v6: bool, slot: u8) -> MapKind {
-        let [four, six] = match slot {
-            1 => [MapKind::Out4Slot1, MapKind::Out6Slot1],
-            2 => [MapKind::Out4Slot2, MapKind::Out6Slot2],
-            3 => [MapKind::Out4Slot3, MapKind::Out6Slot3],
-            _ => [MapKind::Out4, MapKind::Out6],
-        };
-        if v6 { six } else { four }
+        MapKind::of(if v6 { SetKind::Out6 } else { SetKind::Out4 }, slot)
     }
 
     /// The queueing set whose key this map has.
     pub fn keyed_like(self) -> SetKind {
-        match self {
-            MapKind::In4 => SetKind::In4,
-            MapKind::In4Local => SetKind::In4Local,
-            MapKind::In6 => SetKind::In6,
-            MapKind::In6Local => SetKind::In6Local,
-            MapKind::Out4 | MapKind::Out4Slot1 | MapKind::Out4Slot2 | MapKind::Out4Slot3 => {
-                SetKind::Out4
-            }
-            MapKind::Out6 | MapKind::Out6Slot1 | MapKind::Out6Slot2 | MapKind::Out6Slot3 => {
-                SetKind::Out6
-            }
-        }
+        self.set
     }
 
     pub fn inbound(self) -> bool {
-        matches!(
-            self,
-            MapKind::In4 | MapKind::In4Local | MapKind::In6 | MapKind::In6Local
-        )
+        !matches!(self.set, SetKind::Out4 | SetKind::Out6)
     }
 
     /// The data: the endpoint written, destination inbound, source on replies.
@@ -176,7 +159,7 @@ impl MapKind {
     /// Batch-unique ids of the placeholder that is deleted and of the live map (the queueing
     /// sets use 1 to 16).
     fn id(self, live: bool) -> u32 {
-        100 + 2 * self as u32 + u32::from(live)
+        100 + 2 * self.index() as u32 + u32::from(live)
     }
 }
 
@@ -249,8 +232,8 @@ impl Rewrite {
         let mut seen: HashSet<(MapKind, Vec<KeyValue>)> = HashSet::new();
         let mut put = |kind: MapKind, key: Vec<KeyValue>, to: SocketAddr| {
             if seen.insert((kind, key.clone())) {
-                lists[kind as usize].0.push(key);
-                lists[kind as usize].1.push(to);
+                lists[kind.index()].0.push(key);
+                lists[kind.index()].1.push(to);
             }
         };
         for (i, s) in services.iter().enumerate() {
@@ -260,15 +243,15 @@ impl Rewrite {
             let v6 = Family::of(&s.act_addr) == Family::Ipv6;
             match s.app_addr {
                 AppAddr::Fixed(a) => {
-                    let kind = if v6 { MapKind::In6 } else { MapKind::In4 };
+                    let kind = if v6 { MapKind::IN6 } else { MapKind::IN4 };
                     let key = vec![iface(), KeyValue::Addr(a), proto.clone(), port(s.app_port)];
                     put(kind, key, act);
                 }
                 AppAddr::Interface => {
                     let kind = if v6 {
-                        MapKind::In6Local
+                        MapKind::IN6_LOCAL
                     } else {
-                        MapKind::In4Local
+                        MapKind::IN4_LOCAL
                     };
                     put(kind, vec![iface(), proto.clone(), port(s.app_port)], act);
                 }
@@ -696,11 +679,11 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                MapKind::In4,
-                MapKind::In4Local,
-                MapKind::In6,
-                MapKind::Out4,
-                MapKind::Out6
+                MapKind::IN4,
+                MapKind::IN4_LOCAL,
+                MapKind::IN6,
+                MapKind::OUT4,
+                MapKind::OUT6
             ]
         );
         let text = |k: MapKind| {
@@ -712,15 +695,15 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            text(MapKind::In4),
+            text(MapKind::IN4),
             ["\"pub0\" . 10.99.1.1 . tcp . 80 : 192.168.77.10:8080"]
         );
         assert_eq!(
-            text(MapKind::In4Local),
+            text(MapKind::IN4_LOCAL),
             ["\"pub0\" . udp . 53 : 192.168.77.10:5353"]
         );
         assert_eq!(
-            text(MapKind::Out4),
+            text(MapKind::OUT4),
             [
                 "\"pub0\" . 192.168.77.10 . tcp . 8080 : 10.99.1.1:80",
                 "\"pub0\" . 192.168.77.10 . udp . 5353 : 10.99.1.1:53",
@@ -728,12 +711,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            text(MapKind::Out6),
+            text(MapKind::OUT6),
             ["\"pub0\" . fd00::10 . tcp . 4443 : [2001:db8:1::1]:443"]
         );
         // An unresolved `*`: no reply element (its long replies are dropped by the last rule).
         let rw = Rewrite::new(&services(), &|_| Vec::new(), 0x4e00, 0x100);
-        let out4 = rw.maps.iter().find(|m| m.kind == MapKind::Out4).unwrap();
+        let out4 = rw.maps.iter().find(|m| m.kind == MapKind::OUT4).unwrap();
         assert_eq!(out4.keys.len(), 2);
     }
 
@@ -748,10 +731,10 @@ mod tests {
         assert_eq!(
             r,
             [
-                (MapKind::In4, 6, None),
-                (MapKind::In4Local, 17, Some(false)),
-                (MapKind::In4Local, 17, Some(true)),
-                (MapKind::In6, 6, None),
+                (MapKind::IN4, 6, None),
+                (MapKind::IN4_LOCAL, 17, Some(false)),
+                (MapKind::IN4_LOCAL, 17, Some(true)),
+                (MapKind::IN6, 6, None),
             ]
         );
         assert_eq!(rw.rules(false).len(), 4);
@@ -785,15 +768,15 @@ mod tests {
         assert_eq!(
             slot_maps,
             [
-                (MapKind::Out4Slot1, to("10.99.1.5:53")),
-                (MapKind::Out4Slot2, to("10.99.1.1:53")),
-                (MapKind::Out4Slot3, to("10.99.1.80:53")),
+                (MapKind::of(SetKind::Out4, 1), to("10.99.1.5:53")),
+                (MapKind::of(SetKind::Out4, 2), to("10.99.1.1:53")),
+                (MapKind::of(SetKind::Out4, 3), to("10.99.1.80:53")),
             ]
         );
         let r = rw
             .rules(false)
             .into_iter()
-            .find(|r| r.map == MapKind::Out4Slot2)
+            .find(|r| r.map == MapKind::of(SetKind::Out4, 2))
             .unwrap();
         assert!(
             render_rule(&rw, &r).starts_with(
@@ -803,7 +786,7 @@ mod tests {
             render_rule(&rw, &r)
         );
         let default = rw.rules(false).into_iter().next().unwrap();
-        assert_eq!(default.map, MapKind::Out4);
+        assert_eq!(default.map, MapKind::OUT4);
         assert!(render_rule(&rw, &default).contains("meta mark & 0x000000c0 == 0x00000000 "));
         assert_eq!(
             (
@@ -820,10 +803,10 @@ mod tests {
         let mut b = Vec::new();
         data_bytes(&mut b, "192.168.77.10:8080".parse().unwrap());
         assert_eq!(b, [192, 168, 77, 10, 0x1f, 0x90, 0, 0]);
-        assert_eq!(b.len(), key_len(&MapKind::In4.data()));
+        assert_eq!(b.len(), key_len(&MapKind::IN4.data()));
         let mut b = Vec::new();
         data_bytes(&mut b, "[fd00::10]:4443".parse().unwrap());
-        assert_eq!(b.len(), key_len(&MapKind::Out6.data()));
+        assert_eq!(b.len(), key_len(&MapKind::OUT6.data()));
         assert_eq!(&b[16..], &[0x11, 0x5b, 0, 0]);
     }
 
@@ -847,7 +830,7 @@ mod tests {
             .rfind(|a| attr(a, 2).map(cstr) == Some("rw_in4"))
             .expect("rw_in4 created");
         assert_eq!(u32_attr(&live, 3), Some(libc::NFT_SET_MAP as u32));
-        let data = MapKind::In4.data();
+        let data = MapKind::IN4.data();
         assert_eq!(u32_attr(&live, 6), Some(concat_type(&data)));
         assert_eq!(u32_attr(&live, 7), Some(8));
 
