@@ -457,21 +457,7 @@ mod tests {
         let mut out = Vec::new();
         w.batch(Clock { ms: 0, wall: 99 }, |handle| {
             for bytes in packets.iter_mut() {
-                let mut pkt = Packet {
-                    meta: crate::queue::PacketMeta {
-                        id: 1,
-                        hw_protocol: 0x0800,
-                        hook: 0,
-                        indev: 7,
-                        outdev: 0,
-                        mark: 0,
-                    },
-                    checksum_ready: true,
-                    gso: false,
-                    truncated: false,
-                    orig_len: None,
-                    payload: bytes,
-                };
+                let mut pkt = crate::engine::datapath::tests::ipv4_packet(bytes, 0, 7, 0, 0);
                 out.push(handle(&mut pkt));
             }
             out.len()

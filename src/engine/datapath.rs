@@ -414,7 +414,7 @@ fn drop() -> Decision {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::IpAddr;
 
     use super::*;
@@ -449,6 +449,19 @@ mod tests {
     }
 
     fn packet(payload: &mut [u8], hook: u8, indev: u32, outdev: u32) -> Packet<'_> {
+        // An administrator's mark bit, which every verdict must keep.
+        ipv4_packet(payload, hook, indev, outdev, 0x1)
+    }
+
+    /// A whole IPv4 packet as the queue delivers it (checksum ready, not GSO, not truncated);
+    /// the consumer's and the monitor's tests use it too.
+    pub(crate) fn ipv4_packet(
+        payload: &mut [u8],
+        hook: u8,
+        indev: u32,
+        outdev: u32,
+        mark: u32,
+    ) -> Packet<'_> {
         Packet {
             meta: crate::queue::PacketMeta {
                 id: 1,
@@ -456,7 +469,7 @@ mod tests {
                 hook,
                 indev,
                 outdev,
-                mark: 0x1,
+                mark,
             },
             checksum_ready: true,
             gso: false,

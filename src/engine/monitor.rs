@@ -460,21 +460,9 @@ pub(crate) mod tests {
         now: Clock,
         log: &mut Logger,
     ) -> Event {
-        let mut pkt = Packet {
-            meta: crate::queue::PacketMeta {
-                id: 1,
-                hw_protocol: 0x0800,
-                hook,
-                indev: if hook == 0 { 7 } else { 3 },
-                outdev: if hook == 4 { 7 } else { 0 },
-                mark: 0,
-            },
-            checksum_ready: true,
-            gso: false,
-            truncated: false,
-            orig_len: None,
-            payload: bytes,
-        };
+        let indev = if hook == 0 { 7 } else { 3 };
+        let outdev = if hook == 4 { 7 } else { 0 };
+        let mut pkt = crate::engine::datapath::tests::ipv4_packet(bytes, hook, indev, outdev, 0);
         let (_, e) = datapath::handle(
             table,
             &crate::engine::service::FlowMemory::default(),
