@@ -9,8 +9,10 @@
 //!   objects where the crate falls short (a table with the owner flag, a flush of every rule)
 //!   and encodes set elements itself (libnftnl's per-element objects would take several MiB
 //!   for 10,000 services).
-//! - `mnl` (libmnl) is not used for sockets: `mnl_socket_open` cannot set close-on-exec at
-//!   creation (see [`socket`]); libnftnl still uses libmnl underneath for its own framing.
+//! - The `mnl` crate (libmnl) is no dependency any more: netnat's sockets are its own because
+//!   `mnl_socket_open` cannot set close-on-exec at creation (see [`socket`]), and what else mnl
+//!   gives (framing, callback runners) is the few lines of [`frame`] and [`ack`]. libmnl is
+//!   still linked, under libnftnl (`nftnl-sys` needs `mnl-sys`).
 //! - Everything else here is a few dozen lines of byte handling that must be panic-free on
 //!   any input (it is fuzzed), and that no crate gives with ranges into the caller's buffer.
 //!
