@@ -6,7 +6,8 @@
 //! - every service prints back to itself (the canonical form parses to the same service);
 //! - the queue range is 1 or more queues, all numbered 0-65535, and `rules` says so;
 //! - the batch is well-formed netlink: BATCH_BEGIN, nftables messages whose lengths and
-//!   attributes add up exactly, BATCH_END; one NEWRULE per rule of the policy.
+//!   attributes add up exactly, BATCH_END; one NEWRULE per rule of the policy (the rewrite
+//!   chains of `header-only on` included).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -49,7 +50,11 @@ fuzz_target!(|data: &[u8]| {
         .into_iter()
         .chain(policy.guard.chains())
         .collect();
-    let rules: usize = chains.iter().map(|c| c.rules.len()).sum();
+    // With `header-only on`, the rewrite chains: each direction's rules and one final drop.
+    let rewrite_rules = policy.rewrite.as_ref().map_or(0, |rw| {
+        rw.rules(true).len() + rw.rules(false).len() + 2
+    });
+    let rules: usize = chains.iter().map(|c| c.rules.len()).sum::<usize>() + rewrite_rules;
     let queue_words = if q.total > 1 {
         format!("queue num {}-{last} ", q.num)
     } else {
