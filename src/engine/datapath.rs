@@ -256,11 +256,14 @@ fn header_only(
         }
     }
     // The slot in the two bits below the rewrite bit (`nft::rewrite::slot_bits`).
-    let slot_bits = slot * (rewrite_mark >> 2);
+    let slot_unit = rewrite_mark >> 2;
+    // The slot bits are netnat's: whatever they held on arrival must not pick another slot's
+    // map (or none, which the rewrite chain drops), so they are cleared before the slot is set.
+    let arrived = pkt.mark & !(3 * slot_unit);
     let decision = Decision {
         verdict: Verdict::Accept,
         modified: false,
-        mark: Some(pkt.mark | mark | rewrite_mark | slot_bits),
+        mark: Some(arrived | mark | rewrite_mark | slot * slot_unit),
     };
     let dir_event = Event::Translated {
         id: e.id,
@@ -652,6 +655,13 @@ pub(crate) mod tests {
             ),
             "{e:?}"
         );
+        // Slot bits the reply arrived with name no slot: the default map is asked for.
+        let mut reply = long_segment([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
+        let mut pkt = packet(&mut reply, HOOK_POSTROUTING, 0, 7);
+        pkt.truncated = true;
+        pkt.mark |= 0xc0;
+        let (d, _) = handle(&t, &FlowMemory::default(), marks, &mut pkt);
+        assert_eq!(d.mark, Some(0x4f01), "arrived slot bits cleared");
         let mut stray = long_segment([192, 168, 77, 10], 9999, [10, 99, 1, 2], 40312);
         let mut pkt = packet(&mut stray, HOOK_POSTROUTING, 0, 7);
         pkt.truncated = true;
