@@ -263,7 +263,7 @@ fn header_only(
     let decision = Decision {
         verdict: Verdict::Accept,
         modified: false,
-        mark: Some(arrived | mark | rewrite_mark | slot * slot_unit),
+        mark: Some(arrived | mark | rewrite_mark | (slot * slot_unit)),
     };
     let dir_event = Event::Translated {
         id: e.id,
