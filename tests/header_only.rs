@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use common::capture::{self, Capture};
 use common::scenario::{
-    AppAddr, Case, HTTP, Netnat, Translator, UDP, check_captures, firewall_ruleset, http_get,
-    random_file, transfer_both_ways,
+    AppAddr, Case, HTTP, Netnat, Servers, Translator, UDP, check_captures, firewall_ruleset,
+    http_get, random_file, transfer_both_ways,
 };
 use common::status::Doc;
 use common::{Family, PYTHON, Proc, Topology, heavy_lock, require_root, script};
@@ -55,18 +55,7 @@ impl Run {
             .expect_ok("loading the router's firewall");
         let fam = case.fam;
         let log = t.dir.file("http-peers.log");
-        let http = t.spawn(
-            &t.srv,
-            "http-server",
-            &[
-                PYTHON,
-                &script("http_server.py"),
-                fam.server(),
-                &HTTP.act_port.to_string(),
-                log.to_str().expect("utf-8"),
-                "300",
-            ],
-        );
+        let http = Servers::http(&t, fam, &log);
         let echo = t.spawn(
             &t.srv,
             "udp-echo",

@@ -290,10 +290,9 @@ pub struct Servers {
 }
 
 impl Servers {
-    pub fn start(t: &Topology, fam: Family) -> Servers {
-        let http_log = t.dir.file("http-peers.log");
-        let udp_log = t.dir.file("udp-peers.log");
-        let http = t.spawn(
+    /// The HTTP server on the actual HTTP port, logging each client's address to `log`.
+    pub fn http(t: &Topology, fam: Family, log: &Path) -> Proc {
+        t.spawn(
             &t.srv,
             "http-server",
             &[
@@ -301,10 +300,16 @@ impl Servers {
                 &script("http_server.py"),
                 fam.server(),
                 &HTTP.act_port.to_string(),
-                http_log.to_str().expect("utf-8"),
+                log.to_str().expect("utf-8"),
                 "300",
             ],
-        );
+        )
+    }
+
+    pub fn start(t: &Topology, fam: Family) -> Servers {
+        let http_log = t.dir.file("http-peers.log");
+        let udp_log = t.dir.file("udp-peers.log");
+        let http = Servers::http(t, fam, &http_log);
         let udp = t.spawn(
             &t.srv,
             "udp-server",
