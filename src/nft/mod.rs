@@ -28,6 +28,7 @@
 //! Only tables `inet netnat` and `inet netnat_guard` are ever created, changed or deleted.
 
 mod batch;
+pub mod dump;
 mod elements;
 mod error;
 pub mod expr;
