@@ -8,31 +8,38 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{Ns, require_root};
 use netnat::nft::NftError;
 use netnat::nft::dump::{
-    CounterDeltas, DUMP_DEADLINE, count_elements, decode_count_key, set_elements,
+    COUNT_KEY_LEN_V6, CounterDeltas, DUMP_DEADLINE, count_elements, decode_count_key, set_elements,
 };
 
 const PORT: u16 = 5555;
 
 /// Table `inet netnat` as offload will have it, cut down to what these tests need: the
-/// counted set a rule fills from UDP traffic to [`PORT`], a counted set and a plain one for
-/// big fills.
+/// counted sets a rule fills from UDP traffic to [`PORT`] (IPv4 and IPv6), a counted set and
+/// a plain one for big fills.
 fn ruleset() -> String {
-    let counted = "type iface_index . ipv4_addr . inet_proto . inet_service\n\t\tsize 65536\n\t\t\
-                   flags dynamic,timeout\n\t\ttimeout 10m\n\t\tcounter";
+    let counted = |addr: &str| {
+        format!(
+            "type iface_index . {addr} . inet_proto . inet_service\n\t\tsize 65536\n\t\t\
+             flags dynamic,timeout\n\t\ttimeout 10m\n\t\tcounter"
+        )
+    };
+    let (v4, v6) = (counted("ipv4_addr"), counted("ipv6_addr"));
     format!(
         "table inet netnat {{\n\
-         \tset count_in4 {{\n\t\t{counted}\n\t}}\n\
-         \tset count_out4 {{\n\t\t{counted}\n\t}}\n\
+         \tset count_in4 {{\n\t\t{v4}\n\t}}\n\
+         \tset count_in6 {{\n\t\t{v6}\n\t}}\n\
+         \tset count_out4 {{\n\t\t{v4}\n\t}}\n\
          \tset flows_in4 {{\n\t\ttype ipv4_addr\n\t\tsize 65536\n\t}}\n\
          \tchain out {{\n\
          \t\ttype filter hook output priority 0; policy accept;\n\
          \t\tudp dport {PORT} update @count_in4 {{ meta oif . ip daddr . meta l4proto . udp dport }}\n\
+         \t\tudp dport {PORT} update @count_in6 {{ meta oif . ip6 daddr . meta l4proto . udp dport }}\n\
          \t}}\n\
          }}\n"
     )
@@ -43,20 +50,22 @@ fn load(ns: &Ns, text: &str) {
     assert!(out.success(), "nft -f failed\n{out}");
 }
 
-/// Sends one datagram of each payload size to 127.0.0.1:[`PORT`] and waits (bounded) until
-/// a receiver there has them all, so that every one passed the output hook. Runs inside the
-/// namespace. Returns the IP lengths (20 + 8 + payload) summed.
+/// Sends one datagram of each payload size to 127.0.0.1:[`PORT`]; see [`send_udp_to`].
 fn send_udp(sizes: &[usize]) -> u64 {
-    let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, PORT)).expect("bind receiver");
+    send_udp_to(IpAddr::V4(Ipv4Addr::LOCALHOST), sizes)
+}
+
+/// Sends one datagram of each payload size to `to`:[`PORT`] and waits (bounded) until a
+/// receiver there has them all, so that every one passed the output hook. Runs inside the
+/// namespace. Returns the IP lengths summed: 20 (IPv4) or 40 (IPv6) + 8 + payload each.
+fn send_udp_to(to: IpAddr, sizes: &[usize]) -> u64 {
+    let rx = UdpSocket::bind((to, PORT)).expect("bind receiver");
     rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind sender");
+    let tx = UdpSocket::bind((to, 0)).expect("bind sender");
     let mut buf = vec![0u8; 2048];
     for &n in sizes {
         let payload = vec![0x5a; n];
-        assert_eq!(
-            tx.send_to(&payload, (Ipv4Addr::LOCALHOST, PORT)).unwrap(),
-            n
-        );
+        assert_eq!(tx.send_to(&payload, (to, PORT)).unwrap(), n);
     }
     for (i, &n) in sizes.iter().enumerate() {
         let got = rx
@@ -64,7 +73,8 @@ fn send_udp(sizes: &[usize]) -> u64 {
             .unwrap_or_else(|e| panic!("datagram {i} of {} not received: {e}", sizes.len()));
         assert_eq!(got, n, "datagram {i} arrived whole and in order");
     }
-    sizes.iter().map(|n| 28 + *n as u64).sum()
+    let headers = if to.is_ipv4() { 20 + 8 } else { 40 + 8 };
+    sizes.iter().map(|n| headers + *n as u64).sum()
 }
 
 /// The counter nft itself lists for the one element of `set`: (packets, bytes).
@@ -144,6 +154,37 @@ fn a_rule_counted_flow_reads_back_with_its_exact_counter() {
         d.observe("count_in4", &elems3),
         vec![(e.key.clone(), 2, bytes3)]
     );
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn an_ipv6_flow_reads_back_in_the_28_byte_layout() {
+    if !require_root("an_ipv6_flow_reads_back_in_the_28_byte_layout") {
+        return;
+    }
+    let ns = Ns::new("nodsix");
+    load(&ns, &ruleset());
+    let lo = ns.ifindex("lo");
+    let sizes: Vec<usize> = (0..9).map(|i| 1 + 101 * i).collect();
+    let (bytes, v6, v4) = ns.enter(|| {
+        let bytes = send_udp_to(IpAddr::V6(Ipv6Addr::LOCALHOST), &sizes);
+        (
+            bytes,
+            set_elements("netnat", "count_in6").expect("dump v6"),
+            set_elements("netnat", "count_in4").expect("dump v4"),
+        )
+    });
+    assert_eq!(v4, vec![], "IPv6 traffic fills the IPv6 set only");
+    assert_eq!(v6.len(), 1, "{v6:?}");
+    assert_eq!(v6[0].key.len(), COUNT_KEY_LEN_V6);
+    assert_eq!(
+        decode_count_key(true, &v6[0].key),
+        Some((lo, IpAddr::V6(Ipv6Addr::LOCALHOST), 17, PORT)),
+        "key {:?}",
+        v6[0].key
+    );
+    assert_eq!(v6[0].counter, Some((sizes.len() as u64, bytes)));
+    assert_eq!(nft_counter(&ns, "count_in6"), (sizes.len() as u64, bytes));
 }
 
 /// `n` distinct IPv4 addresses 10.x.y.z.
@@ -242,7 +283,7 @@ fn absent_sets_and_tables_read_as_empty() {
     load(&ns, &ruleset());
     let (no_set, empty, longest) = ns.enter(|| {
         (
-            set_elements("netnat", "count_in6").expect("no set"),
+            set_elements("netnat", "count_out6").expect("no set"),
             count_elements("netnat", "flows_in4").expect("empty set"),
             // The longest name the kernel takes: asked for, and absent.
             set_elements("netnat", &"x".repeat(255)).expect("long name"),
