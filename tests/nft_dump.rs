@@ -351,3 +351,121 @@ fn a_refused_dump_is_an_error_naming_the_set() {
     let err = ns.enter(|| count_elements("netnat", "flows\0in4").unwrap_err());
     assert!(err.to_string().contains("NUL"), "{err}");
 }
+
+/// A set that changes while it is read: the packet path inserts 1-second elements (UDP to
+/// ports 10000 and up, at a bounded rate) into the counted set that also holds 20,000
+/// long-lived elements. The kernel's dump of such a set repeats and skips elements (see
+/// netnat::nft::dump); what must hold all the same: every read ends in time, each key comes
+/// once with a counter, no more keys than the set can hold, and the long-lived keys seen
+/// are among those loaded, with their port and a zero counter.
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn a_set_changing_under_the_dump_reads_each_key_once_and_in_time() {
+    if !require_root("a_set_changing_under_the_dump_reads_each_key_once_and_in_time") {
+        return;
+    }
+    let ns = Ns::new("nodchurn");
+    load(&ns, &ruleset());
+    ns.nft_ok(&[
+        "add",
+        "rule",
+        "inet",
+        "netnat",
+        "out",
+        "udp",
+        "dport",
+        ">=",
+        "10000",
+        "update",
+        "@count_out4",
+        "{",
+        "meta",
+        "oif",
+        ".",
+        "ip",
+        "daddr",
+        ".",
+        "meta",
+        "l4proto",
+        ".",
+        "udp",
+        "dport",
+        "timeout",
+        "1s",
+        "}",
+    ]);
+    let stable = addrs(20_000);
+    load(
+        &ns,
+        &add_elements(
+            "count_out4",
+            stable.iter().map(|a| format!("\"lo\" . {a} . udp . 4000")),
+        ),
+    );
+    let stable: BTreeSet<IpAddr> = stable.into_iter().map(IpAddr::V4).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    // About 20,000 datagrams a second for at most 20 s, to 50,000 ports in turn.
+    let sender = ns.thread(move || {
+        let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind sender");
+        let start = Instant::now();
+        let mut sent = 0u32;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed)
+            && start.elapsed() < Duration::from_secs(20)
+        {
+            for _ in 0..200 {
+                let port = 10_000 + (sent % 50_000) as u16;
+                if tx.send_to(&[1], (Ipv4Addr::LOCALHOST, port)).is_ok() {
+                    sent += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let reads = ns.enter(|| {
+        (0..4)
+            .map(|_| {
+                let t = Instant::now();
+                let elems = set_elements("netnat", "count_out4");
+                let count = count_elements("netnat", "count_out4");
+                (elems, count, t.elapsed())
+            })
+            .collect::<Vec<_>>()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.join().expect("sender");
+    assert!(sent > 10_000, "the set did change: {sent} datagrams");
+    let lo = ns.ifindex("lo");
+    for (i, (elems, count, took)) in reads.into_iter().enumerate() {
+        let elems = elems.unwrap_or_else(|e| panic!("read {i}: {e}"));
+        let count = count.unwrap_or_else(|e| panic!("count {i}: {e}"));
+        let mut keys = BTreeSet::new();
+        let mut stable_seen = 0;
+        for e in &elems {
+            assert!(
+                keys.insert(e.key.clone()),
+                "read {i}: key {:?} twice",
+                e.key
+            );
+            let (ifindex, addr, proto, port) =
+                decode_count_key(false, &e.key).unwrap_or_else(|| panic!("key {:?}", e.key));
+            assert_eq!((ifindex, proto), (lo, 17));
+            let (packets, bytes) = e.counter.expect("every element is counted");
+            if port == 4000 {
+                assert!(stable.contains(&addr), "read {i}: {addr} was never loaded");
+                assert_eq!((packets, bytes), (0, 0), "{addr}");
+                stable_seen += 1;
+            } else {
+                assert!(port >= 10_000 && addr == IpAddr::V4(Ipv4Addr::LOCALHOST));
+                assert_eq!(bytes, packets * 29, "one-byte datagrams");
+            }
+        }
+        assert!(elems.len() <= 65_536 && count <= 65_536, "read {i}");
+        eprintln!(
+            "read {i}: {} keys ({stable_seen} of the 20,000 long-lived), count {count}, {took:?}",
+            elems.len()
+        );
+    }
+}
