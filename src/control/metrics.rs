@@ -83,6 +83,26 @@ pub fn render(r: &Report) -> String {
     ] {
         counter(&mut o, name, help, v);
     }
+    if let Some(off) = &r.offload {
+        gauge(
+            &mut o,
+            "netnat_offload_flows",
+            "Flows in the kernel's offload flow sets (each direction of a connection is one)",
+            off.flows,
+        );
+        counter(
+            &mut o,
+            "netnat_offload_packets_total",
+            "Packets the kernel rewrote for offloaded flows without the consumer (also in the services' counters)",
+            off.packets,
+        );
+        counter(
+            &mut o,
+            "netnat_offload_bytes_total",
+            "Bytes of those packets",
+            off.bytes,
+        );
+    }
     family(
         &mut o,
         "netnat_reloads_total",
