@@ -130,7 +130,8 @@ pub fn offload_bit(rewrite_mark: u32) -> u32 {
 
 /// Whether a service's flow may be handed to the kernel at all: not for flag 0x2000 (every
 /// packet recorded), not for a draining service (its new connections are refused by the
-/// consumer), not at a TCP segment with FIN or RST (the end of a connection is the consumer's).
+/// consumer), not at a TCP segment with FIN or RST (a flow that reached the consumer with
+/// one was not offloaded in that direction, and is ending).
 fn may_offload(e: &Entry, fin_rst: bool) -> bool {
     !e.draining && !e.flags.has(crate::config::Flags::EVERY_PACKET) && !fin_rst
 }

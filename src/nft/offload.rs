@@ -19,11 +19,12 @@
 //! them are skipped, and the rewrite chain applies the rewrite. A counter set that is full
 //! stops the rule before the accept, so the packet goes to the queue as before.
 //!
-//! How a flow leaves. A TCP segment with FIN or RST deletes its flow from the set before the
-//! lookup, so it and everything after it go to the consumer, which sees the end of every
-//! connection; it also puts the flow in the direction's closing set for
-//! [`CLOSING_TIMEOUT_MS`], which keeps the last ACKs that follow from offloading the flow
-//! again. Flow elements also expire [`FLOW_TIMEOUT_MS`] after they were added: a flow
+//! How a flow leaves. A TCP segment with FIN or RST of an offloaded flow moves the flow from
+//! the flow set to the direction's closing set, which holds it for [`CLOSING_TIMEOUT_MS`]
+//! (TCP's TIME-WAIT): the FINs and the last ACKs are still rewritten by the kernel (and
+//! counted), but the closing flow is never offloaded again, so its elements are gone a minute
+//! after the connection ended. A SYN always goes to the consumer, also when a client reuses
+//! the ports of a flow still in a set: every new connection is recorded and counted. Flow elements also expire [`FLOW_TIMEOUT_MS`] after they were added: a flow
 //! still alive then is decided by the consumer once more and offloaded again. Every install
 //! of the policy (a reload, `service add`/`del`, a `*` address move) creates the flow sets
 //! anew, empty, so every flow's next packet is decided by the consumer under the new services,
@@ -33,7 +34,7 @@
 //! A full flow set (`offload-flows`) makes the add fail: the flow stays on the queue path.
 //!
 //! What stays on the queue path: ICMP errors (the sets key TCP and UDP flows only), services
-//! with flag 0x2000 (the consumer never sets the offload bit for them), TCP FIN and RST, and
+//! with flag 0x2000 (the consumer never sets the offload bit for them), TCP SYNs, and
 //! reply flows of `*` services kept at an address other than the default one (their slot is
 //! in the mark, which the sets do not hold).
 //!
@@ -298,6 +299,49 @@ fn dynset(set: &Set<'_, NoKey>, op: DynsetOp) -> Dynset {
     }
 }
 
+/// One offload rule of a queueing chain, per way, in chain order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// A TCP segment with FIN or RST of an offloaded flow: the flow moves from the flow set to
+    /// the closing set (no verdict: `HitClosing` then rewrites the segment).
+    End,
+    /// A TCP segment without SYN of an offloaded flow: counted, marked, accepted.
+    HitTcp,
+    /// A UDP datagram of an offloaded flow.
+    HitUdp,
+    /// A TCP segment without SYN of a closing flow (its FINs, its last ACKs): the same.
+    HitClosing,
+}
+
+const STEPS: [Step; 4] = [Step::End, Step::HitTcp, Step::HitUdp, Step::HitClosing];
+
+const IPPROTO_UDP: u8 = 17;
+/// TCP flag SYN: a SYN always reaches the consumer (a new connection's record and count,
+/// also when a client reuses the ports of a flow still in a set).
+const SYN: u8 = 0x02;
+
+impl Step {
+    fn proto(self) -> u8 {
+        match self {
+            Step::HitUdp => IPPROTO_UDP,
+            _ => IPPROTO_TCP,
+        }
+    }
+
+    /// The TCP flags test: the bits, and whether one of them must be set (else none may).
+    fn flags(self) -> Option<(u8, bool)> {
+        match self {
+            Step::End => Some((FIN_RST, true)),
+            Step::HitTcp | Step::HitClosing => Some((SYN, false)),
+            Step::HitUdp => None,
+        }
+    }
+
+    fn closing(self) -> bool {
+        self == Step::HitClosing
+    }
+}
+
 /// Adds the offload rules of a queueing chain (`inbound`: prerouting, else postrouting) to
 /// the batch; they go before the chain's queue rules.
 pub(super) fn add_queue_rules(
@@ -312,46 +356,47 @@ pub(super) fn add_queue_rules(
         .enumerate()
         .filter(|(_, w)| w.inbound == inbound)
     {
-        // The end of a TCP connection leaves the set first, so that it reaches the queue.
-        let mut end = nftnl::Rule::new(chain);
-        nfproto(&mut end, way.family);
-        end.add_expr(&Meta::L4Proto);
-        end.add_expr(&Cmp::new(CmpOp::Eq, &[IPPROTO_TCP][..]));
-        end.add_expr(&Load {
-            source: Source::Transport { offset: 13, len: 1 },
-            dreg: libc::NFT_REG_1 as u32,
-        });
-        end.add_expr(&Bitwise::new(&[FIN_RST][..], &[0u8][..]));
-        end.add_expr(&Cmp::new(CmpOp::Neq, &[0u8][..]));
-        load_key(&mut end, &way.flow_key());
-        // Only offloaded flows: the FINs of all the other traffic through the router must not
-        // fill the closing set.
-        end.add_expr(&Lookup::new(&sets.flows[i]));
-        end.add_expr(&dynset(&sets.flows[i], DynsetOp::Delete));
-        end.add_expr(&dynset(&sets.closing[i], DynsetOp::Add));
-        batch.add(&end, MsgType::Add);
-        labels.push(Label::Rule {
-            chain: chain_name,
-            text: end_text(*way).into(),
-            queues: false,
-        });
-
-        let mut hit = nftnl::Rule::new(chain);
-        nfproto(&mut hit, way.family);
-        load_key(&mut hit, &way.flow_key());
-        hit.add_expr(&Lookup::new(&sets.flows[i]));
-        load_key(&mut hit, &way.count_key());
-        hit.add_expr(&dynset(&sets.count[i], DynsetOp::Update));
-        hit.add_expr(&Meta::Mark { set: false });
-        hit.add_expr(&Bitwise::new(!off.clear_bits(), off.set_bits()));
-        hit.add_expr(&Meta::Mark { set: true });
-        hit.add_expr(&nftnl::expr::Verdict::Accept);
-        batch.add(&hit, MsgType::Add);
-        labels.push(Label::Rule {
-            chain: chain_name,
-            text: hit_text(off, *way).into(),
-            queues: false,
-        });
+        for step in STEPS {
+            let mut rule = nftnl::Rule::new(chain);
+            nfproto(&mut rule, way.family);
+            rule.add_expr(&Meta::L4Proto);
+            rule.add_expr(&Cmp::new(CmpOp::Eq, &[step.proto()][..]));
+            if let Some((bits, set)) = step.flags() {
+                rule.add_expr(&Load {
+                    source: Source::Transport { offset: 13, len: 1 },
+                    dreg: libc::NFT_REG_1 as u32,
+                });
+                rule.add_expr(&Bitwise::new(&[bits][..], &[0u8][..]));
+                let op = if set { CmpOp::Neq } else { CmpOp::Eq };
+                rule.add_expr(&Cmp::new(op, &[0u8][..]));
+            }
+            load_key(&mut rule, &way.flow_key());
+            let looked_up = if step.closing() {
+                &sets.closing[i]
+            } else {
+                // Only offloaded flows: the FINs of all the other traffic through the router
+                // must not fill the closing set.
+                &sets.flows[i]
+            };
+            rule.add_expr(&Lookup::new(looked_up));
+            if step == Step::End {
+                rule.add_expr(&dynset(&sets.flows[i], DynsetOp::Delete));
+                rule.add_expr(&dynset(&sets.closing[i], DynsetOp::Add));
+            } else {
+                load_key(&mut rule, &way.count_key());
+                rule.add_expr(&dynset(&sets.count[i], DynsetOp::Update));
+                rule.add_expr(&Meta::Mark { set: false });
+                rule.add_expr(&Bitwise::new(!off.clear_bits(), off.set_bits()));
+                rule.add_expr(&Meta::Mark { set: true });
+                rule.add_expr(&nftnl::expr::Verdict::Accept);
+            }
+            batch.add(&rule, MsgType::Add);
+            labels.push(Label::Rule {
+                chain: chain_name,
+                text: step_text(off, *way, step).into(),
+                queues: false,
+            });
+        }
     }
 }
 
@@ -420,30 +465,41 @@ fn family_text(f: Family) -> &'static str {
     }
 }
 
-/// The FIN/RST rule as nft lists it.
-fn end_text(way: Way) -> String {
+/// An offload rule of a queueing chain as nft lists it.
+fn step_text(off: &Offload, way: Way, step: Step) -> String {
     let key = key_text(&way.flow_key());
+    let proto = if step.proto() == IPPROTO_TCP {
+        "tcp"
+    } else {
+        "udp"
+    };
+    let flags = match step.flags() {
+        Some((FIN_RST, true)) => " tcp flags & (fin | rst) != 0",
+        Some(_) => " tcp flags & syn == 0",
+        None => "",
+    };
+    let set = if step.closing() {
+        way.closing_name()
+    } else {
+        way.flows_name()
+    };
+    let action = if step == Step::End {
+        format!(
+            "delete @{set} {{ {key} }} add @{} {{ {key} }}",
+            way.closing_name()
+        )
+    } else {
+        format!(
+            "update @{} {{ {} }} meta mark set meta mark & {:#010x} | {:#010x} accept",
+            way.count_name(),
+            key_text(&way.count_key()),
+            !off.clear_bits(),
+            off.set_bits()
+        )
+    };
     format!(
-        "meta nfproto {} meta l4proto tcp tcp flags & (fin | rst) != 0 {key} @{flows} delete \
-         @{flows} {{ {key} }} add @{} {{ {key} }}",
-        family_text(way.family),
-        way.closing_name(),
-        flows = way.flows_name(),
-    )
-}
-
-/// The rule of offloaded packets as nft lists it.
-fn hit_text(off: &Offload, way: Way) -> String {
-    let key = key_text(&way.flow_key());
-    format!(
-        "meta nfproto {} {key} @{} update @{} {{ {} }} meta mark set meta mark & {:#010x} | \
-         {:#010x} accept",
-        family_text(way.family),
-        way.flows_name(),
-        way.count_name(),
-        key_text(&way.count_key()),
-        !off.clear_bits(),
-        off.set_bits()
+        "meta nfproto {} meta l4proto {proto}{flags} {key} @{set} {action}",
+        family_text(way.family)
     )
 }
 
@@ -464,7 +520,7 @@ fn add_text(off: &Offload, way: Way) -> String {
 pub fn queue_rules_text(off: &Offload, inbound: bool) -> Vec<String> {
     WAYS.iter()
         .filter(|w| w.inbound == inbound)
-        .flat_map(|w| [end_text(*w), hit_text(off, *w)])
+        .flat_map(|w| STEPS.map(|step| step_text(off, *w, step)))
         .collect()
 }
 
@@ -552,7 +608,7 @@ mod tests {
         assert_eq!(off.offload_bit(), 0x20);
         assert_eq!(off.clear_bits(), 0x4e00 | 0x100 | 0xc0 | 0x20);
         assert_eq!(off.set_bits(), 0x4f00);
-        let text = hit_text(&off, WAYS[0]);
+        let text = step_text(&off, WAYS[0], Step::HitTcp);
         assert!(
             text.contains("meta mark & 0xffffb01f | 0x00004f00 accept"),
             "{text}"
