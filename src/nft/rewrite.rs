@@ -28,7 +28,6 @@
 //! May use: `sets`, `rules` and `family` (key layouts, set kinds, chains), `expr`, `translate` (key loads), `objects` and
 //! `elements` (the map and its elements), `config`.
 
-use std::collections::HashSet;
 use std::ffi::CString;
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -45,7 +44,7 @@ use super::objects::{NoKey, new_map};
 use super::offload::{self, Offload};
 use super::render::render_element;
 use super::rules::{ChainSpec, Hook};
-use super::sets::{KeyField, KeyValue, SetKind, SetSpec, key_len};
+use super::sets::{ElementList, KeyField, KeyValue, SetKind, SetSpec, UNSPECIFIED, key_len};
 use super::translate::key_source;
 use crate::config::{AppAddr, Protocol, Service};
 use crate::netlink::frame::{NLA_HDRLEN, NLA_MAX_LEN};
@@ -228,27 +227,25 @@ impl Rewrite {
         mark: u32,
         bit: u32,
     ) -> Rewrite {
-        let mut lists: Vec<(Vec<Vec<KeyValue>>, Vec<SocketAddr>)> = MapKind::ALL
+        // Each map's keys compactly (`ElementList`, 24 bytes an element) with their data
+        // beside them; a key mapped twice keeps its first service's data (`finish_with`).
+        let mut lists: Vec<(ElementList<'_>, Vec<SocketAddr>)> = MapKind::ALL
             .iter()
-            .map(|_| (Vec::new(), Vec::new()))
+            .map(|k| (ElementList::new(k.keyed_like(), 0), Vec::new()))
             .collect();
-        let mut seen: HashSet<(MapKind, Vec<KeyValue>)> = HashSet::new();
-        let mut put = |kind: MapKind, key: Vec<KeyValue>, to: SocketAddr| {
-            if seen.insert((kind, key.clone())) {
-                lists[kind.index()].0.push(key);
-                lists[kind.index()].1.push(to);
-            }
+        let mut put = |kind: MapKind, iface, addr, proto, port, to: SocketAddr| {
+            let (keys, data) = &mut lists[kind.index()];
+            keys.push(iface, addr, proto, port);
+            data.push(to);
         };
         for (i, s) in services.iter().enumerate() {
-            let iface = || KeyValue::IfName(s.iface.clone());
-            let proto = KeyValue::Proto(l4(s.protocol));
+            let proto = l4(s.protocol);
             let act = SocketAddr::new(s.act_addr, s.act_port);
             let v6 = Family::of(&s.act_addr) == Family::Ipv6;
             match s.app_addr {
                 AppAddr::Fixed(a) => {
                     let kind = if v6 { MapKind::IN6 } else { MapKind::IN4 };
-                    let key = vec![iface(), KeyValue::Addr(a), proto.clone(), port(s.app_port)];
-                    put(kind, key, act);
+                    put(kind, &s.iface, a, proto, s.app_port, act);
                 }
                 AppAddr::Interface => {
                     let kind = if v6 {
@@ -256,29 +253,28 @@ impl Rewrite {
                     } else {
                         MapKind::IN4_LOCAL
                     };
-                    put(kind, vec![iface(), proto.clone(), port(s.app_port)], act);
+                    put(kind, &s.iface, UNSPECIFIED, proto, s.app_port, act);
                 }
             }
             let from = match s.app_addr {
                 AppAddr::Fixed(a) => vec![a],
                 AppAddr::Interface => reply_from(i),
             };
-            let key = vec![iface(), KeyValue::Addr(s.act_addr), proto, port(s.act_port)];
             for (slot, a) in (0..=SLOTS).zip(from) {
                 if Family::of(&a) == Family::of(&s.act_addr) {
                     let to = SocketAddr::new(a, s.app_port);
-                    put(MapKind::reply(v6, slot), key.clone(), to);
+                    let kind = MapKind::reply(v6, slot);
+                    put(kind, &s.iface, s.act_addr, proto, s.act_port, to);
                 }
             }
         }
         let maps = MapKind::ALL
             .iter()
             .zip(lists)
-            .filter(|(_, (keys, _))| !keys.is_empty())
-            .map(|(&kind, (keys, data))| MapSpec {
-                kind,
-                keys: SetSpec::from_values(kind.keyed_like(), &keys),
-                data,
+            .filter(|(_, (_, data))| !data.is_empty())
+            .map(|(&kind, (keys, data))| {
+                let (keys, data) = keys.finish_with(data);
+                MapSpec { kind, keys, data }
             })
             .collect();
         Rewrite {
@@ -335,10 +331,6 @@ fn l4(p: Protocol) -> u8 {
         Protocol::Tcp => IPPROTO_TCP,
         Protocol::Udp => IPPROTO_UDP,
     }
-}
-
-fn port(p: u16) -> KeyValue {
-    KeyValue::Port(p)
 }
 
 /// A map element's data as the registers hold it: the address, then the port in network order

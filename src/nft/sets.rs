@@ -355,7 +355,14 @@ impl<'a> ElementList<'a> {
     /// The set, each element once, where it first appeared. Duplicates are found by sorting
     /// the positions by element (4 bytes each) rather than with a hash set of the elements,
     /// which for 10,000 services would take ten times the memory while the policy is built.
-    pub(super) fn finish(mut self) -> SetSpec {
+    pub(super) fn finish(self) -> SetSpec {
+        self.finish_with(Vec::<()>::new()).0
+    }
+
+    /// [`ElementList::finish`] for a map: `data[i]` belongs to the `i`-th element pushed (or
+    /// `data` is empty), and what is returned is the data of the elements kept, in order.
+    pub(super) fn finish_with<T>(mut self, mut data: Vec<T>) -> (SetSpec, Vec<T>) {
+        debug_assert!(data.is_empty() || data.len() == self.elements.len());
         let v = &self.elements;
         if v.len() > 1 {
             let mut order: Vec<u32> = (0..v.len() as u32).collect();
@@ -371,13 +378,22 @@ impl<'a> ElementList<'a> {
                 i += 1;
                 keep[i - 1]
             });
+            if !data.is_empty() {
+                let mut i = 0;
+                data.retain(|_| {
+                    i += 1;
+                    keep[i - 1]
+                });
+            }
         }
         self.elements.shrink_to_fit();
-        SetSpec {
+        data.shrink_to_fit();
+        let set = SetSpec {
             kind: self.kind,
             ifnames: self.ifnames,
             elements: self.elements,
-        }
+        };
+        (set, data)
     }
 }
 
