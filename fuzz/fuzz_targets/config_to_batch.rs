@@ -54,7 +54,19 @@ fuzz_target!(|data: &[u8]| {
     let rewrite_rules = policy.rewrite.as_ref().map_or(0, |rw| {
         rw.rules(true).len() + rw.rules(false).len() + 2
     });
-    let rules: usize = chains.iter().map(|c| c.rules.len()).sum::<usize>() + rewrite_rules;
+    // With `offload on`, its rules first in the queueing chains and the rewrite chains.
+    let offload_rules = policy.offload.as_ref().map_or(0, |off| {
+        [true, false]
+            .into_iter()
+            .map(|inbound| {
+                nft::offload::queue_rules_text(off, inbound).len()
+                    + nft::offload::rewrite_rules_text(off, inbound).len()
+            })
+            .sum()
+    });
+    let rules: usize = chains.iter().map(|c| c.rules.len()).sum::<usize>()
+        + rewrite_rules
+        + offload_rules;
     let queue_words = if q.total > 1 {
         format!("queue num {}-{last} ", q.num)
     } else {

@@ -462,6 +462,8 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         }
         let now = Instant::now();
         if now >= next_volume {
+            // The kernel's counts of offloaded packets in, up to now.
+            d.read_offload(false);
             d.hub.volume_records(&mut d.log);
             next_volume += opts.volume_interval;
             if next_volume <= now {

@@ -792,6 +792,101 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn offload_asks_the_kernel_for_the_flow_where_it_may() {
+        let marks = (0x4e00, 0x100);
+        let obit = offload_bit(0x100);
+        assert_eq!(obit, 0x20);
+        let verdict = |t: &ServiceTable, bytes: &mut Vec<u8>, hook, truncated| {
+            let (indev, outdev) = if hook == HOOK_PREROUTING {
+                (7, 0)
+            } else {
+                (0, 7)
+            };
+            let mut pkt = packet(bytes, hook, indev, outdev);
+            pkt.truncated = truncated;
+            let (d, e) = handle_with(t, &FlowMemory::default(), marks, true, &mut pkt);
+            (d.verdict, d.modified, d.mark, e)
+        };
+        let t = table();
+        // A whole SYN: decided and rewritten in netnat (so checked whole), but returned
+        // without its payload, with the offload bit: the kernel rewrites it and adds the flow.
+        let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let before = syn.clone();
+        let (v, modified, mark, e) = verdict(&t, &mut syn, HOOK_PREROUTING, false);
+        assert_eq!((v, modified, mark), (Verdict::Accept, false, Some(0x4f21)));
+        assert!(matches!(
+            e,
+            Event::Translated {
+                kind: Kind::Plain { syn: true },
+                ..
+            }
+        ));
+        assert_ne!(
+            syn, before,
+            "decided on the rewritten copy, which is not returned"
+        );
+        // A long segment (header-only) too; a reply as well.
+        let mut long = long_segment([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let (_, modified, mark, _) = verdict(&t, &mut long, HOOK_PREROUTING, true);
+        assert_eq!((modified, mark), (false, Some(0x4f21)));
+        let mut reply = long_segment([192, 168, 77, 10], 8080, [10, 99, 1, 2], 40312);
+        let (_, _, mark, _) = verdict(&t, &mut reply, HOOK_POSTROUTING, true);
+        assert_eq!(mark, Some(0x4f21));
+        // FIN or RST: the end of the flow is not offloaded (whole: rewritten by netnat).
+        for flags in [0x11u8, 0x04] {
+            let mut fin = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+            fin[33] = flags;
+            let (v, modified, mark, _) = verdict(&t, &mut fin, HOOK_PREROUTING, false);
+            assert_eq!(
+                (v, modified, mark),
+                (Verdict::Accept, true, Some(0x4e01)),
+                "{flags:#x}"
+            );
+            let mut fin = long_segment([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+            fin[33] = flags;
+            let (_, _, mark, _) = verdict(&t, &mut fin, HOOK_PREROUTING, true);
+            assert_eq!(
+                mark,
+                Some(0x4f01),
+                "{flags:#x}: header-only, no offload bit"
+            );
+        }
+        // An offload bit the packet arrived with is not netnat's request.
+        let mut fin = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        fin[33] = 0x11;
+        let mut pkt = ipv4_packet(&mut fin, HOOK_PREROUTING, 7, 0, 0x20);
+        pkt.truncated = true;
+        let (d, _) = handle_with(&t, &FlowMemory::default(), marks, true, &mut pkt);
+        assert_eq!(d.mark, Some(0x4f00));
+        // Flag 0x2000 (every packet recorded): never offloaded.
+        let s = parse_service("service pub0 port * 80 TCP 192.168.77.10 8080 0x2000").unwrap();
+        let every = ServiceTable::build(&[s], &OnePublic);
+        let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let (_, modified, mark, _) = verdict(&every, &mut syn, HOOK_PREROUTING, false);
+        assert_eq!((modified, mark), (true, Some(0x4e01)));
+        // Without offload nothing changes: the whole SYN comes back rewritten.
+        let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        let mut pkt = packet(&mut syn, HOOK_PREROUTING, 7, 0);
+        let (d, _) = handle_with(&t, &FlowMemory::default(), marks, false, &mut pkt);
+        assert_eq!((d.modified, d.mark), (true, Some(0x4e01)));
+        // An ICMP error stays with netnat (port unreachable about a mapped flow).
+        let mut icmp = port_unreachable(40312);
+        let mut pkt = packet(&mut icmp, HOOK_POSTROUTING, 0, 7);
+        let (d, e) = handle_with(&t, &FlowMemory::default(), marks, true, &mut pkt);
+        assert!(
+            matches!(
+                e,
+                Event::Translated {
+                    kind: Kind::IcmpError,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(d.mark.map(|m| m & obit), Some(0));
+    }
+
+    #[test]
     fn a_truncated_icmp_error_is_dropped_and_whole_packets_lose_the_rewrite_bit() {
         let t = table();
         let marks = (0x4e00, 0x100);

@@ -482,4 +482,80 @@ mod tests {
             "every message asks for an ACK, so silence is detectable"
         );
     }
+
+    #[test]
+    fn offload_sets_and_rules_go_first_in_their_chains() {
+        use super::super::offload::{Offload, queue_rules_text, rewrite_rules_text};
+        use super::super::rewrite::Rewrite;
+        let services =
+            [
+                crate::config::parse_service("service ppp0 port * 80 TCP 192.168.77.10 8080")
+                    .unwrap(),
+            ];
+        let plain = Policy::new(&services, 4747).with_rewrite(Some(Rewrite::new(
+            &services,
+            &|_| Vec::new(),
+            0x4e00,
+            0x100,
+        )));
+        let off = Offload {
+            mark: 0x4e00,
+            bit: 0x100,
+            flows: 16,
+        };
+        let with = plain.clone().with_offload(Some(off));
+        assert_eq!(with.rewrite.as_ref().unwrap().offload_bit, 0x20);
+        let (_, plain_labels) = install(&plain, QueueExprKind::Native);
+        let (batch, labels) = install(&with, QueueExprKind::Native);
+        let rules = |l: &[Label]| l.iter().filter(|l| matches!(l, Label::Rule { .. })).count();
+        let offload_rules: usize = [true, false]
+            .map(|i| queue_rules_text(&off, i).len() + rewrite_rules_text(&off, i).len())
+            .iter()
+            .sum();
+        assert_eq!(offload_rules, 20);
+        assert_eq!(rules(&labels), rules(&plain_labels) + offload_rules);
+        assert_eq!(messages(&batch).len(), labels.len());
+        // Flow and closing sets are made anew (added, deleted, added); counter sets only added,
+        // so that they keep their counts across installs.
+        for (flows, count) in super::super::offload::set_names() {
+            let closing = flows.replace("flows", "closing");
+            for name in [flows, closing.as_str()] {
+                let seen: Vec<&Label> = labels
+                    .iter()
+                    .filter(|l| matches!(l, Label::Set(n) | Label::DelSet(n) if *n == name))
+                    .collect();
+                assert_eq!(seen.len(), 3, "{name}: {seen:?}");
+            }
+            let seen = labels
+                .iter()
+                .filter(|l| matches!(l, Label::DelSet(n) if *n == count))
+                .count();
+            assert_eq!(seen, 0, "{count} is never deleted");
+            assert!(
+                labels
+                    .iter()
+                    .any(|l| matches!(l, Label::Set(n) if *n == count))
+            );
+        }
+        // In each chain, offload's rules come first.
+        for (chain, first) in [
+            ("prerouting", queue_rules_text(&off, true)),
+            ("postrouting", queue_rules_text(&off, false)),
+            ("rewrite_in", rewrite_rules_text(&off, true)),
+            ("rewrite_out", rewrite_rules_text(&off, false)),
+        ] {
+            let texts: Vec<&str> = labels
+                .iter()
+                .filter_map(|l| match l {
+                    Label::Rule { chain: c, text, .. } if *c == chain => Some(text.as_ref()),
+                    _ => None,
+                })
+                .collect();
+            assert!(texts.len() > first.len(), "{chain}: {texts:?}");
+            assert_eq!(
+                texts[..first.len()],
+                first.iter().map(String::as_str).collect::<Vec<_>>()[..]
+            );
+        }
+    }
 }
