@@ -62,7 +62,8 @@ fuzz_target!(|data: &[u8]| {
                 nft::offload::queue_rules_text(off, inbound).len()
                     + nft::offload::rewrite_rules_text(off, inbound).len()
             })
-            .sum()
+            .sum::<usize>()
+            + nft::offload::reply_rules_text(off).len()
     });
     let rules: usize = chains.iter().map(|c| c.rules.len()).sum::<usize>()
         + rewrite_rules

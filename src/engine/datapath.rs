@@ -165,7 +165,9 @@ fn whole_offloadable(
         return false;
     }
     match dir {
-        Direction::Inbound => true,
+        // With its inbound packet the kernel also offloads the reply flow, whose replies leave
+        // from the service's default address: only flows that came to it.
+        Direction::Inbound => flow.dst.ip() == e.reply_default(),
         // A reply leaves from its flow's address; the kernel's default map writes the
         // service's default one, so a flow kept elsewhere stays with the consumer.
         Direction::Reply => {
@@ -357,7 +359,10 @@ fn header_only(
         // download's replies are all long): see `handle_with`.
         arrived &= !offload_bit(rewrite_mark);
         let fin_rst = protocol == Protocol::Tcp && fin_or_rst(pkt.payload, l.l4);
-        if slot == 0 && may_offload(e, fin_rst) {
+        // Inbound, the reply is offloaded too: only for flows whose replies leave from the
+        // default address (see `whole_offloadable`).
+        let default_reply = dir == Direction::Reply || flow.dst.ip() == e.reply_default();
+        if slot == 0 && default_reply && may_offload(e, fin_rst) {
             obit = offload_bit(rewrite_mark);
         }
     }

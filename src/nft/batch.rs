@@ -485,7 +485,9 @@ mod tests {
 
     #[test]
     fn offload_sets_and_rules_go_first_in_their_chains() {
-        use super::super::offload::{Offload, queue_rules_text, rewrite_rules_text};
+        use super::super::offload::{
+            Offload, queue_rules_text, reply_rules_text, rewrite_rules_text,
+        };
         use super::super::rewrite::Rewrite;
         let services =
             [
@@ -511,8 +513,9 @@ mod tests {
         let offload_rules: usize = [true, false]
             .map(|i| queue_rules_text(&off, i).len() + rewrite_rules_text(&off, i).len())
             .iter()
-            .sum();
-        assert_eq!(offload_rules, 20);
+            .sum::<usize>()
+            + reply_rules_text(&off).len();
+        assert_eq!(offload_rules, 23);
         assert_eq!(rules(&labels), rules(&plain_labels) + offload_rules);
         assert_eq!(messages(&batch).len(), labels.len());
         // Flow and closing sets are made anew (added, deleted, added); counter sets only added,

@@ -11,6 +11,12 @@
 //! rewrite, to the direction's flow set (`add @flows_in4 { ... }`); the rewrite rules after it
 //! write the actual (or apparent) endpoint as for any header-only verdict.
 //!
+//! The reply direction is offloaded with the inbound packet where it can be: the consumer
+//! leaves the slot bits of an inbound offload verdict zero when the reply will leave from the
+//! address the client used (the service's default one), and a rule after the inbound rewrite
+//! adds the reply's flow key, read from the rewritten packet with source and destination
+//! swapped, to the reply flow set. A connection then costs one queued packet, its SYN.
+//!
 //! How an offloaded packet goes. The first rules of the queueing chains (`prerouting` at -300,
 //! `postrouting` at 300) look the packet's flow key up in the flow set; on a hit they update
 //! the direction's counter set (one element per service endpoint, each with a counter: this is
@@ -23,8 +29,9 @@
 //! the flow set to the direction's closing set, which holds it for [`CLOSING_TIMEOUT_MS`]
 //! (TCP's TIME-WAIT): the FINs and the last ACKs are still rewritten by the kernel (and
 //! counted), but the closing flow is never offloaded again, so its elements are gone a minute
-//! after the connection ended. A SYN always goes to the consumer, also when a client reuses
-//! the ports of a flow still in a set: every new connection is recorded and counted. Flow elements also expire [`FLOW_TIMEOUT_MS`] after they were added: a flow
+//! after the connection ended. A SYN without ACK always goes to the consumer, also when a
+//! client reuses the ports of a flow still in a set: every new connection is recorded and
+//! counted. Flow elements also expire [`FLOW_TIMEOUT_MS`] after they were added: a flow
 //! still alive then is decided by the consumer once more and offloaded again. Every install
 //! of the policy (a reload, `service add`/`del`, a `*` address move) creates the flow sets
 //! anew, empty, so every flow's next packet is decided by the consumer under the new services,
@@ -34,7 +41,8 @@
 //! A full flow set (`offload-flows`) makes the add fail: the flow stays on the queue path.
 //!
 //! What stays on the queue path: ICMP errors (the sets key TCP and UDP flows only), services
-//! with flag 0x2000 (the consumer never sets the offload bit for them), TCP SYNs, and
+//! with flag 0x2000 (the consumer never sets the offload bit for them), TCP SYNs without
+//! ACK, and
 //! reply flows of `*` services kept at an address other than the default one (their slot is
 //! in the mark, which the sets do not hold).
 //!
@@ -161,13 +169,25 @@ impl Way {
     /// nft's listing can name).
     pub fn flow_key(self) -> [KeyField; 5] {
         let f = self.family;
-        let dev = if self.inbound {
-            KeyField::Iif
-        } else {
-            KeyField::Oif
-        };
         use KeyField::*;
-        [dev, Saddr(f), Daddr(f), L4Proto, Ports]
+        if self.inbound {
+            [Iif, Saddr(f), Daddr(f), L4Proto, Ports]
+        } else {
+            // Without the interface: a reply flow is added from its inbound packet too (see
+            // [`add_reply_rules`]), before the reply's route is known; a reply that leaves by
+            // another interface than its service's finds no rewrite map entry and is dropped,
+            // as the leak guard would drop it untranslated.
+            [Saddr(f), Daddr(f), L4Proto, Sport, Dport]
+        }
+    }
+
+    /// The reply flow's key loaded from an inbound packet after its rewrite: the server
+    /// (now its destination) is the reply's source, the client its destination, the ports
+    /// swapped likewise.
+    fn reply_key_sources(self) -> [Source; 5] {
+        let f = self.family;
+        use KeyField::*;
+        [Daddr(f), Saddr(f), L4Proto, Dport, Sport].map(key_source)
     }
 
     /// A service endpoint's key: inbound the apparent endpoint the packet is addressed to,
@@ -305,20 +325,22 @@ enum Step {
     /// A TCP segment with FIN or RST of an offloaded flow: the flow moves from the flow set to
     /// the closing set (no verdict: `HitClosing` then rewrites the segment).
     End,
-    /// A TCP segment without SYN of an offloaded flow: counted, marked, accepted.
+    /// A TCP segment of an offloaded flow (not a SYN without ACK): counted, marked, accepted.
     HitTcp,
     /// A UDP datagram of an offloaded flow.
     HitUdp,
-    /// A TCP segment without SYN of a closing flow (its FINs, its last ACKs): the same.
+    /// The same for a closing flow (its FINs, its last ACKs).
     HitClosing,
 }
 
 const STEPS: [Step; 4] = [Step::End, Step::HitTcp, Step::HitUdp, Step::HitClosing];
 
 const IPPROTO_UDP: u8 = 17;
-/// TCP flag SYN: a SYN always reaches the consumer (a new connection's record and count,
-/// also when a client reuses the ports of a flow still in a set).
+/// TCP flags SYN and ACK: a SYN without ACK (a connection's first segment) always reaches the
+/// consumer (its record and count, also when a client reuses the ports of a flow still in a
+/// set); the SYN-ACK of an offloaded reply flow does not need to.
 const SYN: u8 = 0x02;
+const SYN_ACK: u8 = 0x12;
 
 impl Step {
     fn proto(self) -> u8 {
@@ -328,11 +350,13 @@ impl Step {
         }
     }
 
-    /// The TCP flags test: the bits, and whether one of them must be set (else none may).
-    fn flags(self) -> Option<(u8, bool)> {
+    /// The TCP flags test: `flags & mask != value`.
+    fn flags(self) -> Option<(u8, u8)> {
         match self {
-            Step::End => Some((FIN_RST, true)),
-            Step::HitTcp | Step::HitClosing => Some((SYN, false)),
+            // FIN or RST set.
+            Step::End => Some((FIN_RST, 0)),
+            // Not a SYN without ACK.
+            Step::HitTcp | Step::HitClosing => Some((SYN_ACK, SYN)),
             Step::HitUdp => None,
         }
     }
@@ -361,14 +385,13 @@ pub(super) fn add_queue_rules(
             nfproto(&mut rule, way.family);
             rule.add_expr(&Meta::L4Proto);
             rule.add_expr(&Cmp::new(CmpOp::Eq, &[step.proto()][..]));
-            if let Some((bits, set)) = step.flags() {
+            if let Some((mask, value)) = step.flags() {
                 rule.add_expr(&Load {
                     source: Source::Transport { offset: 13, len: 1 },
                     dreg: libc::NFT_REG_1 as u32,
                 });
-                rule.add_expr(&Bitwise::new(&[bits][..], &[0u8][..]));
-                let op = if set { CmpOp::Neq } else { CmpOp::Eq };
-                rule.add_expr(&Cmp::new(op, &[0u8][..]));
+                rule.add_expr(&Bitwise::new(&[mask][..], &[0u8][..]));
+                rule.add_expr(&Cmp::new(CmpOp::Neq, &[value][..]));
             }
             load_key(&mut rule, &way.flow_key());
             let looked_up = if step.closing() {
@@ -398,6 +421,108 @@ pub(super) fn add_queue_rules(
             });
         }
     }
+}
+
+/// Adds the rules that offload the reply flow of an inbound packet, after `rewrite_in`'s
+/// rewrite rules (they read the rewritten packet) and before its final drop: the add, and the
+/// clearing of the offload and slot bits the rewrite rules left.
+pub(super) fn add_reply_rules(
+    batch: &mut Batch,
+    labels: &mut Vec<Label>,
+    (off, sets): (&Offload, &Sets<'_>),
+    (chain, chain_name): (&Chain<'_>, &'static str),
+) {
+    for (i, way) in WAYS.iter().enumerate().filter(|(_, w)| !w.inbound) {
+        let mut add = nftnl::Rule::new(chain);
+        let (mask, want) = reply_bits(off);
+        add.add_expr(&Meta::Mark { set: false });
+        add.add_expr(&Bitwise::new(mask, 0u32));
+        add.add_expr(&Cmp::new(CmpOp::Eq, want));
+        nfproto(&mut add, way.family);
+        let mut offset = 0;
+        for (source, f) in way.reply_key_sources().into_iter().zip(way.flow_key()) {
+            add.add_expr(&Load {
+                source,
+                dreg: reg32_at(offset),
+            });
+            offset += f.padded_len();
+        }
+        add.add_expr(&NotInSet {
+            set: sets.closing[i].get_name().to_owned(),
+            set_id: sets.closing[i].get_id(),
+            sreg: reg32_at(0),
+        });
+        add.add_expr(&dynset(&sets.flows[i], DynsetOp::Add));
+        batch.add(&add, MsgType::Add);
+        labels.push(Label::Rule {
+            chain: chain_name,
+            text: reply_add_text(off, *way).into(),
+            queues: false,
+        });
+    }
+    let mut clear = nftnl::Rule::new(chain);
+    let obit = off.offload_bit();
+    clear.add_expr(&Meta::Mark { set: false });
+    clear.add_expr(&Bitwise::new(obit, 0u32));
+    clear.add_expr(&Cmp::new(CmpOp::Eq, obit));
+    clear.add_expr(&Meta::Mark { set: false });
+    clear.add_expr(&Bitwise::new(!reply_clear(off), 0u32));
+    clear.add_expr(&Meta::Mark { set: true });
+    batch.add(&clear, MsgType::Add);
+    labels.push(Label::Rule {
+        chain: chain_name,
+        text: reply_clear_text(off).into(),
+        queues: false,
+    });
+}
+
+/// The mark test of the reply add: netnat's bits and the offload bit set, the rewrite bit
+/// clear (the rewrite was done) and the slot bits zero (the reply leaves from the default
+/// address).
+fn reply_bits(off: &Offload) -> (u32, u32) {
+    let mask = off.mark | off.bit | slot_bits(off.bit, 3) | off.offload_bit();
+    (mask, off.mark | off.offload_bit())
+}
+
+/// The bits cleared after the reply add.
+fn reply_clear(off: &Offload) -> u32 {
+    slot_bits(off.bit, 3) | off.offload_bit()
+}
+
+fn reply_add_text(off: &Offload, way: Way) -> String {
+    let (mask, want) = reply_bits(off);
+    let f = way.family;
+    let swapped = key_text(&[
+        KeyField::Daddr(f),
+        KeyField::Saddr(f),
+        KeyField::L4Proto,
+        KeyField::Dport,
+        KeyField::Sport,
+    ]);
+    format!(
+        "meta mark & {mask:#010x} == {want:#010x} meta nfproto {} {swapped} != @{} add @{} \
+         {{ {swapped} }}",
+        family_text(f),
+        way.closing_name(),
+        way.flows_name()
+    )
+}
+
+fn reply_clear_text(off: &Offload) -> String {
+    let o = off.offload_bit();
+    format!(
+        "meta mark & {o:#010x} == {o:#010x} meta mark set meta mark & {:#010x}",
+        !reply_clear(off)
+    )
+}
+
+/// The rules after `rewrite_in`'s rewrite rules, as `netnat rules` prints them.
+pub fn reply_rules_text(off: &Offload) -> Vec<String> {
+    WAYS.iter()
+        .filter(|w| !w.inbound)
+        .map(|w| reply_add_text(off, *w))
+        .chain([reply_clear_text(off)])
+        .collect()
 }
 
 /// Adds the rules that offload a flow to a rewrite chain (`inbound`: `rewrite_in`); they go
@@ -474,8 +599,8 @@ fn step_text(off: &Offload, way: Way, step: Step) -> String {
         "udp"
     };
     let flags = match step.flags() {
-        Some((FIN_RST, true)) => " tcp flags & (fin | rst) != 0",
-        Some(_) => " tcp flags & syn == 0",
+        Some((FIN_RST, _)) => " tcp flags & (fin | rst) != 0",
+        Some(_) => " tcp flags & (syn | ack) != syn",
         None => "",
     };
     let set = if step.closing() {
@@ -599,6 +724,39 @@ mod tests {
     }
 
     #[test]
+    fn the_reply_key_is_the_inbound_key_swapped() {
+        let off = Offload {
+            mark: 0x4e00,
+            bit: 0x100,
+            flows: 1,
+        };
+        for way in WAYS.iter().filter(|w| !w.inbound) {
+            let f = way.family;
+            assert_eq!(
+                way.reply_key_sources(),
+                [
+                    KeyField::Daddr(f),
+                    KeyField::Saddr(f),
+                    KeyField::L4Proto,
+                    KeyField::Dport,
+                    KeyField::Sport
+                ]
+                .map(key_source)
+            );
+        }
+        // The reply is added only when the rewrite is done (rewrite bit clear), the offload
+        // bit is set and no slot is named; then offload's bits go.
+        assert_eq!(reply_bits(&off), (0x4e00 | 0x100 | 0xc0 | 0x20, 0x4e20));
+        let texts = reply_rules_text(&off);
+        assert_eq!(texts.len(), 3);
+        assert_eq!(
+            texts[2],
+            "meta mark & 0x00000020 == 0x00000020 meta mark set meta mark & 0xffffff1f"
+        );
+        assert!(texts[0].contains("ip daddr . ip saddr . meta l4proto . th dport . th sport"));
+    }
+
+    #[test]
     fn mark_bits_clear_ours_and_set_both() {
         let off = Offload {
             mark: 0x4e00,
@@ -617,7 +775,7 @@ mod tests {
             text.contains("meta iif . ip saddr . ip daddr . meta l4proto . th sport . th dport"),
             "{text}"
         );
-        let key = "meta oif . ip saddr . ip daddr . meta l4proto . th sport . th dport";
+        let key = "ip saddr . ip daddr . meta l4proto . th sport . th dport";
         assert_eq!(
             add_text(&off, WAYS[2]),
             format!(

@@ -324,6 +324,17 @@ impl Rewrite {
     fn ours(&self) -> u32 {
         self.bit | slot_bits(self.bit, 3) | self.offload_bit
     }
+
+    /// What a rewrite rule of chain `inbound` clears: all of [`Rewrite::ours`], except that
+    /// with offload an inbound rule leaves the offload and slot bits for offload's rules after
+    /// it (the reply's flow is added from the rewritten packet, see `nft::offload`).
+    fn cleared(&self, inbound: bool) -> u32 {
+        if inbound && self.offload_bit != 0 {
+            self.bit
+        } else {
+            self.ours()
+        }
+    }
 }
 
 fn l4(p: Protocol) -> u8 {
@@ -411,6 +422,9 @@ pub(super) fn add_to_batch(
                 text: render_rule(rewrite, &r).into(),
                 queues: false,
             });
+        }
+        if let (Some(off), true) = (offload, inbound) {
+            offload::add_reply_rules(batch, labels, off, (&chain, spec.name));
         }
         let rule = drop_rule(&chain, rewrite);
         batch.add(&rule, MsgType::Add);
@@ -511,7 +525,7 @@ fn translate<'a>(
         csum_flags: 0,
     });
     rule.add_expr(&Meta::Mark { set: false });
-    rule.add_expr(&Bitwise::new(!rw.ours(), 0u32));
+    rule.add_expr(&Bitwise::new(!rw.cleared(r.map.inbound()), 0u32));
     rule.add_expr(&Meta::Mark { set: true });
     rule
 }
@@ -595,7 +609,7 @@ pub fn render_rule(rw: &Rewrite, r: &RewriteRule) -> String {
         "{ip} {addr} . {proto} {port} set {} map @{} meta mark set meta mark & {:#010x}",
         key.join(" . "),
         r.map.name(),
-        !rw.ours()
+        !rw.cleared(r.map.inbound())
     );
     out
 }
@@ -651,6 +665,11 @@ pub fn render(out: &mut String, rw: &Rewrite, off: Option<&Offload>) {
         }
         for r in rw.rules(inbound) {
             let _ = writeln!(out, "\t\t{}", render_rule(rw, &r));
+        }
+        if let (Some(o), true) = (off, inbound) {
+            for text in offload::reply_rules_text(o) {
+                let _ = writeln!(out, "\t\t{text}");
+            }
         }
         let _ = writeln!(out, "\t\t{}", render_drop(rw));
         let _ = writeln!(out, "\t}}");
