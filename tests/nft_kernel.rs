@@ -111,19 +111,20 @@ fn without_our_tables(ruleset: &str) -> String {
 }
 
 fn svc(iface: &str, app: &str, app_port: u16, p: Protocol, act: &str, act_port: u16) -> Service {
-    Service {
-        iface: iface.into(),
-        app_addr: if app == "*" {
-            AppAddr::Interface
-        } else {
-            AppAddr::Fixed(app.parse::<IpAddr>().unwrap())
-        },
+    let app_addr = if app == "*" {
+        AppAddr::Interface
+    } else {
+        AppAddr::Fixed(app.parse::<IpAddr>().unwrap())
+    };
+    Service::single(
+        iface,
+        app_addr,
         app_port,
-        protocol: p,
-        act_addr: act.parse().unwrap(),
+        p,
+        act.parse().unwrap(),
         act_port,
-        flags: Flags(0x8000),
-    }
+        Flags(0x8000),
+    )
 }
 
 fn sample_services() -> Vec<Service> {

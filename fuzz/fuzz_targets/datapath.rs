@@ -150,20 +150,21 @@ fn service_from(b: &[u8]) -> Service {
         2 => 80,
         _ => u16::from_be_bytes([b[2] ^ b[5], b[3]]).max(1),
     };
-    Service {
-        iface: ["pub0", "ppp0", "pub1", "pub0"][usize::from(b[0] & 3)].into(),
+    let protocol = if b[0] & 0x20 != 0 {
+        Protocol::Udp
+    } else {
+        Protocol::Tcp
+    };
+    Service::single(
+        ["pub0", "ppp0", "pub1", "pub0"][usize::from(b[0] & 3)],
         app_addr,
         app_port,
-        protocol: if b[0] & 0x20 != 0 {
-            Protocol::Udp
-        } else {
-            Protocol::Tcp
-        },
-        act_addr: pick(&ACT4, &ACT6, b[4]),
+        protocol,
+        pick(&ACT4, &ACT6, b[4]),
         act_port,
         // Bits 11-15: exactly the flags netnat knows.
-        flags: Flags(u16::from(b[4] >> 3) << 11),
-    }
+        Flags(u16::from(b[4] >> 3) << 11),
+    )
 }
 
 fn fixed_services() -> Vec<Service> {

@@ -193,13 +193,11 @@ pub(super) fn parse_words(words: &[String]) -> Result<GivenService, Response> {
 
 /// A service as the request asked for it: without the flags when it gave none.
 pub(super) fn describe(given: &GivenService) -> String {
-    let text = given.service.to_string();
     if given.flags_given {
-        text
+        given.service.to_string()
     } else {
-        // The canonical form always ends with the flags; they were not part of the question.
-        text.rsplit_once(' ')
-            .map_or(text.clone(), |(rest, _)| rest.to_string())
+        // The canonical form always has the flags; they were not part of the question.
+        given.service.to_string_without_flags()
     }
 }
 
@@ -440,6 +438,68 @@ mod tests {
             r.body
         );
         assert!(r.body.contains("  line 1 (running): "), "{}", r.body);
+    }
+
+    /// `service add` of issue 13's forms: refused as the file refuses them (not installed
+    /// yet), nothing added; a bad range is a usage error at its word.
+    #[test]
+    fn add_of_a_form_not_installed_yet_is_refused() {
+        let running = config(&[WEB]).services;
+        for (line, what) in [
+            (
+                "pub0 port * 8000-8009 TCP 192.168.77.10 9000-9009 0x8000",
+                "port ranges are not installed yet",
+            ),
+            (
+                "pub0 port * 81 TCP 192.168.77.10,192.168.77.11 8081",
+                "several actual servers are not installed yet",
+            ),
+            (
+                "pub0 port * 22 TCP 192.168.77.10 2222 from 198.51.100.0/24",
+                "from lists are not installed yet",
+            ),
+            (
+                "pub0 port * 443 TCP 192.168.77.10 8443 hairpin",
+                "hairpin is not installed yet",
+            ),
+        ] {
+            let r = added(&running, &words(line)).unwrap_err();
+            assert_eq!(r.outcome, Outcome::Config, "{line}");
+            assert!(
+                r.body.starts_with("refused, nothing changed:\n"),
+                "{}",
+                r.body
+            );
+            assert!(r.body.contains(what), "{line}: {}", r.body);
+        }
+        let r = added(&running, &words("pub0 port * 90-80 TCP 192.168.77.10 80")).unwrap_err();
+        assert_eq!(r.outcome, Outcome::Usage);
+        assert!(
+            r.body
+                .starts_with("word 4 (\"90-80\"): the range 90-80 is reversed"),
+            "{}",
+            r.body
+        );
+    }
+
+    /// A request without flags is named without them, whatever follows them in the canonical
+    /// form.
+    #[test]
+    fn a_request_without_flags_is_described_without_them() {
+        let g = parse_words(&words(
+            "pub0 port * 22 TCP 192.168.77.10 22 hairpin from 10.0.0.0/8",
+        ))
+        .unwrap();
+        assert!(!g.flags_given);
+        assert_eq!(
+            describe(&g),
+            "service pub0 port * 22 TCP 192.168.77.10 22 from 10.0.0.0/8 hairpin"
+        );
+        let g = parse_words(&words("pub0 port * 22 TCP 192.168.77.10 22 0 hairpin")).unwrap();
+        assert_eq!(
+            describe(&g),
+            "service pub0 port * 22 TCP 192.168.77.10 22 0x0000 hairpin"
+        );
     }
 
     #[test]

@@ -289,15 +289,15 @@ pub(super) fn svc(
     act: &str,
     act_port: u16,
 ) -> Service {
-    Service {
-        iface: iface.into(),
-        app_addr: app,
+    Service::single(
+        iface,
+        app,
         app_port,
-        protocol: p,
-        act_addr: act.parse().unwrap(),
+        p,
+        act.parse().unwrap(),
         act_port,
-        flags: crate::config::Flags(0),
-    }
+        crate::config::Flags(0),
+    )
 }
 
 #[cfg(test)]
