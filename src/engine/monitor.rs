@@ -302,6 +302,28 @@ impl Monitor {
                     self.unattributed_record(pkt, DropAction::Pass, None, now, log);
                 }
             }
+            Event::Refused { id } => {
+                // Passed as a packet of no service is; recorded as the service's when its
+                // flags ask for drop records.
+                stats.passed();
+                let flags = set.flags.get(id).copied().unwrap_or_default();
+                let (Some(service), true) = (set.services.get(id), flags.has(Flags::DROPS)) else {
+                    return;
+                };
+                let Some(limits) = limits_of(&set.limit_of, limits, id) else {
+                    return;
+                };
+                if let Some(held) = admit(stats, id, &mut limits.drops, now.ms, rate) {
+                    suppressed(log, Some(service), RecordKind::Drop, held);
+                    log.record(DropRecord {
+                        iface: &service.iface,
+                        dir: Direction::Inbound,
+                        action: DropAction::Refused,
+                        reason: None,
+                        peek: datapath::peek(pkt.payload),
+                    });
+                }
+            }
             Event::Dropped { reason, id } => {
                 stats.dropped(id, DropReason::of(reason));
                 match id {
@@ -666,6 +688,35 @@ pub(crate) mod tests {
             l[0].contains(":out:drop:unmapped-reply:c0a84d0a:9999:0a630102:41000:17"),
             "{l:?}"
         );
+    }
+
+    /// A client outside a `from` list: passed, counted as passed, and written as the
+    /// service's `pass:refused` record only when the service has 0x1000.
+    #[test]
+    fn refused_clients_are_recorded_as_the_services_with_flag_0x1000() {
+        let lines_of = |flags: &str| {
+            let line =
+                format!("service pub0 port * 53 UDP 192.168.77.10 5353 {flags} from 10.99.1.0/30");
+            let svcs = vec![parse_service(&line).unwrap()];
+            let table = ServiceTable::build(&svcs, &OnePublic);
+            let mut mon = monitor(svcs);
+            let mut log = Logger::memory();
+            let mut p = udp([10, 99, 1, 9], 41000, [10, 99, 1, 1], 53);
+            let e = run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+            assert_eq!(e, Event::Refused { id: 0 });
+            let c = mon.stats().service(0);
+            assert_eq!((c.in_packets, c.drops.iter().sum::<u64>()), (0, 0));
+            // An admitted client is translated as ever.
+            let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 53);
+            let e = run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+            assert!(matches!(e, Event::Translated { id: 0, .. }), "{e:?}");
+            lines(&mut log)
+        };
+        assert_eq!(
+            lines_of("0x1000"),
+            ["dr:pub0:in:pass:refused:0a630109:41000:0a630101:53:17"]
+        );
+        assert!(lines_of("0x0000").is_empty());
     }
 
     #[test]
