@@ -310,6 +310,8 @@ fn show_ports((first, last): (u16, u16)) -> String {
 /// Issue 13's forms that the kernel side cannot install yet: the first one the service uses,
 /// at the column where it is written, with the message saying so. Nothing that cannot work
 /// is ever loaded: `netnat check`, start, reload and `service add` all come through here.
+/// Installed: 1:1 port ranges and `from` lists. Not yet: a range onto one actual port,
+/// several actual servers, `hairpin`.
 fn not_installed(
     s: &Service,
     words: &[Word<'_>],
@@ -322,11 +324,13 @@ fn not_installed(
             .find(|w| w.text.eq_ignore_ascii_case(kw))
             .map_or(0, |w| w.column)
     };
-    if s.is_range() {
+    if s.is_many_to_one() {
+        // Installed 1:1; onto one port the kernel's header-only maps cannot tell a long
+        // reply's apparent port (only the flow memory can).
         return Some((
-            words[4].column,
-            Field::AppPort,
-            format!("port ranges are not installed yet: {NOT_YET}"),
+            words[7].column,
+            Field::ActPort,
+            format!("a port range onto one actual port is not installed yet: {NOT_YET}"),
         ));
     }
     if !s.more_act_addrs.is_empty() {
@@ -334,13 +338,6 @@ fn not_installed(
             server_columns.get(1).copied().unwrap_or(words[6].column),
             Field::ActAddr,
             format!("several actual servers are not installed yet: {NOT_YET}"),
-        ));
-    }
-    if !s.from.is_empty() {
-        return Some((
-            keyword("from"),
-            Field::From,
-            format!("from lists are not installed yet: {NOT_YET}"),
         ));
     }
     if s.hairpin {
@@ -1218,17 +1215,13 @@ mod tests {
             (e.line, e.column, e.field, e.to_string())
         };
         let (line, column, field, text) =
-            one("# ranges\nservice pub0 port * 8000-8009 TCP 192.168.77.10 9000-9009 0x8000\n");
-        assert_eq!((line, column, field), (2, 21, Some(Field::AppPort)));
+            one("# many to one\nservice pub0 port * 6000-6009 UDP 192.168.77.10 7000\n");
+        assert_eq!((line, column, field), (2, 49, Some(Field::ActPort)));
         assert_eq!(
             text,
-            "n.conf:2:21: port ranges are not installed yet: this netnat reads the form but \
-             has no rules for it in the kernel"
+            "n.conf:2:49: a port range onto one actual port is not installed yet: this netnat \
+             reads the form but has no rules for it in the kernel"
         );
-        let (_, column, field, text) =
-            one("service pub0 port * 6000-6009 UDP 192.168.77.10 7000\n");
-        assert_eq!((column, field), (21, Some(Field::AppPort)));
-        assert!(text.contains("port ranges are not installed yet"), "{text}");
         let (_, column, field, text) =
             one("service pub0 port * 80 TCP 192.168.77.10,192.168.77.11 8080 0x8000\n");
         assert_eq!((column, field), (42, Some(Field::ActAddr)));
@@ -1237,20 +1230,19 @@ mod tests {
             "{text}"
         );
         let (_, column, field, text) =
-            one("service pub0 port * 22 TCP 192.168.77.10 22 from 198.51.100.0/24,203.0.113.7\n");
-        assert_eq!((column, field), (45, Some(Field::From)));
-        assert!(text.contains("from lists are not installed yet"), "{text}");
-        let (_, column, field, text) =
             one("service pub0 port * 443 TCP 192.168.77.10 8443 0x8000 hairpin\n");
         assert_eq!((column, field), (55, Some(Field::Hairpin)));
         assert!(text.contains("hairpin is not installed yet"), "{text}");
-        // The plain line beside them still loads.
+        // The plain line and the installed forms load.
         let c = parse_config(
-            "service pub0 port * 443 TCP 192.168.77.10 8443 0x8000\n",
+            "service pub0 port * 443 TCP 192.168.77.10 8443 0x8000\n\
+             service pub0 port * 8000-8009 TCP 192.168.77.10 9000-9009 0x8000\n\
+             service pub0 port * 22 TCP 192.168.77.10 22 from 198.51.100.0/24,203.0.113.7\n",
             "n",
         )
         .unwrap();
-        assert_eq!(c.services.len(), 1);
+        assert_eq!(c.services.len(), 3);
+        assert!(c.services[1].service.is_range() && c.services[2].service.from.len() == 2);
     }
 
     /// Ranges claim every port they hold: an overlap (apparent, or actual at any of the
@@ -1306,7 +1298,7 @@ mod tests {
         let text = "service e0 port * 1-10 UDP 10.0.0.1 1-10\n\
                     service e0 port * 11-20 UDP 10.0.0.1 11-20\n\
                     service e0 port 10.0.0.9 1-10 UDP 10.0.0.2 1-10\n";
-        assert!(conflicts(text).is_empty());
+        assert_eq!(parse_config(text, "o").map(|c| c.services.len()), Ok(3));
     }
 
     #[test]

@@ -266,10 +266,15 @@ fn header_only(
             Direction::Reply => refuse(Refusal::UnmappedReply),
         };
     }
-    if e.app_last != e.app.port() || e.servers.len() > 1 {
-        // The kernel's rewrite maps hold one actual endpoint per apparent one and back: a
-        // range's ports or a flow's server cannot be written from them yet. Refused like any
-        // packet too long for the queue (`header-only off` serves it).
+    let unmappable = match dir {
+        // The maps hold each apparent port's actual endpoint at the first server: a flow of
+        // another server cannot be written from them.
+        Direction::Inbound => e.servers.len() > 1 && e.server_for(flow.src) != e.act.ip(),
+        // Which apparent port a many-to-one reply shows only the flow memory knows.
+        Direction::Reply => e.is_many_to_one(),
+    };
+    if unmappable {
+        // Refused like any packet too long for the queue (`header-only off` serves it).
         return refuse(Refusal::Truncated);
     }
     match dir {
@@ -1062,11 +1067,12 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn header_only_refuses_what_the_kernel_maps_cannot_hold_and_honours_from() {
+    fn header_only_serves_what_the_kernel_maps_hold_and_honours_from() {
         let t = table_of(&[
             "service pub0 port * 8000-8009 TCP 192.168.77.10 9000-9009",
             "service pub0 port * 80 TCP 192.168.77.10,192.168.77.11 8080",
             "service pub0 port * 22 TCP 192.168.77.12 22 from 10.99.1.0/28",
+            "service pub0 port * 6000-6009 TCP 192.168.77.13 7000",
         ]);
         let flows = FlowMemory::default();
         let long = |dport, src: [u8; 4]| {
@@ -1079,20 +1085,50 @@ pub(crate) mod tests {
             pkt.truncated = true;
             handle(&t, &flows, (0x4e00, 0x100), &mut pkt).1
         };
-        for (dport, id) in [(8005u16, 0usize), (80, 1)] {
-            assert_eq!(
-                go(long(dport, [10, 99, 1, 2])),
-                Event::Dropped {
+        // A 1:1 range is in the maps port by port.
+        assert!(matches!(
+            go(long(8005, [10, 99, 1, 2])),
+            Event::Translated { id: 0, .. }
+        ));
+        // Several servers: the maps name the first; a flow of another server is refused.
+        let e = t.entry(1).unwrap();
+        let (mut first, mut other) = (0, 0);
+        for last in 2..60u8 {
+            let client = SocketAddr::from(([10, 99, 1, last], 40312));
+            let ev = go(long(80, [10, 99, 1, last]));
+            if e.server_for(client) == e.act.ip() {
+                first += 1;
+                assert!(matches!(ev, Event::Translated { id: 1, .. }), "{ev:?}");
+            } else {
+                other += 1;
+                let want = Event::Dropped {
                     reason: Refusal::Truncated,
-                    id: Some(id)
-                }
-            );
+                    id: Some(1),
+                };
+                assert_eq!(ev, want);
+            }
         }
+        assert!(first > 0 && other > 0, "{first} {other}");
         assert_eq!(go(long(22, [10, 99, 1, 99])), Event::Refused { id: 2 });
         assert!(matches!(
             go(long(22, [10, 99, 1, 2])),
             Event::Translated { id: 2, .. }
         ));
+        // Many to one: long packets in are in the maps, long replies are not.
+        assert!(matches!(
+            go(long(6003, [10, 99, 1, 2])),
+            Event::Translated { id: 3, .. }
+        ));
+        let mut reply = tcp_syn([192, 168, 77, 13], 7000, [10, 99, 1, 2], 40312);
+        reply[33] = 0x10;
+        let mut pkt = packet(&mut reply, HOOK_POSTROUTING, 0, 7);
+        pkt.truncated = true;
+        let (_, ev) = handle(&t, &flows, (0x4e00, 0x100), &mut pkt);
+        let want = Event::Dropped {
+            reason: Refusal::Truncated,
+            id: Some(3),
+        };
+        assert_eq!(ev, want);
     }
 
     #[test]

@@ -239,32 +239,47 @@ impl Rewrite {
         for (i, s) in services.iter().enumerate() {
             let iface = || KeyValue::IfName(s.iface.clone());
             let proto = KeyValue::Proto(l4(s.protocol));
-            let act = SocketAddr::new(s.act_addr, s.act_port);
             let v6 = Family::of(&s.act_addr) == Family::Ipv6;
-            match s.app_addr {
-                AppAddr::Fixed(a) => {
-                    let kind = if v6 { MapKind::IN6 } else { MapKind::IN4 };
-                    let key = vec![iface(), KeyValue::Addr(a), proto.clone(), port(s.app_port)];
-                    put(kind, key, act);
+            // A range: one element per port, each with its own actual port (nft cannot add an
+            // offset). Several servers: the consumer picks a flow's server, which no map can
+            // say; it refuses their long inbound packets (as a many-to-one range's long
+            // replies), so only the first server is mapped inbound.
+            for p in s.app_ports() {
+                let act = SocketAddr::new(s.act_addr, s.act_port_for(p).unwrap_or(s.act_port));
+                match s.app_addr {
+                    AppAddr::Fixed(a) => {
+                        let kind = if v6 { MapKind::IN6 } else { MapKind::IN4 };
+                        let key = vec![iface(), KeyValue::Addr(a), proto.clone(), port(p)];
+                        put(kind, key, act);
+                    }
+                    AppAddr::Interface => {
+                        let kind = if v6 {
+                            MapKind::IN6_LOCAL
+                        } else {
+                            MapKind::IN4_LOCAL
+                        };
+                        put(kind, vec![iface(), proto.clone(), port(p)], act);
+                    }
                 }
-                AppAddr::Interface => {
-                    let kind = if v6 {
-                        MapKind::IN6_LOCAL
-                    } else {
-                        MapKind::IN4_LOCAL
-                    };
-                    put(kind, vec![iface(), proto.clone(), port(s.app_port)], act);
-                }
+            }
+            if s.is_many_to_one() {
+                // Which apparent port a reply shows only the client's flow knows.
+                continue;
             }
             let from = match s.app_addr {
                 AppAddr::Fixed(a) => vec![a],
                 AppAddr::Interface => reply_from(i),
             };
-            let key = vec![iface(), KeyValue::Addr(s.act_addr), proto, port(s.act_port)];
-            for (slot, a) in (0..=SLOTS).zip(from) {
-                if Family::of(&a) == Family::of(&s.act_addr) {
-                    let to = SocketAddr::new(a, s.app_port);
-                    put(MapKind::reply(v6, slot), key.clone(), to);
+            for server in s.servers() {
+                for p in s.act_ports() {
+                    let key = vec![iface(), KeyValue::Addr(server), proto.clone(), port(p)];
+                    let app_port = s.app_port_for(p).unwrap_or(s.app_port);
+                    for (slot, &a) in (0..=SLOTS).zip(&from) {
+                        if Family::of(&a) == Family::of(&s.act_addr) {
+                            let to = SocketAddr::new(a, app_port);
+                            put(MapKind::reply(v6, slot), key.clone(), to);
+                        }
+                    }
                 }
             }
         }
@@ -718,6 +733,50 @@ mod tests {
         let rw = Rewrite::new(&services(), &|_| Vec::new(), 0x4e00, 0x100);
         let out4 = rw.maps.iter().find(|m| m.kind == MapKind::OUT4).unwrap();
         assert_eq!(out4.keys.len(), 2);
+    }
+
+    /// A range: one element per port each way, each with its own actual port; a many-to-one
+    /// range inbound only; several servers: inbound to the first, replies from each.
+    #[test]
+    fn ranges_and_servers_are_mapped_port_by_port() {
+        let svcs: Vec<Service> = [
+            "service pub0 port 10.99.1.1 8000-8002 TCP 192.168.77.10 9000-9002",
+            "service pub0 port 10.99.1.1 6000-6001 UDP 192.168.77.10 7000",
+            "service pub0 port 10.99.1.1 80 TCP 192.168.77.10,192.168.77.11 8080",
+        ]
+        .iter()
+        .map(|l| parse_service(l).unwrap())
+        .collect();
+        let rw = Rewrite::new(&svcs, &|_| Vec::new(), 0x4e00, 0x100);
+        let text = |k: MapKind| {
+            let m = rw.maps.iter().find(|m| m.kind == k).unwrap();
+            m.keys
+                .elements()
+                .zip(&m.data)
+                .map(|(key, to)| format!("{} : {to}", render_element(&key)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            text(MapKind::IN4),
+            [
+                "\"pub0\" . 10.99.1.1 . tcp . 8000 : 192.168.77.10:9000",
+                "\"pub0\" . 10.99.1.1 . tcp . 8001 : 192.168.77.10:9001",
+                "\"pub0\" . 10.99.1.1 . tcp . 8002 : 192.168.77.10:9002",
+                "\"pub0\" . 10.99.1.1 . udp . 6000 : 192.168.77.10:7000",
+                "\"pub0\" . 10.99.1.1 . udp . 6001 : 192.168.77.10:7000",
+                "\"pub0\" . 10.99.1.1 . tcp . 80 : 192.168.77.10:8080",
+            ]
+        );
+        assert_eq!(
+            text(MapKind::OUT4),
+            [
+                "\"pub0\" . 192.168.77.10 . tcp . 9000 : 10.99.1.1:8000",
+                "\"pub0\" . 192.168.77.10 . tcp . 9001 : 10.99.1.1:8001",
+                "\"pub0\" . 192.168.77.10 . tcp . 9002 : 10.99.1.1:8002",
+                "\"pub0\" . 192.168.77.10 . tcp . 8080 : 10.99.1.1:80",
+                "\"pub0\" . 192.168.77.11 . tcp . 8080 : 10.99.1.1:80",
+            ]
+        );
     }
 
     #[test]
