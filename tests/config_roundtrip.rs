@@ -187,8 +187,8 @@ proptest! {
     /// cannot hold.
     #[test]
     fn extended_services_load_or_are_refused_as_not_installed(s in service()) {
-        // Installed: 1:1 ranges and from lists; not yet: many to one, servers, hairpin.
-        let plain = !s.is_many_to_one() && s.more_act_addrs.is_empty() && !s.hairpin;
+        // Installed: 1:1 ranges, servers and from lists; not yet: many to one, hairpin.
+        let plain = !s.is_many_to_one() && !s.hairpin;
         let text = format!("# generated\n{s}   # note\n");
         match parse_config(&text, "p.conf") {
             Ok(c) => {

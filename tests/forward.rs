@@ -1,5 +1,5 @@
-//! Issue 13 in the kernel: port ranges and `from` lists with real clients (curl, a UDP
-//! exchange), over IPv4 and IPv6, through `netnat run` on the router of a test topology whose
+//! Issue 13 in the kernel: port ranges, several servers and `from` lists with real clients
+//! (curl, a UDP exchange, hundreds of connections), over IPv4 and IPv6, through `netnat run` on the router of a test topology whose
 //! namespaces are named `nn-<pid>-<n>-nfw<role>`.
 //!
 //! Needs root and: iproute2 nftables curl python3.
@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::scenario::{Netnat, random_file, sha256};
+use common::status::Doc;
 use common::{CmdOutput, Family, PYTHON, Proc, Topology, require_root, script};
 
 /// The client's second address, which `from` lists leave out.
@@ -67,6 +68,22 @@ fn curl(t: &Topology, fam: Family, port: u16, path: &str, source: Option<&str>) 
     }
     argv.push(&url);
     t.cli.run(&argv)
+}
+
+/// Polls `ss <flag> <filter>` in the server until it lists `n` sockets (at most 10 s).
+fn wait_sockets(t: &Topology, flag: &str, filter: &str, n: usize) {
+    let start = std::time::Instant::now();
+    loop {
+        let out = t.srv.run(&["ss", flag, filter]);
+        if out.stdout.lines().filter(|l| !l.trim().is_empty()).count() >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "fewer than {n} sockets for {filter}: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn start(t: &Topology, config: &str) -> Netnat {
@@ -308,6 +325,220 @@ fn from(name: &str, fam: Family) {
     assert!(out.stdout.contains(&want), "{name}: {want} missing\n{out}");
     let status = netnat.terminate(Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()), "{name}: {status:?}");
+}
+
+/// The second actual server's address (on the server's own interface, beside the first).
+fn second_server(fam: Family) -> &'static str {
+    match fam {
+        Family::V4 => "192.168.77.11",
+        Family::V6 => "fd99:77::11",
+    }
+}
+
+/// `count` TCP connections one after the other from the client to `app`:`port`, each a
+/// `GET /c<i>`; prints `ok <n>` with the number answered with 200.
+const CONNECTIONS: &str = r#"
+import socket, sys
+app, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fam = socket.AF_INET6 if ":" in app else socket.AF_INET
+ok = 0
+for i in range(count):
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect((app, port))
+        s.sendall(f"GET /c{i} HTTP/1.0\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        if data.startswith(b"HTTP/1.0 200"):
+            ok += 1
+        else:
+            print(f"c{i}: {data[:80]!r}", flush=True)
+    except OSError as e:
+        print(f"c{i}: {e}", flush=True)
+print(f"ok {ok}", flush=True)
+"#;
+
+/// UDP datagrams of `size` bytes from the client's `sport` to `app`:`port`, each echoed
+/// whole; prints `ok <n>` with the number that came back identical.
+const BIG_DATAGRAMS: &str = r#"
+import os, socket, sys
+client, sport, app, port, size, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+fam = socket.AF_INET6 if ":" in app else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.bind((client, sport))
+s.connect((app, port))
+s.settimeout(2)
+ok = 0
+for i in range(count):
+    p = os.urandom(size)
+    s.send(p)
+    try:
+        if s.recv(65535) == p:
+            ok += 1
+    except OSError:
+        pass
+print(f"ok {ok}", flush=True)
+"#;
+
+/// Several servers: 300 connections spread over both, none split (each answered whole, each
+/// request seen by exactly one server); a UDP flow of datagrams longer than the copy range
+/// (header-only, the verdict naming the flow's server) reaches each server and comes back.
+fn servers(name: &str, fam: Family) {
+    require_root(name);
+    let t = Topology::with_prefix("nfw");
+    let (first, second) = (fam.server(), second_server(fam));
+    let len = if fam == Family::V4 { 24 } else { 64 };
+    t.srv.addr("eth0", &format!("{second}/{len}"));
+    let config = format!(
+        "service pub0 port * 80 TCP {first},{second} 8080 0x8000\n\
+         service pub0 port * 53 UDP {first},{second} 5353\n\
+         queues 1\n"
+    );
+    let logs = [t.dir.file("first.log"), t.dir.file("second.log")];
+    let mut procs = Vec::new();
+    for (i, (addr, log)) in [first, second].iter().zip(&logs).enumerate() {
+        procs.push(t.spawn(
+            &t.srv,
+            &format!("http-{i}"),
+            &[
+                PYTHON,
+                &script("http_server.py"),
+                addr,
+                "8080",
+                log.to_str().unwrap(),
+                "120",
+            ],
+        ));
+        procs.push(t.spawn(
+            &t.srv,
+            &format!("echo-{i}"),
+            &[PYTHON, &script("udp_echo.py"), addr, "5353", "120"],
+        ));
+    }
+    for (flag, port) in [("-Hlnt", "sport = :8080"), ("-Hlnu", "sport = :5353")] {
+        wait_sockets(&t, flag, port, 2);
+    }
+    let netnat = start(&t, &config);
+    let app = fam.router_pub();
+
+    let out = t.cli.run_timeout(
+        &[PYTHON, "-c", CONNECTIONS, app, "80", "300"],
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.stdout.trim_end().ends_with("ok 300"),
+        "{name}: not every connection was answered whole\n{out}\n{}",
+        netnat.proc.evidence()
+    );
+    let seen: Vec<Vec<String>> = logs
+        .iter()
+        .map(|l| {
+            fs::read_to_string(l)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split("path=/").nth(1).map(str::to_owned))
+                .collect()
+        })
+        .collect();
+    assert!(
+        seen[0].len() > 60 && seen[1].len() > 60,
+        "{name}: the spread is lopsided: {} and {}",
+        seen[0].len(),
+        seen[1].len()
+    );
+    let mut all: Vec<&String> = seen.iter().flatten().collect();
+    assert_eq!(all.len(), 300, "{name}: every request at one server");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 300, "{name}: a request reached both servers");
+    for log in &seen {
+        assert!(log.iter().all(|p| p.starts_with('c')), "{name}: {log:?}");
+    }
+
+    // One flow to each server, by the hash netnat uses, of datagrams past the copy range.
+    let servers = [first, second].map(|a| a.parse::<std::net::IpAddr>().unwrap());
+    let client: std::net::IpAddr = fam.client().parse().unwrap();
+    for (i, server) in servers.iter().enumerate() {
+        let sport = (41000u16..42000)
+            .find(|&p| {
+                let c = std::net::SocketAddr::new(client, p);
+                netnat::engine::service::server_index(c, 2) == i
+            })
+            .unwrap();
+        let out = t.cli.run(&[
+            PYTHON,
+            "-c",
+            BIG_DATAGRAMS,
+            fam.client(),
+            &sport.to_string(),
+            app,
+            "53",
+            "1400",
+            "10",
+        ]);
+        assert_eq!(
+            out.stdout.trim(),
+            "ok 10",
+            "{name}: long datagrams to {server} from port {sport}\n{out}\n{}",
+            netnat.proc.evidence()
+        );
+        let echoed = procs[2 * i + 1].stdout();
+        assert!(
+            echoed.contains(&format!("peer={} {sport} len=1400", fam.client())),
+            "{name}: {server} did not echo the flow from {sport}: {echoed}"
+        );
+    }
+    // status --json counts each server: the TCP service's 300 connections split as the
+    // servers' logs say, each packet at its server.
+    let status = netnat.status_json();
+    let tcp = "services.0.servers";
+    assert_eq!(
+        status.at(&format!("{tcp}.0.addr")).and_then(|v| v.as_str()),
+        Some(first)
+    );
+    assert_eq!(
+        status.at(&format!("{tcp}.1.addr")).and_then(|v| v.as_str()),
+        Some(second)
+    );
+    for (i, log) in seen.iter().enumerate() {
+        let n = status.n(&format!("{tcp}.{i}.new_connections"));
+        assert_eq!(n, log.len() as u64, "{name}: server {i} in {status}");
+        assert!(
+            status.n(&format!("{tcp}.{i}.packets")) >= 4 * n,
+            "{name}: {status}"
+        );
+    }
+    assert_eq!(
+        status.n("services.0.new_connections"),
+        300,
+        "{name}: {status}"
+    );
+    // The UDP service: each server got one flow of 10 datagrams and their 10 echoes.
+    for i in 0..2 {
+        assert_eq!(
+            status.n(&format!("services.1.servers.{i}.new_connections")),
+            1
+        );
+        assert_eq!(status.n(&format!("services.1.servers.{i}.packets")), 20);
+    }
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn nfw_servers_v4() {
+    servers("nfw_servers_v4", Family::V4);
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn nfw_servers_v6() {
+    servers("nfw_servers_v6", Family::V6);
 }
 
 #[test]

@@ -310,13 +310,9 @@ fn show_ports((first, last): (u16, u16)) -> String {
 /// Issue 13's forms that the kernel side cannot install yet: the first one the service uses,
 /// at the column where it is written, with the message saying so. Nothing that cannot work
 /// is ever loaded: `netnat check`, start, reload and `service add` all come through here.
-/// Installed: 1:1 port ranges and `from` lists. Not yet: a range onto one actual port,
-/// several actual servers, `hairpin`.
-fn not_installed(
-    s: &Service,
-    words: &[Word<'_>],
-    server_columns: &[usize],
-) -> Option<(usize, Field, String)> {
+/// Installed: 1:1 port ranges, several actual servers and `from` lists. Not yet: a range onto
+/// one actual port, `hairpin`.
+fn not_installed(s: &Service, words: &[Word<'_>]) -> Option<(usize, Field, String)> {
     let keyword = |kw: &str| {
         words
             .iter()
@@ -331,13 +327,6 @@ fn not_installed(
             words[7].column,
             Field::ActPort,
             format!("a port range onto one actual port is not installed yet: {NOT_YET}"),
-        ));
-    }
-    if !s.more_act_addrs.is_empty() {
-        return Some((
-            server_columns.get(1).copied().unwrap_or(words[6].column),
-            Field::ActAddr,
-            format!("several actual servers are not installed yet: {NOT_YET}"),
         ));
     }
     if s.hairpin {
@@ -625,7 +614,7 @@ impl Parser {
                 .or_default()
                 .insert(act_ports.0, (act_ports.1, (number, (app.addr, app_ports))));
         }
-        if let Some((column, field, message)) = not_installed(&service, words, &server_columns) {
+        if let Some((column, field, message)) = not_installed(&service, words) {
             return self.push(number, column, Some(field), None, message);
         }
         self.services.push(ServiceLine {
@@ -1223,13 +1212,6 @@ mod tests {
              reads the form but has no rules for it in the kernel"
         );
         let (_, column, field, text) =
-            one("service pub0 port * 80 TCP 192.168.77.10,192.168.77.11 8080 0x8000\n");
-        assert_eq!((column, field), (42, Some(Field::ActAddr)));
-        assert!(
-            text.contains("several actual servers are not installed yet"),
-            "{text}"
-        );
-        let (_, column, field, text) =
             one("service pub0 port * 443 TCP 192.168.77.10 8443 0x8000 hairpin\n");
         assert_eq!((column, field), (55, Some(Field::Hairpin)));
         assert!(text.contains("hairpin is not installed yet"), "{text}");
@@ -1237,11 +1219,12 @@ mod tests {
         let c = parse_config(
             "service pub0 port * 443 TCP 192.168.77.10 8443 0x8000\n\
              service pub0 port * 8000-8009 TCP 192.168.77.10 9000-9009 0x8000\n\
-             service pub0 port * 22 TCP 192.168.77.10 22 from 198.51.100.0/24,203.0.113.7\n",
+             service pub0 port * 22 TCP 192.168.77.10 22 from 198.51.100.0/24,203.0.113.7\n\
+             service pub0 port * 80 TCP 192.168.77.10,192.168.77.11 8080 0x8000\n",
             "n",
         )
         .unwrap();
-        assert_eq!(c.services.len(), 3);
+        assert_eq!(c.services.len(), 4);
         assert!(c.services[1].service.is_range() && c.services[2].service.from.len() == 2);
     }
 

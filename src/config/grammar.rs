@@ -299,6 +299,12 @@ fn parse_fields(words: &[Word<'_>], end: usize) -> Result<GivenService, GrammarE
         if servers.contains(&addr) {
             return Err(at(format!("server {addr} is listed twice")));
         }
+        if servers.len() == super::MAX_SERVERS {
+            return Err(at(format!(
+                "server {addr} is one too many: a service has at most {} servers",
+                super::MAX_SERVERS
+            )));
+        }
         servers.push(addr);
     }
     let act_addr = servers[0];
@@ -1251,6 +1257,13 @@ mod tests {
             "service eth0 port * 80 TCP 10.0.0.1,* 80",
             37,
             "actual address, found \"*\"",
+        );
+        // Four servers at most; the fifth is named.
+        ok("service eth0 port * 80 TCP 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 80");
+        fails(
+            "service eth0 port * 80 TCP 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5 80",
+            64,
+            "server 10.0.0.5 is one too many: a service has at most 4 servers",
         );
         // On the command line the column is the word's number.
         let e = parse_service_words(&["eth0", "port", "*", "80", "TCP", "10.0.0.1,10.0.0.1", "80"])

@@ -268,6 +268,10 @@ pub struct ServiceLine {
     pub service: Service,
 }
 
+/// Most actual servers one service may have: the header-only path's inbound maps hold four
+/// (one per slot of the verdict's mark), and the counters count each.
+pub const MAX_SERVERS: usize = 4;
+
 /// Default NFQUEUE number; `queue N` in the configuration changes it.
 pub const DEFAULT_QUEUE: u16 = 4747;
 /// Most queues (and consumer threads) `queues` accepts.

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Protocol;
-use crate::engine::service::{Entry, FlowMemory, ServiceTable};
+use crate::engine::service::{Entry, FlowMemory, ServiceTable, server_index};
 use crate::queue::{Decision, Packet, Verdict};
 use crate::wire::{self, ChecksumState, Direction, Flow, Kind, Outcome};
 
@@ -266,14 +266,13 @@ fn header_only(
             Direction::Reply => refuse(Refusal::UnmappedReply),
         };
     }
-    let unmappable = match dir {
-        // The maps hold each apparent port's actual endpoint at the first server: a flow of
-        // another server cannot be written from them.
-        Direction::Inbound => e.servers.len() > 1 && e.server_for(flow.src) != e.act.ip(),
-        // Which apparent port a many-to-one reply shows only the flow memory knows.
-        Direction::Reply => e.is_many_to_one(),
+    // The inbound maps hold a service's first four servers, slot k server k.
+    let server = match dir {
+        Direction::Inbound if e.servers.len() > 1 => server_index(flow.src, e.servers.len()),
+        _ => 0,
     };
-    if unmappable {
+    // Which apparent port a many-to-one reply shows only the flow memory knows.
+    if server > 3 || (dir == Direction::Reply && e.is_many_to_one()) {
         // Refused like any packet too long for the queue (`header-only off` serves it).
         return refuse(Refusal::Truncated);
     }
@@ -281,7 +280,7 @@ fn header_only(
         Direction::Inbound => flows.inbound(e, flow.src, flow.dst.ip(), syn),
         Direction::Reply => {}
     }
-    let mut slot = 0;
+    let mut slot = server as u32;
     if dir == Direction::Reply && table.has_others() && !flows.is_empty() {
         // A flow the memory keeps at another address: its slot in the mark picks the reply
         // map that holds it. Past the last slot the kernel cannot write it: dropped and
@@ -1090,25 +1089,23 @@ pub(crate) mod tests {
             go(long(8005, [10, 99, 1, 2])),
             Event::Translated { id: 0, .. }
         ));
-        // Several servers: the maps name the first; a flow of another server is refused.
+        // Several servers: the verdict names the flow's server in the slot bits (0xc0 below
+        // rewrite bit 0x100), which picks the inbound map holding it.
         let e = t.entry(1).unwrap();
-        let (mut first, mut other) = (0, 0);
+        let mut slots = [0usize; 2];
         for last in 2..60u8 {
             let client = SocketAddr::from(([10, 99, 1, last], 40312));
-            let ev = go(long(80, [10, 99, 1, last]));
-            if e.server_for(client) == e.act.ip() {
-                first += 1;
-                assert!(matches!(ev, Event::Translated { id: 1, .. }), "{ev:?}");
-            } else {
-                other += 1;
-                let want = Event::Dropped {
-                    reason: Refusal::Truncated,
-                    id: Some(1),
-                };
-                assert_eq!(ev, want);
-            }
+            let mut b = long(80, [10, 99, 1, last]);
+            let mut pkt = packet(&mut b, HOOK_PREROUTING, 7, 0);
+            pkt.truncated = true;
+            let (d, ev) = handle(&t, &flows, (0x4e00, 0x100), &mut pkt);
+            assert!(matches!(ev, Event::Translated { id: 1, .. }), "{ev:?}");
+            let slot = (d.mark.unwrap() & 0xc0) >> 6;
+            let want = usize::from(e.server_for(client) != e.act.ip());
+            assert_eq!(slot as usize, want, "{client}");
+            slots[want] += 1;
         }
-        assert!(first > 0 && other > 0, "{first} {other}");
+        assert!(slots[0] > 0 && slots[1] > 0, "{slots:?}");
         assert_eq!(go(long(22, [10, 99, 1, 99])), Event::Refused { id: 2 });
         assert!(matches!(
             go(long(22, [10, 99, 1, 2])),
