@@ -20,6 +20,9 @@
 //!   its header still names the service's endpoint; the rest are counted as unattributed.
 //! - `last_seen`: wall-clock time (seconds since the Unix epoch, UTC) of the last translated
 //!   packet, taken once per batch; 0 when none was seen yet.
+//! - `server_connections`, `server_packets`: per actual server of the service (in the order
+//!   configured, at most [`crate::config::MAX_SERVERS`]), the new connections it was given and
+//!   the packets translated to and from it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
