@@ -120,7 +120,7 @@ fn check_and_rules_refuse_forms_not_installed_yet() {
         );
         let err = String::from_utf8_lossy(&out.stderr);
         for want in [
-            format!("{p}:2:49: a port range onto one actual port is not installed yet"),
+            format!("{p}:2:49: a port range onto one actual port needs \"header-only off\""),
             format!("{p}:5:55: hairpin is not installed yet"),
             format!("{p}:6:21: the range 9000-8000 is reversed"),
             format!("{p}:7:49: missing field: the clients after \"from\""),

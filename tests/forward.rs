@@ -1,6 +1,7 @@
-//! Issue 13 in the kernel: port ranges, several servers and `from` lists with real clients
-//! (curl, a UDP exchange, hundreds of connections), over IPv4 and IPv6, through `netnat run` on the router of a test topology whose
-//! namespaces are named `nn-<pid>-<n>-nfw<role>`.
+//! Issue 13 in the kernel: port ranges (1:1 and onto one port), several servers and `from`
+//! lists with real clients (curl, a UDP exchange, hundreds of connections), over IPv4 and
+//! IPv6, through `netnat run` on the router of a test topology whose namespaces are named
+//! `nn-<pid>-<n>-nfw<role>`.
 //!
 //! Needs root and: iproute2 nftables curl python3.
 
@@ -527,6 +528,115 @@ fn servers(name: &str, fam: Family) {
         );
         assert_eq!(status.n(&format!("services.1.servers.{i}.packets")), 20);
     }
+}
+
+/// A range onto one actual port (with `header-only off`, which it needs): every apparent port
+/// reaches the one port, and the replies of each flow leave from the port it came to (the flow
+/// memory), also a download's.
+fn many_to_one(name: &str, fam: Family) {
+    require_root(name);
+    let t = Topology::with_prefix("nfw");
+    let server = fam.server();
+    let config = format!(
+        "header-only off\n\
+         service pub0 port * 6000-6009 UDP {server} 7000\n\
+         service pub0 port * 8000-8009 TCP {server} 9000\n\
+         queues 1\n"
+    );
+    let udp_log = t.dir.file("udp.log");
+    let _udp = t.spawn(
+        &t.srv,
+        "udp-7000",
+        &[
+            PYTHON,
+            &script("udp_server.py"),
+            server,
+            "7000",
+            udp_log.to_str().unwrap(),
+            "120",
+        ],
+    );
+    let dir = t.dir.file("www");
+    fs::create_dir_all(&dir).unwrap();
+    let file = random_file(&t, "www/blob", 1 << 20);
+    let _www = t.spawn(
+        &t.srv,
+        "www-9000",
+        &[
+            PYTHON,
+            "-m",
+            "http.server",
+            "--bind",
+            server,
+            "--directory",
+            dir.to_str().unwrap(),
+            "9000",
+        ],
+    );
+    t.srv.wait_listening("udp", 7000, Duration::from_secs(10));
+    t.srv.wait_listening("tcp", 9000, Duration::from_secs(10));
+    let netnat = start(&t, &config);
+    let app = fam.router_pub();
+    for port in ["6003", "6007", "6000"] {
+        let out = t.cli.run(&[
+            PYTHON,
+            &script("udp_client.py"),
+            app,
+            port,
+            "hello-many",
+            "2",
+            "3",
+        ]);
+        let want = format!("from={app} {port} data=peer={} ", fam.client());
+        assert!(
+            out.stdout.contains(&want),
+            "{name}: {want} missing\n{out}\n{}",
+            netnat.proc.evidence()
+        );
+    }
+    for port in [8002u16, 8009] {
+        let got = t.dir.file(&format!("got-{port}"));
+        let out = t.cli.run(&[
+            "curl",
+            "-sS",
+            "-g",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "30",
+            "-w",
+            "REMOTE %{remote_ip} %{remote_port}\n",
+            "-o",
+            got.to_str().unwrap(),
+            &format!("http://{}/blob", fam.hostport(app, port)),
+        ]);
+        assert!(
+            out.success(),
+            "{name}: download from {port}\n{out}\n{}",
+            netnat.proc.evidence()
+        );
+        assert!(
+            out.stdout.contains(&format!("REMOTE {app} {port}")),
+            "{name}: {out}"
+        );
+        assert_eq!(
+            sha256(&got),
+            sha256(&file),
+            "{name}: the download from {port} differs"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn nfw_many_to_one_v4() {
+    many_to_one("nfw_many_to_one_v4", Family::V4);
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test, or cargo test -- --include-ignored as root"]
+fn nfw_many_to_one_v6() {
+    many_to_one("nfw_many_to_one_v6", Family::V6);
 }
 
 #[test]

@@ -310,8 +310,8 @@ fn show_ports((first, last): (u16, u16)) -> String {
 /// Issue 13's forms that the kernel side cannot install yet: the first one the service uses,
 /// at the column where it is written, with the message saying so. Nothing that cannot work
 /// is ever loaded: `netnat check`, start, reload and `service add` all come through here.
-/// Installed: 1:1 port ranges, several actual servers and `from` lists. Not yet: a range onto
-/// one actual port, `hairpin`.
+/// Installed: port ranges, several actual servers and `from` lists (a range onto one actual
+/// port with `header-only off` only, see [`Parser::finish`]). Not yet: `hairpin`.
 fn not_installed(s: &Service, words: &[Word<'_>]) -> Option<(usize, Field, String)> {
     let keyword = |kw: &str| {
         words
@@ -320,15 +320,6 @@ fn not_installed(s: &Service, words: &[Word<'_>]) -> Option<(usize, Field, Strin
             .find(|w| w.text.eq_ignore_ascii_case(kw))
             .map_or(0, |w| w.column)
     };
-    if s.is_many_to_one() {
-        // Installed 1:1; onto one port the kernel's header-only maps cannot tell a long
-        // reply's apparent port (only the flow memory can).
-        return Some((
-            words[7].column,
-            Field::ActPort,
-            format!("a port range onto one actual port is not installed yet: {NOT_YET}"),
-        ));
-    }
     if s.hairpin {
         return Some((
             keyword("hairpin"),
@@ -353,6 +344,9 @@ struct Parser {
     /// Where `mark` and `rewrite-mark` were set, for the error when they overlap.
     mark_at: Option<(usize, usize)>,
     rewrite_mark_at: Option<(usize, usize)>,
+    /// Line and column (of the actual port) of each range onto one port: they need
+    /// `header-only off`, which may come later in the file.
+    many_to_one_at: Vec<(usize, usize)>,
     /// Line on which each setting directive was first given.
     set_on: HashMap<&'static str, usize>,
     /// The line claiming each apparent port.
@@ -372,6 +366,7 @@ impl Parser {
             queues_at: None,
             mark_at: None,
             rewrite_mark_at: None,
+            many_to_one_at: Vec::new(),
             apparent: HashMap::new(),
             actual: HashMap::new(),
         }
@@ -440,6 +435,20 @@ impl Parser {
                     self.settings.mark
                 ),
             );
+        }
+        if self.settings.header_only {
+            for (line, column) in std::mem::take(&mut self.many_to_one_at) {
+                self.push(
+                    line,
+                    column,
+                    Some(Field::ActPort),
+                    None,
+                    "a port range onto one actual port needs \"header-only off\": the \
+                     kernel's header-only maps cannot tell which apparent port a long reply \
+                     shows (only netnat's flow memory can)"
+                        .into(),
+                );
+            }
         }
         if self.errors.is_empty() {
             Ok(Config {
@@ -616,6 +625,9 @@ impl Parser {
         }
         if let Some((column, field, message)) = not_installed(&service, words) {
             return self.push(number, column, Some(field), None, message);
+        }
+        if service.is_many_to_one() {
+            self.many_to_one_at.push((number, words[7].column));
         }
         self.services.push(ServiceLine {
             line: number,
@@ -1203,14 +1215,22 @@ mod tests {
             let e = &errs[0];
             (e.line, e.column, e.field, e.to_string())
         };
+        // Many to one: only with header-only off, wherever that stands in the file.
         let (line, column, field, text) =
             one("# many to one\nservice pub0 port * 6000-6009 UDP 192.168.77.10 7000\n");
         assert_eq!((line, column, field), (2, 49, Some(Field::ActPort)));
         assert_eq!(
             text,
-            "n.conf:2:49: a port range onto one actual port is not installed yet: this netnat \
-             reads the form but has no rules for it in the kernel"
+            "n.conf:2:49: a port range onto one actual port needs \"header-only off\": the \
+             kernel's header-only maps cannot tell which apparent port a long reply shows (only \
+             netnat's flow memory can)"
         );
+        let c = parse_config(
+            "service pub0 port * 6000-6009 UDP 192.168.77.10 7000\nheader-only off\n",
+            "n",
+        )
+        .unwrap();
+        assert!(c.services[0].service.is_many_to_one());
         let (_, column, field, text) =
             one("service pub0 port * 443 TCP 192.168.77.10 8443 0x8000 hairpin\n");
         assert_eq!((column, field), (55, Some(Field::Hairpin)));
