@@ -275,7 +275,8 @@ fuzz_target!(|data: &[u8]| {
             .to_string();
             fields(&line, "ic", 10);
         }
-        Event::Passed | Event::Dropped { .. } => {
+        // Refused (a client outside a from list) is passed untouched like Passed.
+        Event::Passed | Event::Refused { .. } | Event::Dropped { .. } => {
             assert!(!decision.modified, "{event:?}");
             assert_eq!(decision.mark, None);
             assert!(buf == packet, "untranslated packet changed: {event:?}");

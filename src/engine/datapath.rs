@@ -276,9 +276,9 @@ fn header_only(
         // Refused like any packet too long for the queue (`header-only off` serves it).
         return refuse(Refusal::Truncated);
     }
-    match dir {
-        Direction::Inbound => flows.inbound(e, flow.src, flow.dst.ip(), syn),
-        Direction::Reply => {}
+    if dir == Direction::Inbound {
+        flows.inbound(e, flow.src, flow.dst.ip(), syn);
+        flows.remember_port(e, flow.src, flow.dst.port(), syn);
     }
     let mut slot = server as u32;
     if dir == Direction::Reply && table.has_others() && !flows.is_empty() {
