@@ -48,7 +48,7 @@ fn check_accepts_the_example() {
     let out = netnat(&["check", "--config", "examples/netnat.conf"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
-    assert!(stdout.contains("3 services, no errors"), "{stdout}");
+    assert!(stdout.contains("6 services, no errors"), "{stdout}");
     for what in [
         "NFQUEUE:",
         "conntrack:",
@@ -91,6 +91,54 @@ fn check_judges_forwarding() {
     let text = String::from_utf8_lossy(&off.stdout);
     assert_eq!(off.status.code(), Some(1), "{text}");
     assert!(text.contains("error  IPv4 forwarding: off"), "{text}");
+}
+
+/// Issue 13's forms: `check` and `rules` read them, then refuse each one not installed yet at
+/// its word (exit 2, nothing printed as rules) and accept the installed ones; bad forms are
+/// grammar errors at their word.
+#[test]
+fn check_and_rules_refuse_forms_not_installed_yet() {
+    let path = scratch(
+        "forms.conf",
+        "service pub0 port * 8000-8009 TCP 192.168.77.10 9000-9009 0x8000\n\
+         service pub0 port * 6000-6009 UDP 192.168.77.10 7000\n\
+         service pub0 port * 80 TCP 192.168.77.10,192.168.77.11 8080 0x8000\n\
+         service pub0 port * 22 TCP 192.168.77.10 22 from 198.51.100.0/24,203.0.113.7\n\
+         service pub0 port * 443 TCP 192.168.77.10 8443 0x8000 hairpin\n\
+         service pub0 port * 9000-8000 TCP 192.168.77.10 80\n\
+         service pub0 port * 22 TCP 192.168.77.10 22 from\n\
+         service pub0 port * 23 TCP 192.168.77.10 23 from 10.0.0.0/8,fd00::/8\n\
+         service pub0 port * 70-79 TCP 192.168.77.10 60-70\n",
+    );
+    let p = path.display();
+    for command in ["check", "rules"] {
+        let out = netnat(&[command, "--config", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{command}: {out:?}");
+        assert!(
+            out.stdout.is_empty() || command == "check",
+            "{command}: {out:?}"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        for want in [
+            format!("{p}:2:49: a port range onto one actual port needs \"header-only off\""),
+            format!("{p}:5:55: hairpin is not installed yet"),
+            format!("{p}:6:21: the range 9000-8000 is reversed"),
+            format!("{p}:7:49: missing field: the clients after \"from\""),
+            format!("{p}:8:61: client fd00::/8 is IPv6 but the service is IPv4"),
+            format!(
+                "{p}:9:45: the actual range 60-70 has 11 ports but the apparent range 70-79 (10 ports)"
+            ),
+        ] {
+            assert!(
+                err.contains(&want),
+                "{command}: {want} missing from:\n{err}"
+            );
+        }
+        // The installed forms (a 1:1 range, servers, a from list) are not errors.
+        for line in [":1:", ":3:", ":4:"] {
+            assert!(!err.contains(&format!("{p}{line}")), "{command}: {err}");
+        }
+    }
 }
 
 #[test]

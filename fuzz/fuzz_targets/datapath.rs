@@ -150,20 +150,21 @@ fn service_from(b: &[u8]) -> Service {
         2 => 80,
         _ => u16::from_be_bytes([b[2] ^ b[5], b[3]]).max(1),
     };
-    Service {
-        iface: ["pub0", "ppp0", "pub1", "pub0"][usize::from(b[0] & 3)].into(),
+    let protocol = if b[0] & 0x20 != 0 {
+        Protocol::Udp
+    } else {
+        Protocol::Tcp
+    };
+    Service::single(
+        ["pub0", "ppp0", "pub1", "pub0"][usize::from(b[0] & 3)],
         app_addr,
         app_port,
-        protocol: if b[0] & 0x20 != 0 {
-            Protocol::Udp
-        } else {
-            Protocol::Tcp
-        },
-        act_addr: pick(&ACT4, &ACT6, b[4]),
+        protocol,
+        pick(&ACT4, &ACT6, b[4]),
         act_port,
         // Bits 11-15: exactly the flags netnat knows.
-        flags: Flags(u16::from(b[4] >> 3) << 11),
-    }
+        Flags(u16::from(b[4] >> 3) << 11),
+    )
 }
 
 fn fixed_services() -> Vec<Service> {
@@ -274,7 +275,8 @@ fuzz_target!(|data: &[u8]| {
             .to_string();
             fields(&line, "ic", 10);
         }
-        Event::Passed | Event::Dropped { .. } => {
+        // Refused (a client outside a from list) is passed untouched like Passed.
+        Event::Passed | Event::Refused { .. } | Event::Dropped { .. } => {
             assert!(!decision.modified, "{event:?}");
             assert_eq!(decision.mark, None);
             assert!(buf == packet, "untranslated packet changed: {event:?}");

@@ -31,7 +31,7 @@
 //! - one actual endpoint (interface, protocol, address, port) answers for one apparent
 //!   endpoint, or a reply could not be mapped back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Read;
 use std::net::IpAddr;
@@ -277,25 +277,74 @@ fn too_large(len: usize) -> String {
     )
 }
 
-/// Identity of an apparent endpoint. `*` is its own address (per family): whether it equals a
-/// fixed address on the same interface is only known at run time (the service table sees it).
+/// An apparent address and the protocol, on an interface: its ports are claimed by services.
+/// `*` is its own address (per family): whether it equals a fixed address on the same
+/// interface is only known at run time (the service table sees it).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct AppKey {
     iface: String,
     protocol: Protocol,
     addr: AppAddr,
     v6: bool,
-    port: u16,
 }
 
-/// Identity of an actual endpoint as a reply leaving through the public interface shows it.
+/// An actual address as a reply leaving through the public interface shows it, with the
+/// protocol: its ports are claimed by services.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ActKey {
     iface: String,
     protocol: Protocol,
     addr: IpAddr,
-    port: u16,
 }
+
+/// An apparent address and its ports (first, last), as an actual claim names them.
+type AppPorts = (AppAddr, (u16, u16));
+
+/// Port ranges claimed on one key, disjoint: first port -> (last port, what claimed them).
+type Claims<T> = BTreeMap<u16, (u16, T)>;
+
+/// The ports of `ports` (first, last) that a claim already holds, and that claim's data.
+fn overlap<T>(claims: &Claims<T>, ports: (u16, u16)) -> Option<((u16, u16), &T)> {
+    // The claims are disjoint: only the last one starting at or before `last` can reach
+    // back into the range.
+    let (&start, (end, data)) = claims.range(..=ports.1).next_back()?;
+    (*end >= ports.0).then(|| ((start.max(ports.0), (*end).min(ports.1)), data))
+}
+
+/// A port, or a range `first-last`.
+fn show_ports((first, last): (u16, u16)) -> String {
+    if first == last {
+        first.to_string()
+    } else {
+        format!("{first}-{last}")
+    }
+}
+
+/// Issue 13's forms that the kernel side cannot install yet: the first one the service uses,
+/// at the column where it is written, with the message saying so. Nothing that cannot work
+/// is ever loaded: `netnat check`, start, reload and `service add` all come through here.
+/// Installed: port ranges, several actual servers and `from` lists (a range onto one actual
+/// port with `header-only off` only, see [`Parser::finish`]). Not yet: `hairpin`.
+fn not_installed(s: &Service, words: &[Word<'_>]) -> Option<(usize, Field, String)> {
+    let keyword = |kw: &str| {
+        words
+            .iter()
+            .skip(8)
+            .find(|w| w.text.eq_ignore_ascii_case(kw))
+            .map_or(0, |w| w.column)
+    };
+    if s.hairpin {
+        return Some((
+            keyword("hairpin"),
+            Field::Hairpin,
+            format!("hairpin is not installed yet: {NOT_YET}"),
+        ));
+    }
+    None
+}
+
+/// Why [`not_installed`] refuses a form.
+const NOT_YET: &str = "this netnat reads the form but has no rules for it in the kernel";
 
 /// Collects everything a file says, and every error in it.
 struct Parser {
@@ -311,12 +360,15 @@ struct Parser {
     /// Where `offload on` and `header-only` were set, for the error when offload lacks it.
     offload_at: Option<(usize, usize)>,
     header_only_at: Option<(usize, usize)>,
+    /// Line and column (of the actual port) of each range onto one port: they need
+    /// `header-only off`, which may come later in the file.
+    many_to_one_at: Vec<(usize, usize)>,
     /// Line on which each setting directive was first given.
     set_on: HashMap<&'static str, usize>,
-    /// First line claiming each apparent endpoint.
-    apparent: HashMap<AppKey, usize>,
-    /// First line mapping to each actual endpoint, with the apparent endpoint it maps.
-    actual: HashMap<ActKey, (usize, AppKey)>,
+    /// The line claiming each apparent port.
+    apparent: HashMap<AppKey, Claims<usize>>,
+    /// The line mapping to each actual port, with the apparent address and ports it maps.
+    actual: HashMap<ActKey, Claims<(usize, AppPorts)>>,
 }
 
 impl Parser {
@@ -332,6 +384,7 @@ impl Parser {
             rewrite_mark_at: None,
             offload_at: None,
             header_only_at: None,
+            many_to_one_at: Vec::new(),
             apparent: HashMap::new(),
             actual: HashMap::new(),
         }
@@ -435,6 +488,20 @@ impl Parser {
                 ),
             );
         }
+        if self.settings.header_only {
+            for (line, column) in std::mem::take(&mut self.many_to_one_at) {
+                self.push(
+                    line,
+                    column,
+                    Some(Field::ActPort),
+                    None,
+                    "a port range onto one actual port needs \"header-only off\": the \
+                     kernel's header-only maps cannot tell which apparent port a long reply \
+                     shows (only netnat's flow memory can)"
+                        .into(),
+                );
+            }
+        }
         if self.errors.is_empty() {
             Ok(Config {
                 services: self.services,
@@ -522,10 +589,25 @@ impl Parser {
         };
         // The grammar accepted the line, so the fields sit at fixed word positions.
         let app_column = words[3].column;
-        let act_column = words[6].column;
+        // Column of each server in the actual address word (a comma-separated list).
+        let server_columns: Vec<usize> = {
+            let w = &words[6];
+            let mut columns = vec![w.column];
+            for (i, c) in w.text.chars().enumerate() {
+                if c == ',' {
+                    columns.push(w.column + i + 1);
+                }
+            }
+            columns
+        };
 
         let app = app_key(&service);
-        if let Some(&first) = self.apparent.get(&app) {
+        let app_ports = (service.app_port, service.app_port_last);
+        if let Some((ports, &first)) = self
+            .apparent
+            .get(&app)
+            .and_then(|claims| overlap(claims, app_ports))
+        {
             let conflict = Conflict {
                 kind: ConflictKind::ApparentEndpoint,
                 line: first,
@@ -537,44 +619,70 @@ impl Parser {
                 Some(conflict),
                 format!(
                     "lines {first} and {number} both claim the apparent endpoint {}",
-                    describe_app(&app)
+                    describe_app(&app, ports)
                 ),
             );
         }
-        let act = ActKey {
-            iface: service.iface.clone(),
-            protocol: service.protocol,
-            addr: service.act_addr,
-            port: service.act_port,
-        };
-        if let Some((first, first_app)) = self.actual.get(&act) {
+        let act_ports = (service.act_port, service.act_port_last);
+        let acts: Vec<ActKey> = service
+            .servers()
+            .map(|addr| ActKey {
+                iface: service.iface.clone(),
+                protocol: service.protocol,
+                addr,
+            })
+            .collect();
+        for (act, &column) in acts.iter().zip(&server_columns) {
+            let Some((ports, &(first, first_app))) = self
+                .actual
+                .get(act)
+                .and_then(|claims| overlap(claims, act_ports))
+            else {
+                continue;
+            };
             let message = format!(
                 "lines {first} and {number} both map to the actual endpoint {} {} {} on {} \
                  (from {} {} and {} {}): replies from it could not be told apart, \
                  since netnat translates each packet on its own",
                 act.addr,
-                act.port,
+                show_ports(ports),
                 act.protocol.name(),
                 act.iface,
-                show_app_addr(first_app.addr),
-                first_app.port,
+                show_app_addr(first_app.0),
+                show_ports(first_app.1),
                 show_app_addr(app.addr),
-                app.port,
+                show_ports(app_ports),
             );
             let conflict = Conflict {
                 kind: ConflictKind::ActualEndpoint,
-                line: *first,
+                line: first,
             };
             return self.push(
                 number,
-                act_column,
+                column,
                 Some(Field::ActAddr),
                 Some(conflict),
                 message,
             );
         }
-        self.apparent.insert(app.clone(), number);
-        self.actual.insert(act, (number, app));
+        // Claimed also when the line is refused below: a later line that overlaps it is
+        // still named, so that one pass shows every conflict.
+        self.apparent
+            .entry(app.clone())
+            .or_default()
+            .insert(app_ports.0, (app_ports.1, number));
+        for act in acts {
+            self.actual
+                .entry(act)
+                .or_default()
+                .insert(act_ports.0, (act_ports.1, (number, (app.addr, app_ports))));
+        }
+        if let Some((column, field, message)) = not_installed(&service, words) {
+            return self.push(number, column, Some(field), None, message);
+        }
+        if service.is_many_to_one() {
+            self.many_to_one_at.push((number, words[7].column));
+        }
         self.services.push(ServiceLine {
             line: number,
             service,
@@ -932,7 +1040,6 @@ fn app_key(s: &Service) -> AppKey {
         protocol: s.protocol,
         addr: s.app_addr,
         v6: s.is_ipv6(),
-        port: s.app_port,
     }
 }
 
@@ -943,7 +1050,7 @@ fn show_app_addr(a: AppAddr) -> String {
     }
 }
 
-fn describe_app(k: &AppKey) -> String {
+fn describe_app(k: &AppKey, ports: (u16, u16)) -> String {
     let family = match (k.addr, k.v6) {
         (AppAddr::Interface, true) => " (IPv6)",
         (AppAddr::Interface, false) => " (IPv4)",
@@ -952,7 +1059,7 @@ fn describe_app(k: &AppKey) -> String {
     format!(
         "{}{family} {} {} on {}",
         show_app_addr(k.addr),
-        k.port,
+        show_ports(ports),
         k.protocol.name(),
         k.iface
     )
@@ -1187,6 +1294,105 @@ mod tests {
             "{}",
             errs[0]
         );
+    }
+
+    /// Issue 13's forms parse, but until their kernel side exists every entry point refuses
+    /// them, at the word that uses the form.
+    #[test]
+    fn forms_not_installed_yet_are_refused_where_they_are_written() {
+        let one = |text: &str| {
+            let errs = parse_config(text, "n.conf").unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            let e = &errs[0];
+            (e.line, e.column, e.field, e.to_string())
+        };
+        // Many to one: only with header-only off, wherever that stands in the file.
+        let (line, column, field, text) =
+            one("# many to one\nservice pub0 port * 6000-6009 UDP 192.168.77.10 7000\n");
+        assert_eq!((line, column, field), (2, 49, Some(Field::ActPort)));
+        assert_eq!(
+            text,
+            "n.conf:2:49: a port range onto one actual port needs \"header-only off\": the \
+             kernel's header-only maps cannot tell which apparent port a long reply shows (only \
+             netnat's flow memory can)"
+        );
+        let c = parse_config(
+            "service pub0 port * 6000-6009 UDP 192.168.77.10 7000\nheader-only off\n",
+            "n",
+        )
+        .unwrap();
+        assert!(c.services[0].service.is_many_to_one());
+        let (_, column, field, text) =
+            one("service pub0 port * 443 TCP 192.168.77.10 8443 0x8000 hairpin\n");
+        assert_eq!((column, field), (55, Some(Field::Hairpin)));
+        assert!(text.contains("hairpin is not installed yet"), "{text}");
+        // The plain line and the installed forms load.
+        let c = parse_config(
+            "service pub0 port * 443 TCP 192.168.77.10 8443 0x8000\n\
+             service pub0 port * 8000-8009 TCP 192.168.77.10 9000-9009 0x8000\n\
+             service pub0 port * 22 TCP 192.168.77.10 22 from 198.51.100.0/24,203.0.113.7\n\
+             service pub0 port * 80 TCP 192.168.77.10,192.168.77.11 8080 0x8000\n",
+            "n",
+        )
+        .unwrap();
+        assert_eq!(c.services.len(), 4);
+        assert!(c.services[1].service.is_range() && c.services[2].service.from.len() == 2);
+    }
+
+    /// Ranges claim every port they hold: an overlap (apparent, or actual at any of the
+    /// servers) is refused like a duplicate, naming both lines and the ports in common.
+    #[test]
+    fn overlapping_ranges_conflict_like_duplicates() {
+        let conflicts = |text: &str| -> Vec<(usize, usize, Option<Conflict>, String)> {
+            parse_config(text, "o")
+                .unwrap_err()
+                .into_iter()
+                .filter(|e| e.conflict.is_some())
+                .map(|e| (e.line, e.column, e.conflict, e.message))
+                .collect()
+        };
+        let app = |line| {
+            Some(Conflict {
+                kind: ConflictKind::ApparentEndpoint,
+                line,
+            })
+        };
+        let act = |line| {
+            Some(Conflict {
+                kind: ConflictKind::ActualEndpoint,
+                line,
+            })
+        };
+        let got = conflicts(
+            "service e0 port * 8000-8009 TCP 10.0.0.1 9000-9009\n\
+             service e0 port * 8005 TCP 10.0.0.2 80\n\
+             service e0 port * 7990-8000 TCP 10.0.0.2 81-91\n\
+             service e0 port * 8010-8020 TCP 10.0.0.2 9000-9010\n\
+             service e0 port * 8010-8020 UDP 10.0.0.1 9000-9010\n\
+             service e0 port * 8030 TCP 10.0.0.3,10.0.0.1 9009\n",
+        );
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert_eq!((got[0].0, got[0].1, got[0].2), (2, 17, app(1)));
+        assert_eq!(
+            got[0].3,
+            "lines 1 and 2 both claim the apparent endpoint * (IPv4) 8005 TCP on e0"
+        );
+        assert_eq!((got[1].0, got[1].2), (3, app(1)));
+        assert!(got[1].3.contains("* (IPv4) 8000 TCP on e0"), "{}", got[1].3);
+        // Line 4 overlaps nothing (other server, other ports); line 5 is UDP. Line 6's second
+        // server meets line 1's actual range, at its own column.
+        assert_eq!((got[2].0, got[2].1, got[2].2), (6, 37, act(1)));
+        assert_eq!(
+            got[2].3,
+            "lines 1 and 6 both map to the actual endpoint 10.0.0.1 9009 TCP on e0 (from * \
+             8000-8009 and * 8030): replies from it could not be told apart, since netnat \
+             translates each packet on its own"
+        );
+        // Adjacent ranges do not overlap; the same range at another address does not either.
+        let text = "service e0 port * 1-10 UDP 10.0.0.1 1-10\n\
+                    service e0 port * 11-20 UDP 10.0.0.1 11-20\n\
+                    service e0 port 10.0.0.9 1-10 UDP 10.0.0.2 1-10\n";
+        assert_eq!(parse_config(text, "o").map(|c| c.services.len()), Ok(3));
     }
 
     #[test]

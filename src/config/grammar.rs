@@ -19,10 +19,27 @@
 //!   error, so a typo cannot silently switch logging off.
 //! - Interface names follow the kernel's `dev_valid_name` (1-15 bytes; no `/`, `:`, whitespace,
 //!   NUL; not `.` or `..`) and may not contain `#`, which begins a comment in the file.
+//!
+//! Issue 13's forms extend the line without changing what an existing line means:
+//!
+//! ```text
+//! service <int> port <app IP|*> <port[-last]> <TCP|UDP> <act IP[,act IP...]> <port[-last]>
+//!         [flags] [from <addr[/len]>[,<addr[/len]>...]] [hairpin]
+//! ```
+//!
+//! - An apparent range `first-last` (first <= last; `80-80` is port 80) maps onto an actual
+//!   range of the same size, 1:1, or onto one actual port. An actual range needs an apparent
+//!   range of the same size.
+//! - Several actual servers are one word, comma-separated, without spaces, all of the
+//!   service's family and each once.
+//! - `from` takes one word: addresses or prefixes, comma-separated, of the service's family;
+//!   a prefix has no bits set past its length (`10.0.0.0/8`, not `10.1.2.3/8`), each once.
+//! - `from` and `hairpin` follow the flags (when given), in either order, each at most once.
+//! - In the file, an error inside a list points at the item's own column.
 
 use std::net::IpAddr;
 
-use super::{AppAddr, Flags, Protocol, Service};
+use super::{AppAddr, Flags, Prefix, Protocol, Service};
 
 /// A field of a `service` line, or of another directive of the file: what an error is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,6 +55,10 @@ pub enum Field {
     ActAddr,
     ActPort,
     Flags,
+    /// The `from` list (or its keyword).
+    From,
+    /// The keyword `hairpin`.
+    Hairpin,
     /// A word past the last field.
     Trailing,
     /// The value of a setting directive, by its name (`queue`, `log-rate`, ...).
@@ -103,6 +124,7 @@ pub fn parse_given_words(words: &[&str]) -> Result<GivenService, GrammarError> {
         .map(|(i, w)| Word {
             text: w,
             column: i + 1,
+            in_line: false,
         })
         .collect();
     let is = |i: usize, kw: &str| words.get(i).is_some_and(|w| w.eq_ignore_ascii_case(kw));
@@ -119,6 +141,20 @@ pub fn parse_given_words(words: &[&str]) -> Result<GivenService, GrammarError> {
 pub(super) struct Word<'a> {
     pub text: &'a str,
     pub column: usize,
+    /// Columns are characters of a line (the file), so a list item has its own column; else
+    /// they are word numbers (the CLI), and every item is at its word's.
+    pub in_line: bool,
+}
+
+impl Word<'_> {
+    /// The column of the character `offset` bytes into the word (its own column on the CLI).
+    fn column_at(&self, offset: usize) -> usize {
+        if self.in_line {
+            self.column + self.text[..offset].chars().count()
+        } else {
+            self.column
+        }
+    }
 }
 
 /// Splits a line at whitespace, remembering the 1-based character column of each word.
@@ -131,6 +167,7 @@ pub(super) fn split_words(line: &str) -> Vec<Word<'_>> {
                 words.push(Word {
                     text: &line[s..offset],
                     column: col,
+                    in_line: true,
                 });
                 start = None;
             }
@@ -142,6 +179,7 @@ pub(super) fn split_words(line: &str) -> Vec<Word<'_>> {
         words.push(Word {
             text: &line[s..],
             column: col,
+            in_line: true,
         });
     }
     words
@@ -207,8 +245,9 @@ fn parse_fields(words: &[Word<'_>], end: usize) -> Result<GivenService, GrammarE
         )
     };
 
-    let w = next(Field::AppPort, "apparent port")?;
-    let app_port = parse_port(w.text).map_err(|m| err(&w, Field::AppPort, m))?;
+    let app_port_word = next(Field::AppPort, "apparent port")?;
+    let (app_port, app_port_last) =
+        parse_port_range(app_port_word.text).map_err(|m| err(&app_port_word, Field::AppPort, m))?;
 
     let w = next(Field::Protocol, "protocol")?;
     let protocol = parse_protocol(w.text).map_err(|m| err(&w, Field::Protocol, m))?;
@@ -222,40 +261,124 @@ fn parse_fields(words: &[Word<'_>], end: usize) -> Result<GivenService, GrammarE
                 .into(),
         ));
     }
-    let act_addr =
-        parse_addr(act_word.text, "actual").map_err(|m| err(&act_word, Field::ActAddr, m))?;
-    if let AppAddr::Fixed(app) = app_addr
-        && app.is_ipv6() != act_addr.is_ipv6()
-    {
-        return Err(err(
-            &act_word,
-            Field::ActAddr,
-            format!(
-                "apparent address {app} is {} but actual address {act_addr} is {} \
+    let mut servers: Vec<IpAddr> = Vec::new();
+    for (offset, item) in items(act_word.text) {
+        let at = |m: String| GrammarError {
+            column: act_word.column_at(offset),
+            field: Field::ActAddr,
+            message: m,
+        };
+        if item.is_empty() {
+            return Err(at(format!(
+                "empty server in the list {:?} (write the servers comma-separated, without \
+                 spaces)",
+                act_word.text
+            )));
+        }
+        let addr = parse_addr(item, "actual").map_err(at)?;
+        if let Some(&first) = servers.first()
+            && first.is_ipv6() != addr.is_ipv6()
+        {
+            return Err(at(format!(
+                "server {addr} is {} but server {first} is {} (the servers of a service are \
+                 of one family)",
+                family(addr),
+                family(first)
+            )));
+        }
+        if let AppAddr::Fixed(app) = app_addr
+            && app.is_ipv6() != addr.is_ipv6()
+        {
+            return Err(at(format!(
+                "apparent address {app} is {} but actual address {addr} is {} \
                  (both must be of the same family)",
                 family(app),
-                family(act_addr)
-            ),
-        ));
+                family(addr)
+            )));
+        }
+        if servers.contains(&addr) {
+            return Err(at(format!("server {addr} is listed twice")));
+        }
+        if servers.len() == super::MAX_SERVERS {
+            return Err(at(format!(
+                "server {addr} is one too many: a service has at most {} servers",
+                super::MAX_SERVERS
+            )));
+        }
+        servers.push(addr);
     }
+    let act_addr = servers[0];
 
     let w = next(Field::ActPort, "actual port")?;
-    let act_port = parse_port(w.text).map_err(|m| err(&w, Field::ActPort, m))?;
+    let (act_port, act_port_last) =
+        parse_port_range(w.text).map_err(|m| err(&w, Field::ActPort, m))?;
+    if act_port_last != act_port {
+        let (app_n, act_n) = (
+            u32::from(app_port_last - app_port) + 1,
+            u32::from(act_port_last - act_port) + 1,
+        );
+        if app_n != act_n {
+            let app = if app_n == 1 {
+                format!("the one apparent port {app_port}")
+            } else {
+                format!("the apparent range {app_port}-{app_port_last} ({app_n} ports)")
+            };
+            return Err(err(
+                &w,
+                Field::ActPort,
+                format!(
+                    "the actual range {act_port}-{act_port_last} has {act_n} ports but {app} \
+                     maps onto it: an actual range needs an apparent range of the same size \
+                     (or give one actual port)"
+                ),
+            ));
+        }
+    }
 
-    let flags = match it.next() {
+    let mut rest = it.peekable();
+    let is_keyword = |w: &Word<'_>| {
+        w.text.eq_ignore_ascii_case("from") || w.text.eq_ignore_ascii_case("hairpin")
+    };
+    let flags = match rest.next_if(|w| !is_keyword(w)) {
         None => None,
         Some(w) => Some(parse_flags(w.text).map_err(|m| err(w, Field::Flags, m))?),
     };
 
-    if let Some(w) = it.next() {
-        return Err(err(
-            w,
-            Field::Trailing,
-            format!(
-                "unexpected {:?} after the flags (nothing may follow them)",
-                w.text
-            ),
-        ));
+    let family_name = family(act_addr);
+    let mut from: Option<Vec<Prefix>> = None;
+    let mut hairpin = false;
+    while let Some(w) = rest.next() {
+        if w.text.eq_ignore_ascii_case("from") {
+            if from.is_some() {
+                return Err(err(w, Field::From, "\"from\" given twice".into()));
+            }
+            let Some(list) = rest.next() else {
+                return Err(GrammarError {
+                    column: end,
+                    field: Field::From,
+                    message: "missing field: the clients after \"from\" (addresses or \
+                              prefixes, comma-separated)"
+                        .into(),
+                });
+            };
+            from = Some(parse_from(list, act_addr.is_ipv6(), family_name)?);
+        } else if w.text.eq_ignore_ascii_case("hairpin") {
+            if hairpin {
+                return Err(err(w, Field::Hairpin, "\"hairpin\" given twice".into()));
+            }
+            hairpin = true;
+        } else {
+            // Not flags (those come right after the actual port, and were read there).
+            return Err(err(
+                w,
+                Field::Trailing,
+                format!(
+                    "unexpected {:?} after the flags (only \"from\" and \"hairpin\" may \
+                     follow them)",
+                    w.text
+                ),
+            ));
+        }
     }
 
     Ok(GivenService {
@@ -263,13 +386,147 @@ fn parse_fields(words: &[Word<'_>], end: usize) -> Result<GivenService, GrammarE
             iface,
             app_addr,
             app_port,
+            app_port_last,
             protocol,
             act_addr,
+            more_act_addrs: servers[1..].to_vec(),
             act_port,
+            act_port_last,
             flags: flags.unwrap_or_default(),
+            from: from.unwrap_or_default(),
+            hairpin,
         },
         flags_given: flags.is_some(),
     })
+}
+
+/// The comma-separated items of a word, each with its byte offset in the word.
+fn items(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut offset = 0;
+    text.split(',').map(move |item| {
+        let at = offset;
+        offset += item.len() + 1;
+        (at, item)
+    })
+}
+
+/// A `from` list: addresses or prefixes of one family, comma-separated, each once.
+fn parse_from(w: &Word<'_>, v6: bool, family_name: &str) -> Result<Vec<Prefix>, GrammarError> {
+    let mut out: Vec<Prefix> = Vec::new();
+    for (offset, item) in items(w.text) {
+        let at = |m: String| GrammarError {
+            column: w.column_at(offset),
+            field: Field::From,
+            message: m,
+        };
+        if item.is_empty() {
+            return Err(at(format!(
+                "empty client in the list {:?} (write addresses or prefixes comma-separated, \
+                 without spaces)",
+                w.text
+            )));
+        }
+        let p = parse_prefix(item).map_err(at)?;
+        if p.addr.is_ipv6() != v6 {
+            return Err(at(format!(
+                "client {p} is {} but the service is {family_name} (a from list holds the \
+                 service's family)",
+                family(p.addr)
+            )));
+        }
+        if out.contains(&p) {
+            return Err(at(format!("client {p} is listed twice")));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// `addr` or `addr/len`, with no host bits set past `len`.
+fn parse_prefix(text: &str) -> Result<Prefix, String> {
+    let (addr_text, len_text) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    let addr: IpAddr = addr_text.parse().map_err(|_| {
+        format!("expected a client address or prefix (such as 198.51.100.0/24), found {text:?}")
+    })?;
+    if let IpAddr::V6(a) = addr
+        && a.to_ipv4_mapped().is_some()
+    {
+        return Err(format!(
+            "client {addr} is IPv4-mapped (write the IPv4 address itself)"
+        ));
+    }
+    let max: u8 = if addr.is_ipv6() { 128 } else { 32 };
+    let len = match len_text {
+        None => max,
+        Some(l) => {
+            let ok = !l.is_empty()
+                && l.len() <= 3
+                && l.bytes().all(|b| b.is_ascii_digit())
+                && (l == "0" || !l.starts_with('0'));
+            match l.parse::<u8>().ok().filter(|n| ok && *n <= max) {
+                Some(n) => n,
+                None => {
+                    return Err(format!(
+                        "expected a prefix length 0-{max} after \"/\" in {text:?}"
+                    ));
+                }
+            }
+        }
+    };
+    let p = Prefix { addr, len };
+    let masked = Prefix {
+        addr: mask(addr, len),
+        len,
+    };
+    if masked != p {
+        return Err(format!(
+            "prefix {text} has bits set past its length /{len}: write {masked}"
+        ));
+    }
+    Ok(p)
+}
+
+/// `a` with every bit past the first `len` cleared.
+fn mask(a: IpAddr, len: u8) -> IpAddr {
+    match a {
+        IpAddr::V4(a) => {
+            let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
+}
+
+/// A port or a range `first-last` (first <= last), each 1-65535: `(first, last)`.
+pub(super) fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let Some((a, b)) = text.split_once('-') else {
+        let p = parse_port(text)?;
+        return Ok((p, p));
+    };
+    if a.is_empty() {
+        // `-80` is no range; say what a port is.
+        return Err(format!("expected a port number 1-65535, found {text:?}"));
+    }
+    let first = parse_port(a).map_err(|m| format!("{m} as the first port of {text:?}"))?;
+    if !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()) && !b.starts_with('0') {
+        // Digits only: a number too big for a port is a range past the last port.
+        if b.len() > 5 || b.parse::<u32>().is_ok_and(|n| n > 65535) {
+            return Err(format!("the range {text} goes past 65535, the last port"));
+        }
+    }
+    let last = parse_port(b).map_err(|m| format!("{m} as the last port of {text:?}"))?;
+    if last < first {
+        return Err(format!(
+            "the range {text} is reversed: write the lower port first ({last}-{first})"
+        ));
+    }
+    Ok((first, last))
 }
 
 fn err(w: &Word<'_>, field: Field, message: String) -> GrammarError {
@@ -683,7 +940,8 @@ mod tests {
         let e = fails(&format!("{BASE} 0x8000 extra"), 53, "");
         assert_eq!(
             e.message,
-            "unexpected \"extra\" after the flags (nothing may follow them)"
+            "unexpected \"extra\" after the flags (only \"from\" and \"hairpin\" may follow \
+             them)"
         );
         // Comments belong to the file, not to the grammar.
         fails(&format!("{BASE} 0x8000 # web"), 53, "unexpected \"#\"");
@@ -833,6 +1091,246 @@ mod tests {
         ];
         let g = parse_given_words(&iface_service).unwrap();
         assert!(g.flags_given && g.service.iface == "service");
+    }
+
+    /// The five lines of issue 13, each read as the issue means it.
+    #[test]
+    fn issue_13_forms() {
+        let s = ok("service pub0 port * 8000-8009 TCP 192.168.77.10 9000-9009 0x8000");
+        assert_eq!((s.app_port, s.app_port_last), (8000, 8009));
+        assert_eq!((s.act_port, s.act_port_last), (9000, 9009));
+        assert_eq!(s.act_port_for(8003), Some(9003));
+        assert_eq!(s.act_port_for(8010), None);
+        assert_eq!(s.app_port_for(9009), Some(8009));
+        assert!(s.is_range() && !s.is_many_to_one());
+
+        let s = ok("service pub0 port * 6000-6009 UDP 192.168.77.10 7000");
+        assert_eq!((s.act_port, s.act_port_last), (7000, 7000));
+        assert_eq!(s.act_port_for(6007), Some(7000));
+        assert!(s.is_many_to_one());
+        assert_eq!(s.app_port_for(7000), None, "only the flow knows");
+
+        let s = ok("service pub0 port * 80 TCP 192.168.77.10,192.168.77.11 8080 0x8000");
+        assert_eq!(s.act_addr, IpAddr::V4(Ipv4Addr::new(192, 168, 77, 10)));
+        assert_eq!(
+            s.more_act_addrs,
+            [IpAddr::V4(Ipv4Addr::new(192, 168, 77, 11))]
+        );
+        assert_eq!(s.servers().count(), 2);
+        assert!(!s.is_range());
+
+        let s = ok("service pub0 port * 22 TCP 192.168.77.10 22 from 198.51.100.0/24,203.0.113.7");
+        assert_eq!(s.flags, Flags(0));
+        assert_eq!(
+            s.from,
+            [
+                Prefix {
+                    addr: "198.51.100.0".parse().unwrap(),
+                    len: 24
+                },
+                Prefix {
+                    addr: "203.0.113.7".parse().unwrap(),
+                    len: 32
+                }
+            ]
+        );
+        assert!(s.admits("198.51.100.200".parse().unwrap()));
+        assert!(s.admits("203.0.113.7".parse().unwrap()));
+        assert!(!s.admits("203.0.113.8".parse().unwrap()));
+        assert!(!s.admits("198.51.101.1".parse().unwrap()));
+
+        let s = ok("service pub0 port * 443 TCP 192.168.77.10 8443 0x8000 hairpin");
+        assert!(s.hairpin && s.from.is_empty());
+        assert_eq!(s.flags, Flags(0x8000));
+
+        // Either order after the flags, keywords in any case; the canonical form puts from
+        // first. A one-port "range" is the port.
+        let a = ok("service pub0 port * 443 TCP fd00::10 8443 HAIRPIN From 2001:db8::/32");
+        let b = ok("service pub0 port * 443-443 TCP fd00::10 8443 from 2001:db8::/32 hairpin");
+        assert_eq!(a, b);
+        assert_eq!(
+            a.to_string(),
+            "service pub0 port * 443 TCP fd00::10 8443 0x0000 from 2001:db8::/32 hairpin"
+        );
+        assert!(a.admits("2001:db8:1::5".parse().unwrap()));
+        assert!(!a.admits("2001:db9::5".parse().unwrap()));
+        // Every plain line means what it meant.
+        let plain = ok(BASE);
+        assert_eq!(
+            plain,
+            Service::single(
+                "eth0",
+                AppAddr::Interface,
+                80,
+                Protocol::Tcp,
+                "192.168.1.10".parse().unwrap(),
+                8080,
+                Flags(0)
+            )
+        );
+        assert!(plain.admits("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_ranges() {
+        // Columns: the apparent port word is at 21, the actual port word at 37.
+        fails(
+            "service eth0 port * 8009-8000 TCP 10.0.0.1 80",
+            21,
+            "is reversed: write the lower port first (8000-8009)",
+        );
+        fails(
+            "service eth0 port * 65530-65540 TCP 10.0.0.1 80",
+            21,
+            "the range 65530-65540 goes past 65535",
+        );
+        fails(
+            "service eth0 port * 65530-999999 TCP 10.0.0.1 80",
+            21,
+            "goes past 65535",
+        );
+        fails("service eth0 port * 0-9 TCP 10.0.0.1 80", 21, "first port");
+        fails("service eth0 port * 1-x TCP 10.0.0.1 80", 21, "last port");
+        fails("service eth0 port * 1- TCP 10.0.0.1 80", 21, "last port");
+        fails("service eth0 port * 1-2-3 TCP 10.0.0.1 80", 21, "last port");
+        fails(
+            "service eth0 port * 1-02 TCP 10.0.0.1 80",
+            21,
+            "leading zeros",
+        );
+        let e = fails(
+            "service eth0 port * 8000-8009 TCP 10.0.0.1 9000-9004",
+            44,
+            "the actual range 9000-9004 has 5 ports but the apparent range 8000-8009 (10 ports)",
+        );
+        assert_eq!(e.field, Field::ActPort);
+        fails(
+            "service eth0 port * 80 TCP 10.0.0.1 9000-9004",
+            37,
+            "the one apparent port 80",
+        );
+        fails(
+            "service eth0 port * 80 TCP 10.0.0.1 9000-8000",
+            37,
+            "reversed",
+        );
+        // The full range onto the full range is fine.
+        let s = ok("service eth0 port * 1-65535 UDP 10.0.0.1 1-65535");
+        assert_eq!(s.act_port_for(65535), Some(65535));
+    }
+
+    #[test]
+    fn bad_server_lists() {
+        // The actual address word starts at 28; an error names the item's own column.
+        let e = fails(
+            "service eth0 port * 80 TCP 10.0.0.1,fd00::1 80",
+            37,
+            "server fd00::1 is IPv6 but server 10.0.0.1 is IPv4",
+        );
+        assert_eq!(e.field, Field::ActAddr);
+        fails(
+            "service eth0 port 203.0.113.1 80 TCP 10.0.0.1,10.0.0.2,fd00::1 80",
+            56,
+            "is IPv6",
+        );
+        fails(
+            "service eth0 port * 80 TCP 10.0.0.1,10.0.0.2,10.0.0.1 80",
+            46,
+            "server 10.0.0.1 is listed twice",
+        );
+        fails(
+            "service eth0 port * 80 TCP 10.0.0.1,,10.0.0.2 80",
+            37,
+            "empty server",
+        );
+        fails(
+            "service eth0 port * 80 TCP 10.0.0.1, 80",
+            37,
+            "empty server",
+        );
+        fails(
+            "service eth0 port * 80 TCP 10.0.0.1,224.0.0.1 80",
+            37,
+            "multicast",
+        );
+        fails(
+            "service eth0 port * 80 TCP 10.0.0.1,* 80",
+            37,
+            "actual address, found \"*\"",
+        );
+        // Four servers at most; the fifth is named.
+        ok("service eth0 port * 80 TCP 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 80");
+        fails(
+            "service eth0 port * 80 TCP 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5 80",
+            64,
+            "server 10.0.0.5 is one too many: a service has at most 4 servers",
+        );
+        // On the command line the column is the word's number.
+        let e = parse_service_words(&["eth0", "port", "*", "80", "TCP", "10.0.0.1,10.0.0.1", "80"])
+            .unwrap_err();
+        assert_eq!((e.column, e.field), (6, Field::ActAddr));
+    }
+
+    #[test]
+    fn bad_from_lists() {
+        const L: &str = "service eth0 port * 22 TCP 10.0.0.1 22";
+        // "from" at 40, its list at 45.
+        let e = fails(
+            &format!("{L} from"),
+            44,
+            "missing field: the clients after \"from\"",
+        );
+        assert_eq!(e.field, Field::From);
+        fails(&format!("{L} from ,10.1.0.0/16"), 45, "empty client");
+        fails(&format!("{L} from 10.1.0.0/16,"), 57, "empty client");
+        fails(
+            &format!("{L} from 10.1.0.0/16,2001:db8::/32"),
+            57,
+            "client 2001:db8::/32 is IPv6 but the service is IPv4",
+        );
+        fails(
+            &format!("{L} from 10.1.2.3/16"),
+            45,
+            "prefix 10.1.2.3/16 has bits set past its length /16: write 10.1.0.0/16",
+        );
+        fails(&format!("{L} from 10.1.0.0/33"), 45, "prefix length 0-32");
+        fails(&format!("{L} from 10.1.0.0/"), 45, "prefix length 0-32");
+        fails(&format!("{L} from 10.1.0.0/016"), 45, "prefix length 0-32");
+        fails(&format!("{L} from 10.1.0.0/x"), 45, "prefix length");
+        fails(
+            &format!("{L} from 10.1.0"),
+            45,
+            "expected a client address or prefix",
+        );
+        fails(
+            &format!("{L} from 10.0.0.0/8,10.0.0.0/8"),
+            56,
+            "client 10.0.0.0/8 is listed twice",
+        );
+        fails(&format!("{L} from ::ffff:10.0.0.1"), 45, "IPv4-mapped");
+        fails(
+            &format!("{L} from 10.0.0.0/8 from 10.0.0.0/8"),
+            56,
+            "\"from\" given twice",
+        );
+        fails(
+            &format!("{L} hairpin hairpin"),
+            48,
+            "\"hairpin\" given twice",
+        );
+        // Flags come first: after the options they are trailing words.
+        let e = fails(&format!("{L} hairpin 0x8000"), 48, "after the flags");
+        assert_eq!(e.field, Field::Trailing);
+        // The IPv6 service wants IPv6 clients; /0 is every client and stays accepted.
+        fails(
+            "service eth0 port * 22 TCP fd00::1 22 from 10.0.0.0/8",
+            44,
+            "is IPv4 but the service is IPv6",
+        );
+        assert_eq!(
+            ok(&format!("{L} from 0.0.0.0/0")).to_string(),
+            format!("{L} 0x0000 from 0.0.0.0/0")
+        );
     }
 
     #[test]

@@ -85,22 +85,172 @@ impl Flags {
 }
 
 /// One `service` line: apparent endpoint on a public interface mapped to an actual server.
+///
+/// The seed's line maps one port to one port at one server. Issue 13's forms extend it, each
+/// field below keeping the seed's meaning when the form is not used: a range of apparent
+/// ports (`app_port..=app_port_last`) mapped 1:1 onto a range of actual ports of the same size
+/// or all onto the one actual port, several actual servers, a list of the clients allowed,
+/// and `hairpin` (clients on the private side may use the apparent endpoint too).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Service {
     /// Public interface name (Linux interface name, at most 15 bytes).
     pub iface: String,
     pub app_addr: AppAddr,
+    /// The (first) apparent port.
     pub app_port: u16,
+    /// The last apparent port of a range; `app_port` itself for one port.
+    pub app_port_last: u16,
     pub protocol: Protocol,
+    /// The (first) actual server.
     pub act_addr: IpAddr,
+    /// The servers after the first, in the order written; empty for one server. All of the
+    /// service's family, none equal to another or to `act_addr`.
+    pub more_act_addrs: Vec<IpAddr>,
+    /// The (first) actual port.
     pub act_port: u16,
+    /// The last actual port: `act_port` for one port (every apparent port maps to it), else
+    /// `act_port + (app_port_last - app_port)` (apparent port p maps to
+    /// `act_port + (p - app_port)`).
+    pub act_port_last: u16,
     pub flags: Flags,
+    /// `from`: the clients (address prefixes of the service's family) the service is for, in
+    /// the order written; empty: every client. A client outside them meets no service.
+    pub from: Vec<Prefix>,
+    /// `hairpin`: a client on a private interface may reach the server at the apparent
+    /// endpoint too.
+    pub hairpin: bool,
+}
+
+/// An address prefix of a `from` list: `addr/len`, with no bits set past `len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    /// Prefix length, at most 32 (IPv4) or 128 (IPv6); the full length is one address.
+    pub len: u8,
+}
+
+impl Prefix {
+    /// The full length of the prefix's family (32 or 128).
+    pub fn max_len(&self) -> u8 {
+        if self.addr.is_ipv6() { 128 } else { 32 }
+    }
+
+    /// Whether `a` lies within the prefix (never across families).
+    pub fn contains(&self, a: IpAddr) -> bool {
+        match (self.addr, a) {
+            (IpAddr::V4(p), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(p) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(p), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(p) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Prefix {
+    /// `addr` alone for a single address, else `addr/len`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.len == self.max_len() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.len)
+        }
+    }
 }
 
 impl Service {
+    /// The seed's service: one apparent port to one actual port at one server, every client.
+    pub fn single(
+        iface: &str,
+        app_addr: AppAddr,
+        app_port: u16,
+        protocol: Protocol,
+        act_addr: IpAddr,
+        act_port: u16,
+        flags: Flags,
+    ) -> Service {
+        Service {
+            iface: iface.to_owned(),
+            app_addr,
+            app_port,
+            app_port_last: app_port,
+            protocol,
+            act_addr,
+            more_act_addrs: Vec::new(),
+            act_port,
+            act_port_last: act_port,
+            flags,
+            from: Vec::new(),
+            hairpin: false,
+        }
+    }
+
     /// Address family of the service: the actual address's (`*` takes that family too).
     pub fn is_ipv6(&self) -> bool {
         self.act_addr.is_ipv6()
+    }
+
+    /// The apparent ports.
+    pub fn app_ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.app_port..=self.app_port_last
+    }
+
+    /// The actual ports.
+    pub fn act_ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.act_port..=self.act_port_last
+    }
+
+    /// Whether the service has more than one apparent port.
+    pub fn is_range(&self) -> bool {
+        self.app_port_last != self.app_port
+    }
+
+    /// Whether a range maps onto one actual port (many to one): replies cannot tell which
+    /// apparent port the client used from their own ports.
+    pub fn is_many_to_one(&self) -> bool {
+        self.is_range() && self.act_port_last == self.act_port
+    }
+
+    /// The actual servers: `act_addr`, then `more_act_addrs`.
+    pub fn servers(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        std::iter::once(self.act_addr).chain(self.more_act_addrs.iter().copied())
+    }
+
+    /// The actual port apparent port `p` maps to; `None` outside the apparent ports.
+    pub fn act_port_for(&self, p: u16) -> Option<u16> {
+        if !self.app_ports().contains(&p) {
+            return None;
+        }
+        if self.act_port_last == self.act_port {
+            return Some(self.act_port);
+        }
+        // Within the range, and both ranges have the same size: no overflow.
+        Some(self.act_port + (p - self.app_port))
+    }
+
+    /// The apparent port a reply from actual port `p` shows, by the 1:1 arithmetic; `None`
+    /// outside the actual ports, and for a many-to-one range (only the client's flow knows).
+    pub fn app_port_for(&self, p: u16) -> Option<u16> {
+        if !self.act_ports().contains(&p) || self.is_many_to_one() {
+            return None;
+        }
+        Some(self.app_port + (p - self.act_port))
+    }
+
+    /// The canonical text without the flags: what a request that gave none asked about.
+    pub fn to_string_without_flags(&self) -> String {
+        format::without_flags(self)
+    }
+
+    /// Whether `client` may use the service (the `from` list holds it, or there is none).
+    pub fn admits(&self, client: IpAddr) -> bool {
+        self.from.is_empty() || self.from.iter().any(|p| p.contains(client))
     }
 }
 
@@ -117,6 +267,10 @@ pub struct ServiceLine {
     pub line: usize,
     pub service: Service,
 }
+
+/// Most actual servers one service may have: the header-only path's inbound maps hold four
+/// (one per slot of the verdict's mark), and the counters count each.
+pub const MAX_SERVERS: usize = 4;
 
 /// Default NFQUEUE number; `queue N` in the configuration changes it.
 pub const DEFAULT_QUEUE: u16 = 4747;

@@ -231,6 +231,35 @@ mod tests {
         );
     }
 
+    /// Issue 13's forms go into the file in their canonical form and come out of it by
+    /// meaning, whatever the spelling of the line.
+    #[test]
+    fn add_and_del_keep_the_issue_13_forms() {
+        let s = svc(
+            "service pub0 port * 8000-8009 tcp 192.168.77.10,192.168.77.11 9000-9009 \
+                     hairpin FROM 198.51.100.0/24,203.0.113.7",
+        );
+        let line = "service pub0 port * 8000-8009 TCP 192.168.77.10,192.168.77.11 9000-9009 \
+                    0x0000 from 198.51.100.0/24,203.0.113.7 hairpin";
+        let out = with_added(FILE, &s);
+        assert_eq!(out, format!("{FILE}{line}\n"));
+        assert_eq!(svc(line), s);
+        let odd = "service  pub0 port * 8000-8009 TCP 192.168.77.10,192.168.77.11 9000-9009 0 \
+                   hairpin from 198.51.100.0/24,203.0.113.7 # edge";
+        let (text, n) = with_deleted(&format!("{FILE}{odd}\n"), &s);
+        assert_eq!(n, 1);
+        assert!(
+            text.ends_with(&format!("{DELETED_PREFIX}{odd}\n")),
+            "{text}"
+        );
+        // Another from list is another service: left alone.
+        let (_, n) = with_deleted(
+            &format!("{FILE}{odd}\n"),
+            &svc(&line.replace(",203.0.113.7", "")),
+        );
+        assert_eq!(n, 0);
+    }
+
     #[test]
     fn add_to_a_crlf_file_keeps_crlf() {
         let s = svc("service pub0 port * 81 TCP 192.168.77.10 8081");

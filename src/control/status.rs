@@ -21,7 +21,9 @@
 //!                "in_packets": 0, "in_bytes": 0, "out_packets": 0, "out_bytes": 0,
 //!                "new_connections": 0, "icmp_errors": 0,
 //!                "drops": {"oversize": 0, "malformed": 0, "unmapped_reply": 0},
-//!                "last_seen": null}],
+//!                "last_seen": null,
+//!                "servers": [{"addr": "192.168.77.10", "new_connections": 0,
+//!                             "packets": 0}]}],
 //!  "flows_refused": {"star": 0, "udp": 0},
 //!  "offload": {"enabled": false, "flows": 0, "flows_limit": 0, "packets": 0, "bytes": 0}}
 //! ```
@@ -29,7 +31,9 @@
 //! `format` is the version of this layout: it grows when a key changes meaning or goes away,
 //! not when keys are added. Per service, `service` is the canonical line and the keys after it
 //! are its fields as configured (`apparent_addr` is `*` or an address, `flags` the bitmask as
-//! a number); `apparent` is the endpoint `*` resolves to now.
+//! a number); `apparent` is the endpoint `*` resolves to now. `servers` lists each actual
+//! server (one for most services) with the new connections it was given and the packets
+//! translated to and from it.
 //!
 //! `state` is `active` (in the lookup table), `waiting` (its interface is absent or has no
 //! address of the family yet; `apparent` is null) or `conflict` (a `*` service whose address
@@ -297,8 +301,9 @@ impl Report {
             }
             let _ = write!(
                 o,
-                ",\"drops\":{},\"last_seen\":{last}}}",
-                drops_json(&c.drops)
+                ",\"drops\":{},\"last_seen\":{last},\"servers\":{}}}",
+                drops_json(&c.drops),
+                servers_json(&s.line, c)
             );
         }
         let f = self.flows_refused;
@@ -343,6 +348,24 @@ fn fields_json(line: &str) -> String {
         s.act_port,
         s.flags.0
     )
+}
+
+/// Each actual server of the service with its own counters, in the order configured.
+fn servers_json(line: &str, c: &Counters) -> String {
+    let Ok(s) = config::parse_service(line) else {
+        return "[]".into();
+    };
+    let items: Vec<String> = s
+        .servers()
+        .zip(c.server_connections.iter().zip(&c.server_packets))
+        .map(|(a, (n, p))| {
+            format!(
+                "{{\"addr\":{},\"new_connections\":{n},\"packets\":{p}}}",
+                json_str(&a.to_string())
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
 }
 
 fn drops_text(d: &[u64; DROP_REASONS]) -> String {
@@ -480,7 +503,7 @@ pub(crate) mod tests {
     fn json_has_every_number_and_state() {
         let j = report().json();
         assert!(j.starts_with("{\"format\":1,\"queue\":{\"num\":4747,\"count\":1,\"expression\":\"compat\",\"received\":5,\"verdicts\":5,\"enobufs\":0,\"async_errors\":1,\"failed_closed\":2,\"send_failed_dropped\":3,\"verdicts_lost\":0,\"header_only\":0},\"uptime_secs\":3725,\"passed\":7,\"log_lost\":0,\"start_unix\":1700000000,\"reloads_ok\":2,\"reloads_refused\":1,\"unattributed_drops\":{\"oversize\":0,\"malformed\":0,\"unmapped_reply\":4,\"unrelated_icmp\":0},\"services\":[{"), "{j}");
-        assert!(j.contains("{\"service\":\"service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\",\"iface\":\"pub0\",\"protocol\":\"TCP\",\"apparent_addr\":\"*\",\"apparent_port\":80,\"actual_addr\":\"192.168.77.10\",\"actual_port\":8080,\"flags\":32768,\"state\":\"active\",\"apparent\":\"10.99.1.1:80\",\"in_packets\":3,\"in_bytes\":180,\"out_packets\":2,\"out_bytes\":1500,\"new_connections\":1,\"icmp_errors\":0,\"records\":0,\"records_suppressed\":0,\"drops\":{\"oversize\":0,\"malformed\":2,\"unmapped_reply\":0,\"unrelated_icmp\":0},\"last_seen\":1700000000}"), "{j}");
+        assert!(j.contains("{\"service\":\"service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\",\"iface\":\"pub0\",\"protocol\":\"TCP\",\"apparent_addr\":\"*\",\"apparent_port\":80,\"actual_addr\":\"192.168.77.10\",\"actual_port\":8080,\"flags\":32768,\"state\":\"active\",\"apparent\":\"10.99.1.1:80\",\"in_packets\":3,\"in_bytes\":180,\"out_packets\":2,\"out_bytes\":1500,\"new_connections\":1,\"icmp_errors\":0,\"records\":0,\"records_suppressed\":0,\"drops\":{\"oversize\":0,\"malformed\":2,\"unmapped_reply\":0,\"unrelated_icmp\":0},\"last_seen\":1700000000,\"servers\":[{\"addr\":\"192.168.77.10\",\"new_connections\":0,\"packets\":0}]}"), "{j}");
         assert!(
             j.contains("\"iface\":\"ppp0\",\"protocol\":\"TCP\",\"apparent_addr\":\"*\",\"apparent_port\":25,\"actual_addr\":\"192.168.77.25\",\"actual_port\":25,\"flags\":0,"),
             "{j}"
@@ -488,8 +511,10 @@ pub(crate) mod tests {
         assert!(
             j.contains("\"state\":\"waiting\",\"apparent\":null,")
                 && j.ends_with(
-                    "null}],\"flows_refused\":{\"star\":3,\"udp\":4},\"offload\":{\"enabled\":\
-                     false,\"flows\":0,\"flows_limit\":0,\"packets\":0,\"bytes\":0}}\n"
+                    "\"last_seen\":null,\"servers\":[{\"addr\":\"192.168.77.25\",\
+                     \"new_connections\":0,\"packets\":0}]}],\"flows_refused\":{\"star\":3,\
+                     \"udp\":4},\"offload\":{\"enabled\":false,\"flows\":0,\"flows_limit\":0,\
+                     \"packets\":0,\"bytes\":0}}\n"
                 ),
             "{j}"
         );

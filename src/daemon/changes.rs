@@ -150,21 +150,30 @@ pub(super) struct Edit {
     pub service: Service,
 }
 
-/// `service add`: the running set plus one, checked like a configuration file.
-pub(super) fn added(running: &[ServiceLine], words: &[String]) -> Result<Edit, Response> {
+/// `service add`: the running set plus one, checked like a configuration file (with the
+/// running `header-only` setting, which decides whether a range onto one port may stand).
+pub(super) fn added(
+    running: &[ServiceLine],
+    header_only: bool,
+    words: &[String],
+) -> Result<Edit, Response> {
     let service = parse_words(words)?.service;
     let mut lines = running.to_vec();
     lines.push(ServiceLine {
         line: 0,
         service: service.clone(),
     });
-    check_set(&lines_services(&lines))?;
+    check_set(&lines_services(&lines), header_only)?;
     Ok(Edit { lines, service })
 }
 
 /// `service del`: the running set less the service equal to the words (flags compared only
 /// when the words give them), checked like a configuration file.
-pub(super) fn deleted(running: &[ServiceLine], words: &[String]) -> Result<Edit, Response> {
+pub(super) fn deleted(
+    running: &[ServiceLine],
+    header_only: bool,
+    words: &[String],
+) -> Result<Edit, Response> {
     let given = parse_words(words)?;
     let matches = |s: &Service| {
         if given.flags_given {
@@ -181,7 +190,7 @@ pub(super) fn deleted(running: &[ServiceLine], words: &[String]) -> Result<Edit,
     };
     let mut lines = running.to_vec();
     let service = lines.remove(index).service;
-    check_set(&lines_services(&lines))?;
+    check_set(&lines_services(&lines), header_only)?;
     Ok(Edit { lines, service })
 }
 
@@ -203,21 +212,24 @@ pub(super) fn parse_words(words: &[String]) -> Result<GivenService, Response> {
 
 /// A service as the request asked for it: without the flags when it gave none.
 pub(super) fn describe(given: &GivenService) -> String {
-    let text = given.service.to_string();
     if given.flags_given {
-        text
+        given.service.to_string()
     } else {
-        // The canonical form always ends with the flags; they were not part of the question.
-        text.rsplit_once(' ')
-            .map_or(text.clone(), |(rest, _)| rest.to_string())
+        // The canonical form always has the flags; they were not part of the question.
+        given.service.to_string_without_flags()
     }
 }
 
 /// Checks a service set exactly as the configuration file would be checked (one service per
-/// apparent endpoint, one apparent endpoint per actual endpoint, ...). Errors name the
-/// services by their position in the running set, listed after the errors.
-pub(super) fn check_set(services: &[Service]) -> Result<(), Response> {
-    let text: String = services.iter().map(|s| format!("{s}\n")).collect();
+/// apparent endpoint, one apparent endpoint per actual endpoint, ...), with the running
+/// `header-only` setting. Errors name the services by their position in the running set,
+/// listed after the errors.
+pub(super) fn check_set(services: &[Service], header_only: bool) -> Result<(), Response> {
+    let mut text: String = services.iter().map(|s| format!("{s}\n")).collect();
+    if !header_only {
+        // After the services, so that line n is still service n.
+        text.push_str("header-only off\n");
+    }
     let Err(errors) = parse_config(&text, "service set") else {
         return Ok(());
     };
@@ -366,7 +378,7 @@ mod tests {
         assert!(next_draining(&old, &[], &new, 3).is_empty());
         assert!(same_endpoints(&new.services[1].service, &service(WEB)));
         assert!(!same_endpoints(&service(SSH), &service(WEB)));
-        assert!(check_set(&services_of(&new)).is_ok());
+        assert!(check_set(&services_of(&new), true).is_ok());
         assert!(restart_needed(&old.settings, &new.settings, old.settings.queue_count()).is_none());
     }
 
@@ -411,19 +423,24 @@ mod tests {
     #[test]
     fn add_appends_the_service() {
         let running = config(&[WEB]).services;
-        let e = added(&running, &words(SSH)).unwrap();
+        let e = added(&running, true, &words(SSH)).unwrap();
         assert_eq!(e.service, service(SSH));
         assert_eq!(lines_services(&e.lines), [service(WEB), service(SSH)]);
         assert_eq!(e.lines[1].line, 0, "not from a file");
         // The words without the keyword mean the same.
-        let e2 = added(&running, &words(SSH)[1..]).unwrap();
+        let e2 = added(&running, true, &words(SSH)[1..]).unwrap();
         assert_eq!(e2, e);
     }
 
     #[test]
     fn add_of_a_duplicate_is_refused_with_the_clashing_line() {
         let running = config(&[WEB, SSH]).services;
-        let r = added(&running, &words("pub0 port * 80 TCP 192.168.77.50 80")).unwrap_err();
+        let r = added(
+            &running,
+            true,
+            &words("pub0 port * 80 TCP 192.168.77.50 80"),
+        )
+        .unwrap_err();
         assert_eq!(r.outcome, Outcome::Config);
         let body: Vec<&str> = r.body.lines().collect();
         assert_eq!(body[0], "refused, nothing changed:");
@@ -443,7 +460,12 @@ mod tests {
             ]
         );
         // The same actual server behind a second apparent endpoint: named the same way.
-        let r = added(&running, &words("pub0 port * 81 TCP 192.168.77.10 8080")).unwrap_err();
+        let r = added(
+            &running,
+            true,
+            &words("pub0 port * 81 TCP 192.168.77.10 8080"),
+        )
+        .unwrap_err();
         assert!(
             r.body.contains("both map to the actual endpoint"),
             "{}",
@@ -452,15 +474,86 @@ mod tests {
         assert!(r.body.contains("  line 1 (running): "), "{}", r.body);
     }
 
+    /// `service add` of issue 13's forms: the installed ones (1:1 ranges, servers, `from`) are added,
+    /// the others refused as the file refuses them (not installed yet), nothing added; a bad
+    /// range is a usage error at its word.
+    #[test]
+    fn add_of_a_form_not_installed_yet_is_refused() {
+        let running = config(&[WEB]).services;
+        for line in [
+            "pub0 port * 8000-8009 TCP 192.168.77.10 9000-9009 0x8000",
+            "pub0 port * 22 TCP 192.168.77.10 2222 from 198.51.100.0/24",
+            "pub0 port * 81 TCP 192.168.77.10,192.168.77.11 8081",
+        ] {
+            let e = added(&running, true, &words(line)).unwrap();
+            assert_eq!(e.lines.len(), 2, "{line}");
+        }
+        for (line, what) in [
+            (
+                "pub0 port * 6000-6009 UDP 192.168.77.10 7000",
+                "a port range onto one actual port needs \"header-only off\"",
+            ),
+            (
+                "pub0 port * 443 TCP 192.168.77.10 8443 hairpin",
+                "hairpin is not installed yet",
+            ),
+        ] {
+            let r = added(&running, true, &words(line)).unwrap_err();
+            assert_eq!(r.outcome, Outcome::Config, "{line}");
+            assert!(
+                r.body.starts_with("refused, nothing changed:\n"),
+                "{}",
+                r.body
+            );
+            assert!(r.body.contains(what), "{line}: {}", r.body);
+        }
+        // With header-only off (the running setting), a range onto one port stands.
+        let m2o = words("pub0 port * 6000-6009 UDP 192.168.77.10 7000");
+        assert_eq!(added(&running, false, &m2o).unwrap().lines.len(), 2);
+        let r = added(
+            &running,
+            true,
+            &words("pub0 port * 90-80 TCP 192.168.77.10 80"),
+        )
+        .unwrap_err();
+        assert_eq!(r.outcome, Outcome::Usage);
+        assert!(
+            r.body
+                .starts_with("word 4 (\"90-80\"): the range 90-80 is reversed"),
+            "{}",
+            r.body
+        );
+    }
+
+    /// A request without flags is named without them, whatever follows them in the canonical
+    /// form.
+    #[test]
+    fn a_request_without_flags_is_described_without_them() {
+        let g = parse_words(&words(
+            "pub0 port * 22 TCP 192.168.77.10 22 hairpin from 10.0.0.0/8",
+        ))
+        .unwrap();
+        assert!(!g.flags_given);
+        assert_eq!(
+            describe(&g),
+            "service pub0 port * 22 TCP 192.168.77.10 22 from 10.0.0.0/8 hairpin"
+        );
+        let g = parse_words(&words("pub0 port * 22 TCP 192.168.77.10 22 0 hairpin")).unwrap();
+        assert_eq!(
+            describe(&g),
+            "service pub0 port * 22 TCP 192.168.77.10 22 0x0000 hairpin"
+        );
+    }
+
     #[test]
     fn add_with_bad_words_is_a_usage_error_at_the_word() {
-        let r = added(&[], &words("pub0 port * http TCP 10.0.0.1 80")).unwrap_err();
+        let r = added(&[], true, &words("pub0 port * http TCP 10.0.0.1 80")).unwrap_err();
         assert_eq!(r.outcome, Outcome::Usage);
         assert_eq!(
             r.body,
             "word 4 (\"http\"): expected a port number 1-65535, found \"http\""
         );
-        let r = added(&[], &words("pub0 port * 80 TCP 10.0.0.1")).unwrap_err();
+        let r = added(&[], true, &words("pub0 port * 80 TCP 10.0.0.1")).unwrap_err();
         assert_eq!(r.body, "word 7 (the end): missing field: actual port");
     }
 
@@ -468,7 +561,7 @@ mod tests {
     fn del_without_flags_matches_any_flags() {
         let flagged = "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000";
         let running = config(&[flagged, SSH]).services;
-        let e = deleted(&running, &words(WEB)).unwrap();
+        let e = deleted(&running, true, &words(WEB)).unwrap();
         assert_eq!(
             e.service,
             service(flagged),
@@ -481,10 +574,10 @@ mod tests {
     fn del_with_flags_compares_them() {
         let flagged = "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000";
         let running = config(&[flagged, SSH]).services;
-        let e = deleted(&running, &words(flagged)).unwrap();
+        let e = deleted(&running, true, &words(flagged)).unwrap();
         assert_eq!(e.service.flags, Flags(0x8000));
         // Flags 0 given are flags: they do not match 0x8000.
-        let r = deleted(&running, &words(&format!("{WEB} 0"))).unwrap_err();
+        let r = deleted(&running, true, &words(&format!("{WEB} 0"))).unwrap_err();
         assert_eq!(r.outcome, Outcome::Config);
         assert_eq!(
             r.body,
@@ -495,7 +588,7 @@ mod tests {
     #[test]
     fn del_of_a_missing_service_names_it_as_asked() {
         let running = config(&[SSH]).services;
-        let r = deleted(&running, &words(WEB)).unwrap_err();
+        let r = deleted(&running, true, &words(WEB)).unwrap_err();
         assert_eq!(r.outcome, Outcome::Config);
         // No flags were given, so none are shown.
         assert_eq!(
@@ -503,18 +596,18 @@ mod tests {
             "no running service matches: service pub0 port * 80 TCP 192.168.77.10 8080"
         );
         assert_eq!(
-            deleted(&[], &words("pub0 port")).unwrap_err().outcome,
+            deleted(&[], true, &words("pub0 port")).unwrap_err().outcome,
             Outcome::Usage
         );
     }
 
     #[test]
     fn check_set_accepts_a_valid_set_and_names_lines_of_a_bad_one() {
-        assert!(check_set(&[]).is_ok());
-        assert!(check_set(&[service(WEB), service(DNS), service(SSH)]).is_ok());
+        assert!(check_set(&[], true).is_ok());
+        assert!(check_set(&[service(WEB), service(DNS), service(SSH)], true).is_ok());
         // Both claim the apparent endpoint *:80 TCP; the second is last.
         let other = service("service pub0 port * 80 TCP 192.168.77.20 80");
-        let r = check_set(&[service(WEB), service(SSH), other.clone()]).unwrap_err();
+        let r = check_set(&[service(WEB), service(SSH), other.clone()], true).unwrap_err();
         assert_eq!(r.outcome, Outcome::Config);
         assert!(
             r.body.ends_with(&format!(

@@ -873,7 +873,11 @@ impl Daemon<'_> {
 
     /// `service add`: the running set plus one, checked like a configuration file.
     fn add(&mut self, words: &[String], save: bool) -> Result<String, Response> {
-        let changes::Edit { lines, service } = changes::added(&self.active.config.services, words)?;
+        let changes::Edit { lines, service } = changes::added(
+            &self.active.config.services,
+            self.active.config.settings.header_only,
+            words,
+        )?;
         let saving = if save {
             Some(self.prepare_save(|text| (save::with_added(text, &service), 1))?)
         } else {
@@ -893,8 +897,11 @@ impl Daemon<'_> {
 
     /// `service del`: the running service equal to the words (flags compared only when given).
     fn del(&mut self, words: &[String], save: bool) -> Result<String, Response> {
-        let changes::Edit { lines, service } =
-            changes::deleted(&self.active.config.services, words)?;
+        let changes::Edit { lines, service } = changes::deleted(
+            &self.active.config.services,
+            self.active.config.settings.header_only,
+            words,
+        )?;
         let saving = if save {
             Some(self.prepare_save(|text| save::with_deleted(text, &service))?)
         } else {

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Protocol;
-use crate::engine::service::{Entry, FlowMemory, ServiceTable};
+use crate::engine::service::{Entry, FlowMemory, ServiceTable, server_index};
 use crate::queue::{Decision, Packet, Verdict};
 use crate::wire::{self, ChecksumState, Direction, Flow, Kind, Outcome};
 
@@ -39,6 +39,9 @@ pub enum Event {
     },
     /// Passed unchanged (not ours: e.g. an ICMP error about another flow).
     Passed,
+    /// Passed unchanged: the client is not in the `from` list of service `id`, so for it the
+    /// service does not exist (the router's own stack answers).
+    Refused { id: usize },
     /// Dropped; `id` is the service whose endpoint the packet's header names, when it names
     /// one (see [`attribute`]).
     Dropped { reason: Refusal, id: Option<usize> },
@@ -216,26 +219,38 @@ fn decide(
         ChecksumState::NotReady
     };
     let (indev, outdev) = (pkt.indev, pkt.outdev);
-    // The client a reply goes to, needed only when a flow may keep another address.
+    // The client of the flow, needed only when a flow may keep another address (replies), or
+    // when a service's answer depends on the client (a range, several servers, `from`).
     let peer = match dir {
-        Direction::Reply if table.has_others() && !flows.is_empty() => reply_peer(pkt.payload),
+        Direction::Reply if table.needs_client() || (table.has_others() && !flows.is_empty()) => {
+            client_of(pkt.payload, dir)
+        }
+        Direction::Inbound if table.needs_client() => client_of(pkt.payload, dir),
         _ => None,
     };
+    // A client that a service's `from` list leaves out meets no service.
+    let mut refused = None;
     let outcome = wire::rewrite(pkt.payload, dir, csum, |proto, endpoint| match dir {
-        Direction::Inbound => table.inbound(indev, proto, endpoint).map(|e| (e.act, e)),
-        Direction::Reply => table.reply(outdev, proto, endpoint).map(|e| {
-            let app = match peer {
-                Some(client) => flows.reply(e, client),
-                None => SocketAddr::new(e.reply_default(), e.app.port()),
-            };
-            (app, e)
+        Direction::Inbound => table.inbound(indev, proto, endpoint).and_then(|e| {
+            if e.is_plain() {
+                return Some((e.act, e));
+            }
+            if !admitted(e, peer) {
+                refused = Some(e.id);
+                return None;
+            }
+            Some((e.act_for(endpoint.port(), peer), e))
         }),
+        Direction::Reply => table
+            .reply(outdev, proto, endpoint)
+            .and_then(|e| Some((reply_endpoint(e, flows, endpoint.port(), peer)?, e))),
     });
     match outcome {
         Outcome::Rewritten { token, flow, kind } => {
             let token: &Entry = token;
             if let (Direction::Inbound, Kind::Plain { syn }) = (dir, kind) {
                 flows.inbound(token, flow.src, flow.dst.ip(), syn);
+                flows.remember_port(token, flow.src, flow.dst.port(), syn);
             }
             let token = token.id;
             let decision = Decision {
@@ -258,7 +273,10 @@ fn decide(
         Outcome::NotOurs {
             kind: Kind::IcmpError,
         } => (pass(), Event::Passed),
-        Outcome::NotOurs { .. } if dir == Direction::Inbound => (pass(), Event::Passed),
+        Outcome::NotOurs { .. } if dir == Direction::Inbound => match refused {
+            Some(id) => (pass(), Event::Refused { id }),
+            None => (pass(), Event::Passed),
+        },
         Outcome::NotOurs { .. } => {
             let reason = Refusal::UnmappedReply;
             (drop(), Event::Dropped { reason, id: None })
@@ -331,11 +349,31 @@ fn header_only(
             Direction::Reply => refuse(Refusal::UnmappedReply),
         };
     };
-    match dir {
-        Direction::Inbound => flows.inbound(e, flow.src, flow.dst.ip(), syn),
-        Direction::Reply => {}
+    let client = match dir {
+        Direction::Inbound => flow.src,
+        Direction::Reply => flow.dst,
+    };
+    if !admitted(e, Some(client)) {
+        return match dir {
+            Direction::Inbound => (pass(), Event::Refused { id: e.id }),
+            Direction::Reply => refuse(Refusal::UnmappedReply),
+        };
     }
-    let mut slot = 0;
+    // The inbound maps hold a service's first four servers, slot k server k.
+    let server = match dir {
+        Direction::Inbound if e.servers.len() > 1 => server_index(flow.src, e.servers.len()),
+        _ => 0,
+    };
+    // Which apparent port a many-to-one reply shows only the flow memory knows.
+    if server > 3 || (dir == Direction::Reply && e.is_many_to_one()) {
+        // Refused like any packet too long for the queue (`header-only off` serves it).
+        return refuse(Refusal::Truncated);
+    }
+    if dir == Direction::Inbound {
+        flows.inbound(e, flow.src, flow.dst.ip(), syn);
+        flows.remember_port(e, flow.src, flow.dst.port(), syn);
+    }
+    let mut slot = server as u32;
     if dir == Direction::Reply && table.has_others() && !flows.is_empty() {
         // A flow the memory keeps at another address: its slot in the mark picks the reply
         // map that holds it. Past the last slot the kernel cannot write it: dropped and
@@ -395,10 +433,48 @@ pub fn reply_slots(e: &Entry) -> Vec<IpAddr> {
         .collect()
 }
 
-/// The client endpoint of a reply: the destination of a TCP or UDP packet, the source of the
-/// packet an ICMP error quotes. None when it cannot be read (the reply then leaves from the
-/// service's default address).
-fn reply_peer(payload: &[u8]) -> Option<SocketAddr> {
+/// Whether the client `peer` may use `e` (its `from` list holds it, or it has none); a client
+/// that cannot be read is not admitted by a list.
+#[inline]
+fn admitted(e: &Entry, peer: Option<SocketAddr>) -> bool {
+    e.from.is_empty() || peer.is_some_and(|c| e.admits(c.ip()))
+}
+
+/// The apparent endpoint a reply of `e` from actual port `port` to `client` leaves from: the
+/// address the flow came to (see [`FlowMemory::reply`]), and the apparent port by the 1:1
+/// arithmetic of a range, or, for a many-to-one range, the port the flow memory holds (the
+/// first apparent port when it holds none: a flow older than the memory, or one it had no
+/// room for). `None` for a client the service's `from` list leaves out: its reply would leak
+/// the private address and is dropped.
+#[inline]
+fn reply_endpoint(
+    e: &Entry,
+    flows: &FlowMemory,
+    port: u16,
+    client: Option<SocketAddr>,
+) -> Option<SocketAddr> {
+    let ip = match client {
+        Some(c) => flows.reply(e, c).ip(),
+        None => e.reply_default(),
+    };
+    if e.is_plain() {
+        return Some(SocketAddr::new(ip, e.app.port()));
+    }
+    if !admitted(e, client) {
+        return None;
+    }
+    let port = e
+        .app_port_for(port)
+        .or_else(|| client.and_then(|c| flows.app_port(e, c)))
+        .unwrap_or(e.app.port());
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The client endpoint of a packet crossing `dir`: for a reply the destination of a TCP or
+/// UDP packet (the source of the packet an ICMP error quotes), for an inbound packet its source
+/// (the quoted packet's destination). None when it cannot be read (a reply then leaves from
+/// the service's default address).
+fn client_of(payload: &[u8], dir: Direction) -> Option<SocketAddr> {
     let outer = wire::ip::parse(payload).ok()?;
     let quoted = matches!(outer.protocol, 1 | 58);
     let (addrs, l4, protocol) = if quoted {
@@ -409,15 +485,17 @@ fn reply_peer(payload: &[u8]) -> Option<SocketAddr> {
         (payload, outer.l4, outer.protocol)
     };
     Protocol::from_number(protocol)?;
-    let ip: IpAddr = match (addrs.first()? >> 4, quoted) {
-        // A packet's destination; a quoted packet's source.
-        (4, false) => <[u8; 4]>::try_from(addrs.get(16..20)?).ok()?.into(),
-        (4, true) => <[u8; 4]>::try_from(addrs.get(12..16)?).ok()?.into(),
-        (6, false) => <[u8; 16]>::try_from(addrs.get(24..40)?).ok()?.into(),
-        (6, true) => <[u8; 16]>::try_from(addrs.get(8..24)?).ok()?.into(),
+    // A reply's destination, a quoted reply's source; an inbound packet's source, a quoted
+    // inbound packet's destination.
+    let dst = (dir == Direction::Reply) != quoted;
+    let ip: IpAddr = match (addrs.first()? >> 4, dst) {
+        (4, true) => <[u8; 4]>::try_from(addrs.get(16..20)?).ok()?.into(),
+        (4, false) => <[u8; 4]>::try_from(addrs.get(12..16)?).ok()?.into(),
+        (6, true) => <[u8; 16]>::try_from(addrs.get(24..40)?).ok()?.into(),
+        (6, false) => <[u8; 16]>::try_from(addrs.get(8..24)?).ok()?.into(),
         _ => return None,
     };
-    let at = if quoted { l4 } else { l4 + 2 };
+    let at = if dst { l4 + 2 } else { l4 };
     let port = addrs.get(at..at + 2)?;
     Some(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])))
 }
@@ -1001,6 +1079,254 @@ pub(crate) mod tests {
                 id: Some(0)
             }
         );
+    }
+
+    fn table_of(lines: &[&str]) -> ServiceTable {
+        let services: Vec<_> = lines.iter().map(|l| parse_service(l).unwrap()).collect();
+        ServiceTable::build(&services, &OnePublic)
+    }
+
+    fn dst_of(p: &[u8]) -> SocketAddr {
+        let ip: [u8; 4] = p[16..20].try_into().unwrap();
+        SocketAddr::new(ip.into(), u16::from_be_bytes([p[22], p[23]]))
+    }
+
+    fn src_of(p: &[u8]) -> SocketAddr {
+        let ip: [u8; 4] = p[12..16].try_into().unwrap();
+        SocketAddr::new(ip.into(), u16::from_be_bytes([p[20], p[21]]))
+    }
+
+    /// One packet through `handle` with mark 0x4e00 and no header-only bit.
+    fn run(t: &ServiceTable, flows: &FlowMemory, bytes: &mut [u8], hook: u8) -> (Decision, Event) {
+        let (indev, outdev) = if hook == HOOK_PREROUTING {
+            (7, 0)
+        } else {
+            (0, 7)
+        };
+        let mut pkt = packet(bytes, hook, indev, outdev);
+        handle(t, flows, (0x4e00, 0), &mut pkt)
+    }
+
+    /// The checksums a rewrite left must be those of the packet as it is now.
+    fn assert_checksums(p: &[u8]) {
+        let ip = pnet_packet::ipv4::Ipv4Packet::new(p).unwrap();
+        assert_eq!(pnet_packet::ipv4::checksum(&ip), ip.get_checksum());
+        let tcp = pnet_packet::tcp::TcpPacket::new(&p[20..]).unwrap();
+        let want = pnet_packet::tcp::ipv4_checksum(&tcp, &ip.get_source(), &ip.get_destination());
+        assert_eq!(want, tcp.get_checksum());
+    }
+
+    #[test]
+    fn a_range_maps_each_port_one_to_one_both_ways() {
+        let t = table_of(&["service pub0 port * 8000-8009 TCP 192.168.77.10 9000-9009 0x8000"]);
+        let flows = FlowMemory::default();
+        for p in [8000u16, 8003, 8009] {
+            let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], p);
+            let (d, e) = run(&t, &flows, &mut syn, HOOK_PREROUTING);
+            assert!(d.modified, "{p}: {e:?}");
+            assert_eq!(
+                dst_of(&syn),
+                SocketAddr::from(([192, 168, 77, 10], 9000 + p - 8000))
+            );
+            assert_checksums(&syn);
+            // The event shows the apparent port the client used (the 0x8000 record's).
+            assert!(
+                matches!(e, Event::Translated { flow, .. } if flow.dst.port() == p),
+                "{e:?}"
+            );
+            let mut reply = tcp_syn([192, 168, 77, 10], 9000 + p - 8000, [10, 99, 1, 2], 40312);
+            let (d, _) = run(&t, &flows, &mut reply, HOOK_POSTROUTING);
+            assert!(d.modified);
+            assert_eq!(src_of(&reply), SocketAddr::from(([10, 99, 1, 1], p)));
+            assert_checksums(&reply);
+        }
+        // Past the range: not the service's.
+        let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 8010);
+        assert_eq!(run(&t, &flows, &mut syn, HOOK_PREROUTING).1, Event::Passed);
+    }
+
+    #[test]
+    fn a_many_to_one_range_answers_from_the_port_each_flow_used() {
+        let t = table_of(&["service pub0 port * 6000-6009 TCP 192.168.77.10 7000"]);
+        let flows = FlowMemory::default();
+        for (sport, p) in [(40001u16, 6004u16), (40002, 6007)] {
+            let mut syn = tcp_syn([10, 99, 1, 2], sport, [10, 99, 1, 1], p);
+            assert!(run(&t, &flows, &mut syn, HOOK_PREROUTING).0.modified);
+            assert_eq!(dst_of(&syn), SocketAddr::from(([192, 168, 77, 10], 7000)));
+        }
+        for (sport, p) in [(40002u16, 6007u16), (40001, 6004)] {
+            let mut reply = tcp_syn([192, 168, 77, 10], 7000, [10, 99, 1, 2], sport);
+            assert!(run(&t, &flows, &mut reply, HOOK_POSTROUTING).0.modified);
+            assert_eq!(src_of(&reply), SocketAddr::from(([10, 99, 1, 1], p)));
+            assert_checksums(&reply);
+        }
+        // A flow the memory does not hold answers from the first port.
+        let mut reply = tcp_syn([192, 168, 77, 10], 7000, [10, 99, 1, 2], 40003);
+        assert!(run(&t, &flows, &mut reply, HOOK_POSTROUTING).0.modified);
+        assert_eq!(src_of(&reply).port(), 6000);
+    }
+
+    #[test]
+    fn several_servers_each_flow_to_one_server_both_ways() {
+        let t = table_of(&["service pub0 port * 80 TCP 192.168.77.10,192.168.77.11 8080"]);
+        let flows = FlowMemory::default();
+        let mut seen = [0usize; 2];
+        for i in 0..300u16 {
+            let (client, sport) = ([10, 99, 1, 2 + (i % 5) as u8], 33000 + i * 97);
+            let mut syn = tcp_syn(client, sport, [10, 99, 1, 1], 80);
+            assert!(run(&t, &flows, &mut syn, HOOK_PREROUTING).0.modified);
+            let server = dst_of(&syn);
+            assert_eq!(server.port(), 8080);
+            assert_checksums(&syn);
+            let i = match server.ip().to_string().as_str() {
+                "192.168.77.10" => 0,
+                "192.168.77.11" => 1,
+                other => panic!("{other}"),
+            };
+            seen[i] += 1;
+            // The next packet of the flow meets the same server.
+            let mut again = tcp_syn(client, sport, [10, 99, 1, 1], 80);
+            again[33] = 0x10;
+            run(&t, &flows, &mut again, HOOK_PREROUTING);
+            assert_eq!(dst_of(&again), server);
+            // Its reply, from that server, shows the apparent endpoint.
+            let octets = match server.ip() {
+                IpAddr::V4(a) => a.octets(),
+                IpAddr::V6(_) => unreachable!(),
+            };
+            let mut reply = tcp_syn(octets, 8080, client, sport);
+            assert!(run(&t, &flows, &mut reply, HOOK_POSTROUTING).0.modified);
+            assert_eq!(src_of(&reply), SocketAddr::from(([10, 99, 1, 1], 80)));
+        }
+        assert!(seen[0] > 90 && seen[1] > 90, "{seen:?}");
+    }
+
+    #[test]
+    fn an_inbound_icmp_error_reaches_the_server_of_its_flow() {
+        let t = table_of(&["service pub0 port * 80 TCP 192.168.77.10,192.168.77.11 8080"]);
+        let flows = FlowMemory::default();
+        let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 80);
+        run(&t, &flows, &mut syn, HOOK_PREROUTING);
+        let server = dst_of(&syn);
+        // The client's port unreachable about the reply it got (apparent → client).
+        let quoted = tcp_syn([10, 99, 1, 1], 80, [10, 99, 1, 2], 40312);
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((28 + quoted.len()) as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 1;
+        p[12..16].copy_from_slice(&[10, 99, 1, 2]);
+        p[16..20].copy_from_slice(&[10, 99, 1, 1]);
+        p[20] = 3;
+        p[21] = 3;
+        p.extend_from_slice(&quoted);
+        let (d, e) = run(&t, &flows, &mut p, HOOK_PREROUTING);
+        assert!(d.modified, "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Event::Translated {
+                    kind: Kind::IcmpError,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            src_of(&p[28..]),
+            server,
+            "the quote names the flow's server"
+        );
+    }
+
+    #[test]
+    fn a_client_outside_the_from_list_meets_no_service() {
+        let t = table_of(&[
+            "service pub0 port * 22 TCP 192.168.77.10 22 0x1000 from 10.99.1.0/28,198.51.100.7",
+        ]);
+        let flows = FlowMemory::default();
+        let mut syn = tcp_syn([10, 99, 1, 20], 40312, [10, 99, 1, 1], 22);
+        let before = syn.clone();
+        let (d, e) = run(&t, &flows, &mut syn, HOOK_PREROUTING);
+        assert_eq!(
+            (d.verdict, d.modified, d.mark),
+            (Verdict::Accept, false, None)
+        );
+        assert_eq!(e, Event::Refused { id: 0 });
+        assert_eq!(syn, before);
+        let mut syn = tcp_syn([10, 99, 1, 2], 40312, [10, 99, 1, 1], 22);
+        assert!(run(&t, &flows, &mut syn, HOOK_PREROUTING).0.modified);
+        let mut syn = tcp_syn([198, 51, 100, 7], 40312, [10, 99, 1, 1], 22);
+        assert!(run(&t, &flows, &mut syn, HOOK_PREROUTING).0.modified);
+        // A reply towards a client outside the list is never passed (it would leak).
+        let mut reply = tcp_syn([192, 168, 77, 10], 22, [10, 99, 1, 20], 40312);
+        let (d, e) = run(&t, &flows, &mut reply, HOOK_POSTROUTING);
+        assert_eq!(d.verdict, Verdict::Drop, "{e:?}");
+        let mut reply = tcp_syn([192, 168, 77, 10], 22, [10, 99, 1, 2], 40312);
+        assert!(run(&t, &flows, &mut reply, HOOK_POSTROUTING).0.modified);
+    }
+
+    #[test]
+    fn header_only_serves_what_the_kernel_maps_hold_and_honours_from() {
+        let t = table_of(&[
+            "service pub0 port * 8000-8009 TCP 192.168.77.10 9000-9009",
+            "service pub0 port * 80 TCP 192.168.77.10,192.168.77.11 8080",
+            "service pub0 port * 22 TCP 192.168.77.12 22 from 10.99.1.0/28",
+            "service pub0 port * 6000-6009 TCP 192.168.77.13 7000",
+        ]);
+        let flows = FlowMemory::default();
+        let long = |dport, src: [u8; 4]| {
+            let mut b = tcp_syn(src, 40312, [10, 99, 1, 1], dport);
+            b[33] = 0x10;
+            b
+        };
+        let go = |mut b: Vec<u8>| {
+            let mut pkt = packet(&mut b, HOOK_PREROUTING, 7, 0);
+            pkt.truncated = true;
+            handle(&t, &flows, (0x4e00, 0x100), &mut pkt).1
+        };
+        // A 1:1 range is in the maps port by port.
+        assert!(matches!(
+            go(long(8005, [10, 99, 1, 2])),
+            Event::Translated { id: 0, .. }
+        ));
+        // Several servers: the verdict names the flow's server in the slot bits (0xc0 below
+        // rewrite bit 0x100), which picks the inbound map holding it.
+        let e = t.entry(1).unwrap();
+        let mut slots = [0usize; 2];
+        for last in 2..60u8 {
+            let client = SocketAddr::from(([10, 99, 1, last], 40312));
+            let mut b = long(80, [10, 99, 1, last]);
+            let mut pkt = packet(&mut b, HOOK_PREROUTING, 7, 0);
+            pkt.truncated = true;
+            let (d, ev) = handle(&t, &flows, (0x4e00, 0x100), &mut pkt);
+            assert!(matches!(ev, Event::Translated { id: 1, .. }), "{ev:?}");
+            let slot = (d.mark.unwrap() & 0xc0) >> 6;
+            let want = usize::from(e.server_for(client) != e.act.ip());
+            assert_eq!(slot as usize, want, "{client}");
+            slots[want] += 1;
+        }
+        assert!(slots[0] > 0 && slots[1] > 0, "{slots:?}");
+        assert_eq!(go(long(22, [10, 99, 1, 99])), Event::Refused { id: 2 });
+        assert!(matches!(
+            go(long(22, [10, 99, 1, 2])),
+            Event::Translated { id: 2, .. }
+        ));
+        // Many to one: long packets in are in the maps, long replies are not.
+        assert!(matches!(
+            go(long(6003, [10, 99, 1, 2])),
+            Event::Translated { id: 3, .. }
+        ));
+        let mut reply = tcp_syn([192, 168, 77, 13], 7000, [10, 99, 1, 2], 40312);
+        reply[33] = 0x10;
+        let mut pkt = packet(&mut reply, HOOK_POSTROUTING, 0, 7);
+        pkt.truncated = true;
+        let (_, ev) = handle(&t, &flows, (0x4e00, 0x100), &mut pkt);
+        let want = Event::Dropped {
+            reason: Refusal::Truncated,
+            id: Some(3),
+        };
+        assert_eq!(ev, want);
     }
 
     #[test]

@@ -26,10 +26,11 @@ use crate::engine::record::{
     DropAction, DropRecord, IcmpRecord, MappingEvent, NewFlows, PacketRecord, RecordKind,
     SuppressedRecord, icmp_type_code,
 };
+use crate::engine::service::server_index;
 use crate::engine::stats::{Carry, DropReason, LiveStats, Rate, Shard, TokenBucket};
 use crate::log::Logger;
 use crate::queue::Packet;
-use crate::wire::{Direction, Kind};
+use crate::wire::{self, Direction, Kind};
 
 /// The clocks of one batch, read once per batch rather than per packet.
 #[derive(Clone, Copy, Debug, Default)]
@@ -242,6 +243,7 @@ impl Monitor {
                 let Some(service) = set.services.get(id) else {
                     return;
                 };
+                let mut opened = false;
                 match kind {
                     Kind::Plain { syn } => {
                         if inbound {
@@ -251,6 +253,7 @@ impl Monitor {
                                     flows.is_new(serial, flow.src, now.secs())
                                 }),
                             };
+                            opened = new;
                             if new {
                                 stats.new_connection(id);
                                 if flags.has(Flags::MAPPING_EVENT)
@@ -295,11 +298,34 @@ impl Monitor {
                         }
                     }
                 }
+                stats.server(id, server_of(service, dir, kind, &flow), opened);
             }
             Event::Passed => {
                 stats.passed();
                 if set.any_drops {
                     self.unattributed_record(pkt, DropAction::Pass, None, now, log);
+                }
+            }
+            Event::Refused { id } => {
+                // Passed as a packet of no service is; recorded as the service's when its
+                // flags ask for drop records.
+                stats.passed();
+                let flags = set.flags.get(id).copied().unwrap_or_default();
+                let (Some(service), true) = (set.services.get(id), flags.has(Flags::DROPS)) else {
+                    return;
+                };
+                let Some(limits) = limits_of(&set.limit_of, limits, id) else {
+                    return;
+                };
+                if let Some(held) = admit(stats, id, &mut limits.drops, now.ms, rate) {
+                    suppressed(log, Some(service), RecordKind::Drop, held);
+                    log.record(DropRecord {
+                        iface: &service.iface,
+                        dir: Direction::Inbound,
+                        action: DropAction::Refused,
+                        reason: None,
+                        peek: datapath::peek(pkt.payload),
+                    });
                 }
             }
             Event::Dropped { reason, id } => {
@@ -413,12 +439,33 @@ pub fn resolved_app(table: &crate::engine::service::ServiceTable, id: usize) -> 
     table.entry(id).map(|e| e.app.ip())
 }
 
+/// The position in `service`'s servers of the server a translated packet went to or came
+/// from: inbound the flow's by the hash (the client is the source, or for an ICMP error the
+/// quoted packet's destination), a reply's its source (the quoted packet's destination).
+fn server_of(service: &Service, dir: Direction, kind: Kind, flow: &wire::Flow) -> usize {
+    if service.more_act_addrs.is_empty() {
+        return 0;
+    }
+    let n = service.more_act_addrs.len() + 1;
+    match (dir, kind) {
+        (Direction::Inbound, Kind::Plain { .. }) => server_index(flow.src, n),
+        (Direction::Inbound, Kind::IcmpError) => server_index(flow.dst, n),
+        (Direction::Reply, Kind::Plain { .. }) => position(service, flow.src.ip()),
+        (Direction::Reply, Kind::IcmpError) => position(service, flow.dst.ip()),
+    }
+}
+
+fn position(service: &Service, server: std::net::IpAddr) -> usize {
+    service.servers().position(|a| a == server).unwrap_or(0)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::config::parse_service;
     use crate::engine::service::{OnePublic, ServiceTable};
     use crate::engine::stats::carry_map;
+    use std::net::SocketAddr;
 
     fn monitor(services: Vec<Service>) -> Monitor {
         let shard = Arc::new(Shard::new(0, LiveStats::new(services.len())));
@@ -666,6 +713,65 @@ pub(crate) mod tests {
             l[0].contains(":out:drop:unmapped-reply:c0a84d0a:9999:0a630102:41000:17"),
             "{l:?}"
         );
+    }
+
+    /// A client outside a `from` list: passed, counted as passed, and written as the
+    /// service's `pass:refused` record only when the service has 0x1000.
+    #[test]
+    fn refused_clients_are_recorded_as_the_services_with_flag_0x1000() {
+        let lines_of = |flags: &str| {
+            let line =
+                format!("service pub0 port * 53 UDP 192.168.77.10 5353 {flags} from 10.99.1.0/30");
+            let svcs = vec![parse_service(&line).unwrap()];
+            let table = ServiceTable::build(&svcs, &OnePublic);
+            let mut mon = monitor(svcs);
+            let mut log = Logger::memory();
+            let mut p = udp([10, 99, 1, 9], 41000, [10, 99, 1, 1], 53);
+            let e = run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+            assert_eq!(e, Event::Refused { id: 0 });
+            let c = mon.stats().service(0);
+            assert_eq!((c.in_packets, c.drops.iter().sum::<u64>()), (0, 0));
+            // An admitted client is translated as ever.
+            let mut p = udp([10, 99, 1, 2], 41000, [10, 99, 1, 1], 53);
+            let e = run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+            assert!(matches!(e, Event::Translated { id: 0, .. }), "{e:?}");
+            lines(&mut log)
+        };
+        assert_eq!(
+            lines_of("0x1000"),
+            ["dr:pub0:in:pass:refused:0a630109:41000:0a630101:53:17"]
+        );
+        assert!(lines_of("0x0000").is_empty());
+    }
+
+    /// Several servers: each new flow and each packet counts at the server it went to (by the
+    /// hash, inbound) or came from (replies).
+    #[test]
+    fn several_servers_are_counted_each() {
+        let line = "service pub0 port * 53 UDP 192.168.77.10,192.168.77.11 5353";
+        let svcs = vec![parse_service(line).unwrap()];
+        let table = ServiceTable::build(&svcs, &OnePublic);
+        let mut mon = monitor(svcs);
+        let mut log = Logger::memory();
+        let mut want = [0u64; 2];
+        for port in 41000..41040u16 {
+            let mut p = udp([10, 99, 1, 2], port, [10, 99, 1, 1], 53);
+            run(&mut mon, &table, &mut p, 0, Clock::default(), &mut log);
+            let k = server_index(SocketAddr::from(([10, 99, 1, 2], port)), 2);
+            want[k] += 1;
+        }
+        let c = mon.stats().service(0);
+        assert_eq!(c.new_connections, 40);
+        assert_eq!(c.server_connections[..2], want);
+        assert_eq!(c.server_packets[..2], want);
+        assert!(want[0] > 0 && want[1] > 0, "{want:?}");
+        // A reply from the second server counts there, not as a new connection.
+        let mut r = udp([192, 168, 77, 11], 5353, [10, 99, 1, 2], 41000);
+        let e = run(&mut mon, &table, &mut r, 4, Clock::default(), &mut log);
+        assert!(matches!(e, Event::Translated { .. }), "{e:?}");
+        let c = mon.stats().service(0);
+        assert_eq!(c.server_packets[1], want[1] + 1);
+        assert_eq!(c.server_connections[..2], want);
     }
 
     #[test]

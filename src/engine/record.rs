@@ -145,6 +145,9 @@ pub enum DropAction {
     Drop,
     /// Passed on unchanged (not a service's packet).
     Pass,
+    /// Passed on unchanged: the service's `from` list leaves the client out, so for it the
+    /// service does not exist. Written `pass:refused`.
+    Refused,
 }
 
 /// Flag 0x1000, for every packet dropped or left untranslated (rate-limited):
@@ -159,7 +162,8 @@ pub enum DropAction {
 ///   `-bad-total-length`, `-fragment`, `-bad-extension-header`, `-unsupported-protocol`,
 ///   `-source-routed`, `-address-family`), `unmapped-reply` (a reply no service maps back:
 ///   passing it would leak the private address), `not-ours` (passed: e.g. an ICMP error about
-///   another flow).
+///   another flow), `refused` (passed: the client is not in the service's `from` list, so the
+///   router's own stack answers it).
 /// - addresses, ports and protocol as far as the headers can be read, `-` otherwise.
 ///
 /// Example: `dr:pub0:in:drop:malformed-bad-header-length:0a630102:1234:0a630101:80:6`.
@@ -176,10 +180,11 @@ impl fmt::Display for DropRecord<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let action = match self.action {
             DropAction::Drop => "drop",
-            DropAction::Pass => "pass",
+            DropAction::Pass | DropAction::Refused => "pass",
         };
         write!(f, "dr:{}:{}:{action}:", self.iface, dir_name(self.dir))?;
         match self.reason {
+            None if self.action == DropAction::Refused => f.write_str("refused")?,
             None => f.write_str("not-ours")?,
             Some(Refusal::Truncated) => f.write_str("oversize")?,
             Some(Refusal::UnmappedReply) => f.write_str("unmapped-reply")?,

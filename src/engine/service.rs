@@ -31,7 +31,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::{AppAddr, Flags, Protocol, Service};
+use crate::config::{AppAddr, Flags, Prefix, Protocol, Service};
 use crate::engine::flows::{self, Claim, SlotTable};
 
 /// What the table needs to know about the interfaces; supplied from outside (rtnetlink, tests).
@@ -69,6 +69,14 @@ pub struct Entry {
     /// `others`: the connections made before the move went there, so replies of flows the
     /// [`FlowMemory`] does not hold leave from it (see [`ServiceTable::carry_over`]).
     pub held: Option<IpAddr>,
+    /// The last apparent port (`app.port()` for one port) and the last actual port
+    /// (`act.port()` for one port: every apparent port maps to it).
+    pub app_last: u16,
+    pub act_last: u16,
+    /// Every actual server, `act.ip()` first; one for most services.
+    pub servers: Box<[IpAddr]>,
+    /// The clients the service is for; empty: every client.
+    pub from: Box<[Prefix]>,
 }
 
 impl Entry {
@@ -82,6 +90,180 @@ impl Entry {
     #[inline]
     pub fn answers_at(&self, ip: IpAddr) -> bool {
         self.app.ip() == ip || self.others.contains(&ip)
+    }
+
+    /// The seed's service: one port to one port at one server, every client. Its packets
+    /// need nothing but the entry itself.
+    #[inline]
+    pub fn is_plain(&self) -> bool {
+        self.app_last == self.app.port() && self.servers.len() == 1 && self.from.is_empty()
+    }
+
+    /// A range mapped onto one actual port: a reply shows the apparent port only the client's
+    /// flow knows (see [`FlowMemory::remember_port`]).
+    #[inline]
+    pub fn is_many_to_one(&self) -> bool {
+        self.app_last != self.app.port() && self.act_last == self.act.port()
+    }
+
+    /// Whether `client` may use the service: its `from` list holds it, or there is none.
+    #[inline]
+    pub fn admits(&self, client: IpAddr) -> bool {
+        self.from.is_empty() || self.from.iter().any(|p| p.contains(client))
+    }
+
+    /// The server of the client's flow: a stateless hash of the client's address and port
+    /// ([`server_index`]), so that every packet of the flow, in both directions and across
+    /// reloads that keep the list, meets the same server.
+    #[inline]
+    pub fn server_for(&self, client: SocketAddr) -> IpAddr {
+        self.servers[server_index(client, self.servers.len())]
+    }
+
+    /// The actual endpoint an inbound packet from `client` to apparent port `port` goes to:
+    /// the flow's server, and `act + (port - app)` for a 1:1 range, else the one actual port.
+    /// `client` unknown: the first server.
+    #[inline]
+    pub fn act_for(&self, port: u16, client: Option<SocketAddr>) -> SocketAddr {
+        let ip = match client {
+            Some(c) if self.servers.len() > 1 => self.server_for(c),
+            _ => self.act.ip(),
+        };
+        let first = self.act.port();
+        let port = if self.act_last == first {
+            first
+        } else {
+            // The lookup found `port` within the apparent range, and the ranges have one size.
+            first.saturating_add(port.saturating_sub(self.app.port()))
+        };
+        SocketAddr::new(ip, port)
+    }
+
+    /// The apparent port a reply from actual port `port` shows by the 1:1 arithmetic; the
+    /// first apparent port for one port, `None` for a many-to-one range (the flow knows).
+    #[inline]
+    pub fn app_port_for(&self, port: u16) -> Option<u16> {
+        let first = self.app.port();
+        if self.app_last == first {
+            Some(first)
+        } else if self.is_many_to_one() {
+            None
+        } else {
+            Some(first.saturating_add(port.saturating_sub(self.act.port())))
+        }
+    }
+}
+
+/// Which of `n` servers serves the flow of `client`: the same for every packet of the flow,
+/// in every process, on every reload (a fixed hash, not a seeded one: the choice must survive
+/// a restart). A client could pick its server by choosing its port; it could also just
+/// connect again, so nothing is lost by that.
+#[inline]
+pub fn server_index(client: SocketAddr, n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    let addr = match client.ip() {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let mut h = FoldBuild.build_hasher();
+    h.write_u64(addr as u64);
+    h.write_u64((addr >> 64) as u64);
+    h.write_u64(u64::from(client.port()));
+    // The high bits of a multiply-fold mix best; reduce by multiplication, not modulo.
+    ((u128::from(h.finish()) * n as u128) >> 64) as usize
+}
+
+/// Port ranges at one address (a [`Key`] with port 0): sorted by first port, disjoint, each
+/// `(first, last, index into the entries)`.
+type Ranges = Vec<(u16, u16, u32)>;
+
+/// One direction's lookup: single ports by their exact key, ranges by their address.
+#[derive(Debug)]
+struct Side {
+    exact: HashMap<Key, u32, FoldBuild>,
+    ranges: HashMap<Key, Ranges, FoldBuild>,
+}
+
+impl Side {
+    fn with_capacity(n: usize) -> Side {
+        Side {
+            exact: HashMap::with_capacity_and_hasher(n, FoldBuild),
+            ranges: HashMap::with_hasher(FoldBuild),
+        }
+    }
+
+    #[inline]
+    fn get(&self, ifindex: u32, protocol: Protocol, sa: SocketAddr) -> Option<u32> {
+        if let Some(&i) = self.exact.get(&Key::new(ifindex, protocol, sa)) {
+            return Some(i);
+        }
+        if self.ranges.is_empty() {
+            return None;
+        }
+        let ranges = self
+            .ranges
+            .get(&Key::new(ifindex, protocol, SocketAddr::new(sa.ip(), 0)))?;
+        let port = sa.port();
+        let after = ranges.partition_point(|r| r.0 <= port);
+        let &(_, last, index) = ranges.get(after.checked_sub(1)?)?;
+        (port <= last).then_some(index)
+    }
+
+    /// The entry that holds any port of `first..=last` at `ip`.
+    fn holder(
+        &self,
+        ifindex: u32,
+        protocol: Protocol,
+        ip: IpAddr,
+        ports: (u16, u16),
+    ) -> Option<u32> {
+        let (first, last) = ports;
+        if let Some(ranges) = self
+            .ranges
+            .get(&Key::new(ifindex, protocol, SocketAddr::new(ip, 0)))
+        {
+            let after = ranges.partition_point(|r| r.0 <= last);
+            if let Some(&(_, end, index)) = after.checked_sub(1).and_then(|i| ranges.get(i))
+                && end >= first
+            {
+                return Some(index);
+            }
+        }
+        if self.exact.is_empty() {
+            return None;
+        }
+        (first..=last).find_map(|p| {
+            self.exact
+                .get(&Key::new(ifindex, protocol, SocketAddr::new(ip, p)))
+                .copied()
+        })
+    }
+
+    /// Claims `first..=last` at `ip` for `index` (the caller checked they are free).
+    fn insert(
+        &mut self,
+        ifindex: u32,
+        protocol: Protocol,
+        ip: IpAddr,
+        ports: (u16, u16),
+        index: u32,
+    ) {
+        let (first, last) = ports;
+        if first == last {
+            self.exact.insert(
+                Key::new(ifindex, protocol, SocketAddr::new(ip, first)),
+                index,
+            );
+            return;
+        }
+        let ranges = self
+            .ranges
+            .entry(Key::new(ifindex, protocol, SocketAddr::new(ip, 0)))
+            .or_default();
+        let at = ranges.partition_point(|r| r.0 < first);
+        ranges.insert(at, (first, last, index));
     }
 }
 
@@ -112,14 +294,17 @@ pub struct ServiceTable {
     entries: Vec<Entry>,
     /// Index into `entries` (u32: a map slot is then 32 bytes; a configuration file holds far
     /// fewer than 2^32 services).
-    inbound: HashMap<Key, u32, FoldBuild>,
-    reply: HashMap<Key, u32, FoldBuild>,
+    inbound: Side,
+    reply: Side,
     waiting: Vec<usize>,
     conflicts: Vec<Conflict>,
     /// Whether any entry is draining: the packet path only looks closer when one is.
     has_draining: bool,
     /// Whether any entry has other addresses: only then may the flow memory matter.
     has_others: bool,
+    /// Whether any entry is not plain ([`Entry::is_plain`]): only then does the packet path
+    /// need the client's endpoint for the lookup's answer.
+    needs_client: bool,
 }
 
 impl ServiceTable {
@@ -143,35 +328,43 @@ impl ServiceTable {
         let n = services.len();
         let mut table = ServiceTable {
             entries: Vec::with_capacity(n),
-            inbound: HashMap::with_capacity_and_hasher(n, FoldBuild),
-            reply: HashMap::with_capacity_and_hasher(n, FoldBuild),
+            inbound: Side::with_capacity(n),
+            reply: Side::with_capacity(n),
             waiting: Vec::new(),
             conflicts: Vec::new(),
             has_draining: false,
             has_others: false,
+            needs_client: false,
         };
         for (id, s) in services.iter().enumerate() {
             let Some(mut entry) = resolve(id, s, ifaces) else {
                 table.waiting.push(id);
                 continue;
             };
-            let in_key = Key::new(entry.ifindex, entry.protocol, entry.app);
-            let out_key = Key::new(entry.ifindex, entry.protocol, entry.act);
+            let (ifindex, protocol) = (entry.ifindex, entry.protocol);
+            let app_ports = (entry.app.port(), entry.app_last);
+            let act_ports = (entry.act.port(), entry.act_last);
+            let in_holder = table
+                .inbound
+                .holder(ifindex, protocol, entry.app.ip(), app_ports);
+            // Every server's actual endpoint must be free for the replies.
+            let out_holder = entry
+                .servers
+                .iter()
+                .find_map(|&ip| table.reply.holder(ifindex, protocol, ip, act_ports));
             entry.draining = id >= first_draining;
             // Check both keys before inserting either: an entry is in both maps or in neither,
             // so that every translated request has its reply translated too.
-            let clash = match (table.inbound.get(&in_key), table.reply.get(&out_key)) {
-                (Some(&i), _) => Some((i, Lookup::Inbound)),
-                (None, Some(&i)) => Some((i, Lookup::Reply)),
+            let clash = match (in_holder, out_holder) {
+                (Some(i), _) => Some((i, Lookup::Inbound)),
+                (None, Some(i)) => Some((i, Lookup::Reply)),
                 (None, None) => None,
             };
             // One exception: a draining service whose apparent endpoint a configured one took
             // (its actual server changed) keeps translating what its old server still sends.
             // The client answers that, and its answer goes to the new server, which resets the
             // old connection: a clean cut where dropping would leave the client waiting.
-            if let (true, Some((i, Lookup::Inbound)), None) =
-                (entry.draining, clash, table.reply.get(&out_key))
-            {
+            if let (true, Some((i, Lookup::Inbound)), None) = (entry.draining, clash, out_holder) {
                 let with = table.entries[i as usize].id;
                 table.conflicts.push(Conflict {
                     id,
@@ -180,7 +373,10 @@ impl ServiceTable {
                 });
                 table.has_draining = true;
                 let index = u32::try_from(table.entries.len()).expect("fewer than 2^32 services");
-                table.reply.insert(out_key, index);
+                for &ip in &entry.servers {
+                    table.reply.insert(ifindex, protocol, ip, act_ports, index);
+                }
+                table.needs_client |= !entry.is_plain();
                 table.entries.push(entry);
                 continue;
             }
@@ -194,18 +390,31 @@ impl ServiceTable {
                 continue;
             }
             table.has_draining |= entry.draining;
+            table.needs_client |= !entry.is_plain();
             let index = u32::try_from(table.entries.len()).expect("fewer than 2^32 services");
-            table.inbound.insert(in_key, index);
-            table.reply.insert(out_key, index);
+            table
+                .inbound
+                .insert(ifindex, protocol, entry.app.ip(), app_ports, index);
+            for &ip in &entry.servers {
+                table.reply.insert(ifindex, protocol, ip, act_ports, index);
+            }
             table.entries.push(entry);
         }
         // The other addresses last and only where free: a service on the address itself, or a
         // `*` service whose address it is, owns the endpoint; the rest is a courtesy to the
         // connections made there, not a conflict.
         for (index, e) in table.entries.iter().enumerate() {
+            let ports = (e.app.port(), e.app_last);
             for &ip in &e.others {
-                let key = Key::new(e.ifindex, e.protocol, SocketAddr::new(ip, e.app.port()));
-                table.inbound.entry(key).or_insert(index as u32);
+                if table
+                    .inbound
+                    .holder(e.ifindex, e.protocol, ip, ports)
+                    .is_none()
+                {
+                    table
+                        .inbound
+                        .insert(e.ifindex, e.protocol, ip, ports, index as u32);
+                }
                 table.has_others = true;
             }
         }
@@ -237,12 +446,13 @@ impl ServiceTable {
     pub fn empty() -> ServiceTable {
         ServiceTable {
             entries: Vec::new(),
-            inbound: HashMap::with_hasher(FoldBuild),
-            reply: HashMap::with_hasher(FoldBuild),
+            inbound: Side::with_capacity(0),
+            reply: Side::with_capacity(0),
             waiting: Vec::new(),
             conflicts: Vec::new(),
             has_draining: false,
             has_others: false,
+            needs_client: false,
         }
     }
 
@@ -258,17 +468,25 @@ impl ServiceTable {
         self.has_draining
     }
 
-    /// Inbound lookup: packet arrived on `ifindex` for `dst`.
+    /// Whether some entry is not plain (a range, several servers, a `from` list): then the
+    /// lookups' answer depends on the client too (see [`Entry::act_for`], [`Entry::admits`]).
+    #[inline]
+    pub fn needs_client(&self) -> bool {
+        self.needs_client
+    }
+
+    /// Inbound lookup: packet arrived on `ifindex` for `dst` (any port of a range).
     #[inline]
     pub fn inbound(&self, ifindex: u32, protocol: Protocol, dst: SocketAddr) -> Option<&Entry> {
-        let index = *self.inbound.get(&Key::new(ifindex, protocol, dst))?;
+        let index = self.inbound.get(ifindex, protocol, dst)?;
         self.entries.get(index as usize)
     }
 
-    /// Reply lookup: packet leaves through `ifindex` from `src`.
+    /// Reply lookup: packet leaves through `ifindex` from `src` (any server, any port of an
+    /// actual range).
     #[inline]
     pub fn reply(&self, ifindex: u32, protocol: Protocol, src: SocketAddr) -> Option<&Entry> {
-        let index = *self.reply.get(&Key::new(ifindex, protocol, src))?;
+        let index = self.reply.get(ifindex, protocol, src)?;
         self.entries.get(index as usize)
     }
 
@@ -328,6 +546,10 @@ fn resolve(id: usize, s: &Service, ifaces: &impl Interfaces) -> Option<Entry> {
         draining: false,
         others,
         held: None,
+        app_last: s.app_port_last,
+        act_last: s.act_port_last,
+        servers: s.servers().collect(),
+        from: s.from.clone().into_boxed_slice(),
     })
 }
 
@@ -445,10 +667,40 @@ impl FlowMemory {
         if e.others.is_empty() || arrived == e.reply_default() {
             return;
         }
-        self.remember(e, client, arrived, syn);
+        self.remember(e, self.tag(e, client), self.fingerprint(arrived), syn);
     }
 
-    fn remember(&self, e: &Entry, client: SocketAddr, arrived: IpAddr, syn: bool) {
+    /// An inbound packet from `client` to apparent port `port` of a many-to-one range was
+    /// translated for `e`: remembers the port, which the replies (all from the one actual
+    /// port) must show. Nothing for other entries.
+    #[inline]
+    pub fn remember_port(&self, e: &Entry, client: SocketAddr, port: u16, syn: bool) {
+        if e.is_many_to_one() {
+            self.remember(e, self.port_tag(e, client), port, syn);
+        }
+    }
+
+    /// The apparent port the flow of `client` came to, for a reply of the many-to-one `e`;
+    /// `None` when the memory does not hold the flow.
+    #[inline]
+    pub fn app_port(&self, e: &Entry, client: SocketAddr) -> Option<u16> {
+        if self.is_empty() {
+            return None;
+        }
+        let (_, v) = self.table.find(self.port_tag(e, client))?;
+        let port = flows::data(v);
+        // A port outside the range is no port of this flow (a check collision).
+        (e.app.port()..=e.app_last).contains(&port).then_some(port)
+    }
+
+    /// The key of a flow's apparent port: its own key space beside the address fingerprints.
+    fn port_tag(&self, e: &Entry, client: SocketAddr) -> u64 {
+        self.hasher
+            .hash_one((FlowKey::new(e, client), "port"))
+            .max(1)
+    }
+
+    fn remember(&self, e: &Entry, key: u64, fingerprint: u16, syn: bool) {
         let idle_ms = match e.protocol {
             Protocol::Tcp if syn => SYN_IDLE_MS,
             Protocol::Tcp => TCP_IDLE_MS,
@@ -456,8 +708,6 @@ impl FlowMemory {
         };
         let now = self.table.now();
         let expires = now.saturating_add(idle_ms.div_ceil(1000) as u32);
-        let key = self.tag(e, client);
-        let fingerprint = self.fingerprint(arrived);
         // Twice at most: a lost race for a slot is worth one more look, not a loop.
         for _ in 0..2 {
             if let Some((i, old)) = self.table.find(key) {
@@ -1194,6 +1444,195 @@ mod tests {
         };
         let t2 = ServiceTable::build(&svcs, &fewer);
         assert_eq!(m.reply(t2.entry(0).unwrap(), c), sa("10.99.1.1:53"));
+    }
+
+    #[test]
+    fn ranges_are_found_at_every_port_and_map_one_to_one() {
+        let svcs = services(&[
+            "service eth0 port * 8000-8009 TCP 192.168.1.10 9000-9009 0x8000",
+            "service eth0 port * 80 TCP 192.168.1.10 8080",
+            "service eth0 port * 6000-6009 UDP 192.168.1.10 7000",
+            "service eth0 port * 8010-8019 TCP 192.168.1.11 9000-9009",
+        ]);
+        let t = ServiceTable::build(&svcs, &ifaces());
+        assert!(t.conflicts().is_empty() && t.needs_client());
+        for p in 8000..=8009u16 {
+            let e = t
+                .inbound(2, Protocol::Tcp, sa(&format!("203.0.113.1:{p}")))
+                .unwrap();
+            assert_eq!(e.id, 0);
+            let act = e.act_for(p, Some(sa("198.51.100.7:40000")));
+            assert_eq!(act, SocketAddr::new(ip("192.168.1.10"), 9000 + (p - 8000)));
+            let r = t.reply(2, Protocol::Tcp, act).unwrap();
+            assert_eq!((r.id, r.app_port_for(act.port())), (0, Some(p)));
+        }
+        // Around the range: the neighbours are other services or none.
+        let at = |proto, a: &str| t.inbound(2, proto, sa(a)).map(|e| e.id);
+        assert_eq!(at(Protocol::Tcp, "203.0.113.1:7999"), None);
+        assert_eq!(at(Protocol::Tcp, "203.0.113.1:8010"), Some(3));
+        assert_eq!(at(Protocol::Tcp, "203.0.113.1:8020"), None);
+        assert_eq!(at(Protocol::Tcp, "203.0.113.1:80"), Some(1));
+        assert_eq!(at(Protocol::Udp, "203.0.113.1:8005"), None);
+        assert_eq!(
+            t.reply(2, Protocol::Tcp, sa("192.168.1.10:9010"))
+                .map(|e| e.id),
+            None
+        );
+        // Many to one: every apparent port reaches 7000; the reply's port is the flow's.
+        let e = t.inbound(2, Protocol::Udp, sa("203.0.113.1:6007")).unwrap();
+        assert!(e.is_many_to_one());
+        assert_eq!(e.act_for(6007, None), sa("192.168.1.10:7000"));
+        let r = t.reply(2, Protocol::Udp, sa("192.168.1.10:7000")).unwrap();
+        assert_eq!((r.id, r.app_port_for(7000)), (2, None));
+        // The plain service needs nothing but itself.
+        assert!(t.entry(1).unwrap().is_plain() && !t.entry(0).unwrap().is_plain());
+    }
+
+    #[test]
+    fn overlapping_ranges_at_run_time_conflict_first_wins() {
+        // `*` resolves to 203.0.113.1, which the fixed range also names.
+        let svcs = services(&[
+            "service eth0 port 203.0.113.1 8000-8009 TCP 192.168.1.10 9000-9009",
+            "service eth0 port * 8009 TCP 192.168.1.20 80",
+            "service eth0 port * 7990-8000 TCP 192.168.1.21 80",
+            "service eth0 port * 100-200 TCP 192.168.1.10 9005",
+            "service eth0 port * 300 TCP 192.168.1.30,192.168.1.10 9009",
+            "service eth0 port * 8010-8020 TCP 192.168.1.10 9010-9020",
+        ]);
+        let t = ServiceTable::build(&svcs, &ifaces());
+        let c: Vec<(usize, usize, Lookup)> = t
+            .conflicts()
+            .iter()
+            .map(|c| (c.id, c.with, c.direction))
+            .collect();
+        assert_eq!(
+            c,
+            [
+                (1, 0, Lookup::Inbound),
+                (2, 0, Lookup::Inbound),
+                (3, 0, Lookup::Reply),
+                (4, 0, Lookup::Reply)
+            ]
+        );
+        // The one left in is whole: no port of a refused service is reachable.
+        assert_eq!(t.entries().len(), 2);
+        assert!(t.inbound(2, Protocol::Tcp, sa("203.0.113.1:150")).is_none());
+        assert!(t.reply(2, Protocol::Tcp, sa("192.168.1.30:9009")).is_none());
+        assert_eq!(
+            t.inbound(2, Protocol::Tcp, sa("203.0.113.1:8015"))
+                .map(|e| e.id),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn several_servers_share_the_flows_and_each_flow_keeps_its_server() {
+        let svcs = services(&["service eth0 port * 80 TCP 192.168.1.10,192.168.1.11 8080"]);
+        let t = ServiceTable::build(&svcs, &ifaces());
+        let e = t.inbound(2, Protocol::Tcp, sa("203.0.113.1:80")).unwrap();
+        assert_eq!(&*e.servers, [ip("192.168.1.10"), ip("192.168.1.11")]);
+        // Replies from either server are the service's.
+        for server in ["192.168.1.10:8080", "192.168.1.11:8080"] {
+            assert_eq!(t.reply(2, Protocol::Tcp, sa(server)).map(|r| r.id), Some(0));
+        }
+        assert!(t.reply(2, Protocol::Tcp, sa("192.168.1.12:8080")).is_none());
+        // Five hundred clients: both servers get a fair share; the same client endpoint gets
+        // the same server every time, also from a table built again (a reload).
+        let again = ServiceTable::build(&svcs, &ifaces());
+        let e2 = again
+            .inbound(2, Protocol::Tcp, sa("203.0.113.1:80"))
+            .unwrap();
+        let mut count = [0usize; 2];
+        for i in 0..500u32 {
+            let client = SocketAddr::new(
+                IpAddr::V4(std::net::Ipv4Addr::from(0xc633_6400 + (i % 7))),
+                32768 + (i * 37 % 28000) as u16,
+            );
+            let act = e.act_for(80, Some(client));
+            assert_eq!(act.port(), 8080);
+            assert_eq!(act, e.act_for(80, Some(client)));
+            assert_eq!(act, e2.act_for(80, Some(client)));
+            count[usize::from(act.ip() == ip("192.168.1.11"))] += 1;
+        }
+        assert!(count[0] > 175 && count[1] > 175, "{count:?}");
+        // The index is a pure function of the client: fixed values guard it against a change
+        // that would move every flow on upgrade.
+        assert_eq!(server_index(sa("198.51.100.7:40000"), 1), 0);
+        let pinned: Vec<usize> = (0..8)
+            .map(|p| server_index(sa(&format!("198.51.100.7:{}", 40000 + p)), 3))
+            .collect();
+        assert_eq!(
+            pinned,
+            (0..8)
+                .map(|p| server_index(sa(&format!("198.51.100.7:{}", 40000 + p)), 3))
+                .collect::<Vec<_>>()
+        );
+        assert!(pinned.iter().all(|&i| i < 3));
+        let v6 = server_index(sa("[2001:db8::7]:40000"), 2);
+        assert!(v6 < 2);
+    }
+
+    #[test]
+    fn from_lists_admit_only_their_clients() {
+        let svcs = services(&[
+            "service eth0 port * 22 TCP 192.168.1.10 22 from 198.51.100.0/24,203.0.113.7",
+            "service eth0 port * 22 TCP fd00::10 22 from 2001:db8:1::/48",
+        ]);
+        let t = ServiceTable::build(&svcs, &ifaces());
+        let e = t.inbound(2, Protocol::Tcp, sa("203.0.113.1:22")).unwrap();
+        assert!(e.admits(ip("198.51.100.1")) && e.admits(ip("203.0.113.7")));
+        assert!(!e.admits(ip("203.0.113.8")) && !e.admits(ip("2001:db8:1::1")));
+        let e = t.inbound(2, Protocol::Tcp, sa("[2001:db8::1]:22")).unwrap();
+        assert!(e.admits(ip("2001:db8:1:ffff::1")) && !e.admits(ip("2001:db8:2::1")));
+    }
+
+    #[test]
+    fn other_addresses_take_a_range_where_it_is_free() {
+        let svcs = services(&[
+            "service pub0 port * 8000-8009 TCP 192.168.1.10 9000-9009",
+            "service pub0 port * 9000-9009 TCP 192.168.1.10 10000-10009",
+            "service pub0 port 10.99.1.80 9005 TCP 192.168.1.23 22", // the secondary's own
+        ]);
+        let t = ServiceTable::build(&svcs, &BEFORE);
+        assert!(t.conflicts().is_empty(), "{:?}", t.conflicts());
+        let at = |a: &str| t.inbound(2, Protocol::Tcp, sa(a)).map(|e| e.id);
+        for a in ["10.99.1.1:8003", "10.99.1.80:8009", "10.99.1.80:8000"] {
+            assert_eq!(at(a), Some(0), "{a}");
+        }
+        assert_eq!(at("10.99.1.80:8010"), None);
+        // A range that the secondary's own service overlaps stays off the secondary whole.
+        assert_eq!(at("10.99.1.1:9001"), Some(1));
+        assert_eq!(at("10.99.1.80:9005"), Some(2));
+        assert_eq!(at("10.99.1.80:9001"), None);
+    }
+
+    #[test]
+    fn many_to_one_flows_remember_their_apparent_port() {
+        let svcs = services(&["service eth0 port * 6000-6009 UDP 192.168.1.10 7000"]);
+        let t = ServiceTable::build(&svcs, &ifaces());
+        let e = t.entry(0).unwrap();
+        let m = FlowMemory::new(64);
+        m.set_now(1_000);
+        let (a, b) = (sa("198.51.100.7:5000"), sa("198.51.100.7:5001"));
+        assert_eq!(m.app_port(e, a), None, "nothing remembered yet");
+        m.remember_port(e, a, 6003, false);
+        m.remember_port(e, b, 6009, false);
+        assert_eq!(
+            (m.app_port(e, a), m.app_port(e, b)),
+            (Some(6003), Some(6009))
+        );
+        // The latest port of a flow wins; a plain entry remembers nothing.
+        m.remember_port(e, a, 6004, false);
+        assert_eq!(m.app_port(e, a), Some(6004));
+        let plain = services(&["service eth0 port * 53 UDP 192.168.1.10 53"]);
+        let pt = ServiceTable::build(&plain, &ifaces());
+        let before = m.len();
+        m.remember_port(pt.entry(0).unwrap(), a, 53, false);
+        assert_eq!(m.len(), before);
+        // Another many-to-one service's flows are its own, even from the same client.
+        let other = services(&["service eth0 port * 5000-5009 UDP 192.168.1.10 7001"]);
+        let ot = ServiceTable::build(&other, &ifaces());
+        assert_eq!(m.app_port(ot.entry(0).unwrap(), a), None);
     }
 
     #[test]

@@ -20,12 +20,15 @@
 //!   its header still names the service's endpoint; the rest are counted as unattributed.
 //! - `last_seen`: wall-clock time (seconds since the Unix epoch, UTC) of the last translated
 //!   packet, taken once per batch; 0 when none was seen yet.
+//! - `server_connections`, `server_packets`: per actual server of the service (in the order
+//!   configured, at most [`crate::config::MAX_SERVERS`]), the new connections it was given and
+//!   the packets translated to and from it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::Service;
+use crate::config::{MAX_SERVERS, Service};
 use crate::engine::datapath::Refusal;
 use crate::queue::QueueStats;
 
@@ -92,6 +95,10 @@ pub struct Counters {
     pub drops: [u64; DROP_REASONS],
     /// Seconds since the Unix epoch of the last translated packet; 0 = never.
     pub last_seen: u64,
+    /// Per actual server, in the order configured (one for most services): new connections
+    /// it was given, and translated packets to and from it (ICMP errors included).
+    pub server_connections: [u64; MAX_SERVERS],
+    pub server_packets: [u64; MAX_SERVERS],
 }
 
 /// How many figures [`Counters::figures`] lists.
@@ -117,6 +124,8 @@ impl Counters {
             records_suppressed,
             drops: _,
             last_seen: _,
+            server_connections: _,
+            server_packets: _,
         } = self;
         [
             ("in_packets", in_packets),
@@ -185,6 +194,12 @@ impl Stats {
         for (d, n) in s.drops.iter_mut().zip(c.drops) {
             *d += n;
         }
+        for (d, n) in s.server_connections.iter_mut().zip(c.server_connections) {
+            *d += n;
+        }
+        for (d, n) in s.server_packets.iter_mut().zip(c.server_packets) {
+            *d += n;
+        }
         s.last_seen = s.last_seen.max(c.last_seen);
     }
 }
@@ -251,6 +266,8 @@ struct LiveCounters {
     records_suppressed: AtomicU64,
     drops: [AtomicU64; DROP_REASONS],
     last_seen: AtomicU64,
+    server_connections: [AtomicU64; MAX_SERVERS],
+    server_packets: [AtomicU64; MAX_SERVERS],
 }
 
 impl LiveCounters {
@@ -266,6 +283,8 @@ impl LiveCounters {
             records_suppressed: get(&self.records_suppressed),
             drops: std::array::from_fn(|i| get(&self.drops[i])),
             last_seen: get(&self.last_seen),
+            server_connections: self.server_connections.each_ref().map(get),
+            server_packets: self.server_packets.each_ref().map(get),
         }
     }
 
@@ -281,6 +300,8 @@ impl LiveCounters {
             records_suppressed: c.records_suppressed.into(),
             drops: c.drops.map(AtomicU64::new),
             last_seen: c.last_seen.into(),
+            server_connections: c.server_connections.map(AtomicU64::new),
+            server_packets: c.server_packets.map(AtomicU64::new),
         }
     }
 }
@@ -318,6 +339,20 @@ impl LiveStats {
                 bump(&c.out_bytes, bytes as u64);
             }
             c.last_seen.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// A translated packet to or from server `server` (its position in the service's list)
+    /// of service `id`, which opened a connection when `new`.
+    #[inline]
+    pub fn server(&self, id: usize, server: usize, new: bool) {
+        if let Some(c) = self.services.get(id)
+            && let Some(p) = c.server_packets.get(server)
+        {
+            bump(p, 1);
+            if new {
+                bump(&c.server_connections[server], 1);
+            }
         }
     }
 
@@ -769,7 +804,8 @@ mod tests {
         assert_eq!(
             format!("{c:?}"),
             format!(
-                "Counters {{ {}, drops: [0, 0, 0, 0], last_seen: 0 }}",
+                "Counters {{ {}, drops: [0, 0, 0, 0], last_seen: 0, server_connections: \
+                 [0, 0, 0, 0], server_packets: [0, 0, 0, 0] }}",
                 listed.join(", ")
             )
         );

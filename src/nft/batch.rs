@@ -344,14 +344,16 @@ mod tests {
     #[test]
     fn thousands_of_elements_take_few_messages() {
         let services: Vec<Service> = (0..10_000u16)
-            .map(|i| Service {
-                iface: "pub0".into(),
-                app_addr: AppAddr::Fixed("10.99.1.1".parse().unwrap()),
-                app_port: i,
-                protocol: Protocol::Tcp,
-                act_addr: "192.168.77.10".parse().unwrap(),
-                act_port: i,
-                flags: Flags(0),
+            .map(|i| {
+                Service::single(
+                    "pub0",
+                    AppAddr::Fixed("10.99.1.1".parse().unwrap()),
+                    i,
+                    Protocol::Tcp,
+                    "192.168.77.10".parse().unwrap(),
+                    i,
+                    Flags(0),
+                )
             })
             .collect();
         let policy = Policy::new(&services, 1);

@@ -169,14 +169,18 @@ impl Policy {
     }
 }
 
-/// Every set of [`SetKind::ALL`], in that order (empty ones too), with each service's element
-/// in its inbound set, its reply set and, for a fixed apparent address, its ICMP set.
+/// Every set of [`SetKind::ALL`], in that order (empty ones too), with each service's elements
+/// in its inbound set, its reply set and, for a fixed apparent address, its ICMP set. A range
+/// has one element per port (nft cannot add an offset to a port, and the maps of
+/// `nft::rewrite` are keyed alike), a service with several servers one reply element per
+/// server.
 fn service_sets(services: &[Service]) -> Vec<SetSpec> {
     // Counted first, so that each set's elements are allocated once, at their size.
     let mut counts = [0usize; SetKind::ALL.len()];
     for s in services {
-        counts[inbound_element(s).0 as usize] += 1;
-        counts[reply_element(s).0 as usize] += 1;
+        let ports = |r: std::ops::RangeInclusive<u16>| r.len();
+        counts[inbound_element(s).0 as usize] += ports(s.app_ports());
+        counts[reply_element(s).0 as usize] += ports(s.act_ports()) * s.servers().count();
         if let AppAddr::Fixed(a) = s.app_addr {
             counts[icmp_set(a) as usize] += 1;
         }
@@ -186,10 +190,16 @@ fn service_sets(services: &[Service]) -> Vec<SetSpec> {
         .map(|&kind| ElementList::new(kind, counts[kind as usize]))
         .collect();
     for s in services {
-        let (kind, addr, port) = inbound_element(s);
-        sets[kind as usize].push(&s.iface, addr, l4(s.protocol), port);
-        let (kind, addr, port) = reply_element(s);
-        sets[kind as usize].push(&s.iface, addr, l4(s.protocol), port);
+        let (kind, addr, _) = inbound_element(s);
+        for port in s.app_ports() {
+            sets[kind as usize].push(&s.iface, addr, l4(s.protocol), port);
+        }
+        let (kind, _, _) = reply_element(s);
+        for server in s.servers() {
+            for port in s.act_ports() {
+                sets[kind as usize].push(&s.iface, server, l4(s.protocol), port);
+            }
+        }
         if let AppAddr::Fixed(a) = s.app_addr {
             sets[icmp_set(a) as usize].push(&s.iface, a, 0, 0);
         }
@@ -302,15 +312,15 @@ pub(super) fn svc(
     act: &str,
     act_port: u16,
 ) -> Service {
-    Service {
-        iface: iface.into(),
-        app_addr: app,
+    Service::single(
+        iface,
+        app,
         app_port,
-        protocol: p,
-        act_addr: act.parse().unwrap(),
+        p,
+        act.parse().unwrap(),
         act_port,
-        flags: crate::config::Flags(0),
-    }
+        crate::config::Flags(0),
+    )
 }
 
 #[cfg(test)]
@@ -672,6 +682,57 @@ mod tests {
         assert_eq!(p.prerouting.rules.len(), 1 + 3);
         assert_eq!(p.postrouting.rules.len(), 1 + 3 * 2);
         assert_eq!(p.element_count(), 3);
+    }
+
+    /// A range steers each of its ports (nft cannot add offsets), each way; several servers
+    /// each steer their replies; the rules stay the same few.
+    #[test]
+    fn ranges_and_servers_are_elements_port_by_port() {
+        let parse = |l: &str| crate::config::parse_service(l).unwrap();
+        let p = Policy::new(
+            &[
+                parse("service pub0 port 10.99.1.1 8000-8009 TCP 192.168.77.10 9000-9009"),
+                parse("service pub0 port * 6000-6004 UDP 192.168.77.10 7000"),
+                parse("service pub0 port * 80 TCP 192.168.77.10,192.168.77.11,192.168.77.12 80"),
+            ],
+            1,
+        );
+        let ports = |k: SetKind| -> Vec<(String, u16)> {
+            let set = p.set(k).unwrap();
+            set.raw()
+                .iter()
+                .map(|e| (e.addr.to_string(), e.port))
+                .collect()
+        };
+        let in4 = ports(SetKind::In4);
+        assert_eq!(in4.len(), 10);
+        assert!((8000..=8009).all(|q| in4.contains(&("10.99.1.1".into(), q))));
+        let local = ports(SetKind::In4Local);
+        assert_eq!(local.len(), 6);
+        assert!(
+            (6000..=6004)
+                .chain([80])
+                .all(|q| local.iter().any(|e| e.1 == q))
+        );
+        let out4 = ports(SetKind::Out4);
+        // 10 ports of the range, the one port of the many-to-one, 3 servers of the last.
+        assert_eq!(out4.len(), 10 + 1 + 3, "{out4:?}");
+        assert!((9000..=9009).all(|q| out4.contains(&("192.168.77.10".into(), q))));
+        for server in ["192.168.77.10", "192.168.77.11", "192.168.77.12"] {
+            assert!(out4.contains(&(server.into(), 80)), "{server}");
+        }
+        assert!(out4.contains(&("192.168.77.10".into(), 7000)));
+        // The same rules as the services' one-port forms: only the sets grow.
+        let plain = Policy::new(
+            &[
+                parse("service pub0 port 10.99.1.1 8000 TCP 192.168.77.10 9000"),
+                parse("service pub0 port * 6000 UDP 192.168.77.10 7000"),
+                parse("service pub0 port * 80 TCP 192.168.77.10 80"),
+            ],
+            1,
+        );
+        assert_eq!(p.prerouting, plain.prerouting);
+        assert_eq!(p.postrouting, plain.postrouting);
     }
 
     #[test]

@@ -23,7 +23,9 @@
 //! 1-3, the position of the address in the entry's list (apparent address, then the others,
 //! see [`slot_bits`]), and the reply maps `rw_out4_1` .. `rw_out6_3` hold, per slot, that
 //! address. A flow at a fourth or later address is not served here (the consumer drops its long
-//! packets; `header-only off` serves it).
+//! packets; `header-only off` serves it). Inbound, the same bits name the flow's server of a
+//! service with several: the map of slot k (`rw_in4`, then `rw_in4_1` .. `rw_in6_local_3`)
+//! holds server k, and the inbound rules test the slot once any such map exists.
 //!
 //! May use: `sets`, `rules` and `family` (key layouts, set kinds, chains), `expr`, `translate` (key loads), `objects` and
 //! `elements` (the map and its elements), `config`.
@@ -85,7 +87,8 @@ impl MapKind {
     pub const OUT6: MapKind = MapKind::of(SetKind::Out6, 0);
 
     /// Every map netnat may have, in the order they are created; their names, in that order.
-    pub const ALL: [MapKind; 12] = [
+    /// The inbound slot maps come last: they are newer, and the others keep their ids.
+    pub const ALL: [MapKind; 24] = [
         MapKind::IN4,
         MapKind::IN4_LOCAL,
         MapKind::IN6,
@@ -98,8 +101,20 @@ impl MapKind {
         MapKind::of(SetKind::Out6, 1),
         MapKind::of(SetKind::Out6, 2),
         MapKind::of(SetKind::Out6, 3),
+        MapKind::of(SetKind::In4, 1),
+        MapKind::of(SetKind::In4, 2),
+        MapKind::of(SetKind::In4, 3),
+        MapKind::of(SetKind::In4Local, 1),
+        MapKind::of(SetKind::In4Local, 2),
+        MapKind::of(SetKind::In4Local, 3),
+        MapKind::of(SetKind::In6, 1),
+        MapKind::of(SetKind::In6, 2),
+        MapKind::of(SetKind::In6, 3),
+        MapKind::of(SetKind::In6Local, 1),
+        MapKind::of(SetKind::In6Local, 2),
+        MapKind::of(SetKind::In6Local, 3),
     ];
-    const NAMES: [&'static str; 12] = [
+    const NAMES: [&'static str; 24] = [
         "rw_in4",
         "rw_in4_local",
         "rw_in6",
@@ -112,6 +127,18 @@ impl MapKind {
         "rw_out6_1",
         "rw_out6_2",
         "rw_out6_3",
+        "rw_in4_1",
+        "rw_in4_2",
+        "rw_in4_3",
+        "rw_in4_local_1",
+        "rw_in4_local_2",
+        "rw_in4_local_3",
+        "rw_in6_1",
+        "rw_in6_2",
+        "rw_in6_3",
+        "rw_in6_local_1",
+        "rw_in6_local_2",
+        "rw_in6_local_3",
     ];
 
     const fn of(set: SetKind, slot: u8) -> MapKind {
@@ -127,9 +154,15 @@ impl MapKind {
         MapKind::NAMES[self.index()]
     }
 
-    /// The address slot this reply map serves (0: the default address).
+    /// The slot this map serves: for replies the address (0: the default address), inbound
+    /// the server (0: the first, the only one of most services).
     pub fn slot(self) -> u8 {
         self.slot
+    }
+
+    /// The same map's `slot`.
+    fn at_slot(self, slot: u8) -> MapKind {
+        MapKind::of(self.set, slot)
     }
 
     /// The reply map of `slot` of the family.
@@ -180,12 +213,14 @@ pub struct RewriteRule {
     pub map: MapKind,
     pub proto: u8,
     pub udp_zero: Option<bool>,
+    /// Whether the rule tests the slot bits: every reply rule (0 for the default map), and the
+    /// inbound ones when some service has several servers (slot: the flow's server).
+    pub slotted: bool,
 }
 
 impl RewriteRule {
-    /// Reply rules test the slot bits (0 for the default map), inbound ones do not.
     fn slot(&self) -> Option<u8> {
-        (!self.map.inbound()).then(|| self.map.slot())
+        self.slotted.then(|| self.map.slot())
     }
 }
 
@@ -240,31 +275,47 @@ impl Rewrite {
         };
         for (i, s) in services.iter().enumerate() {
             let proto = l4(s.protocol);
-            let act = SocketAddr::new(s.act_addr, s.act_port);
             let v6 = Family::of(&s.act_addr) == Family::Ipv6;
-            match s.app_addr {
-                AppAddr::Fixed(a) => {
-                    let kind = if v6 { MapKind::IN6 } else { MapKind::IN4 };
-                    put(kind, &s.iface, a, proto, s.app_port, act);
+            // A range: one element per port, each with its own actual port (nft cannot add an
+            // offset). Several servers: the consumer names the flow's server in the verdict's
+            // slot bits, and slot k's map holds server k (the first four; the consumer refuses
+            // the long inbound packets of flows of a fifth or later).
+            for (slot, server) in (0..=SLOTS).zip(s.servers()) {
+                for p in s.app_ports() {
+                    let act = SocketAddr::new(server, s.act_port_for(p).unwrap_or(s.act_port));
+                    match s.app_addr {
+                        AppAddr::Fixed(a) => {
+                            let kind = if v6 { MapKind::IN6 } else { MapKind::IN4 };
+                            put(kind.at_slot(slot), &s.iface, a, proto, p, act);
+                        }
+                        AppAddr::Interface => {
+                            let kind = if v6 {
+                                MapKind::IN6_LOCAL
+                            } else {
+                                MapKind::IN4_LOCAL
+                            };
+                            put(kind.at_slot(slot), &s.iface, UNSPECIFIED, proto, p, act);
+                        }
+                    }
                 }
-                AppAddr::Interface => {
-                    let kind = if v6 {
-                        MapKind::IN6_LOCAL
-                    } else {
-                        MapKind::IN4_LOCAL
-                    };
-                    put(kind, &s.iface, UNSPECIFIED, proto, s.app_port, act);
-                }
+            }
+            if s.is_many_to_one() {
+                // Which apparent port a reply shows only the client's flow knows.
+                continue;
             }
             let from = match s.app_addr {
                 AppAddr::Fixed(a) => vec![a],
                 AppAddr::Interface => reply_from(i),
             };
-            for (slot, a) in (0..=SLOTS).zip(from) {
-                if Family::of(&a) == Family::of(&s.act_addr) {
-                    let to = SocketAddr::new(a, s.app_port);
-                    let kind = MapKind::reply(v6, slot);
-                    put(kind, &s.iface, s.act_addr, proto, s.act_port, to);
+            for server in s.servers() {
+                for p in s.act_ports() {
+                    let app_port = s.app_port_for(p).unwrap_or(s.app_port);
+                    for (slot, &a) in (0..=SLOTS).zip(&from) {
+                        if Family::of(&a) == Family::of(&s.act_addr) {
+                            let to = SocketAddr::new(a, app_port);
+                            put(MapKind::reply(v6, slot), &s.iface, server, proto, p, to);
+                        }
+                    }
                 }
             }
         }
@@ -287,6 +338,13 @@ impl Rewrite {
 
     /// The rules of the inbound (`inbound`) or reply chain, before the final drop.
     pub fn rules(&self, inbound: bool) -> Vec<RewriteRule> {
+        // Inbound rules test the slot only when some map needs it: the rules of a table of
+        // one-server services stay as they were.
+        let slotted = !inbound
+            || self
+                .maps
+                .iter()
+                .any(|m| m.kind.inbound() && m.kind.slot > 0);
         let mut out = Vec::new();
         for m in self.maps.iter().filter(|m| m.kind.inbound() == inbound) {
             let protos: Vec<u8> = [IPPROTO_TCP, IPPROTO_UDP]
@@ -301,6 +359,7 @@ impl Rewrite {
                             map: m.kind,
                             proto,
                             udp_zero: Some(zero),
+                            slotted,
                         });
                     }
                 } else {
@@ -308,6 +367,7 @@ impl Rewrite {
                         map: m.kind,
                         proto,
                         udp_zero: None,
+                        slotted,
                     });
                 }
             }
@@ -749,6 +809,68 @@ mod tests {
         assert_eq!(out4.keys.len(), 2);
     }
 
+    /// A range: one element per port each way, each with its own actual port; a many-to-one
+    /// range inbound only; several servers: inbound to the first, replies from each.
+    #[test]
+    fn ranges_and_servers_are_mapped_port_by_port() {
+        let svcs: Vec<Service> = [
+            "service pub0 port 10.99.1.1 8000-8002 TCP 192.168.77.10 9000-9002",
+            "service pub0 port 10.99.1.1 6000-6001 UDP 192.168.77.10 7000",
+            "service pub0 port 10.99.1.1 80 TCP 192.168.77.10,192.168.77.11 8080",
+        ]
+        .iter()
+        .map(|l| parse_service(l).unwrap())
+        .collect();
+        let rw = Rewrite::new(&svcs, &|_| Vec::new(), 0x4e00, 0x100);
+        let text = |k: MapKind| {
+            let m = rw.maps.iter().find(|m| m.kind == k).unwrap();
+            m.keys
+                .elements()
+                .zip(&m.data)
+                .map(|(key, to)| format!("{} : {to}", render_element(&key)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            text(MapKind::IN4),
+            [
+                "\"pub0\" . 10.99.1.1 . tcp . 8000 : 192.168.77.10:9000",
+                "\"pub0\" . 10.99.1.1 . tcp . 8001 : 192.168.77.10:9001",
+                "\"pub0\" . 10.99.1.1 . tcp . 8002 : 192.168.77.10:9002",
+                "\"pub0\" . 10.99.1.1 . udp . 6000 : 192.168.77.10:7000",
+                "\"pub0\" . 10.99.1.1 . udp . 6001 : 192.168.77.10:7000",
+                "\"pub0\" . 10.99.1.1 . tcp . 80 : 192.168.77.10:8080",
+            ]
+        );
+        assert_eq!(
+            text(MapKind::IN4.at_slot(1)),
+            ["\"pub0\" . 10.99.1.1 . tcp . 80 : 192.168.77.11:8080"]
+        );
+        // Now inbound rules test the slot: slot 0 for the first server, 1 for the second.
+        let rules = rw.rules(true);
+        assert!(rules.iter().all(|r| r.slotted));
+        let second = rules
+            .iter()
+            .find(|r| r.map == MapKind::IN4.at_slot(1))
+            .unwrap();
+        assert!(
+            render_rule(&rw, second).contains("meta mark & 0x000000c0 == 0x00000040 "),
+            "{}",
+            render_rule(&rw, second)
+        );
+        assert!(render_rule(&rw, &rules[0]).contains("meta mark & 0x000000c0 == 0x00000000 "));
+        assert_eq!(second.map.name(), "rw_in4_1");
+        assert_eq!(
+            text(MapKind::OUT4),
+            [
+                "\"pub0\" . 192.168.77.10 . tcp . 9000 : 10.99.1.1:8000",
+                "\"pub0\" . 192.168.77.10 . tcp . 9001 : 10.99.1.1:8001",
+                "\"pub0\" . 192.168.77.10 . tcp . 9002 : 10.99.1.1:8002",
+                "\"pub0\" . 192.168.77.10 . tcp . 8080 : 10.99.1.1:80",
+                "\"pub0\" . 192.168.77.11 . tcp . 8080 : 10.99.1.1:80",
+            ]
+        );
+    }
+
     #[test]
     fn rules_per_map_and_protocol_udp_over_ipv4_twice() {
         let rw = Rewrite::new(&services(), &star_at, 0x4e00, 0x100);
@@ -767,6 +889,10 @@ mod tests {
             ]
         );
         assert_eq!(rw.rules(false).len(), 4);
+        assert!(
+            rw.rules(true).iter().all(|r| !r.slotted),
+            "one server each: no slot test"
+        );
         let text = render_rule(&rw, &rw.rules(true)[0]);
         assert_eq!(
             text,

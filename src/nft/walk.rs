@@ -86,15 +86,15 @@ pub(super) fn expressions(rule_attrs: &[u8]) -> Vec<(String, Vec<u8>)> {
 
 pub(super) fn sample() -> Policy {
     Policy::new(
-        &[Service {
-            iface: "ppp0".into(),
-            app_addr: AppAddr::Interface,
-            app_port: 80,
-            protocol: Protocol::Tcp,
-            act_addr: "192.168.77.10".parse().unwrap(),
-            act_port: 8080,
-            flags: Flags(0),
-        }],
+        &[Service::single(
+            "ppp0",
+            AppAddr::Interface,
+            80,
+            Protocol::Tcp,
+            "192.168.77.10".parse().unwrap(),
+            8080,
+            Flags(0),
+        )],
         4747,
     )
 }

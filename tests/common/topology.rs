@@ -29,11 +29,17 @@ pub struct Topology {
 
 impl Topology {
     pub fn new() -> Topology {
+        Topology::with_prefix("")
+    }
+
+    /// The same topology with the namespaces' roles prefixed (`nn-<pid>-<n>-<prefix>cli`
+    /// ...), so that a test file's namespaces can be told from the others' at a glance.
+    pub fn with_prefix(prefix: &str) -> Topology {
         let id = unique_id();
         let t = Topology {
-            cli: Ns::named(&id, "cli"),
-            rtr: Ns::named(&id, "rtr"),
-            srv: Ns::named(&id, "srv"),
+            cli: Ns::named(&id, &format!("{prefix}cli")),
+            rtr: Ns::named(&id, &format!("{prefix}rtr")),
+            srv: Ns::named(&id, &format!("{prefix}srv")),
             dir: TempDir::new(&id),
             id,
         };
