@@ -170,7 +170,13 @@ fn whole_offloadable(
     match dir {
         // With its inbound packet the kernel also offloads the reply flow, whose replies leave
         // from the service's default address: only flows that came to it.
-        Direction::Inbound => flow.dst.ip() == e.reply_default(),
+        // Several servers: the kernel's default map writes the first; a flow hashed to
+        // another stays with the consumer (its server is named in slot bits, which the
+        // offload sets do not hold).
+        Direction::Inbound => {
+            flow.dst.ip() == e.reply_default()
+                && (e.servers.len() <= 1 || server_index(flow.src, e.servers.len()) == 0)
+        }
         // A reply leaves from its flow's address; the kernel's default map writes the
         // service's default one, so a flow kept elsewhere stays with the consumer.
         Direction::Reply => {
