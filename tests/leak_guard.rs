@@ -29,7 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::capture::{self, Capture};
-use common::scenario::{Netnat, netnat_bin, random_file};
+use common::scenario::{Netnat, netnat_bin, random_file, with_test_offload};
 use common::{PYTHON, Proc, Topology, heavy_lock, require_root, run_bounded, script};
 
 /// Any private-side address, as outer source or anywhere in a quoted packet.
@@ -158,11 +158,16 @@ fn hit(t: &Topology, n: &mut Netnat, event: Event, flow: Flow) {
             netnat_ctl(&ctl, &args).expect_ok("netnat service del");
         }
         Event::ReloadWithout => {
-            fs::write(&n.config, config(Some(flow))).expect("rewrite config");
+            fs::write(&n.config, with_test_offload(&config(Some(flow)), "reload"))
+                .expect("rewrite config");
             netnat_ctl(&ctl, &["reload"]).expect_ok("netnat reload");
         }
         Event::ReloadChanged => {
-            fs::write(&n.config, config_with(None, Some(flow))).expect("rewrite config");
+            fs::write(
+                &n.config,
+                with_test_offload(&config_with(None, Some(flow)), "reload"),
+            )
+            .expect("rewrite config");
             netnat_ctl(&ctl, &["reload"]).expect_ok("netnat reload");
         }
         Event::Sigterm => {

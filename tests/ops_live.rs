@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::scenario::with_test_offload;
 use common::status::{self, Doc};
 use common::{CmdOutput, PYTHON, Proc, Topology, require_root, run_bounded, script};
 
@@ -146,6 +147,9 @@ fn parse_3164(line: &str) -> Option<(u8, String)> {
 struct Netnat {
     proc: Proc,
     conf: PathBuf,
+    /// What [`Netnat::start`] wrote into `conf`: the test's text, with `offload on` appended on
+    /// the offload pass (common::scenario::offload_knob).
+    written: String,
     ctl: PathBuf,
 }
 
@@ -155,7 +159,8 @@ impl Netnat {
     /// refuses them). Waits for `ready`.
     fn start(t: &Topology, conf: &str, extra: &[&str]) -> Netnat {
         let path = t.dir.file("netnat.conf");
-        fs::write(&path, conf).unwrap();
+        let written = with_test_offload(conf, "netnat");
+        fs::write(&path, &written).unwrap();
         let ctl_dir = t.dir.file("ctl");
         fs::create_dir_all(&ctl_dir).unwrap();
         fs::set_permissions(&ctl_dir, fs::Permissions::from_mode(0o755)).unwrap();
@@ -176,6 +181,7 @@ impl Netnat {
         Netnat {
             proc,
             conf: path,
+            written,
             ctl,
         }
     }
@@ -612,7 +618,10 @@ fn ops_service_add_del_over_the_control_socket() {
         "{c}\n{}",
         n.proc.evidence()
     );
-    let saved = format!("{conf}service pub0 port * 81 TCP 192.168.77.10 8081 0x0000\n");
+    let saved = format!(
+        "{}service pub0 port * 81 TCP 192.168.77.10 8081 0x0000\n",
+        n.written
+    );
     assert_eq!(fs::read_to_string(&n.conf).unwrap(), saved);
     let mode = fs::metadata(&n.conf).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o640, "the file keeps its mode");
@@ -660,7 +669,8 @@ fn ops_service_add_del_over_the_control_socket() {
     assert_eq!(
         fs::read_to_string(&n.conf).unwrap(),
         format!(
-            "{conf}# deleted by netnat service del: service pub0 port * 81 TCP 192.168.77.10 8081 0x0000\n"
+            "{}# deleted by netnat service del: service pub0 port * 81 TCP 192.168.77.10 8081 0x0000\n",
+            n.written
         )
     );
     let again = n.ctl(&del);
@@ -700,7 +710,7 @@ fn ops_save_keeps_crlf_and_says_live_but_not_saved() {
     let saved = fs::read_to_string(&n.conf).unwrap();
     assert_eq!(
         saved,
-        format!("{conf}service {line81} 0x0000\r\n"),
+        format!("{}service {line81} 0x0000\r\n", n.written),
         "CRLF kept"
     );
     // status --json: a format version, and each service's fields beside its line.
@@ -720,11 +730,11 @@ fn ops_save_keeps_crlf_and_says_live_but_not_saved() {
     let etc = t.dir.file("etc");
     fs::create_dir_all(&etc).unwrap();
     let ro_conf = etc.join("netnat.conf");
-    fs::write(
-        &ro_conf,
+    let ro_text = with_test_offload(
         "queue 4817\nservice pub0 port * 80 TCP 192.168.77.10 8080\n",
-    )
-    .unwrap();
+        "netnat-ro",
+    );
+    fs::write(&ro_conf, &ro_text).unwrap();
     let ctl = t.dir.file("ro.sock");
     let e = etc.to_str().unwrap();
     let script = format!(
@@ -757,7 +767,7 @@ fn ops_save_keeps_crlf_and_says_live_but_not_saved() {
     );
     assert_eq!(
         fs::read_to_string(&ro_conf).unwrap(),
-        "queue 4817\nservice pub0 port * 80 TCP 192.168.77.10 8080\n",
+        ro_text,
         "the file is unchanged"
     );
     ro.signal(libc::SIGTERM);
@@ -838,7 +848,11 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
     assert!(web_in > 0);
     assert_eq!(json_num(&before, dns, "new_connections"), Some(1));
 
-    fs::write(&n.conf, format!("queue 4816\n{dns}\n{new}\n{web}\n")).unwrap();
+    fs::write(
+        &n.conf,
+        with_test_offload(&format!("queue 4816\n{dns}\n{new}\n{web}\n"), "reload"),
+    )
+    .unwrap();
     n.proc.signal(libc::SIGHUP);
     n.proc
         .wait_stderr("reloaded: 3 services", Duration::from_secs(10))
@@ -860,7 +874,10 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
 
     fs::write(
         &n.conf,
-        format!("queue 4816\n{web}\nservice pub0 port * 83 SCTP 10.0.0.1 1\n"),
+        with_test_offload(
+            &format!("queue 4816\n{web}\nservice pub0 port * 83 SCTP 10.0.0.1 1\n"),
+            "reload",
+        ),
     )
     .unwrap();
     n.proc.signal(libc::SIGHUP);
@@ -889,7 +906,11 @@ fn ops_sighup_reload_keeps_counters_and_refuses_broken_files() {
     );
     assert!(curl(&t, 82, None).success());
 
-    fs::write(&n.conf, format!("queue 4816\n{web}\n")).unwrap();
+    fs::write(
+        &n.conf,
+        with_test_offload(&format!("queue 4816\n{web}\n"), "reload"),
+    )
+    .unwrap();
     let r = n.ctl(&["reload"]);
     assert!(
         r.success() && r.stdout.contains("reloaded: 1 services"),
