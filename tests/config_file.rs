@@ -549,27 +549,29 @@ fn bad_offload_values_are_located() {
     one_error("offload-flows 1\noffload-flows 2\n", 2, 1, "given twice");
 }
 
-/// Offload needs header-only on: the two together are refused, at whichever line comes later,
-/// naming the other.
+/// Offload needs header-only on: the two together are refused with one error, located at one
+/// of the two lines (`offload`'s value or `header-only`'s) and naming the other one.
 #[test]
 fn offload_on_needs_header_only_on() {
-    let on_line = |text: &str, line: usize| {
+    for (text, offload_line, header_only_line) in [
+        ("header-only off\noffload on\n", 2, 1),
+        ("offload on\n\nheader-only off\n", 1, 3),
+    ] {
         let errs = errors(text);
         assert_eq!(errs.len(), 1, "expected one error, got:\n{}", lines(&errs));
-        let e = errs.into_iter().next().unwrap();
-        assert!(e.line == line && e.column >= 1, "{e}");
-        e
-    };
-    let e = on_line("header-only off\noffload on\n", 2);
-    assert!(
-        e.message.contains("header-only") && e.message.contains("line 1"),
-        "{e}"
-    );
-    let e = on_line("offload on\n\nheader-only off\n", 3);
-    assert!(
-        e.message.contains("offload") && e.message.contains("line 1"),
-        "{e}"
-    );
+        let e = &errs[0];
+        let other = if e.line == offload_line {
+            header_only_line
+        } else {
+            assert_eq!(e.line, header_only_line, "{text:?}: {e}");
+            offload_line
+        };
+        assert!(e.column >= 1, "{text:?}: {e}");
+        assert!(
+            e.message.contains("header-only") && e.message.contains(&format!("line {other}")),
+            "{text:?}: {e} does not name header-only and line {other}"
+        );
+    }
     // Offload off goes with anything.
     assert!(parse_config("header-only off\noffload off\n", "t.conf").is_ok());
 }
