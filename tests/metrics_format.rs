@@ -42,6 +42,7 @@ fn report() -> Report {
         reloads_ok: 3,
         reloads_refused: 1,
         flows_refused: Default::default(),
+        offload: None,
         services: vec![
             ServiceReport {
                 line: "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000".into(),

@@ -50,6 +50,7 @@ fn report(n: u64) -> Report {
         reloads_ok: 0,
         reloads_refused: 0,
         flows_refused: Default::default(),
+        offload: None,
         services: vec![
             ServiceReport {
                 line: "service pub0 port 10.99.1.80 53 UDP 192.168.77.10 53 0x0000".into(),

@@ -10,6 +10,8 @@
 //! mark 0x4e00                    nonzero hex u32, at most once
 //! header-only on                 on|off: long packets' rewrite applied by the kernel, at most once
 //! rewrite-mark 0x100             one hex bit, not in `mark`: header-only's request bit
+//! offload off                    on|off: the kernel rewrites a flow after its first packet
+//! offload-flows 65536            flows each offload set holds, 1-1048576
 //! syslog-facility local2         kern|user|daemon|auth|local0..local7, at most once
 //! syslog-priority info           emerg|alert|crit|err|warning|notice|info|debug, at most once
 //! log-rate 100                   records/s per service and record class, 1-100000, at most once
@@ -45,7 +47,7 @@ pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_LINE_BYTES: usize = 4096;
 
 /// The directives, in the order error messages list them.
-pub const DIRECTIVES: [&str; 13] = [
+pub const DIRECTIVES: [&str; 15] = [
     "service",
     "queue",
     "queues",
@@ -54,6 +56,8 @@ pub const DIRECTIVES: [&str; 13] = [
     "mark",
     "header-only",
     "rewrite-mark",
+    "offload",
+    "offload-flows",
     "syslog-facility",
     "syslog-priority",
     "log-rate",
@@ -258,6 +262,15 @@ pub fn check_not_writable_by_others(path: &Path, file_mode: u32) -> Result<(), S
     Ok(())
 }
 
+/// `on` or `off`, in any case.
+fn on_off(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    }
+}
+
 fn too_large(len: usize) -> String {
     format!(
         "the configuration is {len} bytes, larger than the limit of {MAX_FILE_BYTES} bytes (16 MiB)"
@@ -295,6 +308,9 @@ struct Parser {
     /// Where `mark` and `rewrite-mark` were set, for the error when they overlap.
     mark_at: Option<(usize, usize)>,
     rewrite_mark_at: Option<(usize, usize)>,
+    /// Where `offload on` and `header-only` were set, for the error when offload lacks it.
+    offload_at: Option<(usize, usize)>,
+    header_only_at: Option<(usize, usize)>,
     /// Line on which each setting directive was first given.
     set_on: HashMap<&'static str, usize>,
     /// First line claiming each apparent endpoint.
@@ -314,6 +330,8 @@ impl Parser {
             queues_at: None,
             mark_at: None,
             rewrite_mark_at: None,
+            offload_at: None,
+            header_only_at: None,
             apparent: HashMap::new(),
             actual: HashMap::new(),
         }
@@ -367,8 +385,25 @@ impl Parser {
             }
         }
         let rw = self.settings.rewrite_mark;
-        let borrowed = rw | rw >> 1 | rw >> 2;
-        if self.settings.header_only && borrowed & self.settings.mark != 0 {
+        // Below the rewrite bit: two bits of address slot, and with offload the offload bit.
+        let (below, what) = if self.settings.offload {
+            (3, "three bits")
+        } else {
+            (2, "two bits")
+        };
+        let borrowed = (0..=below).fold(0, |b, i| b | rw >> i);
+        if self.settings.offload && rw < 8 {
+            let (line, column) = self.rewrite_mark_at.or(self.offload_at).unwrap_or((0, 0));
+            self.bad_value(
+                "rewrite-mark",
+                line,
+                column,
+                format!(
+                    "rewrite-mark {rw:#x} leaves no room for the three bits below it that \
+                     offload uses: choose a bit from 0x8 up"
+                ),
+            );
+        } else if self.settings.header_only && borrowed & self.settings.mark != 0 {
             // The bit would be set by every translating verdict: the kernel would rewrite
             // packets netnat had rewritten already.
             let (line, column) = self.rewrite_mark_at.or(self.mark_at).unwrap_or((0, 0));
@@ -377,9 +412,26 @@ impl Parser {
                 line,
                 column,
                 format!(
-                    "rewrite-mark {rw:#x} (with the two bits below it, {borrowed:#x}) overlaps \
+                    "rewrite-mark {rw:#x} (with the {what} below it, {borrowed:#x}) overlaps \
                      mark {:#x}: choose a bit outside it",
                     self.settings.mark
+                ),
+            );
+        }
+        if self.settings.offload && !self.settings.header_only {
+            // Offloaded packets are rewritten by the header-only path's maps and chains.
+            let (line, column) = self.offload_at.unwrap_or((0, 0));
+            let at = match self.header_only_at {
+                Some((l, _)) => format!(" (line {l})"),
+                None => String::new(),
+            };
+            self.bad_value(
+                "offload",
+                line,
+                column,
+                format!(
+                    "offload on needs header-only on{at}: offloaded packets are rewritten by \
+                     the header-only path's rules"
                 ),
             );
         }
@@ -443,6 +495,8 @@ impl Parser {
             "mark" => self.mark(number, &words),
             "header-only" => self.header_only(number, &words),
             "rewrite-mark" => self.rewrite_mark(number, &words),
+            "offload" => self.offload(number, &words),
+            "offload-flows" => self.offload_flows(number, &words),
             "syslog-facility" => self.facility(number, &words),
             "syslog-priority" => self.priority(number, &words),
             "log-rate" | "log-burst" => self.log_limit(number, &words, directive == "log-rate"),
@@ -760,14 +814,51 @@ impl Parser {
         let Some(w) = self.setting(number, words, "header-only", "on or off") else {
             return;
         };
-        match w.text.to_ascii_lowercase().as_str() {
-            "on" => self.settings.header_only = true,
-            "off" => self.settings.header_only = false,
-            _ => self.bad_value(
+        self.header_only_at = Some((number, w.column));
+        match on_off(w.text) {
+            Some(on) => self.settings.header_only = on,
+            None => self.bad_value(
                 "header-only",
                 number,
                 w.column,
                 format!("expected on or off, found {:?}", w.text),
+            ),
+        }
+    }
+
+    fn offload(&mut self, number: usize, words: &[Word<'_>]) {
+        let Some(w) = self.setting(number, words, "offload", "on or off") else {
+            return;
+        };
+        match on_off(w.text) {
+            Some(on) => {
+                self.settings.offload = on;
+                self.offload_at = Some((number, w.column));
+            }
+            None => self.bad_value(
+                "offload",
+                number,
+                w.column,
+                format!("expected on or off, found {:?}", w.text),
+            ),
+        }
+    }
+
+    fn offload_flows(&mut self, number: usize, words: &[Word<'_>]) {
+        let Some(w) = self.setting(number, words, "offload-flows", "number of flows") else {
+            return;
+        };
+        match decimal_in(w.text, 1..=super::MAX_OFFLOAD_FLOWS) {
+            Some(n) => self.settings.offload_flows = n,
+            None => self.bad_value(
+                "offload-flows",
+                number,
+                w.column,
+                format!(
+                    "expected flows per offload set 1-{}, found {:?}",
+                    super::MAX_OFFLOAD_FLOWS,
+                    w.text
+                ),
             ),
         }
     }
@@ -1211,6 +1302,54 @@ mod tests {
             let e = q(text).unwrap_err();
             assert_eq!(e.len(), 1, "{text:?}: {e:?}");
             assert_eq!(e[0].column, column, "{text:?}: {}", e[0]);
+            assert!(e[0].message.contains(says), "{text:?}: {}", e[0]);
+        }
+    }
+
+    #[test]
+    fn offload_directives() {
+        let q = |text: &str| parse_config(text, "t").map(|c| c.settings);
+        let d = q("").unwrap();
+        assert_eq!((d.offload, d.offload_flows), (false, 65_536));
+        let s = q("Offload ON\noffload-flows 2\n").unwrap();
+        assert_eq!((s.offload, s.offload_flows), (true, 2));
+        assert!(!q("offload off\n").unwrap().offload);
+        // Without offload the third bit below the rewrite bit is free.
+        assert!(q("mark 0x1\nrewrite-mark 8\n").is_ok());
+        for (text, line, column, says) in [
+            ("offload maybe\n", 1, 9, "expected on or off"),
+            ("offload\n", 1, 8, "missing field"),
+            (
+                "offload-flows 0\n",
+                1,
+                15,
+                "expected flows per offload set 1-1048576",
+            ),
+            ("offload-flows 1048577\n", 1, 15, "1-1048576"),
+            ("offload on\noffload off\n", 2, 1, "given twice"),
+            (
+                "header-only off\noffload on\n",
+                2,
+                9,
+                "needs header-only on (line 1)",
+            ),
+            ("offload on\nrewrite-mark 4\n", 2, 14, "from 0x8 up"),
+            // 0x20 is the offload bit below the default rewrite bit 0x100.
+            (
+                "offload on\nmark 0x20\n",
+                2,
+                6,
+                "three bits below it, 0x1e0",
+            ),
+        ] {
+            let e = q(text).unwrap_err();
+            assert_eq!(e.len(), 1, "{text:?}: {e:?}");
+            assert_eq!(
+                (e[0].line, e[0].column),
+                (line, column),
+                "{text:?}: {}",
+                e[0]
+            );
             assert!(e[0].message.contains(says), "{text:?}: {}", e[0]);
         }
     }

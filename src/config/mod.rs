@@ -145,6 +145,11 @@ pub const DEFAULT_MARK: u32 = 0x0000_4e00;
 
 /// Default `rewrite-mark`: one bit beside the default `mark`, not in it.
 pub const DEFAULT_REWRITE_MARK: u32 = 0x0000_0100;
+/// Default of `offload-flows`: flows each of the four offload flow sets (inbound and replies,
+/// IPv4 and IPv6) may hold.
+pub const DEFAULT_OFFLOAD_FLOWS: u32 = 65_536;
+/// Largest `offload-flows` accepted: a kernel hash set of a million flows is tens of MiB.
+pub const MAX_OFFLOAD_FLOWS: u32 = 1_048_576;
 
 /// Settings from directives other than `service`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,6 +177,15 @@ pub struct Settings {
     /// The mark bit a header-only verdict sets to ask for the kernel's rewrite
     /// (`rewrite-mark`); never one of `mark`'s.
     pub rewrite_mark: u32,
+    /// Flow offload (`offload on|off`, default off; needs `header-only on`): after netnat has
+    /// decided, counted and logged a flow's first packet in a direction, the kernel rewrites
+    /// the flow's further packets in that direction without queueing them (see
+    /// `nft::offload`). Services with flag 0x2000, TCP FIN and RST, and ICMP errors stay on
+    /// the queue path.
+    pub offload: bool,
+    /// Bound of each offload flow set (`offload-flows N`); when one is full, new flows stay
+    /// on the queue path.
+    pub offload_flows: u32,
     /// Syslog facility name (e.g. "local2").
     pub syslog_facility: String,
     /// Syslog priority name (e.g. "info").
@@ -196,6 +210,8 @@ impl Default for Settings {
             mark: DEFAULT_MARK,
             header_only: true,
             rewrite_mark: DEFAULT_REWRITE_MARK,
+            offload: false,
+            offload_flows: DEFAULT_OFFLOAD_FLOWS,
             syslog_facility: "local2".into(),
             syslog_priority: "info".into(),
             log_rate: DEFAULT_LOG_RATE,

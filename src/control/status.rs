@@ -22,7 +22,8 @@
 //!                "new_connections": 0, "icmp_errors": 0,
 //!                "drops": {"oversize": 0, "malformed": 0, "unmapped_reply": 0},
 //!                "last_seen": null}],
-//!  "flows_refused": {"star": 0, "udp": 0}}
+//!  "flows_refused": {"star": 0, "udp": 0},
+//!  "offload": {"enabled": false, "flows": 0, "flows_limit": 0, "packets": 0, "bytes": 0}}
 //! ```
 //!
 //! `format` is the version of this layout: it grows when a key changes meaning or goes away,
@@ -43,6 +44,10 @@
 //! (SIGHUP, `netnat reload`) applied and refused since then. `flows_refused`: flows the two
 //! flow memories found no room for (`star`: a `*` flow whose address is not remembered, its
 //! replies leave from the default address; `udp`: a UDP flow counted new at each packet).
+//! `offload` (`offload on`): `flows` now in the kernel's flow sets (a connection's two
+//! directions are two), `flows_limit` the bound of each set (`offload-flows`), `packets` and
+//! `bytes` rewritten by the kernel without netnat's consumer since the start (they are in the
+//! services' counters too); all 0 and `enabled` false with offload off.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -95,6 +100,21 @@ pub struct Report {
     pub reloads_refused: u64,
     pub services: Vec<ServiceReport>,
     pub flows_refused: FlowsRefused,
+    /// Flow offload's figures (`offload on`), `None` when off.
+    pub offload: Option<OffloadReport>,
+}
+
+/// What the kernel did for offloaded flows (see `nft::offload`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffloadReport {
+    /// Flows in the flow sets now (each direction of a connection is one).
+    pub flows: u64,
+    /// `offload-flows`: the bound of each of the four flow sets.
+    pub flows_limit: u64,
+    /// Packets and bytes the kernel rewrote without netnat's consumer, since the start; they
+    /// are in the services' counters too.
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// How `netnat status` prints the report.
@@ -162,6 +182,14 @@ impl Report {
             self.passed,
             drops_text(&self.unattributed)
         );
+        if let Some(off) = &self.offload {
+            let _ = writeln!(
+                o,
+                "offload: {} flows (at most {} per set), {} packets ({} bytes) rewritten by the \
+                 kernel",
+                off.flows, off.flows_limit, off.packets, off.bytes
+            );
+        }
         if self.log_lost > 0 {
             let _ = writeln!(
                 o,
@@ -274,10 +302,18 @@ impl Report {
             );
         }
         let f = self.flows_refused;
+        let off = self.offload.unwrap_or_default();
         let _ = writeln!(
             o,
-            "],\"flows_refused\":{{\"star\":{},\"udp\":{}}}}}",
-            f.star, f.udp
+            "],\"flows_refused\":{{\"star\":{},\"udp\":{}}},\"offload\":{{\"enabled\":{},\
+             \"flows\":{},\"flows_limit\":{},\"packets\":{},\"bytes\":{}}}}}",
+            f.star,
+            f.udp,
+            self.offload.is_some(),
+            off.flows,
+            off.flows_limit,
+            off.packets,
+            off.bytes
         );
         o
     }
@@ -420,6 +456,7 @@ pub(crate) mod tests {
             reloads_ok: 2,
             reloads_refused: 1,
             flows_refused: FlowsRefused { star: 3, udp: 4 },
+            offload: None,
             services: vec![
                 ServiceReport {
                     line: "service pub0 port * 80 TCP 192.168.77.10 8080 0x8000".into(),
@@ -450,7 +487,10 @@ pub(crate) mod tests {
         );
         assert!(
             j.contains("\"state\":\"waiting\",\"apparent\":null,")
-                && j.ends_with("null}],\"flows_refused\":{\"star\":3,\"udp\":4}}\n"),
+                && j.ends_with(
+                    "null}],\"flows_refused\":{\"star\":3,\"udp\":4},\"offload\":{\"enabled\":\
+                     false,\"flows\":0,\"flows_limit\":0,\"packets\":0,\"bytes\":0}}\n"
+                ),
             "{j}"
         );
         // Balanced braces and brackets: a cheap well-formedness check.

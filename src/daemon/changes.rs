@@ -10,6 +10,7 @@ use crate::config::{self, Config, ConfigError, GivenService, Protocol, Service, 
 use crate::config::{Settings, parse_config};
 use crate::control::{Outcome, Response};
 use crate::nft::Policy;
+use crate::nft::offload::Offload;
 use crate::nft::rewrite::Rewrite;
 
 /// The rules `config` asks for, spread over `queues` queues: what `rules` prints and `run`
@@ -33,10 +34,16 @@ pub(super) fn policy_with(
     let rewrite = s
         .header_only
         .then(|| Rewrite::new(services, reply_from, s.mark, s.rewrite_mark));
+    let offload = s.offload.then_some(Offload {
+        mark: s.mark,
+        bit: s.rewrite_mark,
+        flows: s.offload_flows,
+    });
     Policy::new(services, s.queue)
         .with_queues(queues)
         .with_mark(s.mark)
         .with_rewrite(rewrite)
+        .with_offload(offload)
 }
 
 /// The services of a configuration, without their line numbers.
@@ -127,6 +134,9 @@ pub(super) fn restart_needed(running: &Settings, new: &Settings, queues: u16) ->
     } else if (new.header_only, new.rewrite_mark) != (running.header_only, running.rewrite_mark) {
         // The queues were bound with the copy range `header-only` asks for.
         "changing header-only or rewrite-mark needs a restart"
+    } else if (new.offload, new.offload_flows) != (running.offload, running.offload_flows) {
+        // The consumer threads were started with it; the flow sets are sized by it.
+        "changing offload or offload-flows needs a restart"
     } else {
         return None;
     };

@@ -17,6 +17,7 @@
 //! their counters and UDP flow memory.
 
 mod changes;
+mod offload;
 pub mod prereq;
 
 use changes::{Drained, policy_with};
@@ -36,7 +37,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::config::{self, Config, ConfigError, Service};
 use crate::control::metrics_http::MetricsServer;
 use crate::control::save;
-use crate::control::status::{Report, ServiceReport, ServiceState};
+use crate::control::status::{OffloadReport, Report, ServiceReport, ServiceState};
 use crate::control::{self, Outcome, Request, Response, Server};
 use crate::engine::consumer::{Consumer, Hub};
 use crate::engine::service::ServiceTable;
@@ -219,6 +220,16 @@ struct Daemon<'a> {
     reloads_refused: u64,
     /// `metrics-listen` as the daemon started with it (bound then, kept by reloads).
     metrics_listen: Option<std::net::SocketAddr>,
+    /// What the kernel counted for offloaded flows (`offload on`; fixed for the daemon's life).
+    offload: Option<offload::KernelCounts>,
+    /// Whether the last reading of the kernel's counts failed (logged once until it works).
+    offload_failing: bool,
+}
+
+/// Whether `settings` offload flows (`offload on`, with the header-only path it needs; the
+/// file refuses it without).
+fn offloading(settings: &crate::config::Settings) -> bool {
+    settings.offload && settings.header_only
 }
 
 /// The queue threads and what stops them.
@@ -362,8 +373,11 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         active.config.settings.rewrite_mark
     } else {
         0
-    });
+    })
+    .with_offload(offloading(&active.config.settings));
     let busy_poll = Arc::new(AtomicU32::new(active.config.settings.busy_poll_us));
+    let kernel_counts = offloading(&active.config.settings)
+        .then(|| offload::KernelCounts::new(active.config.settings.offload_flows));
     let threads = spawn_threads(queues, &hub, &log, started, &busy_poll)?;
     let mut d = Daemon {
         opts,
@@ -381,6 +395,8 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         reloads_ok: 0,
         reloads_refused: 0,
         metrics_listen: listen_at_start,
+        offload: kernel_counts,
+        offload_failing: false,
     };
     let mut server = server;
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(
@@ -433,9 +449,13 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         if let Some(m) = &mut metrics
             && (m.busy() || fds[control_end..].iter().any(|f| f.revents != 0))
         {
+            d.read_offload(true);
             m.serve(&mut || crate::control::metrics::render(&d.report()));
         }
         d.expire_drained();
+        if d.offload.as_ref().is_some_and(|k| k.due()) {
+            d.read_offload(false);
+        }
         if Instant::now() >= next_guard_check {
             d.keep_guard();
             next_guard_check = Instant::now() + GUARD_CHECK;
@@ -517,6 +537,9 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 impl Daemon<'_> {
     /// Answers one control request.
     fn handle(&mut self, req: Request) -> Response {
+        // The kernel's counts first: fresh in a report, and attributed by the services they
+        // were counted for before a change replaces them.
+        self.read_offload(matches!(req, Request::Status { .. }));
         let result = match req {
             Request::Status { format } => Ok(self.report().render(format)),
             Request::List => Ok(self
@@ -533,6 +556,28 @@ impl Daemon<'_> {
         match result {
             Ok(body) => Response::ok(body),
             Err(r) => r,
+        }
+    }
+
+    /// Adds what the kernel counted for offloaded flows since the last reading (see
+    /// [`offload::KernelCounts::read`]); with `flows`, counts the offloaded flows too.
+    fn read_offload(&mut self, flows: bool) {
+        let Some(k) = &mut self.offload else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match k.read(&self.active.table, &mut self.hub, now, flows) {
+            Ok(()) => self.offload_failing = false,
+            Err(e) if !self.offload_failing => {
+                self.offload_failing = true;
+                self.log.warn(format_args!(
+                    "reading the offload counters: {e}; offloaded packets are missing from \
+                     the counters until it works again"
+                ));
+            }
+            Err(_) => {}
         }
     }
 
@@ -576,6 +621,12 @@ impl Daemon<'_> {
             reloads_refused: self.reloads_refused,
             services,
             flows_refused: self.hub.flows_refused(),
+            offload: self.offload.as_ref().map(|k| OffloadReport {
+                flows: k.flows as u64,
+                flows_limit: u64::from(k.flows_limit),
+                packets: k.packets,
+                bytes: k.bytes,
+            }),
         }
     }
 
@@ -996,7 +1047,7 @@ mod tests {
             [
                 "f:1:7: expected a queue number 0-65535, found \"x\"",
                 "f:2:1: unknown directive \"bogus\" (known directives: service, queue, queues, \
-                 busy-poll, drain-idle, mark, header-only, rewrite-mark, syslog-facility, \
+                 busy-poll, drain-idle, mark, header-only, rewrite-mark, offload, offload-flows, syslog-facility, \
                  syslog-priority, log-rate, \
                  log-burst, metrics-listen)",
             ]

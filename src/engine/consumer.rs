@@ -92,6 +92,11 @@ pub struct Hub {
     /// The header-only path's mark bit (0: off); fixed for the daemon's life, like the copy
     /// range the queues were bound with.
     rewrite_mark: u32,
+    /// Flow offload (`offload on`), fixed for the daemon's life like `rewrite_mark`.
+    offload: bool,
+    /// Per service (current ids), what the kernel counted of the packets it rewrote without
+    /// the consumer (offloaded flows; see `nft::offload`), added by the daemon.
+    kernel: Vec<Counters>,
 }
 
 impl Hub {
@@ -125,6 +130,34 @@ impl Hub {
             queues,
             volume_base: vec![Counters::default(); n],
             rewrite_mark: 0,
+            offload: false,
+            kernel: vec![Counters::default(); n],
+        }
+    }
+
+    /// Offloaded flows' verdicts (see `datapath::handle_with`) for the workers made from now
+    /// on; needs a rewrite mark.
+    pub fn with_offload(mut self, offload: bool) -> Hub {
+        self.offload = offload;
+        self
+    }
+
+    /// Adds what the kernel counted for service `id` (current ids) since the last call:
+    /// `packets` and `bytes` of offloaded packets in direction `inbound`, seen at `now` (Unix
+    /// seconds).
+    pub fn add_kernel(&mut self, id: usize, inbound: bool, (packets, bytes): (u64, u64), now: u64) {
+        let Some(c) = self.kernel.get_mut(id) else {
+            return;
+        };
+        if inbound {
+            c.in_packets += packets;
+            c.in_bytes += bytes;
+        } else {
+            c.out_packets += packets;
+            c.out_bytes += bytes;
+        }
+        if packets > 0 {
+            c.last_seen = c.last_seen.max(now);
         }
     }
 
@@ -158,6 +191,7 @@ impl Hub {
             index,
             log,
             rewrite_mark: self.rewrite_mark,
+            offload: self.offload,
         }
     }
 
@@ -193,6 +227,7 @@ impl Hub {
             }
         }
         self.volume_base = carried(&self.volume_base, &carry, set.len());
+        self.kernel = carried(&self.kernel, &carry, set.len());
         let next = Arc::new(Generation {
             id: old.id + 1,
             table,
@@ -226,6 +261,7 @@ impl Hub {
             };
             shard.stats.add_to(carry, &mut sum);
         }
+        sum.add_kernel(&self.kernel);
         sum
     }
 
@@ -282,6 +318,7 @@ pub struct Worker {
     index: usize,
     pub log: Logger,
     rewrite_mark: u32,
+    offload: bool,
 }
 
 impl Worker {
@@ -301,11 +338,13 @@ impl Worker {
             monitor,
             log,
             rewrite_mark,
+            offload,
             ..
         } = self;
         let (table, marks) = (&*generation.table, (generation.mark, *rewrite_mark));
+        let offload = *offload;
         each(&mut |pkt| {
-            let (decision, event) = datapath::handle(table, flows, marks, pkt);
+            let (decision, event) = datapath::handle_with(table, flows, marks, offload, pkt);
             monitor.observe(event, pkt, now, log);
             decision
         })

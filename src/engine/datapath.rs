@@ -73,11 +73,47 @@ pub fn direction_of(hook: u8) -> Option<Direction> {
 pub fn handle(
     table: &ServiceTable,
     flows: &FlowMemory,
-    (mark, rewrite_mark): (u32, u32),
+    marks: (u32, u32),
     pkt: &mut Packet<'_>,
 ) -> (Decision, Event) {
-    let (mut d, e) = decide(table, flows, (mark, rewrite_mark), pkt);
-    let header_only = pkt.truncated && matches!(e, Event::Translated { .. });
+    handle_with(table, flows, marks, false, pkt)
+}
+
+/// [`handle`], with flow offload when `offload` (`offload on`, which needs a `rewrite_mark`):
+/// a whole TCP or UDP packet of a service is decided and rewritten as always (its lookups,
+/// flow memory and refusals, checked on the whole packet), but when its flow may be offloaded
+/// the rewritten payload is not returned: the verdict is the header-only one plus the offload
+/// bit ([`offload_bit`]), so that the kernel applies the same rewrite and adds the flow to its
+/// flow set (see `nft::offload`). Not offloaded: ICMP errors, services with flag 0x2000,
+/// draining services, TCP segments with FIN or RST, and replies of `*` flows kept at an
+/// address other than the service's default one.
+pub fn handle_with(
+    table: &ServiceTable,
+    flows: &FlowMemory,
+    (mark, rewrite_mark): (u32, u32),
+    offload: bool,
+    pkt: &mut Packet<'_>,
+) -> (Decision, Event) {
+    let offload = offload && rewrite_mark != 0;
+    let (mut d, e) = decide(table, flows, (mark, rewrite_mark), offload, pkt);
+    if offload
+        && d.modified
+        && let Event::Translated {
+            id,
+            dir,
+            flow,
+            kind,
+        } = e
+        && whole_offloadable(table, flows, (id, dir, flow, kind), pkt.payload)
+    {
+        let obit = offload_bit(rewrite_mark);
+        let arrived = pkt.mark & !(3 * (rewrite_mark >> 2)) & !obit;
+        d.modified = false;
+        d.mark = Some(arrived | mark | rewrite_mark | obit);
+        return (d, e);
+    }
+    // A translated packet without a payload is a header-only verdict: it keeps the bit.
+    let header_only = matches!(e, Event::Translated { .. }) && !d.modified;
     if rewrite_mark != 0 && !header_only {
         let current = d.mark.unwrap_or(pkt.mark);
         if current & rewrite_mark != 0 {
@@ -87,10 +123,63 @@ pub fn handle(
     (d, e)
 }
 
+/// The offload bit for rewrite bit `rewrite_mark`: the third below it (`nft::offload`).
+pub fn offload_bit(rewrite_mark: u32) -> u32 {
+    rewrite_mark >> 3
+}
+
+/// Whether a service's flow may be handed to the kernel at all: not for flag 0x2000 (every
+/// packet recorded), not for a draining service (its new connections are refused by the
+/// consumer), not at a TCP segment with FIN or RST (the end of a connection is the consumer's).
+fn may_offload(e: &Entry, fin_rst: bool) -> bool {
+    !e.draining && !e.flags.has(crate::config::Flags::EVERY_PACKET) && !fin_rst
+}
+
+/// Whether the TCP segment at `l4` of `payload` carries FIN or RST (true when unreadable).
+fn fin_or_rst(payload: &[u8], l4: usize) -> bool {
+    wire::field::u8_at(payload, l4 + wire::header::tcp::FLAGS).is_none_or(|f| f & 0x05 != 0)
+}
+
+/// Whether the flow of a whole packet just translated (payload rewritten) may be handed to the
+/// kernel: see [`handle_with`].
+fn whole_offloadable(
+    table: &ServiceTable,
+    flows: &FlowMemory,
+    (id, dir, flow, kind): (usize, Direction, Flow, Kind),
+    payload: &[u8],
+) -> bool {
+    if !matches!(kind, Kind::Plain { .. }) {
+        return false;
+    }
+    let Some(e) = table.entry(id) else {
+        return false;
+    };
+    // The flags byte is where it was: the rewrite only changed addresses and ports.
+    let fin_rst = flow.protocol == Protocol::Tcp
+        && match wire::ip::glance(payload).map(|g| g.transport) {
+            Some(Ok(l)) => fin_or_rst(payload, l.l4),
+            _ => true,
+        };
+    if !may_offload(e, fin_rst) {
+        return false;
+    }
+    match dir {
+        Direction::Inbound => true,
+        // A reply leaves from its flow's address; the kernel's default map writes the
+        // service's default one, so a flow kept elsewhere stays with the consumer.
+        Direction::Reply => {
+            !table.has_others()
+                || flows.is_empty()
+                || flows.reply(e, flow.dst).ip() == e.reply_default()
+        }
+    }
+}
+
 fn decide(
     table: &ServiceTable,
     flows: &FlowMemory,
     (mark, rewrite_mark): (u32, u32),
+    offload: bool,
     pkt: &mut Packet<'_>,
 ) -> (Decision, Event) {
     let Some(dir) = direction_of(pkt.hook) else {
@@ -106,7 +195,7 @@ fn decide(
         return (drop(), Event::Dropped { reason, id });
     }
     if pkt.truncated && rewrite_mark != 0 {
-        return header_only(table, flows, (mark, rewrite_mark), dir, pkt);
+        return header_only(table, flows, (mark, rewrite_mark), offload, dir, pkt);
     }
     if pkt.truncated {
         let id = attribute(table, dir, pkt);
@@ -189,6 +278,7 @@ fn header_only(
     table: &ServiceTable,
     flows: &FlowMemory,
     (mark, rewrite_mark): (u32, u32),
+    offload: bool,
     dir: Direction,
     pkt: &Packet<'_>,
 ) -> (Decision, Event) {
@@ -259,11 +349,21 @@ fn header_only(
     let slot_unit = rewrite_mark >> 2;
     // The slot bits are netnat's: whatever they held on arrival must not pick another slot's
     // map (or none, which the rewrite chain drops), so they are cleared before the slot is set.
-    let arrived = pkt.mark & !(3 * slot_unit);
+    let mut arrived = pkt.mark & !(3 * slot_unit);
+    let mut obit = 0;
+    if offload {
+        // Offloaded again when its flow set entry expired while the flow went on (a long
+        // download's replies are all long): see `handle_with`.
+        arrived &= !offload_bit(rewrite_mark);
+        let fin_rst = protocol == Protocol::Tcp && fin_or_rst(pkt.payload, l.l4);
+        if slot == 0 && may_offload(e, fin_rst) {
+            obit = offload_bit(rewrite_mark);
+        }
+    }
     let decision = Decision {
         verdict: Verdict::Accept,
         modified: false,
-        mark: Some(arrived | mark | rewrite_mark | (slot * slot_unit)),
+        mark: Some(arrived | mark | rewrite_mark | (slot * slot_unit) | obit),
     };
     let dir_event = Event::Translated {
         id: e.id,

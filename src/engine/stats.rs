@@ -150,6 +150,17 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Adds the kernel's counts of offloaded packets, by service id (see `Hub::add_kernel`).
+    pub fn add_kernel(&mut self, kernel: &[Counters]) {
+        for (c, k) in self.services.iter_mut().zip(kernel) {
+            c.in_packets += k.in_packets;
+            c.in_bytes += k.in_bytes;
+            c.out_packets += k.out_packets;
+            c.out_bytes += k.out_bytes;
+            c.last_seen = c.last_seen.max(k.last_seen);
+        }
+    }
+
     /// Zeroed counters for `services` services.
     pub fn new(services: usize) -> Stats {
         Stats {

@@ -118,6 +118,30 @@ pub(super) fn install(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch, 
         sets.push(set);
     }
 
+    // Offload's sets, and its rules first in the queueing chains: an offloaded packet is
+    // accepted before the queue rules see it.
+    let offload = policy.offload.as_ref().map(|o| {
+        (
+            o,
+            super::offload::add_sets(&mut batch, &mut labels, o, &table),
+        )
+    });
+    if let Some((off, off_sets)) = &offload {
+        for (spec, chain) in specs.iter().zip(&chains) {
+            if let Some(hook) = spec.hook {
+                let inbound = hook == Hook::Prerouting;
+                let at = (chain, spec.name);
+                super::offload::add_queue_rules(
+                    &mut batch,
+                    &mut labels,
+                    (*off, off_sets),
+                    at,
+                    inbound,
+                );
+            }
+        }
+    }
+
     let queue = policy.queue_spec();
     let rules = Rules {
         queue: &queue,
@@ -126,7 +150,8 @@ pub(super) fn install(policy: &Policy, kind: QueueExprKind) -> (FinalizedBatch, 
     };
     rules.add(&mut batch, &mut labels, &specs, &chains);
     if let Some(rw) = &policy.rewrite {
-        super::rewrite::add_to_batch(&mut batch, &mut labels, rw, (&name, &table));
+        let off = offload.as_ref().map(|(o, s)| (*o, s));
+        super::rewrite::add_to_batch(&mut batch, &mut labels, rw, (&name, &table), off);
     }
 
     // The leak guard, in the same commit: there is no moment in which a connection is

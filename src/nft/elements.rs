@@ -31,6 +31,8 @@ pub(super) fn push_element_key(out: &mut Vec<u8>, set: &SetSpec, e: &Element) {
             },
             KeyField::L4Proto => out.push(e.proto),
             KeyField::Dport | KeyField::Sport => out.extend_from_slice(&e.port.to_be_bytes()),
+            // Only in the offload sets, which the kernel fills (see `KeyField::Iif`).
+            KeyField::Iif | KeyField::Oif | KeyField::Ports => out.extend_from_slice(&[0; 4]),
         }
         debug_assert_eq!(out.len() - start, field.loaded_len(), "{field:?} {e:?}");
         out.resize(start + field.padded_len(), 0);
@@ -235,6 +237,9 @@ mod tests {
                             }
                             KeyField::L4Proto => KeyValue::Proto(if i % 2 == 0 { 6 } else { 17 }),
                             KeyField::Dport | KeyField::Sport => KeyValue::Port(i),
+                            KeyField::Iif | KeyField::Oif | KeyField::Ports => {
+                                unreachable!("no SetKind has them")
+                            }
                         })
                         .collect()
                 })

@@ -340,6 +340,77 @@ impl Expression for PayloadWrite {
     }
 }
 
+/// What a [`Dynset`] does with the key (`NFT_DYNSET_OP_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DynsetOp {
+    /// `add @set { key }`: insert unless present (no timeout refresh).
+    Add = 0,
+    /// `update @set { key }`: insert or refresh the timeout; either way the element's own
+    /// expressions (its counter) see the packet.
+    Update = 1,
+    /// `delete @set { key }`: remove if present.
+    Delete = 2,
+}
+
+/// A set update from the packet path (nft_dynset): the key from 32-bit registers from `sreg`
+/// on. A set that is full makes the rule stop there (NFT_BREAK), as a failed match does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dynset {
+    pub set: std::ffi::CString,
+    /// Batch id of the set, for a set created in the same batch.
+    pub set_id: u32,
+    pub op: DynsetOp,
+    pub sreg: u32,
+}
+
+impl Expression for Dynset {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc(c"dynset");
+        // SAFETY: `expr` is a live dynset expression; the name is copied, the rest are u32.
+        unsafe {
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_DYNSET_SET_NAME as u16, self.set.as_ptr());
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_SET_ID as u16, self.set_id);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_OP as u16, self.op as u32);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_SREG_KEY as u16, self.sreg);
+        }
+        expr
+    }
+}
+
+/// `key != @set`: a set lookup that matches when the key is absent (NFT_LOOKUP_F_INV).
+/// nftnl's `Lookup` has no inversion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotInSet {
+    pub set: std::ffi::CString,
+    pub set_id: u32,
+    pub sreg: u32,
+}
+
+impl Expression for NotInSet {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc(c"lookup");
+        // SAFETY: `expr` is a live lookup expression; the name is copied, the rest are u32.
+        unsafe {
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, self.set.as_ptr());
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, self.set_id);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SREG as u16, self.sreg);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_FLAGS as u16, NFT_LOOKUP_F_INV);
+        }
+        expr
+    }
+}
+
+/// `NFT_LOOKUP_F_INV` from linux/netfilter/nf_tables.h.
+const NFT_LOOKUP_F_INV: u32 = 1;
+
+/// A fresh `counter` expression object, for a set whose every element counts its packets and
+/// bytes (the set takes ownership of it).
+pub fn counter_expr() -> NonNull<sys::nftnl_expr> {
+    alloc(c"counter")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,9 @@
 //!   netnat and the leak guard.
 //! - [`rewrite`]: the header-only path's maps and chains (`header-only on`): the kernel writes
 //!   the rewrite netnat decided for packets it saw the headers of only.
+//! - [`offload`]: flow offload (`offload on`): dynamic sets of flows whose packets the kernel
+//!   rewrites without queueing them after netnat decided their first one, and counter sets
+//!   that keep those packets counted; [`dump`] reads the counters back.
 //! - [`Guard`]: table `inet netnat_guard`, without the owner flag, installed and replaced in the
 //!   same batch as netnat's table but left in place when netnat stops: it drops replies of
 //!   translated connections that netnat did not translate, so that no private address leaks
@@ -28,6 +31,7 @@
 //! Only tables `inet netnat` and `inet netnat_guard` are ever created, changed or deleted.
 
 mod batch;
+pub mod dump;
 mod elements;
 mod error;
 pub mod expr;
@@ -35,6 +39,7 @@ pub mod family;
 pub mod guard;
 mod icmp;
 mod objects;
+pub mod offload;
 pub mod policy;
 mod render;
 pub mod rewrite;

@@ -144,6 +144,34 @@ pub(super) fn new_map<'a>(
     set
 }
 
+/// A dynamic set (`flags dynamic,timeout`) that rules fill from the packet path: elements
+/// expire `timeout_ms` after they were added (or last updated), at most `size` of them; with
+/// `counter`, every element counts the packets and bytes of the lookups and updates that find
+/// it.
+pub(super) fn dynamic_set<'a>(
+    name: &str,
+    key: &[KeyField],
+    (id, table): (u32, &'a Table),
+    timeout_ms: u64,
+    size: u32,
+    counter: bool,
+) -> Set<'a, NoKey> {
+    let set = named_set(name, key, id, table);
+    // SAFETY: as in `named_set`: a live set object; integers are copied, and the counter
+    // expression object is handed to the set, which frees it with itself.
+    unsafe {
+        let p = set.as_ptr().as_ptr();
+        let flags = libc::NFT_SET_TIMEOUT | libc::NFT_SET_EVAL;
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags as u32);
+        sys::nftnl_set_set_u64(p, sys::NFTNL_SET_TIMEOUT as u16, timeout_ms);
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, size);
+        if counter {
+            sys::nftnl_set_add_expr(p, super::expr::counter_expr().as_ptr());
+        }
+    }
+    set
+}
+
 fn named_set<'a>(name: &str, key: &[KeyField], id: u32, table: &'a Table) -> Set<'a, NoKey> {
     let name = CString::new(name).expect("set name without NUL");
     let set = Set::<NoKey>::new_named(&name, id, table, ProtoFamily::Inet);

@@ -71,6 +71,8 @@ pub struct Policy {
     pub guard: Guard,
     /// The header-only path's maps and chains (`header-only on`), see `nft::rewrite`.
     pub rewrite: Option<super::rewrite::Rewrite>,
+    /// Flow offload (`offload on`), see `nft::offload`; only with `rewrite`.
+    pub offload: Option<super::offload::Offload>,
 }
 
 impl Policy {
@@ -105,10 +107,21 @@ impl Policy {
             conntrack: conntrack_chain(),
             guard: Guard::new(crate::config::DEFAULT_MARK),
             rewrite: None,
+            offload: None,
         }
     }
 
     /// The same rules with the header-only path's maps and chains (or without, `None`).
+    /// With flow offload (`offload`; it needs the rewrite chains, so it is dropped without
+    /// them): the rewrite rules clear the offload bit too.
+    pub fn with_offload(mut self, offload: Option<super::offload::Offload>) -> Policy {
+        self.offload = offload.filter(|_| self.rewrite.is_some());
+        if let (Some(rw), Some(off)) = (&mut self.rewrite, &self.offload) {
+            rw.offload_bit = off.offload_bit();
+        }
+        self
+    }
+
     pub fn with_rewrite(mut self, rewrite: Option<super::rewrite::Rewrite>) -> Policy {
         self.rewrite = rewrite;
         self

@@ -32,7 +32,7 @@ pub fn render_guard(policy: &Policy) -> String {
         if i > 0 {
             out.push('\n');
         }
-        render_chain(&mut out, chain, &policy.queue_spec());
+        render_chain(&mut out, chain, &policy.queue_spec(), &[]);
     }
     out.push_str("}\n");
     out
@@ -49,12 +49,21 @@ pub fn render_table(policy: &Policy) -> String {
         out.push('\n');
         render_set(&mut out, set);
     }
+    if let Some(off) = &policy.offload {
+        super::offload::render_sets(&mut out, off);
+    }
     for chain in policy.chains() {
         out.push('\n');
-        render_chain(&mut out, chain, &policy.queue_spec());
+        let first = match (&policy.offload, chain.hook) {
+            (Some(off), Some(hook)) => {
+                super::offload::queue_rules_text(off, hook == Hook::Prerouting)
+            }
+            _ => Vec::new(),
+        };
+        render_chain(&mut out, chain, &policy.queue_spec(), &first);
     }
     if let Some(rw) = &policy.rewrite {
-        super::rewrite::render(&mut out, rw);
+        super::rewrite::render(&mut out, rw, policy.offload.as_ref());
     }
     out.push_str("}\n");
     out
@@ -91,7 +100,8 @@ pub fn render_element(element: &[KeyValue]) -> String {
     parts.join(" . ")
 }
 
-fn render_chain(out: &mut String, chain: &ChainSpec, queue: &QueueSpec) {
+/// A chain, `first` (rules of another part, e.g. offload's) before its own rules.
+fn render_chain(out: &mut String, chain: &ChainSpec, queue: &QueueSpec, first: &[String]) {
     let _ = writeln!(out, "\tchain {} {{", chain.name);
     if let Some(hook) = chain.hook {
         let _ = writeln!(
@@ -100,6 +110,9 @@ fn render_chain(out: &mut String, chain: &ChainSpec, queue: &QueueSpec) {
             hook.name(),
             priority_name(hook, chain.priority)
         );
+    }
+    for text in first {
+        let _ = writeln!(out, "\t\t{text}");
     }
     for rule in &chain.rules {
         let _ = writeln!(out, "\t\t{}", render_rule(rule, queue));
@@ -245,6 +258,9 @@ fn field_name(f: KeyField) -> &'static str {
         KeyField::L4Proto => "meta l4proto",
         KeyField::Dport => "th dport",
         KeyField::Sport => "th sport",
+        KeyField::Iif => "meta iif",
+        KeyField::Oif => "meta oif",
+        KeyField::Ports => "th sport . th dport",
     }
 }
 

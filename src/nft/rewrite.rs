@@ -42,6 +42,7 @@ use super::error::Label;
 use super::expr::{CSUM_INET, L4CSUM_PSEUDOHDR, Load, MapLookup, PayloadWrite, reg32_at};
 use super::family::Family;
 use super::objects::{NoKey, new_map};
+use super::offload::{self, Offload};
 use super::render::render_element;
 use super::rules::{ChainSpec, Hook};
 use super::sets::{KeyField, KeyValue, SetKind, SetSpec, key_len};
@@ -198,6 +199,8 @@ pub struct Rewrite {
     pub bit: u32,
     /// The maps with elements, in [`MapKind`] order.
     pub maps: Vec<MapSpec>,
+    /// The offload bit (`nft::offload`; 0 without offload), cleared with the rewrite bit.
+    pub offload_bit: u32,
 }
 
 /// The chains of the header-only path (names, hooks and priorities).
@@ -278,7 +281,12 @@ impl Rewrite {
                 data,
             })
             .collect();
-        Rewrite { mark, bit, maps }
+        Rewrite {
+            mark,
+            bit,
+            maps,
+            offload_bit: 0,
+        }
     }
 
     /// The rules of the inbound (`inbound`) or reply chain, before the final drop.
@@ -318,7 +326,7 @@ impl Rewrite {
 
     /// The rewrite bit and the slot bits, cleared together once the rewrite is done.
     fn ours(&self) -> u32 {
-        self.bit | slot_bits(self.bit, 3)
+        self.bit | slot_bits(self.bit, 3) | self.offload_bit
     }
 }
 
@@ -352,6 +360,7 @@ pub(super) fn add_to_batch(
     labels: &mut Vec<Label>,
     rewrite: &Rewrite,
     (name, table): (&CString, &Table),
+    offload: Option<(&Offload, &offload::Sets<'_>)>,
 ) {
     for kind in MapKind::ALL {
         let key = kind.keyed_like().key();
@@ -399,6 +408,9 @@ pub(super) fn add_to_batch(
         let chain = super::batch::chain(spec, table);
         batch.add(&chain, MsgType::Add);
         labels.push(Label::Chain(spec.name));
+        if let Some(off) = offload {
+            offload::add_rewrite_rules(batch, labels, off, (&chain, spec.name), inbound);
+        }
         for r in rewrite.rules(inbound) {
             let rule = translate(&chain, rewrite, &r, &maps);
             batch.add(&rule, MsgType::Add);
@@ -554,6 +566,9 @@ pub fn render_rule(rw: &Rewrite, r: &RewriteRule) -> String {
             KeyField::L4Proto => "meta l4proto",
             KeyField::Dport => "th dport",
             KeyField::Sport => "th sport",
+            KeyField::Iif => "meta iif",
+            KeyField::Oif => "meta oif",
+            KeyField::Ports => "th sport . th dport",
         })
         .map(|s| match (family, s) {
             (Family::Ipv6, "ip daddr") => "ip6 daddr",
@@ -603,7 +618,7 @@ fn render_drop(rw: &Rewrite) -> String {
 }
 
 /// The maps and chains as `netnat rules` prints them, after the rest of netnat's table.
-pub fn render(out: &mut String, rw: &Rewrite) {
+pub fn render(out: &mut String, rw: &Rewrite, off: Option<&Offload>) {
     for m in &rw.maps {
         let _ = writeln!(out, "\n\tmap {} {{", m.kind.name());
         let key: Vec<&str> = m
@@ -639,6 +654,9 @@ pub fn render(out: &mut String, rw: &Rewrite) {
             "\t\ttype filter hook {hook} priority {}; policy accept;",
             spec.priority
         );
+        for text in off.map_or_else(Vec::new, |o| offload::rewrite_rules_text(o, inbound)) {
+            let _ = writeln!(out, "\t\t{text}");
+        }
         for r in rw.rules(inbound) {
             let _ = writeln!(out, "\t\t{}", render_rule(rw, &r));
         }

@@ -28,6 +28,15 @@ pub enum KeyField {
     Dport,
     /// `th sport`.
     Sport,
+    /// `meta iif` (datatype `iface_index`, a u32 in host byte order): the offload sets', which
+    /// the kernel fills and netnat only reads back, so a number is as good as a name there.
+    Iif,
+    /// `meta oif`.
+    Oif,
+    /// `th sport . th dport` loaded as one 4-byte field (datatype `mark`, for the listing): the
+    /// offload flow sets', whose keys would otherwise have six components, more than nft's
+    /// concatenated type id can describe (`nft list` would print them shifted).
+    Ports,
 }
 
 // nft's datatype numbers (nftables' include/datatype.h), from which the concatenated type id is
@@ -36,6 +45,8 @@ const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_MARK: u32 = 19;
+const TYPE_IFINDEX: u32 = 20;
 const TYPE_IFNAME: u32 = 41;
 /// Bits per component in a concatenated type id (nft's TYPE_BITS).
 const TYPE_BITS: u32 = 6;
@@ -48,6 +59,7 @@ impl KeyField {
             KeyField::Daddr(f) | KeyField::Saddr(f) => f.addr_len(),
             KeyField::L4Proto => 1,
             KeyField::Dport | KeyField::Sport => 2,
+            KeyField::Iif | KeyField::Oif | KeyField::Ports => 4,
         }
     }
 
@@ -65,6 +77,8 @@ impl KeyField {
             KeyField::Daddr(Family::Ipv6) | KeyField::Saddr(Family::Ipv6) => TYPE_IP6ADDR,
             KeyField::L4Proto => TYPE_INET_PROTOCOL,
             KeyField::Dport | KeyField::Sport => TYPE_INET_SERVICE,
+            KeyField::Iif | KeyField::Oif => TYPE_IFINDEX,
+            KeyField::Ports => TYPE_MARK,
         }
     }
 
@@ -76,6 +90,8 @@ impl KeyField {
             KeyField::Daddr(Family::Ipv6) | KeyField::Saddr(Family::Ipv6) => "ipv6_addr",
             KeyField::L4Proto => "inet_proto",
             KeyField::Dport | KeyField::Sport => "inet_service",
+            KeyField::Iif | KeyField::Oif => "iface_index",
+            KeyField::Ports => "mark",
         }
     }
 }
@@ -255,6 +271,8 @@ impl SetSpec {
                 KeyField::Daddr(_) | KeyField::Saddr(_) => KeyValue::Addr(e.addr),
                 KeyField::L4Proto => KeyValue::Proto(e.proto),
                 KeyField::Dport | KeyField::Sport => KeyValue::Port(e.port),
+                // No set netnat fills has them (see `KeyField::Iif`).
+                KeyField::Iif | KeyField::Oif | KeyField::Ports => KeyValue::Port(0),
             })
             .collect()
     }

@@ -54,6 +54,9 @@ pub(super) fn key_source(f: KeyField) -> Source {
         KeyField::Daddr(Family::Ipv6) => net(24, 16),
         KeyField::Sport => Source::Transport { offset: 0, len: 2 },
         KeyField::Dport => Source::Transport { offset: 2, len: 2 },
+        KeyField::Iif => meta(libc::NFT_META_IIF),
+        KeyField::Oif => meta(libc::NFT_META_OIF),
+        KeyField::Ports => Source::Transport { offset: 0, len: 4 },
     }
 }
 
