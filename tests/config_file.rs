@@ -196,7 +196,7 @@ fn unknown_directive_lists_the_known_ones() {
     assert_eq!(
         e.message,
         "unknown directive \"servce\" (known directives: service, queue, queues, busy-poll, \
-         drain-idle, mark, header-only, rewrite-mark, \
+         drain-idle, mark, header-only, rewrite-mark, offload, offload-flows, \
          syslog-facility, syslog-priority, log-rate, log-burst, metrics-listen)"
     );
 }

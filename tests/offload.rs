@@ -404,15 +404,16 @@ fn concat_words(v: &Value) -> Option<Vec<String>> {
     m.values().find_map(concat_words)
 }
 
-/// Whether flow-set element `e` is the key `iif . saddr . sport . daddr . l4proto . dport` of
-/// the given packet (any `iif`: nft may print its name or index; five parts are taken as the
-/// key without `iif`).
+/// Whether flow-set element `e` (its words as nft or [`decode_key`] gives them) is the key of
+/// the given packet as it arrives. Layouts taken:
+/// - `dev . saddr . sport . daddr . l4proto . dport` (the specification's, `iif`);
+/// - `saddr . sport . daddr . l4proto . dport` (the same without the interface);
+/// - `dev . saddr . daddr . l4proto . ports`, both ports in one 32-bit field, which nft shows
+///   as a number in host byte order (what netnat builds: five parts nft can name; `iif`
+///   inbound, `oif` for replies).
+///
+/// The device is not compared (nft may print a name or an index).
 fn key_is(e: &[String], saddr: &str, sport: u16, daddr: &str, proto: Proto, dport: u16) -> bool {
-    let e = match e.len() {
-        6 => &e[1..],
-        5 => e,
-        _ => return false,
-    };
     let same_ip = |w: &str, ip: &str| {
         w.parse::<IpAddr>().ok().is_some() && w.parse::<IpAddr>().ok() == ip.parse().ok()
     };
@@ -423,11 +424,27 @@ fn key_is(e: &[String], saddr: &str, sport: u16, daddr: &str, proto: Proto, dpor
                 Proto::Udp => "17",
             }
     };
-    same_ip(&e[0], saddr)
-        && e[1] == sport.to_string()
-        && same_ip(&e[2], daddr)
-        && proto_ok(&e[3])
-        && e[4] == dport.to_string()
+    let ports_ok = |w: &str| {
+        w.parse::<u32>().is_ok_and(|n| {
+            let b = n.to_ne_bytes();
+            u16::from_be_bytes([b[0], b[1]]) == sport && u16::from_be_bytes([b[2], b[3]]) == dport
+        })
+    };
+    let separate = |e: &[String]| {
+        same_ip(&e[0], saddr)
+            && e[1] == sport.to_string()
+            && same_ip(&e[2], daddr)
+            && proto_ok(&e[3])
+            && e[4] == dport.to_string()
+    };
+    match e.len() {
+        6 => separate(&e[1..]),
+        5 if e[1].parse::<IpAddr>().is_ok() && e[2].parse::<IpAddr>().is_ok() => {
+            same_ip(&e[1], saddr) && same_ip(&e[2], daddr) && proto_ok(&e[3]) && ports_ok(&e[4])
+        }
+        5 => separate(e),
+        _ => false,
+    }
 }
 
 /// An address as netnat's records write it: its bytes in hex.
@@ -694,6 +711,35 @@ fn flow_keys_decode_from_the_kernels_registers() {
         Proto::Udp,
         40555
     ));
+    // netnat's five parts as nft 1.0.6 lists them: both ports as one number (40444, 8082).
+    let netnat = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let k = netnat(&["pub0", "10.99.1.2", "10.99.1.80", "tcp", "2451569821"]);
+    assert!(key_is(
+        &k,
+        "10.99.1.2",
+        40444,
+        "10.99.1.80",
+        Proto::Tcp,
+        8082
+    ));
+    assert!(!key_is(
+        &k,
+        "10.99.1.2",
+        8082,
+        "10.99.1.80",
+        Proto::Tcp,
+        40444
+    ));
+    // The reply: 82 -> 40444.
+    let k = netnat(&["pub0", "192.168.77.10", "10.99.1.2", "tcp", "4238168576"]);
+    assert!(key_is(
+        &k,
+        "192.168.77.10",
+        82,
+        "10.99.1.2",
+        Proto::Tcp,
+        40444
+    ));
     // nft's own words, with and without the interface.
     let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert!(key_is(
@@ -835,8 +881,13 @@ fn offload_is_off_by_default() {
         Some(&Value::Bool(on)),
         "{name}: {st}"
     );
-    assert_eq!(st.n("offload.flows_limit"), DEFAULT_FLOWS_LIMIT, "{st}");
-    if !on {
+    if on {
+        assert_eq!(st.n("offload.flows_limit"), DEFAULT_FLOWS_LIMIT, "{st}");
+    } else {
+        // Off, no flow may be offloaded: the limit shown is 0 (or the configured bound).
+        let limit = st.n("offload.flows_limit");
+        assert!(limit == 0 || limit == DEFAULT_FLOWS_LIMIT, "{name}: {st}");
+        assert_eq!(st.n("offload.flows"), 0, "{name}: offload off: {st}");
         assert_eq!(st.n("offload.packets"), 0, "{name}: offload off: {st}");
         assert!(st.n("queue.received") >= 20, "{name}: {st}");
     }
