@@ -196,7 +196,7 @@ fn unknown_directive_lists_the_known_ones() {
     assert_eq!(
         e.message,
         "unknown directive \"servce\" (known directives: service, queue, queues, busy-poll, \
-         drain-idle, mark, header-only, rewrite-mark, \
+         drain-idle, mark, header-only, rewrite-mark, offload, offload-flows, \
          syslog-facility, syslog-priority, log-rate, log-burst, metrics-listen)"
     );
 }
@@ -504,4 +504,74 @@ fn load_refuses_a_file_over_16_mib() {
     assert_eq!(errs.len(), 1);
     assert_eq!((errs[0].line, errs[0].column), (0, 0));
     assert!(errs[0].message.contains("16 MiB"), "{}", errs[0]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flow offload (issue 12): `offload on|off` (default off, needs header-only on) and
+// `offload-flows N` (default 65536). Written against the specification; the settings' field
+// names are the implementation's, so these compare whole settings with the defaults.
+
+#[test]
+fn offload_directives_are_accepted() {
+    let defaults = netnat::config::Settings::default();
+    // The defaults spelled out change nothing.
+    assert_eq!(ok("offload off\n").settings, defaults);
+    assert_eq!(ok("offload-flows 65536\n").settings, defaults);
+    assert_eq!(ok("OFFLOAD Off\n").settings, defaults);
+    // Anything else does.
+    let on = ok("offload on\n").settings;
+    assert_ne!(on, defaults, "`offload on` changed no setting");
+    assert_eq!(ok("header-only on\noffload ON\n").settings, on);
+    assert_ne!(ok("offload-flows 1\n").settings, defaults);
+    assert_ne!(
+        ok("offload-flows 1\n").settings,
+        ok("offload-flows 2\n").settings
+    );
+    let c = ok("offload on # fast path\noffload-flows 1000\n\
+                service pub0 port * 80 TCP 192.168.77.10 8080 0x8000\n");
+    assert_eq!(c.services.len(), 1);
+}
+
+#[test]
+fn bad_offload_values_are_located() {
+    use netnat::config::Field;
+    let e = one_error("offload maybe\n", 1, 9, "maybe");
+    assert_eq!(e.field, Some(Field::Setting("offload")), "{e}");
+    assert!(e.to_string().starts_with("t.conf:1:9: "), "{e}");
+    one_error("queue 7\noffload\n", 2, 8, "missing field");
+    one_error("offload on off\n", 1, 12, "unexpected \"off\"");
+    let e = one_error("offload-flows 0\n", 1, 15, "0");
+    assert_eq!(e.field, Some(Field::Setting("offload-flows")), "{e}");
+    one_error("offload-flows -1\n", 1, 15, "-1");
+    one_error("offload-flows many\n", 1, 15, "many");
+    one_error("offload-flows 99999999999999999999\n", 1, 15, "");
+    one_error("offload on\noffload off\n", 2, 1, "given twice");
+    one_error("offload-flows 1\noffload-flows 2\n", 2, 1, "given twice");
+}
+
+/// Offload needs header-only on: the two together are refused with one error, located at one
+/// of the two lines (`offload`'s value or `header-only`'s) and naming the other one.
+#[test]
+fn offload_on_needs_header_only_on() {
+    for (text, offload_line, header_only_line) in [
+        ("header-only off\noffload on\n", 2, 1),
+        ("offload on\n\nheader-only off\n", 1, 3),
+    ] {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "expected one error, got:\n{}", lines(&errs));
+        let e = &errs[0];
+        let other = if e.line == offload_line {
+            header_only_line
+        } else {
+            assert_eq!(e.line, header_only_line, "{text:?}: {e}");
+            offload_line
+        };
+        assert!(e.column >= 1, "{text:?}: {e}");
+        assert!(
+            e.message.contains("header-only") && e.message.contains(&format!("line {other}")),
+            "{text:?}: {e} does not name header-only and line {other}"
+        );
+    }
+    // Offload off goes with anything.
+    assert!(parse_config("header-only off\noffload off\n", "t.conf").is_ok());
 }

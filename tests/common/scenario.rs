@@ -169,6 +169,100 @@ pub fn netnat_bin() -> &'static str {
     }
 }
 
+/// The environment variable of the offload pass: `NETNAT_TEST_OFFLOAD=on` runs the scenario
+/// tests with `offload on` (scripts/test's second pass); unset, empty or `off`: queue mode.
+pub const OFFLOAD_ENV: &str = "NETNAT_TEST_OFFLOAD";
+
+/// Whether this run is the offload pass ([`OFFLOAD_ENV`] is `on`). Any other value than `on`,
+/// `off` or empty stops the test, naming the variable: a typo must not run queue mode unseen.
+pub fn test_offload() -> bool {
+    match std::env::var(OFFLOAD_ENV) {
+        Err(std::env::VarError::NotPresent) => false,
+        Ok(v) if v.is_empty() || v == "off" => false,
+        Ok(v) if v == "on" => true,
+        other => panic!("{OFFLOAD_ENV}={other:?}: expected on or off (or unset)"),
+    }
+}
+
+/// What the offload knob does to a configuration, see [`with_test_offload`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Knob {
+    /// Not the offload pass: the configuration as the test wrote it.
+    Off,
+    /// `offload on` appended.
+    Appended,
+    /// The configuration has an `offload` line of its own: left as it is.
+    SetByTest,
+    /// The configuration turns `header-only off`, which offload cannot go with: left as it is.
+    HeaderOnlyOff,
+}
+
+/// The first word of each line of `config` (comments cut at `#`), lower case, with the second.
+fn directives(config: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    config.lines().filter_map(|l| {
+        let l = l.split('#').next().unwrap_or("");
+        let mut w = l.split_whitespace();
+        let first = w
+            .next()?
+            .trim_start_matches('\u{feff}')
+            .to_ascii_lowercase();
+        Some((first, w.next().unwrap_or("").to_ascii_lowercase()))
+    })
+}
+
+/// `config` as the test runs it, and what the knob did: on the offload pass `offload on` is
+/// appended (after the last line, so that every line keeps its number; with the file's own line
+/// ending), unless the configuration sets `offload` itself or has `header-only off`.
+pub fn offload_knob(config: &str) -> (String, Knob) {
+    offload_knob_if(test_offload(), config)
+}
+
+/// [`offload_knob`] with the pass given (`on`: the offload pass), for the knob's own test.
+pub fn offload_knob_if(on: bool, config: &str) -> (String, Knob) {
+    if !on {
+        return (config.to_string(), Knob::Off);
+    }
+    let mut header_only_off = false;
+    for (d, v) in directives(config) {
+        if d == "offload" {
+            return (config.to_string(), Knob::SetByTest);
+        }
+        header_only_off |= d == "header-only" && v == "off";
+    }
+    if header_only_off {
+        return (config.to_string(), Knob::HeaderOnlyOff);
+    }
+    let eol = if config.contains("\r\n") {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    let mut s = config.to_string();
+    if !s.is_empty() && !s.ends_with('\n') {
+        s.push_str(eol);
+    }
+    s.push_str("offload on");
+    s.push_str(eol);
+    (s, Knob::Appended)
+}
+
+/// [`offload_knob`], saying on stderr (the test's output) what it did for `label`.
+pub fn with_test_offload(config: &str, label: &str) -> String {
+    let (s, knob) = offload_knob(config);
+    match knob {
+        Knob::Off => {}
+        Knob::Appended => eprintln!("{OFFLOAD_ENV}=on: {label}: `offload on` appended"),
+        Knob::SetByTest => eprintln!(
+            "{OFFLOAD_ENV}=on: {label}: the configuration sets offload itself, left as it is"
+        ),
+        Knob::HeaderOnlyOff => eprintln!(
+            "{OFFLOAD_ENV}=on: {label}: the configuration has header-only off, which offload \
+             needs on: left in queue mode"
+        ),
+    }
+    s
+}
+
 /// How long netnat may take to print `ready`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -182,8 +276,11 @@ pub struct Netnat {
 
 impl Netnat {
     /// Writes `config`, starts netnat and waits for `ready` on its stderr.
+    /// On the offload pass ([`OFFLOAD_ENV`]) the configuration gets `offload on` (see
+    /// [`offload_knob`]); the file holds what netnat runs.
     pub fn start(t: &Topology, config: &str, label: &str) -> Result<Netnat, String> {
         let path = t.dir.file(&format!("{label}.conf"));
+        let config = &with_test_offload(config, label);
         fs::write(&path, config).expect("write netnat config");
         let p = path.to_str().expect("utf-8 path");
         // A control socket of the test's own, not the system's /run/netnat.
@@ -1189,7 +1286,11 @@ pub fn scenario_second_instance(name: &str, case: Case) {
     let servers = Servers::start(&t, case.fam);
     let first = activate(&t, case);
     let path = t.dir.file("second.conf");
-    fs::write(&path, case.netnat_config()).expect("write config");
+    fs::write(
+        &path,
+        with_test_offload(&case.netnat_config(), "netnat-second"),
+    )
+    .expect("write config");
     let mut second = t.spawn(
         &t.rtr,
         "netnat-second",

@@ -68,17 +68,46 @@ pub fn service<'a>(st: &'a Value, prefix: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no service {prefix:?} in status {st}"))
 }
 
+/// How long the counters must stand still with offload on: the kernel's counts reach
+/// `status` about every 2 s.
+pub const OFFLOAD_QUIET: Duration = Duration::from_millis(2500);
+
+/// Whether the document says offload is on (`offload.enabled`; absent before offload existed).
+pub fn offload_enabled(st: &Value) -> bool {
+    st.at("offload.enabled").and_then(Value::as_bool) == Some(true)
+}
+
+/// What must stand still for [`settle`]: netnat's own count, and with offload the kernel's and
+/// every service's packet counters (which take in the kernel's).
+fn settle_key(st: &Value) -> Vec<u64> {
+    let mut k = vec![st.n("queue.received")];
+    if offload_enabled(st) {
+        k.push(st.n("offload.packets"));
+        for s in services(st) {
+            k.push(s.n("in_packets"));
+            k.push(s.n("out_packets"));
+        }
+    }
+    k
+}
+
 /// Waits until netnat has given a verdict for every packet it received and nothing new came
 /// for `quiet`, i.e. the kernel-side reactions (ICMP errors, RSTs) have passed through too.
-/// Returns the last status. Bounded by `timeout`.
+/// With offload on, also until the kernel's counts came in: nothing moved for at least
+/// [`OFFLOAD_QUIET`]. Returns the last status. Bounded by `timeout` (plus that quiet time).
 pub fn settle(n: &Netnat, quiet: Duration, timeout: Duration) -> Value {
     let start = Instant::now();
     let mut last = n.status_json();
+    let (quiet, timeout) = if offload_enabled(&last) {
+        (quiet.max(OFFLOAD_QUIET), timeout + OFFLOAD_QUIET)
+    } else {
+        (quiet, timeout)
+    };
     let mut since = Instant::now();
     loop {
         thread::sleep(Duration::from_millis(50));
         let now = n.status_json();
-        let same = now.n("queue.received") == last.n("queue.received");
+        let same = settle_key(&now) == settle_key(&last);
         let balanced = now.n("queue.received") == now.n("queue.verdicts");
         if !same || !balanced {
             since = Instant::now();
