@@ -409,8 +409,8 @@ fn concat_words(v: &Value) -> Option<Vec<String>> {
 /// - `dev . saddr . sport . daddr . l4proto . dport` (the specification's, `iif`);
 /// - `saddr . sport . daddr . l4proto . dport` (the same without the interface);
 /// - `dev . saddr . daddr . l4proto . ports`, both ports in one 32-bit field, which nft shows
-///   as a number in host byte order (what netnat builds: five parts nft can name; `iif`
-///   inbound, `oif` for replies).
+///   as a number in host byte order (what netnat builds inbound: five parts nft can name);
+/// - `saddr . daddr . l4proto . sport . dport` (netnat's reply flows).
 ///
 /// The device is not compared (nft may print a name or an index).
 fn key_is(e: &[String], saddr: &str, sport: u16, daddr: &str, proto: Proto, dport: u16) -> bool {
@@ -441,6 +441,15 @@ fn key_is(e: &[String], saddr: &str, sport: u16, daddr: &str, proto: Proto, dpor
         6 => separate(&e[1..]),
         5 if e[1].parse::<IpAddr>().is_ok() && e[2].parse::<IpAddr>().is_ok() => {
             same_ip(&e[1], saddr) && same_ip(&e[2], daddr) && proto_ok(&e[3]) && ports_ok(&e[4])
+        }
+        // `saddr . daddr . l4proto . sport . dport`: netnat's reply key (no interface: the
+        // reply flow is added from the inbound packet, before its route is known).
+        5 if e[0].parse::<IpAddr>().is_ok() && e[1].parse::<IpAddr>().is_ok() => {
+            same_ip(&e[0], saddr)
+                && same_ip(&e[1], daddr)
+                && proto_ok(&e[2])
+                && e[3] == sport.to_string()
+                && e[4] == dport.to_string()
         }
         5 => separate(e),
         _ => false,
