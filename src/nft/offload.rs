@@ -59,6 +59,7 @@ use super::error::Label;
 use super::expr::{Dynset, DynsetOp, Load, NotInSet, Source, reg32_at};
 use super::family::Family;
 use super::objects::{NoKey, dynamic_set};
+use super::render::{family_name, field_name};
 use super::rewrite::slot_bits;
 use super::sets::KeyField;
 use super::translate::key_source;
@@ -310,6 +311,15 @@ fn nfproto(rule: &mut nftnl::Rule<'_>, family: Family) {
     rule.add_expr(&Cmp::new(CmpOp::Eq, &[family.nfproto()][..]));
 }
 
+/// `key != @set`, the key in the registers from the first.
+fn not_in(set: &Set<'_, NoKey>) -> NotInSet {
+    NotInSet {
+        set: set.get_name().to_owned(),
+        set_id: set.get_id(),
+        sreg: reg32_at(0),
+    }
+}
+
 fn dynset(set: &Set<'_, NoKey>, op: DynsetOp) -> Dynset {
     Dynset {
         set: set.get_name().to_owned(),
@@ -447,11 +457,7 @@ pub(super) fn add_reply_rules(
             });
             offset += f.padded_len();
         }
-        add.add_expr(&NotInSet {
-            set: sets.closing[i].get_name().to_owned(),
-            set_id: sets.closing[i].get_id(),
-            sreg: reg32_at(0),
-        });
+        add.add_expr(&not_in(&sets.closing[i]));
         add.add_expr(&dynset(&sets.flows[i], DynsetOp::Add));
         batch.add(&add, MsgType::Add);
         labels.push(Label::Rule {
@@ -502,7 +508,7 @@ fn reply_add_text(off: &Offload, way: Way) -> String {
     format!(
         "meta mark & {mask:#010x} == {want:#010x} meta nfproto {} {swapped} != @{} add @{} \
          {{ {swapped} }}",
-        family_text(f),
+        family_name(f),
         way.closing_name(),
         way.flows_name()
     )
@@ -546,11 +552,7 @@ pub(super) fn add_rewrite_rules(
         add.add_expr(&Cmp::new(CmpOp::Eq, asked));
         nfproto(&mut add, way.family);
         load_key(&mut add, &way.flow_key());
-        add.add_expr(&NotInSet {
-            set: sets.closing[i].get_name().to_owned(),
-            set_id: sets.closing[i].get_id(),
-            sreg: reg32_at(0),
-        });
+        add.add_expr(&not_in(&sets.closing[i]));
         add.add_expr(&dynset(&sets.flows[i], DynsetOp::Add));
         batch.add(&add, MsgType::Add);
         labels.push(Label::Rule {
@@ -562,32 +564,8 @@ pub(super) fn add_rewrite_rules(
 }
 
 fn key_text(key: &[KeyField]) -> String {
-    let names: Vec<&str> = key.iter().map(|f| field_text(*f)).collect();
+    let names: Vec<&str> = key.iter().map(|f| field_name(*f)).collect();
     names.join(" . ")
-}
-
-fn field_text(f: KeyField) -> &'static str {
-    match f {
-        KeyField::IifName => "iifname",
-        KeyField::OifName => "oifname",
-        KeyField::Iif => "meta iif",
-        KeyField::Oif => "meta oif",
-        KeyField::Daddr(Family::Ipv4) => "ip daddr",
-        KeyField::Daddr(Family::Ipv6) => "ip6 daddr",
-        KeyField::Saddr(Family::Ipv4) => "ip saddr",
-        KeyField::Saddr(Family::Ipv6) => "ip6 saddr",
-        KeyField::L4Proto => "meta l4proto",
-        KeyField::Dport => "th dport",
-        KeyField::Sport => "th sport",
-        KeyField::Ports => "th sport . th dport",
-    }
-}
-
-fn family_text(f: Family) -> &'static str {
-    match f {
-        Family::Ipv4 => "ipv4",
-        Family::Ipv6 => "ipv6",
-    }
 }
 
 /// An offload rule of a queueing chain as nft lists it.
@@ -624,7 +602,7 @@ fn step_text(off: &Offload, way: Way, step: Step) -> String {
     };
     format!(
         "meta nfproto {} meta l4proto {proto}{flags} {key} @{set} {action}",
-        family_text(way.family)
+        family_name(way.family)
     )
 }
 
@@ -635,7 +613,7 @@ fn add_text(off: &Offload, way: Way) -> String {
     format!(
         "meta mark & {asked:#010x} == {asked:#010x} meta nfproto {} {key} != @{} add @{} \
          {{ {key} }}",
-        family_text(way.family),
+        family_name(way.family),
         way.closing_name(),
         way.flows_name(),
     )

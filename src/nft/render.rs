@@ -247,7 +247,7 @@ fn render_queue(q: &QueueSpec) -> String {
 
 /// A key component as nft prints it inside a concatenation (`th`, not `tcp`: the protocol is
 /// part of the key, not a dependency).
-fn field_name(f: KeyField) -> &'static str {
+pub(super) fn field_name(f: KeyField) -> &'static str {
     match f {
         KeyField::IifName => "iifname",
         KeyField::OifName => "oifname",
@@ -264,7 +264,7 @@ fn field_name(f: KeyField) -> &'static str {
     }
 }
 
-fn family_name(f: Family) -> &'static str {
+pub(super) fn family_name(f: Family) -> &'static str {
     match f {
         Family::Ipv4 => "ipv4",
         Family::Ipv6 => "ipv6",
