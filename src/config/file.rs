@@ -918,37 +918,33 @@ impl Parser {
         }
     }
 
+    /// An `on|off` setting `name`: its value and where it stands, or the error recorded.
+    fn switch(
+        &mut self,
+        number: usize,
+        words: &[Word<'_>],
+        name: &'static str,
+    ) -> Option<(bool, (usize, usize))> {
+        let w = self.setting(number, words, name, "on or off")?;
+        let on = on_off(w.text);
+        if on.is_none() {
+            let message = format!("expected on or off, found {:?}", w.text);
+            self.bad_value(name, number, w.column, message);
+        }
+        on.map(|on| (on, (number, w.column)))
+    }
+
     fn header_only(&mut self, number: usize, words: &[Word<'_>]) {
-        let Some(w) = self.setting(number, words, "header-only", "on or off") else {
-            return;
-        };
-        self.header_only_at = Some((number, w.column));
-        match on_off(w.text) {
-            Some(on) => self.settings.header_only = on,
-            None => self.bad_value(
-                "header-only",
-                number,
-                w.column,
-                format!("expected on or off, found {:?}", w.text),
-            ),
+        if let Some((on, at)) = self.switch(number, words, "header-only") {
+            self.settings.header_only = on;
+            self.header_only_at = Some(at);
         }
     }
 
     fn offload(&mut self, number: usize, words: &[Word<'_>]) {
-        let Some(w) = self.setting(number, words, "offload", "on or off") else {
-            return;
-        };
-        match on_off(w.text) {
-            Some(on) => {
-                self.settings.offload = on;
-                self.offload_at = Some((number, w.column));
-            }
-            None => self.bad_value(
-                "offload",
-                number,
-                w.column,
-                format!("expected on or off, found {:?}", w.text),
-            ),
+        if let Some((on, at)) = self.switch(number, words, "offload") {
+            self.settings.offload = on;
+            self.offload_at = Some(at);
         }
     }
 
